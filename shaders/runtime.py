@@ -1,0 +1,115 @@
+"""Taichi runtime: one initialisation, arch selection, offline cache, and a thread lock.
+
+Arch selection (``KERNELIGHT_ARCH`` overrides, default ``auto``):
+
+* ``auto``   -> ``cuda`` when ``torch.cuda.is_available()``, else ``cpu``.
+* ``cpu``, ``cuda``, ``vulkan`` -> that arch.
+
+``ti.gpu`` is never used: on machines without a GPU its OpenGL probe segfaults the process.
+
+The offline cache lives in ``$KERNELIGHT_CACHE/taichi`` (default ``~/.cache/kernelight/taichi``)
+so compiled kernels survive between processes.
+
+Taichi is not thread safe. Every call into a kernel from a thread other than the one that
+owns the training loop (e.g. viewer callbacks) must hold :data:`runtime_lock`, or go through
+:func:`call`, which does that for you. The lock is re-entrant, so kernels wrappers may take it
+unconditionally.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+_VALID_ARCHS = ("auto", "cpu", "cuda", "vulkan")
+
+runtime_lock = threading.RLock()
+_state = {"initialized": False, "arch": None}
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("KERNELIGHT_CACHE")
+    base = Path(root).expanduser() if root else Path.home() / ".cache" / "kernelight"
+    return base / "taichi"
+
+
+def _resolve_arch(requested: str | None) -> str:
+    name = (requested or os.environ.get("KERNELIGHT_ARCH") or "auto").strip().lower()
+    if name not in _VALID_ARCHS:
+        raise ValueError(
+            f"KERNELIGHT_ARCH={name!r} is not one of {', '.join(_VALID_ARCHS)}"
+        )
+    if name == "auto":
+        import torch
+
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def init(arch: str | None = None, *, debug: bool = False) -> str:
+    """Initialise Taichi once and return the arch name in use ("cpu", "cuda" or "vulkan").
+
+    Later calls are no-ops that return the arch chosen the first time; asking for a
+    different arch after initialisation raises, because Taichi cannot switch safely while
+    tensors and kernels from the first arch are alive.
+    """
+    with runtime_lock:
+        if _state["initialized"]:
+            if arch is not None and _resolve_arch(arch) != _state["arch"]:
+                raise RuntimeError(
+                    f"Taichi already initialised on {_state['arch']!r}; cannot switch to {arch!r}"
+                )
+            return _state["arch"]
+        import taichi as ti
+
+        name = _resolve_arch(arch)
+        ti_arch = {"cpu": ti.cpu, "cuda": ti.cuda, "vulkan": ti.vulkan}[name]
+        cdir = cache_dir()
+        try:
+            cdir.mkdir(parents=True, exist_ok=True)
+            cache_kwargs = dict(offline_cache=True, offline_cache_file_path=str(cdir))
+        except OSError:
+            cache_kwargs = dict(offline_cache=False)
+        ti.init(
+            arch=ti_arch,
+            default_fp=ti.f32,
+            default_ip=ti.i32,
+            debug=debug,
+            log_level=ti.WARN,
+            **cache_kwargs,
+        )
+        actual = ti.lang.impl.current_cfg().arch
+        if name == "cuda" and actual != ti.cuda:
+            raise RuntimeError(
+                "KERNELIGHT_ARCH=cuda but Taichi could not start on CUDA "
+                "(no driver or no GPU). Unset KERNELIGHT_ARCH to use the CPU."
+            )
+        _state["initialized"] = True
+        _state["arch"] = name
+        return name
+
+
+def arch_name() -> str:
+    """The arch Taichi runs on (initialising it if needed)."""
+    return init()
+
+
+def torch_device():
+    """The torch device that matches the Taichi arch (so ndarray arguments stay zero-copy)."""
+    import torch
+
+    return torch.device("cuda") if arch_name() == "cuda" else torch.device("cpu")
+
+
+def call(fn, *args, **kwargs):
+    """Run ``fn(*args, **kwargs)`` while holding the runtime lock (use from non-main threads)."""
+    init()
+    with runtime_lock:
+        return fn(*args, **kwargs)
+
+
+def contiguous(*tensors):
+    """Return the tensors as contiguous tensors on the runtime's device (a tuple, or one tensor)."""
+    dev = torch_device()
+    out = tuple(t.to(dev).contiguous() if t is not None else None for t in tensors)
+    return out[0] if len(out) == 1 else out
