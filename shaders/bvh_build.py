@@ -1,0 +1,191 @@
+"""Taichi kernels that build and refit the linear BVH (LBVH) of :mod:`shaders.bvh`.
+
+Pipeline (all on the Taichi arch except the sort):
+
+1. :func:`_centroid_bounds` -- bounds of the primitive centroids (atomic min/max).
+2. :func:`_morton_codes` -- 30-bit Morton code of each centroid quantised on a 1024^3 grid.
+3. sort -- ``torch.sort(codes, stable=True)`` (a torch radix/merge sort; the one step that is not
+   a Taichi kernel). Stability makes the order of equal codes the primitive index order.
+4. :func:`_karras_internal` -- Karras 2012 ("Maximizing parallelism in the construction of BVHs,
+   octrees and k-d trees"): internal node ``i`` (0 <= i < N-1) finds its key range and split in
+   parallel. Equal Morton codes are tie-broken by the sorted position, i.e. the key is the 62-bit
+   value ``(code << 32) | position`` -- so every internal node's common prefix length is strictly
+   larger than its parent's and the tree depth is at most 30 + 32 = 62 internal levels + 1 leaf,
+   whatever the input (duplicates included). Traversal stacks of 64 entries therefore never
+   overflow (see :data:`STACK_SIZE`).
+5. :func:`_bottom_up` -- leaf boxes are written, then each leaf thread walks to the root; at each
+   internal node an atomic counter lets only the second arriving thread (whose sibling is then
+   complete) compute the union and continue. Refit reruns only this step.
+
+Node numbering: internal nodes are ``0 .. N-2`` (root 0), the leaf of the primitive at sorted
+position ``i`` is node ``N-1+i``. ``children[leaf] = (-1, prim)``.
+"""
+from __future__ import annotations
+
+import taichi as ti
+
+#: Depth bound of an LBVH built here (62 internal levels + leaf) rounded up: traversal stacks of
+#: this size cannot overflow (each stack entry is a sibling of a distinct ancestor).
+STACK_SIZE = 64
+
+_MORTON_CELLS = 1024  # 10 bits per axis -> 30-bit codes
+
+
+@ti.kernel
+def _centroid_bounds(lo: ti.types.ndarray(), hi: ti.types.ndarray(), out: ti.types.ndarray()):
+    """out[0] = min centroid, out[1] = max centroid (out initialised to +big / -big)."""
+    for i in range(lo.shape[0]):
+        for k in ti.static(range(3)):
+            c = 0.5 * (lo[i, k] + hi[i, k])
+            ti.atomic_min(out[0, k], c)
+            ti.atomic_max(out[1, k], c)
+
+
+@ti.func
+def _expand_bits(v: ti.u32) -> ti.u32:
+    """Insert two zero bits after each of the 10 low bits of ``v``."""
+    v = (v * ti.u32(0x00010001)) & ti.u32(0xFF0000FF)
+    v = (v * ti.u32(0x00000101)) & ti.u32(0x0F00F00F)
+    v = (v * ti.u32(0x00000011)) & ti.u32(0xC30C30C3)
+    v = (v * ti.u32(0x00000005)) & ti.u32(0x49249249)
+    return v
+
+
+@ti.kernel
+def _morton_codes(lo: ti.types.ndarray(), hi: ti.types.ndarray(), bounds: ti.types.ndarray(),
+                  codes: ti.types.ndarray()):
+    for i in range(lo.shape[0]):
+        code = ti.u32(0)
+        for k in ti.static(range(3)):
+            c = 0.5 * (lo[i, k] + hi[i, k])
+            ext = bounds[1, k] - bounds[0, k]
+            scale = 0.0
+            if ext > 0.0:
+                scale = _MORTON_CELLS / ext
+            q = ti.cast(ti.floor((c - bounds[0, k]) * scale), ti.i32)
+            q = ti.min(ti.max(q, 0), _MORTON_CELLS - 1)
+            code |= _expand_bits(ti.cast(q, ti.u32)) << ti.u32(2 - k)
+        codes[i] = ti.cast(code, ti.i32)
+
+
+@ti.func
+def _delta(codes: ti.types.ndarray(), n: ti.i32, i: ti.i32, j: ti.i32) -> ti.i32:
+    """Common prefix length of the augmented keys at sorted positions i and j (-1 if j invalid)."""
+    r = -1
+    if j >= 0 and j < n:
+        ci = codes[i]
+        cj = codes[j]
+        if ci == cj:
+            r = 32 + ti.math.clz(i ^ j)
+        else:
+            r = ti.math.clz(ci ^ cj)
+    return r
+
+
+@ti.kernel
+def _karras_internal(codes: ti.types.ndarray(), children: ti.types.ndarray(),
+                     parent: ti.types.ndarray()):
+    n = codes.shape[0]
+    for i in range(n - 1):
+        d = 1
+        if _delta(codes, n, i, i + 1) < _delta(codes, n, i, i - 1):
+            d = -1
+        dmin = _delta(codes, n, i, i - d)
+        lmax = 2
+        while _delta(codes, n, i, i + lmax * d) > dmin:
+            lmax *= 2
+        length = 0
+        t = lmax // 2
+        while t >= 1:
+            if _delta(codes, n, i, i + (length + t) * d) > dmin:
+                length += t
+            t //= 2
+        j = i + length * d
+        dnode = _delta(codes, n, i, j)
+        # split search over t = ceil(l/2), ceil(l/4), ..., 1
+        s = 0
+        t = length
+        while True:
+            t = (t + 1) // 2
+            if _delta(codes, n, i, i + (s + t) * d) > dnode:
+                s += t
+            if t <= 1:
+                break
+        gamma = i + s * d + ti.min(d, 0)
+        first = ti.min(i, j)
+        last = ti.max(i, j)
+        left = gamma
+        if first == gamma:
+            left = n - 1 + gamma
+        right = gamma + 1
+        if last == gamma + 1:
+            right = n - 1 + gamma + 1
+        children[i, 0] = left
+        children[i, 1] = right
+        parent[left] = i
+        parent[right] = i
+
+
+@ti.kernel
+def _leaves(order: ti.types.ndarray(), children: ti.types.ndarray(), parent: ti.types.ndarray()):
+    n = order.shape[0]
+    for i in range(n):
+        children[n - 1 + i, 0] = -1
+        children[n - 1 + i, 1] = ti.cast(order[i], ti.i32)
+    parent[0] = -1
+
+
+@ti.kernel
+def _bottom_up(lo: ti.types.ndarray(), hi: ti.types.ndarray(), children: ti.types.ndarray(),
+               parent: ti.types.ndarray(), flags: ti.types.ndarray(),
+               node_lo: ti.types.ndarray(), node_hi: ti.types.ndarray(), use_fence: ti.template()):
+    """Leaf boxes from (lo, hi), then unions up to the root; ``flags`` must be zero on entry."""
+    nleaf = lo.shape[0]
+    for i in range(nleaf):
+        node = nleaf - 1 + i
+        prim = children[node, 1]
+        for k in ti.static(range(3)):
+            node_lo[node, k] = ti.cast(lo[prim, k], ti.f32)
+            node_hi[node, k] = ti.cast(hi[prim, k], ti.f32)
+        if ti.static(use_fence):
+            ti.simt.grid.memfence()
+        p = parent[node]
+        while p >= 0:
+            old = ti.atomic_add(flags[p], 1)
+            if old == 0:
+                break  # the sibling subtree is not finished; its thread will continue
+            a = children[p, 0]
+            b = children[p, 1]
+            for k in ti.static(range(3)):
+                node_lo[p, k] = ti.min(node_lo[a, k], node_lo[b, k])
+                node_hi[p, k] = ti.max(node_hi[a, k], node_hi[b, k])
+            if ti.static(use_fence):
+                ti.simt.grid.memfence()
+            p = parent[p]
+
+
+@ti.kernel
+def _triangle_boxes(vertices: ti.types.ndarray(), faces: ti.types.ndarray(),
+                    lo: ti.types.ndarray(), hi: ti.types.ndarray()):
+    for f in range(faces.shape[0]):
+        for k in ti.static(range(3)):
+            a = ti.cast(vertices[faces[f, 0], k], ti.f32)
+            b = ti.cast(vertices[faces[f, 1], k], ti.f32)
+            c = ti.cast(vertices[faces[f, 2], k], ti.f32)
+            lo[f, k] = ti.min(a, ti.min(b, c))
+            hi[f, k] = ti.max(a, ti.max(b, c))
+
+
+@ti.kernel
+def _triangle_leaf_data(vertices: ti.types.ndarray(), faces: ti.types.ndarray(),
+                        order: ti.types.ndarray(), tri: ti.types.ndarray()):
+    """tri[slot] = (v0, v1 - v0, v2 - v0) of the face at sorted position ``slot``."""
+    for s in range(order.shape[0]):
+        f = order[s]
+        for k in ti.static(range(3)):
+            a = ti.cast(vertices[faces[f, 0], k], ti.f32)
+            b = ti.cast(vertices[faces[f, 1], k], ti.f32)
+            c = ti.cast(vertices[faces[f, 2], k], ti.f32)
+            tri[s, k] = a
+            tri[s, 3 + k] = b - a
+            tri[s, 6 + k] = c - a
