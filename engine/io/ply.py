@@ -165,7 +165,8 @@ def read_gaussian_ply(path) -> GaussianPly:
     if nonunit.any():
         repairs.append(f"normalised {int(nonunit.sum())} non-unit quaternions "
                        f"(norms {qn[nonunit].min():.3g}..{qn[nonunit].max():.3g})")
-    quats = (quats / np.where(qn > 0, qn, 1.0)[:, None]).astype(np.float32)
+    # rows within 1e-4 of unit length are kept bit-exact (kernels normalise on use anyway)
+    quats = np.where(nonunit[:, None], quats / np.where(qn > 0, qn, 1.0)[:, None], quats).astype(np.float32)
     if not keep.any():
         raise DataError(path, "no valid Gaussians left after dropping invalid rows")
     return GaussianPly(means[keep], log_scales[keep], quats[keep], opac[keep], sh[keep], repairs)

@@ -1,0 +1,148 @@
+"""RayGauss as a trainable method: model creation, optimizer groups, one training step, state.
+
+The generic trainer (engine.train.trainer) drives any method through this small interface:
+``create``, ``make_optimizer``, ``update_learning_rates``, ``train_step``, ``post_step``,
+``render``, ``state_dict`` / ``from_state_dict`` and ``num_primitives``.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ...train.densify import RayGaussDensifier
+from ...train.metrics import dssim_loss
+from .config import RayGaussConfig
+from .model import RayGaussModel
+
+
+def exp_lr(step: int, max_steps: int, lr0: float, lr1: float) -> float:
+    """Log-linear (exponential) decay from lr0 at step 0 to lr1 at max_steps."""
+    t = min(max(step / max(max_steps, 1), 0.0), 1.0)
+    return math.exp((1 - t) * math.log(lr0) + t * math.log(lr1))
+
+
+class RayGaussMethod:
+    name = "raygauss"
+    config_cls = RayGaussConfig
+
+    def __init__(self, cfg: RayGaussConfig, model: RayGaussModel):
+        self.cfg = cfg
+        self.model = model
+        self.strategy = RayGaussDensifier(cfg, model.scene_extent, seed=cfg.seed)
+        self.notes: list[str] = []
+
+    # ---------------------------------------------------------------- creation
+    @classmethod
+    def create(cls, cfg: RayGaussConfig, dataset) -> "RayGaussMethod":
+        box = dataset.scene_box
+        points = getattr(dataset, "points", None)
+        if points is not None and len(points) >= 4:
+            model = RayGaussModel.from_points(_np(points), _np(getattr(dataset, "point_colors", None)), box, cfg)
+            note = f"initialised {model.num_gaussians} Gaussians from the dataset's {len(points)} points"
+        else:
+            model = RayGaussModel.random_in_box(box, cfg)
+            note = (f"the dataset has no points: initialised {model.num_gaussians} Gaussians "
+                    "uniformly at random in the scene box")
+        m = cls(cfg, model)
+        m.notes.append(note)
+        return m
+
+    # ---------------------------------------------------------------- optimisation
+    def make_optimizer(self) -> torch.optim.Optimizer:
+        c, m = self.cfg, self.model
+        ext = m.scene_extent
+        groups = [
+            {"name": "means", "params": [m.means], "lr": c.lr_means_init * ext},
+            {"name": "log_scales", "params": [m.log_scales], "lr": c.lr_log_scale},
+            {"name": "quats", "params": [m.quats], "lr": c.lr_quat},
+            {"name": "density", "params": [m.density], "lr": c.lr_density_init},
+            {"name": "sh", "params": [m.sh], "lr": c.lr_sh_dc},
+            {"name": "sg_amp", "params": [m.sg_amp], "lr": c.lr_sg},
+            {"name": "sg_axis", "params": [m.sg_axis], "lr": c.lr_sg},
+            {"name": "sg_sharp", "params": [m.sg_sharp], "lr": c.lr_sg},
+        ]
+        return torch.optim.Adam(groups, lr=0.0, eps=1e-15)
+
+    def update_learning_rates(self, optimizer, step: int) -> dict:
+        c = self.cfg
+        ext = self.model.scene_extent
+        lrs = {}
+        for g in optimizer.param_groups:
+            if g["name"] == "means":
+                g["lr"] = exp_lr(step, c.max_steps, c.lr_means_init * ext, c.lr_means_final * ext)
+            elif g["name"] == "density":
+                g["lr"] = exp_lr(step, c.max_steps, c.lr_density_init, c.lr_density_final)
+            lrs[g["name"]] = g["lr"]
+        return lrs
+
+    def _unlock(self, step: int) -> None:
+        m, c = self.model, self.cfg
+        deg = sum(1 for s in c.sh_unlock_steps if step >= s)
+        m.active_sh_degree = min(deg, m.max_sh_degree)
+        m.active_sg = m.sg_amp.shape[1] > 0 and step >= c.sg_unlock_step
+
+    def train_step(self, step: int, image: torch.Tensor, cameras, index: int, background) -> tuple:
+        """Render training view ``index`` and return (loss, stats, prediction (H,W,3))."""
+        self._unlock(step)
+        out = self.model.render_camera(cameras, index, background=background)
+        pred = out["rgb"]
+        w = self.cfg.ssim_weight
+        l1 = (pred - image).abs().mean()
+        loss = (1 - w) * l1 + (w * dssim_loss(pred, image) if w > 0 else 0.0)
+        mse = ((pred.detach() - image) ** 2).mean().clamp_min(1e-12)
+        stats = {"l1": float(l1), "psnr": float(-10 * torch.log10(mse)), "n_capped": out["n_capped"],
+                 "evals_per_ray": float(out["n_evals"].float().mean())}
+        return loss, stats, pred
+
+    def after_backward(self) -> None:
+        self.strategy.after_backward(self.model)
+
+    def post_step(self, optimizer, step: int) -> dict | None:
+        with torch.no_grad():
+            if self.model.mode == "density":
+                self.model.density.clamp_(min=0.0)
+        st = self.strategy.step(self.model, optimizer, step)
+        return None if st is None else {"cloned": st.cloned, "split": st.split, "pruned": st.pruned}
+
+    # ---------------------------------------------------------------- inference
+    @torch.no_grad()
+    def render(self, cameras, index: int, background=None) -> dict:
+        return self.model.render_camera(cameras, index, background=background)
+
+    @property
+    def num_primitives(self) -> int:
+        return self.model.num_gaussians
+
+    # ---------------------------------------------------------------- state
+    def state_dict(self) -> dict:
+        m = self.model
+        return {
+            "params": {k: v.detach().clone() for k, v in m.named_parameters()},
+            "scene_box": m.scene_box.clone(),
+            "mode": m.mode,
+            "active_sh_degree": m.active_sh_degree,
+            "active_sg": m.active_sg,
+            "strategy": self.strategy.state_dict(),
+        }
+
+    @classmethod
+    def from_state_dict(cls, cfg: RayGaussConfig, st: dict) -> "RayGaussMethod":
+        p = st["params"]
+        model = RayGaussModel(p["means"], p["log_scales"], p["quats"], p["density"], p["sh"],
+                              p["sg_amp"], p["sg_axis"], p["sg_sharp"], scene_box=st["scene_box"],
+                              mode=st.get("mode", "density"), cfg=cfg)
+        model.active_sh_degree = int(st.get("active_sh_degree", model.max_sh_degree))
+        model.active_sg = bool(st.get("active_sg", True))
+        m = cls(cfg, model)
+        if st.get("strategy"):
+            m.strategy.load_state_dict(st["strategy"])
+        return m
+
+
+def _np(x):
+    if x is None:
+        return None
+    if torch.is_tensor(x):
+        return x.detach().cpu().numpy()
+    return x

@@ -1,0 +1,256 @@
+"""The training loop shared by all methods: data, optimizer, logging, checkpoints, resume.
+
+A run folder ``<output>/<scene>/<method>/<timestamp>/`` holds:
+
+* ``config.toml``  — a scene TOML with the full method config: ``kernelight train config.toml``
+  reproduces the run;
+* ``checkpoints/step-NNNNNN.pt`` — atomic, loadable with ``weights_only=True``; ``--resume RUN``
+  continues from the newest one (optimizer state, RNG and densification statistics included);
+* ``metrics.jsonl`` — one JSON object per logged step (train loss/PSNR, test PSNR when evaluated).
+
+Ctrl-C saves a checkpoint and exits cleanly. A NaN/Inf loss stops training with a message naming
+the step; the last good checkpoint is kept.
+
+The optimizer step happens in exactly one place (:meth:`Trainer._step`), RNG seeds are explicit
+and there is no hidden global state, so the loop can later be distributed (DESIGN.md).
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..errors import ConfigError, KernelightError
+from ..io.atomic import atomic_write_text
+from ..io.checkpoint import checkpoint_name, latest_checkpoint, load_checkpoint, save_checkpoint
+
+
+class TrainingError(KernelightError):
+    """Training cannot continue (NaN loss, ...). The message says where and what was kept."""
+
+
+@dataclass
+class TrainSettings:
+    method: str
+    data: Path
+    output: Path = Path("outputs")
+    scene_name: str | None = None
+    data_format: str | None = None
+    downscale: int = 1
+    background: tuple | None = None
+    options: dict = field(default_factory=dict)
+    run_dir: Path | None = None          # set when resuming
+    progress: bool = True
+    quiet: bool = False
+
+
+def make_method_config(method_cls, options: dict):
+    cfg = method_cls.config_cls()
+    names = set(cfg.field_names())
+    for k, v in options.items():
+        key = k.replace("-", "_")
+        if key not in names:
+            raise ConfigError(f"unknown option {k!r} for method {method_cls.name}; "
+                              f"valid options: {', '.join(sorted(names))}")
+        cur = getattr(cfg, key)
+        if isinstance(cur, tuple) and isinstance(v, list):
+            v = tuple(v)
+        elif isinstance(cur, bool):
+            v = bool(v)
+        elif isinstance(cur, int) and not isinstance(v, bool):
+            v = int(v)
+        elif isinstance(cur, float):
+            v = float(v)
+        setattr(cfg, key, v)
+    return cfg
+
+
+def write_run_config(run_dir: Path, settings: TrainSettings, cfg) -> None:
+    import tomli_w
+
+    opts = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(cfg).items()}
+    scene = {"name": settings.scene_name or Path(settings.data).name, "data": str(Path(settings.data).resolve()),
+             "downscale": int(settings.downscale)}
+    if settings.data_format:
+        scene["format"] = settings.data_format
+    if settings.background is not None:
+        scene["background"] = ",".join(f"{c:g}" for c in settings.background)
+    doc = {"scene": scene, "method": {"name": settings.method, "options": opts}}
+    atomic_write_text(run_dir / "config.toml", "# written by kernelight train; "
+                      "'kernelight train config.toml' reproduces this run\n" + tomli_w.dumps(doc))
+
+
+class Trainer:
+    def __init__(self, settings: TrainSettings):
+        from ..data import load_dataset
+        from ..methods import get_method
+
+        self.settings = settings
+        self.method_cls = get_method(settings.method)
+        resume_ckpt = None
+        if settings.run_dir is not None:
+            self.run_dir = Path(settings.run_dir)
+            resume_ckpt = latest_checkpoint(self.run_dir / "checkpoints")
+            if resume_ckpt is None:
+                raise ConfigError(f"{self.run_dir}: no checkpoint to resume from in checkpoints/")
+        self.cfg = make_method_config(self.method_cls, settings.options)
+        self.dataset = load_dataset(settings.data, downscale=settings.downscale,
+                                    background=settings.background, format=settings.data_format)
+        if "train" not in self.dataset.splits:
+            raise ConfigError(f"{settings.data}: the dataset has no 'train' split")
+        self.background = torch.as_tensor(self.dataset.background, dtype=torch.float32)
+        torch.manual_seed(self.cfg.seed)
+        self.gen = torch.Generator().manual_seed(self.cfg.seed)
+        self.step = 0
+        if resume_ckpt is not None:
+            ck = load_checkpoint(resume_ckpt, method=settings.method)
+            self.method = self.method_cls.from_state_dict(self.cfg, ck["model"])
+            self.optimizer = self.method.make_optimizer()
+            self.optimizer.load_state_dict(ck["optimizer"])
+            self.gen.set_state(ck["rng"])
+            self.step = int(ck["step"])
+            self._order = ck.get("order")
+            self.notes = [f"resumed from {resume_ckpt} at step {self.step}"]
+        else:
+            self.method = self.method_cls.create(self.cfg, self.dataset)
+            self.optimizer = self.method.make_optimizer()
+            self._order = None
+            scene = settings.scene_name or Path(settings.data).name
+            stamp = _dt.datetime.now().strftime("%Y-%m-%d_%H%M%S")
+            self.run_dir = Path(settings.output) / scene / settings.method / stamp
+            self.notes = list(getattr(self.method, "notes", []))
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "checkpoints").mkdir(exist_ok=True)
+        write_run_config(self.run_dir, settings, self.cfg)
+        self.last_good_ckpt = resume_ckpt
+        self.train_time = 0.0
+
+    # -------------------------------------------------------------------------- helpers
+    def _next_index(self) -> int:
+        n = len(self.dataset.splits["train"].cameras)
+        if not self._order:
+            self._order = torch.randperm(n, generator=self.gen).tolist()
+        return self._order.pop()
+
+    def save(self) -> Path:
+        path = self.run_dir / "checkpoints" / checkpoint_name(self.step)
+        payload = {"model": self.method.state_dict(), "optimizer": self.optimizer.state_dict(),
+                   "rng": self.gen.get_state(), "order": self._order, "train_time": self.train_time}
+        save_checkpoint(path, payload, method=self.settings.method, step=self.step)
+        self.last_good_ckpt = path
+        return path
+
+    def _log(self, record: dict) -> None:
+        with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+    @torch.no_grad()
+    def evaluate(self, max_views: int | None = None) -> dict:
+        split = self.dataset.splits.get("test") or self.dataset.splits.get("val") or self.dataset.splits["train"]
+        n = len(split.cameras)
+        k = n if max_views is None else min(n, max_views)
+        idx = torch.linspace(0, n - 1, k).round().long().tolist() if k > 0 else []
+        psnrs = []
+        for i in idx:
+            out = self.method.render(split.cameras, i, background=self.background)
+            mse = ((out["rgb"] - split.images[i]) ** 2).mean().clamp_min(1e-12)
+            psnrs.append(float(-10 * torch.log10(mse)))
+        return {"test_psnr": sum(psnrs) / max(len(psnrs), 1), "test_views": len(psnrs)}
+
+    # -------------------------------------------------------------------------- the loop
+    def _step(self, index: int) -> tuple[float, dict]:
+        split = self.dataset.splits["train"]
+        self.optimizer.zero_grad(set_to_none=True)
+        loss, stats, _ = self.method.train_step(self.step, split.images[index], split.cameras, index,
+                                                self.background)
+        if not torch.isfinite(loss):
+            kept = self.last_good_ckpt or "none (no checkpoint was saved yet)"
+            raise TrainingError(f"loss became {float(loss)} at step {self.step}; training stopped. "
+                                f"Last good checkpoint: {kept}")
+        loss.backward()
+        self.method.after_backward()
+        self.method.update_learning_rates(self.optimizer, self.step)
+        self.optimizer.step()          # the one place where parameters change
+        struct = self.method.post_step(self.optimizer, self.step)
+        if struct:
+            stats.update(struct)
+        return float(loss), stats
+
+    def train(self) -> Path:
+        from rich.console import Console
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                   TimeElapsedColumn, TimeRemainingColumn)
+
+        c = self.cfg
+        console = Console(quiet=self.settings.quiet)
+        for note in self.notes:
+            console.print(f"[cyan]note:[/] {note}")
+        console.print(f"run folder: {self.run_dir}")
+        columns = [TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("{task.fields[ips]:>5.1f} it/s"), TextColumn("loss {task.fields[loss]:.4f}"),
+                   TextColumn("PSNR {task.fields[psnr]:5.2f}"), TextColumn("N {task.fields[n]}"),
+                   TimeElapsedColumn(), TimeRemainingColumn()]
+        start_step = self.step
+        ema_loss, ema_psnr = None, None
+        t_last, s_last = time.perf_counter(), self.step
+        ips = 0.0
+        with Progress(*columns, console=console, disable=not self.settings.progress, transient=False) as prog:
+            task = prog.add_task("train", total=c.max_steps, completed=self.step, ips=0.0, loss=0.0,
+                                 psnr=0.0, n=self.method.num_primitives)
+            try:
+                while self.step < c.max_steps:
+                    if c.time_budget_s and self.train_time >= c.time_budget_s:
+                        console.print(f"time budget of {c.time_budget_s:.0f} s reached at step {self.step}")
+                        break
+                    t0 = time.perf_counter()
+                    index = self._next_index()
+                    loss, stats = self._step(index)
+                    self.train_time += time.perf_counter() - t0
+                    self.step += 1
+                    ema_loss = loss if ema_loss is None else 0.9 * ema_loss + 0.1 * loss
+                    ema_psnr = stats["psnr"] if ema_psnr is None else 0.9 * ema_psnr + 0.1 * stats["psnr"]
+                    now = time.perf_counter()
+                    if now - t_last > 1.0:
+                        ips = (self.step - s_last) / (now - t_last)
+                        t_last, s_last = now, self.step
+                    prog.update(task, completed=self.step, ips=ips, loss=ema_loss, psnr=ema_psnr,
+                                n=self.method.num_primitives)
+                    rec = None
+                    if self.step % c.log_every == 0 or "cloned" in stats:
+                        rec = {"step": self.step, "loss": loss, "train_psnr": stats["psnr"],
+                               "num_primitives": self.method.num_primitives,
+                               "train_time_s": round(self.train_time, 3)}
+                        rec.update({k: v for k, v in stats.items() if k != "psnr"})
+                    if c.eval_every and self.step % c.eval_every == 0:
+                        rec = rec or {"step": self.step, "train_time_s": round(self.train_time, 3)}
+                        rec.update(self.evaluate(c.eval_views))
+                        prog.console.print(f"step {self.step}: test PSNR {rec['test_psnr']:.2f} dB "
+                                           f"({rec['test_views']} views), {self.method.num_primitives} primitives")
+                    if rec:
+                        self._log(rec)
+                    if c.checkpoint_every and self.step % c.checkpoint_every == 0:
+                        self.save()
+            except KeyboardInterrupt:
+                path = self.save()
+                console.print(f"[yellow]interrupted at step {self.step}: checkpoint saved to {path}[/]; "
+                              f"resume with: kernelight train --resume {self.run_dir}")
+                return self.run_dir
+        path = self.save()
+        if self.step > start_step:
+            final = self.evaluate(None if len(self.dataset.splits.get("test", [])) <= 25 else 25)
+            self._log({"step": self.step, "final": True, **final, "train_time_s": round(self.train_time, 3)})
+            console.print(f"done: {self.step} steps in {self.train_time:.0f} s, test PSNR "
+                          f"{final['test_psnr']:.2f} dB on {final['test_views']} views; checkpoint {path}")
+        return self.run_dir
+
+
+def train(settings: TrainSettings) -> Path:
+    """Train a method and return the run folder (see module docstring)."""
+    return Trainer(settings).train()
+
+
