@@ -91,7 +91,7 @@ class RayGaussMethod:
         l1 = (pred - image).abs().mean()
         loss = (1 - w) * l1 + (w * dssim_loss(pred, image) if w > 0 else 0.0)
         mse = ((pred.detach() - image) ** 2).mean().clamp_min(1e-12)
-        stats = {"l1": float(l1), "psnr": float(-10 * torch.log10(mse)), "n_capped": out["n_capped"],
+        stats = {"l1": float(l1.detach()), "psnr": float(-10 * torch.log10(mse)), "n_capped": out["n_capped"],
                  "evals_per_ray": float(out["n_evals"].float().mean())}
         return loss, stats, pred
 
