@@ -1,0 +1,79 @@
+"""LLFF reader: ``poses_bounds.npy`` (N x 17) + ``images/`` (sorted by name).
+
+* Each row is a 3x5 pose (rotation columns down, right, backward; centre; ``(h, w, f)``) and two
+  depth bounds. Poses are converted to OpenCV camera-to-world with
+  :func:`engine.cameras.llff_to_c2w`; unlike LLFF's own loader we do **not** recentre or rescale
+  the poses, so they stay in the (COLMAP) world frame they came from.
+* Intrinsics: ``fx = fy = f``, principal point at the image centre, at the ``h x w`` of the file.
+  The images in ``images/`` must have that size (or the same size scaled by one factor, as when
+  ``images/`` was already downscaled; the focal is then scaled likewise).
+* ``downscale=n`` uses ``images_n/`` when present, else box-filters ``images/``.
+* near/far: min and max of the bounds. Scene box: the box enclosing every camera frustum between
+  the 5th-percentile near bound and the median far bound (forward-facing scenes reach to
+  infinity, so the box of the whole far range would be mostly empty).
+* Splits: every ``holdout``-th image (0, 8, ...) is ``test`` (the LLFF convention).
+"""
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..cameras import Cameras
+from ..errors import DataError
+from .dataset import Dataset, box_from_frusta, holdout_indices, load_split, parse_background
+from .images import image_size, list_images
+
+
+def load(root, downscale: int = 1, background=None, holdout: int = 8, images_dir: str | None = None, **_) -> Dataset:
+    root = Path(root)
+    f = root / "poses_bounds.npy"
+    try:
+        arr = np.load(f, allow_pickle=False)
+    except FileNotFoundError:
+        raise DataError(f, "file is missing") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise DataError(f, f"cannot read .npy ({exc.__class__.__name__}: {exc})") from None
+    if arr.ndim != 2 or arr.shape[1] != 17:
+        raise DataError(f, f"expected an (N, 17) array, got shape {arr.shape}")
+    if arr.shape[0] == 0:
+        raise DataError(f, "has no cameras")
+    if not np.isfinite(arr).all():
+        raise DataError(f, "contains non-finite values")
+    poses = arr[:, :15].reshape(-1, 3, 5).astype(np.float64)
+    bounds = arr[:, 15:].astype(np.float64)
+    extra = downscale
+    if images_dir is not None:
+        img_dir = root / images_dir
+    elif downscale > 1 and (root / f"images_{downscale}").is_dir():
+        img_dir, extra = root / f"images_{downscale}", 1
+    else:
+        img_dir = root / "images"
+    if not img_dir.is_dir():
+        raise DataError(img_dir, "image folder is missing")
+    paths = list_images(img_dir)
+    if len(paths) != poses.shape[0]:
+        raise DataError(img_dir, f"has {len(paths)} images but {f.name} has {poses.shape[0]} poses")
+    cams = Cameras.from_llff(torch.from_numpy(poses))
+    # Images may be stored at a reduced size (e.g. images_2/): rescale the cameras to them.
+    W0, H0 = int(cams.width[0]), int(cams.height[0])
+    w, h = image_size(paths[0])
+    if (w, h) != (W0, H0):
+        s = w / W0
+        if abs(h - H0 * s) > 1.0:
+            raise DataError(paths[0], f"image is {w}x{h} pixels, which is not a scaled copy of the "
+                            f"{W0}x{H0} in {f.name}")
+        cams = cams.resized(w, h)
+    train, test = holdout_indices(len(paths), holdout)
+    bg = parse_background(background, default=(0.0, 0.0, 0.0))
+    splits = {}
+    for name, idx in (("train", train), ("test", test)):
+        if idx:
+            splits[name] = load_split(name, cams[torch.tensor(idx)], [paths[i] for i in idx], downscale=extra,
+                                      background=bg, source=img_dir)
+    near, far = float(bounds[:, 0].min()), float(bounds[:, 1].max())
+    box = box_from_frusta(cams, float(np.percentile(bounds[:, 0], 5)), float(np.median(bounds[:, 1])))
+    return Dataset(format="llff", root=root, splits=splits, scene_box=box, background=bg, near=near, far=far,
+                   downscale=downscale, camera_model="PINHOLE", metadata={"image_folder": str(img_dir)})
