@@ -107,6 +107,8 @@ class Trainer:
         torch.manual_seed(self.cfg.seed)
         self.gen = torch.Generator().manual_seed(self.cfg.seed)
         self.step = 0
+        self.train_time = 0.0
+        ck = None
         if resume_ckpt is not None:
             ck = load_checkpoint(resume_ckpt, method=settings.method)
             self.method = self.method_cls.from_state_dict(self.cfg, ck["model"])
@@ -114,6 +116,7 @@ class Trainer:
             self.optimizer.load_state_dict(ck["optimizer"])
             self.gen.set_state(ck["rng"])
             self.step = int(ck["step"])
+            self.train_time = float(ck.get("train_time", 0.0))
             self._order = ck.get("order")
             self.notes = [f"resumed from {resume_ckpt} at step {self.step}"]
         else:
@@ -128,7 +131,16 @@ class Trainer:
         (self.run_dir / "checkpoints").mkdir(exist_ok=True)
         write_run_config(self.run_dir, settings, self.cfg)
         self.last_good_ckpt = resume_ckpt
-        self.train_time = 0.0
+        # "image": one whole training image per step (method.train_step); "rays": random rays across
+        # all training images (method.train_step_rays, batch size cfg.rays_per_batch)
+        self.batch_mode = getattr(self.method, "batch_mode", "image")
+        self.sampler = None
+        if self.batch_mode == "rays":
+            from ..data.sampler import RaySampler
+
+            self.sampler = RaySampler(self.dataset.splits["train"], int(self.cfg.rays_per_batch), seed=self.cfg.seed)
+            if resume_ckpt is not None and ck.get("sampler"):
+                self.sampler.load_state_dict(ck["sampler"])
 
     # -------------------------------------------------------------------------- helpers
     def _next_index(self) -> int:
@@ -140,7 +152,8 @@ class Trainer:
     def save(self) -> Path:
         path = self.run_dir / "checkpoints" / checkpoint_name(self.step)
         payload = {"model": self.method.state_dict(), "optimizer": self.optimizer.state_dict(),
-                   "rng": self.gen.get_state(), "order": self._order, "train_time": self.train_time}
+                   "rng": self.gen.get_state(), "order": self._order, "train_time": self.train_time,
+                   "sampler": self.sampler.state_dict() if self.sampler is not None else None}
         save_checkpoint(path, payload, method=self.settings.method, step=self.step)
         self.last_good_ckpt = path
         return path
@@ -163,11 +176,14 @@ class Trainer:
         return {"test_psnr": sum(psnrs) / max(len(psnrs), 1), "test_views": len(psnrs)}
 
     # -------------------------------------------------------------------------- the loop
-    def _step(self, index: int) -> tuple[float, dict]:
+    def _step(self, index: int | None) -> tuple[float, dict]:
         split = self.dataset.splits["train"]
         self.optimizer.zero_grad(set_to_none=True)
-        loss, stats, _ = self.method.train_step(self.step, split.images[index], split.cameras, index,
-                                                self.background)
+        if self.batch_mode == "rays":
+            loss, stats = self.method.train_step_rays(self.step, self.sampler.sample(), self.background)
+        else:
+            loss, stats, _ = self.method.train_step(self.step, split.images[index], split.cameras, index,
+                                                    self.background)
         if not torch.isfinite(loss):
             kept = self.last_good_ckpt or "none (no checkpoint was saved yet)"
             raise TrainingError(f"loss became {float(loss)} at step {self.step}; training stopped. "
@@ -208,7 +224,7 @@ class Trainer:
                         console.print(f"time budget of {c.time_budget_s:.0f} s reached at step {self.step}")
                         break
                     t0 = time.perf_counter()
-                    index = self._next_index()
+                    index = self._next_index() if self.batch_mode == "image" else None
                     loss, stats = self._step(index)
                     self.train_time += time.perf_counter() - t0
                     self.step += 1
