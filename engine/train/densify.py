@@ -149,7 +149,7 @@ class RayGaussDensifier:
         def fn(name, t, kind):
             if kind != "param":
                 extra = torch.zeros((ci.shape[0] + 2 * si.shape[0],) + t.shape[1:], dtype=t.dtype, device=t.device)
-                return torch.cat([t, extra])[_keep_mask(t.shape[0], si, ci.shape[0])]
+                return torch.cat([t, extra])[_keep_mask(t.shape[0], si, extra.shape[0])]
             if name == "means":
                 add = torch.cat([t[ci], new_means])
             elif name == "log_scales":

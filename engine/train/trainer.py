@@ -186,7 +186,7 @@ class Trainer:
                                                     self.background)
         if not torch.isfinite(loss):
             kept = self.last_good_ckpt or "none (no checkpoint was saved yet)"
-            raise TrainingError(f"loss became {float(loss)} at step {self.step}; training stopped. "
+            raise TrainingError(f"loss became {float(loss.detach())} at step {self.step}; training stopped. "
                                 f"Last good checkpoint: {kept}")
         loss.backward()
         self.method.after_backward()
@@ -195,7 +195,7 @@ class Trainer:
         struct = self.method.post_step(self.optimizer, self.step)
         if struct:
             stats.update(struct)
-        return float(loss), stats
+        return float(loss.detach()), stats
 
     def train(self) -> Path:
         from rich.console import Console
