@@ -1,0 +1,180 @@
+"""Intrinsic Delaunay triangulation by edge flips, and operators from edge lengths.
+
+An intrinsic triangulation keeps the vertices of a mesh and its surface (the metric), but may
+connect vertices by geodesic edges that are not mesh edges. Flipping every non-Delaunay edge
+(sum of opposite angles > pi) gives the intrinsic Delaunay triangulation, whose cotan Laplacian
+has non-negative weights (a maximum principle), which is what makes the heat method robust on
+meshes with obtuse triangles (Sharp & Crane 2020; potpourri3d's ``use_robust=True``).
+
+Representation: ``F`` ``(m, 3)`` vertex indices (a face may repeat a vertex intrinsically),
+``lengths`` ``(m, 3)`` where ``lengths[f, c]`` is the length of the edge opposite corner ``c``,
+and ``twin`` ``(m, 3)``: ``3 * g + d`` for the face/corner across that edge, ``-1`` on boundary
+and non-manifold edges (those are never flipped).
+"""
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+__all__ = ["intrinsic_delaunay", "lengths_from_positions", "cotan_from_lengths", "areas_from_lengths",
+           "gradient_from_lengths"]
+
+
+def lengths_from_positions(V: np.ndarray, F: np.ndarray) -> np.ndarray:
+    """``(m, 3)`` edge lengths, ``[f, c]`` = length of the edge opposite corner ``c``."""
+    return np.stack([np.linalg.norm(V[F[:, (c + 2) % 3]] - V[F[:, (c + 1) % 3]], axis=1) for c in range(3)], axis=1)
+
+
+def areas_from_lengths(lengths: np.ndarray) -> np.ndarray:
+    """Heron's formula (stable ordering), ``(m,)``."""
+    a, b, c = np.sort(lengths, axis=1)[:, ::-1].T  # a >= b >= c
+    s = (a + (b + c)) * (c - (a - b)) * (c + (a - b)) * (a + (b - c))
+    return 0.25 * np.sqrt(np.maximum(s, 0.0))
+
+
+def _cots(lengths: np.ndarray, areas: np.ndarray) -> np.ndarray:
+    l2 = lengths**2
+    tot = l2.sum(axis=1, keepdims=True)
+    return (tot - 2 * l2) / (4.0 * areas[:, None])  # cot of the angle at each corner
+
+
+def cotan_from_lengths(F: np.ndarray, lengths: np.ndarray, n: int) -> sp.csr_matrix:
+    """PSD cotan Laplacian from intrinsic lengths (same convention as ``cotan_laplacian``)."""
+    w = 0.5 * _cots(lengths, areas_from_lengths(lengths))
+    I = np.concatenate([F[:, 1], F[:, 2], F[:, 0]])
+    J = np.concatenate([F[:, 2], F[:, 0], F[:, 1]])
+    w = np.concatenate([w[:, 0], w[:, 1], w[:, 2]])
+    return sp.csr_matrix((np.concatenate([-w, -w, w, w]), (np.concatenate([I, J, I, J]), np.concatenate([J, I, I, J]))),
+                         shape=(n, n))
+
+
+def gradient_from_lengths(F: np.ndarray, lengths: np.ndarray, n: int):
+    """Face gradient in each face's own 2D layout: ``(G (2m, n), areas (m,))``.
+
+    Corner 0 at the origin, corner 1 on the +x axis, corner 2 above. With face areas ``A``,
+    ``G.T @ diag(repeat(A, 2)) @ G`` equals :func:`cotan_from_lengths`.
+    """
+    m = len(F)
+    l0, l1, l2 = lengths.T
+    x2 = (l1**2 + l2**2 - l0**2) / (2 * l2)
+    y2 = np.sqrt(np.maximum(l1**2 - x2**2, 0.0))
+    P = np.zeros((m, 3, 2))
+    P[:, 1, 0] = l2
+    P[:, 2, 0], P[:, 2, 1] = x2, y2
+    areas = 0.5 * l2 * y2
+    vals = np.empty((m, 3, 2))
+    for c in range(3):
+        e = P[:, (c + 2) % 3] - P[:, (c + 1) % 3]  # edge opposite corner c, counter-clockwise
+        vals[:, c, 0], vals[:, c, 1] = -e[:, 1], e[:, 0]  # rotate by +90 degrees
+    vals /= (2 * areas)[:, None, None]
+    rows = np.broadcast_to((2 * np.arange(m))[:, None, None] + np.arange(2)[None, None, :], (m, 3, 2))
+    cols = np.broadcast_to(F[:, :, None], (m, 3, 2))
+    return sp.csr_matrix((vals.ravel(), (rows.ravel(), cols.ravel())), shape=(2 * m, n)), areas
+
+
+def _build_twins(F: np.ndarray) -> np.ndarray:
+    m = len(F)
+    a = np.concatenate([F[:, 1], F[:, 2], F[:, 0]])  # corner c -> edge (c+1, c+2)
+    b = np.concatenate([F[:, 2], F[:, 0], F[:, 1]])
+    hid = np.concatenate([3 * np.arange(m) + c for c in range(3)])
+    n = int(F.max()) + 1
+    key = np.minimum(a, b).astype(np.int64) * n + np.maximum(a, b)
+    order = np.argsort(key, kind="stable")
+    ks = key[order]
+    start = np.r_[True, ks[1:] != ks[:-1]]
+    grp = np.cumsum(start) - 1
+    cnt = np.bincount(grp)
+    twin = np.full(3 * m, -1, np.int64)
+    first = np.flatnonzero(start)
+    pair = first[cnt == 2]
+    h1, h2 = hid[order[pair]], hid[order[pair + 1]]
+    twin[h1], twin[h2] = h2, h1
+    return twin.reshape(m, 3)
+
+
+def _not_delaunay(lengths, f, c, g, d, tol):
+    lf, lg = lengths[f], lengths[g]
+    af, ag = _heron(lf), _heron(lg)
+    cf = (lf[(c + 1) % 3] ** 2 + lf[(c + 2) % 3] ** 2 - lf[c] ** 2) / (4 * af)
+    cg = (lg[(d + 1) % 3] ** 2 + lg[(d + 2) % 3] ** 2 - lg[d] ** 2) / (4 * ag)
+    return cf + cg < -tol
+
+
+def _heron(l):
+    a, b, c = sorted(l, reverse=True)
+    s = (a + (b + c)) * (c - (a - b)) * (c + (a - b)) * (a + (b - c))
+    return 0.25 * np.sqrt(max(s, 0.0))
+
+
+def mollify(lengths: np.ndarray, eps: float = 1e-6) -> np.ndarray:
+    """Add one constant to all lengths so every triangle inequality holds with margin
+    ``eps * mean length`` (Sharp & Crane 2020, Sec. 4.5)."""
+    margin = eps * float(lengths.mean())
+    slack = np.min([lengths[:, (c + 1) % 3] + lengths[:, (c + 2) % 3] - lengths[:, c] for c in range(3)])
+    return lengths + max(0.0, margin - slack)
+
+
+def intrinsic_delaunay(F: np.ndarray, lengths: np.ndarray, tol: float = 1e-12, max_flips: int | None = None):
+    """Flip non-Delaunay interior manifold edges until none remain.
+
+    Returns ``(F, lengths, n_flips)`` (new arrays). Boundary and non-manifold edges are fixed.
+    """
+    F = np.array(F, dtype=np.int64)
+    lengths = np.array(lengths, dtype=np.float64)
+    m = len(F)
+    twin = _build_twins(F).ravel()
+    max_flips = 50 * m if max_flips is None else max_flips
+    # vectorised first pass: candidate halfedges whose edge is not Delaunay
+    cots = _cots(lengths, areas_from_lengths(lengths)).ravel()
+    has = twin >= 0
+    h = np.flatnonzero(has)
+    bad = h[(cots[h] + cots[twin[h]]) < -tol]
+    stack = list(bad[bad < twin[bad]])
+    flips = 0
+    T = twin  # flat, indexed by halfedge id 3 * f + c
+    while stack:
+        he = int(stack.pop())
+        tw = int(T[he])
+        if tw < 0:
+            continue
+        f, c = divmod(he, 3)
+        g, d = divmod(tw, 3)
+        if f == g or not _not_delaunay(lengths, f, c, g, d, tol):
+            continue
+        c1, c2 = (c + 1) % 3, (c + 2) % 3
+        a, p, q = F[f, c], F[f, c1], F[f, c2]
+        b = F[g, d]
+        d1, d2 = (d + 1) % 3, (d + 2) % 3
+        # g traverses the shared edge q -> p: corner d1 holds q, d2 holds p (consistent orientation)
+        if not (F[g, d1] == q and F[g, d2] == p):
+            continue  # inconsistently oriented pair: leave this edge alone
+        l_pq = lengths[f, c]
+        l_qa, l_ap = lengths[f, c1], lengths[f, c2]
+        l_bq, l_bp = lengths[g, d2], lengths[g, d1]  # opposite p: edge b-q; opposite q: edge b-p
+        xa = (l_ap**2 + l_pq**2 - l_qa**2) / (2 * l_pq)
+        ya = np.sqrt(max(l_ap**2 - xa**2, 0.0))
+        xb = (l_bp**2 + l_pq**2 - l_bq**2) / (2 * l_pq)
+        yb = -np.sqrt(max(l_bp**2 - xb**2, 0.0))
+        l_ab = float(np.hypot(xa - xb, ya - yb))
+        # outer twins before overwriting
+        t_ap, t_qa = T[3 * f + c2], T[3 * f + c1]
+        t_bq, t_pb = T[3 * g + d2], T[3 * g + d1]  # g corner d2 (p) is opposite edge b-q
+        # new faces f' = (a, p, b), g' = (b, q, a)
+        F[f] = (a, p, b)
+        lengths[f] = (l_bp, l_ab, l_ap)
+        F[g] = (b, q, a)
+        lengths[g] = (l_qa, l_ab, l_bq)
+        # halfedges: f'0 opp a = p-b, f'1 opp p = a-b (new edge), f'2 opp b = a-p
+        #            g'0 opp b = q-a, g'1 opp q = a-b (new edge), g'2 opp a = b-q
+        links = ((3 * f + 0, t_pb), (3 * f + 2, t_ap), (3 * g + 0, t_qa), (3 * g + 2, t_bq))
+        for hnew, tout in links:
+            T[hnew] = tout
+            if tout >= 0:
+                T[tout] = hnew
+        T[3 * f + 1], T[3 * g + 1] = 3 * g + 1, 3 * f + 1
+        flips += 1
+        if flips > max_flips:
+            raise RuntimeError(f"intrinsic Delaunay flipping did not converge after {max_flips} flips")
+        for hnew, _ in links:
+            stack.append(hnew)
+    return F, lengths, flips

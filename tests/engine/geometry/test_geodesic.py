@@ -1,0 +1,257 @@
+"""Heat geodesics on meshes: accuracy against exact distances, operators, batching, bad input."""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from engine.geometry.geodesic import MeshHeatSolver, check_sources, heat_geodesic
+from engine.geometry.intrinsic import (cotan_from_lengths, gradient_from_lengths, intrinsic_delaunay,
+                                       lengths_from_positions)
+from engine.geometry.laplacian import cotan_laplacian, face_gradient, inspect_mesh, lumped_mass
+from tests.conftest import require
+
+
+def grid(nx=21, ny=21, jitter=0.0, seed=0):
+    """Flat unit square, triangulated; returns V, F."""
+    x, y = np.meshgrid(np.linspace(0, 1, nx), np.linspace(0, 1, ny), indexing="ij")
+    V = np.stack([x.ravel(), y.ravel(), np.zeros(nx * ny)], axis=1)
+    if jitter:
+        rng = np.random.default_rng(seed)
+        inner = (V[:, 0] > 0) & (V[:, 0] < 1) & (V[:, 1] > 0) & (V[:, 1] < 1)
+        V[inner, :2] += rng.uniform(-jitter, jitter, (inner.sum(), 2)) / (nx - 1)
+    idx = np.arange(nx * ny).reshape(nx, ny)
+    a, b, c, d = idx[:-1, :-1].ravel(), idx[1:, :-1].ravel(), idx[1:, 1:].ravel(), idx[:-1, 1:].ravel()
+    F = np.concatenate([np.stack([a, b, c], 1), np.stack([a, c, d], 1)])
+    return V, F
+
+
+def icosphere(subdiv=3):
+    import trimesh
+
+    m = trimesh.creation.icosphere(subdivisions=subdiv)
+    return np.asarray(m.vertices), np.asarray(m.faces, np.int64)
+
+
+# ----------------------------------------------------------------------------- operators
+def test_cotan_laplacian_matches_gradient_form_and_dense_reference():
+    V, F = icosphere(1)
+    L = cotan_laplacian(V, F)
+    G, a, _ = face_gradient(V, F)
+    # L = G^T A G (independent construction through the face gradient)
+    assert abs(L - G.T @ sp.diags(np.repeat(a, 3)) @ G).max() < 1e-12
+    # brute-force reference: per face, per corner, w = cot(angle)/2 on the opposite edge
+    Ld = np.zeros((len(V), len(V)))
+    for f in F:
+        for c in range(3):
+            i, j, k = f[c], f[(c + 1) % 3], f[(c + 2) % 3]
+            u, v = V[j] - V[i], V[k] - V[i]
+            cot = u @ v / np.linalg.norm(np.cross(u, v))
+            Ld[j, k] -= cot / 2
+            Ld[k, j] -= cot / 2
+            Ld[j, j] += cot / 2
+            Ld[k, k] += cot / 2
+    assert np.abs(L.toarray() - Ld).max() < 1e-12
+    assert np.allclose(L @ np.ones(len(V)), 0, atol=1e-12)
+    # mass: total = surface area
+    assert np.isclose(lumped_mass(V, F).sum(), a.sum())
+
+
+def test_gradient_of_linear_function_is_exact():
+    V, F = grid(6, 5, jitter=0.3)
+    G, _, _ = face_gradient(V, F)
+    g = (G @ (2 * V[:, 0] - 3 * V[:, 1])).reshape(-1, 3)
+    assert np.allclose(g, [2, -3, 0], atol=1e-12)
+
+
+def test_intrinsic_operators_agree_with_extrinsic_and_delaunay_flips():
+    V, F = grid(8, 8, jitter=0.3, seed=3)
+    e1, e2 = V[F[:, 1]] - V[F[:, 0]], V[F[:, 2]] - V[F[:, 0]]
+    assert (np.cross(e1, e2)[:, 2] > 0).all()  # no folded triangle: a planar triangulation of the square
+    l = lengths_from_positions(V, F)
+    L0 = cotan_laplacian(V, F)
+    assert abs(cotan_from_lengths(F, l, len(V)) - L0).max() < 1e-10
+    G2, a2 = gradient_from_lengths(F, l, len(V))
+    assert abs(G2.T @ sp.diags(np.repeat(a2, 2)) @ G2 - L0).max() < 1e-10
+    # a planar Delaunay triangulation has non-negative cotan weights; flipping keeps area
+    Fi, li, flips = intrinsic_delaunay(F, l)
+    Li = cotan_from_lengths(Fi, li, len(V))
+    off = Li - sp.diags(Li.diagonal())
+    assert flips > 0 and off.max() <= 1e-12
+    assert (L0 - sp.diags(L0.diagonal())).max() > 1e-3  # the jittered grid was not Delaunay
+    _, ai = gradient_from_lengths(Fi, li, len(V))
+    assert np.isclose(ai.sum(), 1.0)
+
+
+# ----------------------------------------------------------------------------- accuracy
+@pytest.mark.parametrize("name,robust,pp_max", [("spot", False, 0.0464), ("cow", True, 0.0315), ("spot", True, None)])
+def test_accuracy_against_exact_geodesics(shared_data, name, robust, pp_max):
+    r = np.load(require(shared_data / "geodesic_ref" / f"{name}_src0.npz"))
+    ex = r["exact_pygeodesic"]
+    d = MeshHeatSolver(r["V"], r["F"], robust=robust).compute_distance(0)
+    err = np.abs(d - ex) / ex.max()
+    assert err.mean() <= 0.01
+    # potpourri3d's heat method on the same mesh (its default, stored in the npz)
+    pp = np.abs(r["heat_potpourri3d"] - ex) / ex.max()
+    assert np.isclose(pp.max(), pp_max if pp_max else pp.max(), atol=5e-4)
+    assert err.max() <= pp.max() * (1.0 if pp_max else 1.01)
+
+
+def test_cow_plain_cotan_breaks_where_intrinsic_delaunay_does_not(shared_data):
+    """Documented failure mode: obtuse triangles give negative cotan weights (no maximum
+    principle); the robust path fixes it. Source 2782 on cow, distance to vertex 0."""
+    r = np.load(require(shared_data / "geodesic_ref" / "cow_src0.npz"))
+    exact = r["exact_pygeodesic"][2782]
+    robust = MeshHeatSolver(r["V"], r["F"], robust=True).compute_distance(2782)[0]
+    plain = MeshHeatSolver(r["V"], r["F"]).compute_distance(2782)[0]
+    assert abs(robust - exact) / exact < 0.02
+    assert abs(plain - exact) / exact > 0.5
+
+
+def test_sphere_great_circle_distance():
+    V, F = icosphere(4)
+    d = MeshHeatSolver(V, F).compute_distance(0)
+    ex = np.arccos(np.clip(V @ V[0], -1, 1))
+    assert np.abs(d - ex).mean() / np.pi < 0.01
+    assert d[0] == 0.0
+
+
+def test_boundary_average_on_flat_square():
+    """On a convex flat domain geodesic = Euclidean distance. Measured (31x31 jittered grid,
+    centre source): mean error 1.06% averaged vs 1.15% Neumann-only; max 5.4% vs 3.7% (corners,
+    where the Dirichlet part pulls the field towards the boundary normal)."""
+    V, F = grid(31, 31, jitter=0.2)
+    src = 480  # the centre
+    ex = np.linalg.norm(V - V[src], axis=1)
+    err = {}
+    for b in ("average", "neumann"):
+        d = MeshHeatSolver(V, F, boundary=b).compute_distance(src)
+        err[b] = np.abs(d - ex) / ex.max()
+    assert err["average"].mean() < 0.0110 and err["average"].max() < 0.06
+    assert err["average"].mean() < 0.95 * err["neumann"].mean()
+
+
+# ----------------------------------------------------------------------------- API
+def test_multi_source_and_batched_queries():
+    V, F = icosphere(4)
+    s = MeshHeatSolver(V, F)
+    d0, d1 = s.compute_distance(0), s.compute_distance(17)
+    dm = s.compute_distance([0, 17])
+    # shifted so the mean over the sources is 0 (clipped at 0): each source within O(h) of 0
+    assert max(dm[0], dm[17]) < 0.02 * d0.max()
+    # against the exact distance to the nearest source (great circles on the unit sphere)
+    ex = np.minimum(np.arccos(np.clip(V @ V[0], -1, 1)), np.arccos(np.clip(V @ V[17], -1, 1)))
+    err = np.abs(dm - ex) / ex.max()
+    assert err.mean() < 0.01 and err.max() < 0.05
+    D = s.compute_distances([0, [0, 17], 17])
+    assert D.shape == (3, len(V))
+    assert np.allclose(D[0], d0, atol=1e-10) and np.allclose(D[1], dm, atol=1e-10) and np.allclose(D[2], d1, atol=1e-10)
+    assert np.allclose(heat_geodesic(V, F, 0), d0, atol=1e-10)
+
+
+@pytest.mark.parametrize("bad", [-1, 642, [0, 1000]])
+def test_source_out_of_range(bad):
+    V, F = icosphere(2)  # 162 vertices
+    with pytest.raises(ValueError, match=r"out of range: there are 162 vertices"):
+        MeshHeatSolver(V, F).compute_distance(bad if bad != 642 else 162)
+    with pytest.raises(ValueError, match="integers"):
+        check_sources(1.5, 10)
+
+
+def test_unreferenced_vertices_get_inf_and_keep_indices():
+    V, F = icosphere(2)
+    extra = np.array([[5.0, 5, 5], [6.0, 6, 6]])
+    V2 = np.concatenate([V[:10], extra, V[10:]])
+    F2 = np.where(F >= 10, F + 2, F)
+    d_ref = MeshHeatSolver(V, F).compute_distance(0)
+    s = MeshHeatSolver(V2, F2)
+    d = s.compute_distance(0)
+    assert np.isinf(d[10:12]).all()
+    assert np.allclose(np.delete(d, [10, 11]), d_ref, atol=1e-12)
+    with pytest.raises(ValueError, match="vertex 11 is not part of the solve"):
+        s.compute_distance(11)
+
+
+def test_components_unreachable_get_inf():
+    V, F = icosphere(2)
+    V2 = np.concatenate([V, V + [5, 0, 0]])
+    F2 = np.concatenate([F, F + len(V)])
+    d = MeshHeatSolver(V2, F2).compute_distance(3)
+    assert np.isinf(d[len(V):]).all() and np.isfinite(d[: len(V)]).all()
+    assert np.allclose(d[: len(V)], MeshHeatSolver(V, F).compute_distance(3), atol=1e-8)
+    # one source in each component: both finite, each its own field
+    d2 = MeshHeatSolver(V2, F2).compute_distance([3, len(V) + 3])
+    assert np.allclose(d2[: len(V)], d2[len(V):], atol=1e-8)
+
+
+def test_degenerate_faces_dropped_with_warning():
+    V, F = icosphere(2)
+    V2 = np.concatenate([V, [[0.0, 0, 0]]])  # a collinear/zero-area face on existing vertices + a repeat
+    F2 = np.concatenate([F, [[F[0, 0], F[0, 1], F[0, 1]], [F[0, 0], F[0, 0], len(V)]]])
+    with pytest.warns(RuntimeWarning, match="dropping 2 degenerate"):
+        s = MeshHeatSolver(V2, F2)
+    d = s.compute_distance(0)
+    assert np.isinf(d[len(V)])  # only used by a dropped face -> unreferenced
+    assert np.allclose(d[: len(V)], MeshHeatSolver(V, F).compute_distance(0), atol=1e-12)
+    # zero area from coincident positions
+    V3 = np.concatenate([V, V[:1], V[:1]])
+    F3 = np.concatenate([F, [[0, len(V), len(V) + 1]]])
+    with pytest.warns(RuntimeWarning, match="degenerate"):
+        MeshHeatSolver(V3, F3)
+
+
+def book(pages=3):
+    """Three unit right triangles sharing the edge (0,1): a non-manifold 'book'."""
+    V = [[0, 0, 0], [1, 0, 0]]
+    F = []
+    for k in range(pages):
+        ang = 2 * np.pi * k / pages
+        V.append([0.5, np.cos(ang), np.sin(ang)])
+        F.append([0, 1, 2 + k])
+    return np.array(V, float), np.array(F)
+
+
+def test_nonmanifold_edges_handled_or_refused():
+    V, F = book(3)
+    with pytest.warns(RuntimeWarning, match=r"1 non-manifold edges .* e\.g\. edge \(0, 1\)"):
+        s = MeshHeatSolver(V, F)
+    d = s.compute_distance(2)
+    assert np.isfinite(d).all() and d[2] == 0
+    # pages 3 and 4 are symmetric with respect to page 2
+    assert np.isclose(d[3], d[4], rtol=1e-9)
+    with pytest.raises(ValueError, match="1 non-manifold edges"):
+        MeshHeatSolver(V, F, nonmanifold="error")
+    rep = inspect_mesh(V, F)
+    assert rep.nonmanifold_edges.tolist() == [[0, 1]]
+
+
+@pytest.mark.parametrize("kw,msg", [
+    (dict(V=np.zeros((3, 2))), "V must have shape"),
+    (dict(F=np.array([[0, 1, 5]])), "refers to vertex 5, but V has 3 vertices"),
+    (dict(F=np.zeros((0, 3), int)), "F is empty"),
+    (dict(t_coef=0.0), "t_coef"),
+    (dict(V=np.array([[0, 0, 0], [1, 0, 0], [np.nan, 1, 0]])), "non-finite"),
+])
+def test_bad_input_messages(kw, msg):
+    args = dict(V=np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0.0]]), F=np.array([[0, 1, 2]]))
+    args.update(kw)
+    V, F = args.pop("V"), args.pop("F")
+    with pytest.raises(ValueError, match=msg):
+        MeshHeatSolver(V, F, **args)
+
+
+def test_bunny_small_robust_and_plain_agree(shared_data):
+    import trimesh
+
+    m = trimesh.load(require(shared_data / "meshes" / "bunny_small.ply"), process=False)
+    V, F = np.asarray(m.vertices), np.asarray(m.faces)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a clean mesh: no warnings
+        a = MeshHeatSolver(V, F).compute_distance(0)
+        b = MeshHeatSolver(V, F, robust=True).compute_distance(0)
+    assert np.abs(a - b).max() < 0.05 * a.max()
+    # Euclidean distance is a lower bound of the geodesic (up to O(h) heat-method error)
+    h = inspect_mesh(V, F).mean_edge_length
+    assert (a >= np.linalg.norm(V - V[0], axis=1) - 2 * h).all()
