@@ -130,9 +130,9 @@ class _FaceOps:
         k = u.shape[1]
         g = (self.G @ u).reshape(self.m, self.dim, k)
         norm = np.sqrt(np.einsum("mck,mck->mk", g, g))
-        with np.errstate(divide="ignore", invalid="ignore"):
-            X = np.where(norm[:, None, :] > 0, -g / norm[:, None, :], 0.0)
-        return self.GtA @ X.reshape(self.dim * self.m, k)
+        inv = np.divide(-1.0, norm, out=np.zeros_like(norm), where=norm > 0)  # zero gradient -> X = 0
+        g *= inv[:, None, :]
+        return self.GtA @ g.reshape(self.dim * self.m, k)
 
 
 class _EdgeOps:
@@ -249,13 +249,15 @@ class MeshHeatSolver(_HeatSolverBase):
     boundary : ``"average"`` (Neumann/Dirichlet average, default) or ``"neumann"``.
     area_eps : faces with area <= ``area_eps * h^2`` count as degenerate and are dropped.
     nonmanifold : ``"warn"`` (handle, default) or ``"error"``.
+    backend : sparse factorisation, ``"qdldl"`` (LDL^T, the default when installed) or
+        ``"superlu"`` (scipy); None picks :func:`engine.geometry.heat_core.default_backend`.
 
     See the module docstring for the behaviour on imperfect meshes. ``report`` holds what
     :func:`engine.geometry.laplacian.inspect_mesh` found.
     """
 
     def __init__(self, V, F, t_coef: float = 1.0, robust: bool = False, boundary: str = "average",
-                 area_eps: float = 1e-12, nonmanifold: str = "warn"):
+                 area_eps: float = 1e-12, nonmanifold: str = "warn", backend: str | None = None):
         V = _as_points(V, "V")
         F = _as_faces(F, len(V))
         if not (np.isfinite(t_coef) and t_coef > 0):
@@ -308,7 +310,7 @@ class MeshHeatSolver(_HeatSolverBase):
         if boundary == "average" and len(rep.boundary_vertices):
             bmask = np.zeros(len(Va), bool)
             bmask[self._local[rep.boundary_vertices]] = True
-        self._core = HeatCore(L, mass, t_coef * h * h, bmask)
+        self._core = HeatCore(L, mass, t_coef * h * h, bmask, backend)
 
 
 class PointCloudHeatSolver(_HeatSolverBase):

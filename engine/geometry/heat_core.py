@@ -3,15 +3,26 @@
 Used by :mod:`engine.geometry.geodesic` for meshes and point clouds. Internal module; the public
 API is in :mod:`engine.geometry.geodesic`.
 
-Factorisation choice (measured on armadillo, 49,990 vertices, 2 CPU cores): scipy's SuperLU in
-symmetric mode (``diag_pivot_thresh=0``, ``SymmetricMode=True``) with the ``MMD_AT_PLUS_A``
-ordering gives the same fill as a Cholesky with minimum-degree ordering (2.6 M non-zeros in
-L+U): 0.35 s to factor, ~7 ms per solve. The default COLAMD ordering doubles the fill (5.1 M)
-and the solve time; non-symmetric mode with partial pivoting takes 17 s to factor. The Poisson
-system has the same pattern as the heat system, so its factorisation reuses the heat system's
-fill-reducing permutation (the ordering is computed once).
+Factorisation backends (:class:`SPDFactor`, chosen by ``backend=`` or ``KERNELIGHT_SPARSE_SOLVER``):
+
+- ``"qdldl"`` (default when the ``qdldl`` package is installed): a sparse LDL^T with an AMD
+  fill-reducing ordering. LDL^T needs no square roots, so it also factors the (almost singular)
+  shifted Poisson matrix without the "not positive definite" failures an LL^T Cholesky can hit.
+  Measured (CPU time, 2 shared cores): 110-160 ms to factor the heat system of the bunny
+  (34,834 vertices) or armadillo (49,990), 4-5 ms per solve.
+- ``"superlu"`` (fallback, scipy only): SuperLU in symmetric mode (``diag_pivot_thresh=0``,
+  ``SymmetricMode=True``) with the ``MMD_AT_PLUS_A`` ordering, the same fill as a Cholesky
+  with minimum degree: ~200-250 ms to factor, ~5 ms per solve. The default COLAMD ordering
+  doubles the fill; non-symmetric mode with partial pivoting takes ~17 s on armadillo.
+
+Also measured and not used: CHOLMOD through ``sksparse-minimal`` (~95 ms per factor, about the
+same as qdldl, but a small package that conflicts with ``cholespy`` when both are imported and
+silently returns a bad factor on a matrix it finds indefinite) and ``cholespy`` (slower to
+factor here, 230-480 ms). ``scikit-sparse`` has no wheel for this platform.
 """
 from __future__ import annotations
+
+import os
 
 import numpy as np
 import scipy.sparse as sp
@@ -19,36 +30,56 @@ import scipy.sparse.linalg as sla
 from scipy.sparse.csgraph import connected_components
 
 _SUPERLU_OPTS = dict(diag_pivot_thresh=0.0, options=dict(SymmetricMode=True))
+BACKENDS = ("qdldl", "superlu")
+
+
+def default_backend() -> str:
+    """The factorisation backend used when none is named: ``$KERNELIGHT_SPARSE_SOLVER`` if set,
+    else ``"qdldl"`` when that package imports, else ``"superlu"``."""
+    env = os.environ.get("KERNELIGHT_SPARSE_SOLVER", "").strip().lower()
+    if env:
+        if env not in BACKENDS:
+            raise ValueError(f"KERNELIGHT_SPARSE_SOLVER must be one of {BACKENDS}, got {env!r}")
+        return env
+    try:
+        import qdldl  # noqa: F401
+    except ImportError:
+        return "superlu"
+    return "qdldl"
 
 
 class SPDFactor:
-    """LU (= LDL^T up to scaling) factorisation of a sparse symmetric positive definite matrix.
+    """Factorisation of a sparse symmetric positive definite ``(n, n)`` matrix ``A``.
 
-    ``perm`` is an optional fill-reducing permutation (new index -> old index) to reuse; when
-    omitted SuperLU computes a minimum-degree ordering on A + A^T. ``self.perm`` holds the
-    permutation actually used, so a second matrix with the same pattern can reuse it.
+    ``backend`` is ``"qdldl"`` (LDL^T, AMD ordering), ``"superlu"`` (symmetric-mode LU, minimum
+    degree ordering) or ``None`` for :func:`default_backend`. Only the upper triangle of ``A``
+    is read by qdldl; SuperLU reads all of it, so ``A`` must really be symmetric.
     """
 
-    def __init__(self, A: sp.spmatrix, perm: np.ndarray | None = None):
+    def __init__(self, A: sp.spmatrix, backend: str | None = None):
+        backend = default_backend() if backend is None else backend
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        self.backend = backend
         A = sp.csc_matrix(A)
         self.n = A.shape[0]
-        if perm is None:
-            self._lu = sla.splu(A, permc_spec="MMD_AT_PLUS_A", **_SUPERLU_OPTS)
-            self.perm = np.argsort(self._lu.perm_c)
-            self._p = None
+        if backend == "qdldl":
+            import qdldl
+
+            self._f = qdldl.Solver(sp.triu(A, format="csc"), upper=True)
         else:
-            self.perm = np.asarray(perm)
-            self._p = self.perm
-            Ap = A[self.perm][:, self.perm].tocsc()
-            self._lu = sla.splu(Ap, permc_spec="NATURAL", **_SUPERLU_OPTS)
+            self._f = sla.splu(A, permc_spec="MMD_AT_PLUS_A", **_SUPERLU_OPTS)
 
     def solve(self, B: np.ndarray) -> np.ndarray:
         """Solve ``A X = B`` for ``B`` of shape ``(n,)`` or ``(n, k)``."""
         B = np.asarray(B, dtype=np.float64)
-        if self._p is None:
-            return self._lu.solve(B)
+        if self.backend == "superlu":
+            return self._f.solve(B)
+        if B.ndim == 1:
+            return self._f.solve(B)
         X = np.empty_like(B)
-        X[self._p] = self._lu.solve(np.ascontiguousarray(B[self._p]))
+        for c in range(B.shape[1]):
+            X[:, c] = self._f.solve(np.ascontiguousarray(B[:, c]))
         return X
 
 
@@ -63,21 +94,24 @@ class HeatCore:
     boundary : (n,) bool mask of boundary vertices, or None. With a boundary the heat solution
         is the average of the Neumann solution and the Dirichlet one (u = u0 on the boundary,
         i.e. zero except at boundary sources), as recommended by Crane et al. 2013, Sec. 3.2.
+    backend : factorisation backend for :class:`SPDFactor` (None: :func:`default_backend`).
     """
 
-    def __init__(self, L: sp.spmatrix, mass: np.ndarray, t: float, boundary: np.ndarray | None = None):
+    def __init__(self, L: sp.spmatrix, mass: np.ndarray, t: float, boundary: np.ndarray | None = None,
+                 backend: str | None = None):
         L = sp.csr_matrix(L)
         self.n = L.shape[0]
         self.mass = np.asarray(mass, dtype=np.float64)
         self.t = float(t)
         Mdiag = sp.diags(self.mass)
         A = (Mdiag + self.t * L).tocsc()
-        self.heat = SPDFactor(A)
+        self.backend = default_backend() if backend is None else backend
+        self.heat = SPDFactor(A, self.backend)
         # Poisson: L is singular (constants); a tiny mass shift makes it definite. The right-hand
         # side sums to zero on every component, so the shift only fixes the free constants
         # (removed afterwards) and perturbs other modes by ~1e-11 * (1/h^2) / lambda_1.
         scale = float(L.diagonal().sum() / max(self.mass.sum(), 1e-300))
-        self.poisson = SPDFactor((L + 1e-11 * scale * Mdiag).tocsc(), perm=self.heat.perm)
+        self.poisson = SPDFactor((L + 1e-11 * scale * Mdiag).tocsc(), self.backend)
         pattern = L.copy()
         pattern.data = np.ones_like(pattern.data)  # zero cotan weights still connect
         self.n_components, self.labels = connected_components(pattern, directed=False)
@@ -87,7 +121,7 @@ class HeatCore:
             self.interior = np.flatnonzero(~boundary)
             A = A.tocsr()
             self._A_IB = A[self.interior][:, self.boundary].tocsr()
-            self.heat_dirichlet = SPDFactor(A[self.interior][:, self.interior].tocsc())
+            self.heat_dirichlet = SPDFactor(A[self.interior][:, self.interior].tocsc(), self.backend)
 
     def diffuse(self, rhs: np.ndarray) -> np.ndarray:
         """Heat solution for initial heat ``rhs`` (integrated: a one-hot vector per source)."""
@@ -107,6 +141,10 @@ class HeatCore:
         ``b`` is ``(n, k)`` and ``sources[q]`` the source indices of column ``q``.
         """
         phi = self.poisson.solve(b)
+        if self.n_components == 1:  # common case: no component bookkeeping
+            offs = np.array([phi[src, q].mean() for q, src in enumerate(sources)])
+            phi -= offs.reshape((1,) * (phi.ndim - 1) + (-1,))
+            return np.maximum(phi, 0.0, out=phi)
         out = np.full_like(phi, np.inf)
         for q, src in enumerate(sources):
             lab = self.labels[src]

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-__all__ = ["intrinsic_delaunay", "lengths_from_positions", "cotan_from_lengths", "areas_from_lengths",
+__all__ = ["intrinsic_delaunay", "intrinsic_delaunay_reference", "lengths_from_positions", "cotan_from_lengths", "areas_from_lengths",
            "gradient_from_lengths"]
 
 
@@ -114,10 +114,12 @@ def mollify(lengths: np.ndarray, eps: float = 1e-6) -> np.ndarray:
     return lengths + max(0.0, margin - slack)
 
 
-def intrinsic_delaunay(F: np.ndarray, lengths: np.ndarray, tol: float = 1e-12, max_flips: int | None = None):
-    """Flip non-Delaunay interior manifold edges until none remain.
+def intrinsic_delaunay_reference(F: np.ndarray, lengths: np.ndarray, tol: float = 1e-12,
+                                 max_flips: int | None = None):
+    """Sequential (one flip at a time, stack-driven) version of :func:`intrinsic_delaunay`.
 
-    Returns ``(F, lengths, n_flips)`` (new arrays). Boundary and non-manifold edges are fixed.
+    Slow (a Python loop over flips: ~2 s on armadillo); kept as the reference that tests
+    compare the batched version against. Same arguments and return value.
     """
     F = np.array(F, dtype=np.int64)
     lengths = np.array(lengths, dtype=np.float64)
@@ -177,4 +179,88 @@ def intrinsic_delaunay(F: np.ndarray, lengths: np.ndarray, tol: float = 1e-12, m
             raise RuntimeError(f"intrinsic Delaunay flipping did not converge after {max_flips} flips")
         for hnew, _ in links:
             stack.append(hnew)
+    return F, lengths, flips
+
+
+def _corner_cots(lengths: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """``(k,)`` cotangent of the angle at corner ``c[i]`` of the triangles ``lengths (k, 3)``."""
+    k = np.arange(len(c))
+    l0, l1, l2 = lengths[k, c], lengths[k, (c + 1) % 3], lengths[k, (c + 2) % 3]
+    return (l1 * l1 + l2 * l2 - l0 * l0) / (4.0 * areas_from_lengths(lengths))
+
+
+def intrinsic_delaunay(F: np.ndarray, lengths: np.ndarray, tol: float = 1e-12, max_flips: int | None = None):
+    """Flip non-Delaunay interior manifold edges until none remain.
+
+    Returns ``(F, lengths, n_flips)`` (new arrays). Boundary and non-manifold edges are fixed,
+    and so are edges whose two faces are oriented inconsistently.
+
+    Batched: each round takes every edge still in question, keeps those that are not Delaunay
+    (sum of the cotangents of the two opposite angles ``< -tol``), picks a set of them that
+    share no face (an edge claims its two faces; the lowest halfedge id wins a face, so each
+    round flips at least one edge) and flips them all with array operations. The edges next to
+    a flip are the candidates of the next round. The result is the same intrinsic Delaunay
+    triangulation as :func:`intrinsic_delaunay_reference` (unique up to co-circular ties).
+    """
+    F = np.array(F, dtype=np.int64)
+    lengths = np.array(lengths, dtype=np.float64)
+    m = len(F)
+    T = _build_twins(F).ravel()  # flat twin table, indexed by halfedge id 3 * f + c
+    max_flips = 50 * m if max_flips is None else max_flips
+    he = np.flatnonzero(T >= 0)
+    cand = he[he < T[he]]
+    flips = 0
+    claim = np.full(m, np.iinfo(np.int64).max)
+    while len(cand):
+        tw = T[cand]
+        f, c = np.divmod(cand, 3)
+        g, d = np.divmod(tw, 3)
+        c1, c2, d1, d2 = (c + 1) % 3, (c + 2) % 3, (d + 1) % 3, (d + 2) % 3
+        a, p, q, b = F[f, c], F[f, c1], F[f, c2], F[g, d]
+        ok = (f != g) & (F[g, d1] == q) & (F[g, d2] == p)
+        ok &= _corner_cots(lengths[f], c) + _corner_cots(lengths[g], d) < -tol
+        cand, f, c, g, d, c1, c2, d1, d2, a, p, q, b = (x[ok] for x in (cand, f, c, g, d, c1, c2, d1, d2, a, p, q, b))
+        if not len(cand):
+            break
+        # independent set: an edge flips when it holds the lowest claim on both of its faces
+        np.minimum.at(claim, f, cand)
+        np.minimum.at(claim, g, cand)
+        win = (claim[f] == cand) & (claim[g] == cand)
+        claim[f] = claim[g] = np.iinfo(np.int64).max
+        rest = cand[~win]
+        f, c, g, d, c1, c2, d1, d2, a, p, q, b = (x[win] for x in (f, c, g, d, c1, c2, d1, d2, a, p, q, b))
+        k = len(f)
+        flips += k
+        if flips > max_flips:
+            raise RuntimeError(f"intrinsic Delaunay flipping did not converge after {max_flips} flips")
+        lf, lg = lengths[f], lengths[g]
+        r = np.arange(k)
+        l_pq, l_qa, l_ap = lf[r, c], lf[r, c1], lf[r, c2]
+        l_bq, l_bp = lg[r, d2], lg[r, d1]  # opposite p: edge b-q; opposite q: edge b-p
+        # lay both triangles out in the plane, the shared edge p -> q on the x axis
+        xa = (l_ap**2 + l_pq**2 - l_qa**2) / (2 * l_pq)
+        ya = np.sqrt(np.maximum(l_ap**2 - xa**2, 0.0))
+        xb = (l_bp**2 + l_pq**2 - l_bq**2) / (2 * l_pq)
+        yb = -np.sqrt(np.maximum(l_bp**2 - xb**2, 0.0))
+        l_ab = np.hypot(xa - xb, ya - yb)
+        # old outer halfedges -> their ids after the flip; faces become f' = (a, p, b), g' = (b, q, a)
+        old = np.concatenate([3 * g + d1, 3 * f + c2, 3 * f + c1, 3 * g + d2])  # edges p-b, a-p, q-a, b-q
+        new = np.concatenate([3 * f + 0, 3 * f + 2, 3 * g + 0, 3 * g + 2])
+        outer = T[old]
+        remap = np.arange(3 * m)
+        remap[old] = new
+        F[f] = np.stack([a, p, b], axis=1)
+        lengths[f] = np.stack([l_bp, l_ab, l_ap], axis=1)
+        F[g] = np.stack([b, q, a], axis=1)
+        lengths[g] = np.stack([l_qa, l_ab, l_bq], axis=1)
+        T[3 * f + 1], T[3 * g + 1] = 3 * g + 1, 3 * f + 1
+        has = outer >= 0
+        tout = np.where(has, remap[np.maximum(outer, 0)], -1)
+        T[new] = tout
+        T[tout[has]] = new[has]
+        # next round: the four edges around each flip, plus this round's losers (ids unchanged
+        # unless a winner rewrote their face, in which case they are among the four edges)
+        nxt = np.concatenate([rest[(remap[rest] == rest)], new])
+        nxt = nxt[T[nxt] >= 0]
+        cand = np.unique(np.minimum(nxt, T[nxt]))
     return F, lengths, flips

@@ -170,5 +170,5 @@ def inspect_mesh(V: np.ndarray, F: np.ndarray, area_eps: float = 1e-12) -> MeshR
         unreferenced_vertices=np.flatnonzero(~used),
         nonmanifold_edges=edges[counts > 2],
         boundary_vertices=boundary,
-        mean_edge_length=mean_edge_length(V, good) if len(good) else 0.0,
+        mean_edge_length=float(np.linalg.norm(V[edges[:, 0]] - V[edges[:, 1]], axis=1).mean()) if len(edges) else 0.0,
     )

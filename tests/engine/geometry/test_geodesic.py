@@ -8,8 +8,9 @@ import pytest
 import scipy.sparse as sp
 
 from engine.geometry.geodesic import MeshHeatSolver, check_sources, heat_geodesic
+from engine.geometry.heat_core import SPDFactor
 from engine.geometry.intrinsic import (cotan_from_lengths, gradient_from_lengths, intrinsic_delaunay,
-                                       lengths_from_positions)
+                                       intrinsic_delaunay_reference, lengths_from_positions, mollify)
 from engine.geometry.laplacian import cotan_laplacian, face_gradient, inspect_mesh, lumped_mass
 from tests.conftest import require
 
@@ -83,6 +84,50 @@ def test_intrinsic_operators_agree_with_extrinsic_and_delaunay_flips():
     assert (L0 - sp.diags(L0.diagonal())).max() > 1e-3  # the jittered grid was not Delaunay
     _, ai = gradient_from_lengths(Fi, li, len(V))
     assert np.isclose(ai.sum(), 1.0)
+
+
+def test_batched_delaunay_flips_match_sequential_reference(shared_data):
+    """The batched flipper (independent sets of flips per round) must reach the same intrinsic
+    Delaunay triangulation as the one-flip-at-a-time reference: same Laplacian, same areas."""
+    import trimesh
+
+    cases = [grid(15, 15, jitter=0.45, seed=7)]
+    m = trimesh.load(require(shared_data / "meshes" / "cow.obj"), process=False, maintain_order=True)
+    cases.append((np.asarray(m.vertices), np.asarray(m.faces, np.int64)))  # 665 flips, obtuse triangles
+    for V, F in cases:
+        l = mollify(lengths_from_positions(V, F))
+        Fb, lb, nb = intrinsic_delaunay(F, l)
+        Fr, lr, nr = intrinsic_delaunay_reference(F, l)
+        assert nb > 0 and nr > 0
+        Lb, Lr = cotan_from_lengths(Fb, lb, len(V)), cotan_from_lengths(Fr, lr, len(V))
+        assert abs(Lb - Lr).max() < 1e-10 * abs(Lr).max()
+        assert np.isclose(gradient_from_lengths(Fb, lb, len(V))[1].sum(), gradient_from_lengths(Fr, lr, len(V))[1].sum())
+        # every interior edge is Delaunay afterwards: off-diagonal weights <= 0 away from the boundary
+        off = (Lb - sp.diags(Lb.diagonal())).tocoo()
+        rep = inspect_mesh(V, F)
+        inner = ~np.isin(off.row, rep.boundary_vertices) & ~np.isin(off.col, rep.boundary_vertices)
+        assert off.data[inner].max() <= 1e-9 * abs(Lr).max()
+
+
+@pytest.mark.parametrize("backend", ["qdldl", "superlu"])
+def test_spd_factor_backends_solve(backend):
+    pytest.importorskip(backend) if backend == "qdldl" else None
+    V, F = icosphere(2)
+    A = (sp.diags(np.full(len(V), 0.1)) + cotan_laplacian(V, F)).tocsc()
+    B = np.random.default_rng(0).normal(size=(len(V), 3))
+    f = SPDFactor(A, backend)
+    assert f.backend == backend
+    X = f.solve(B)
+    assert np.abs(A @ X - B).max() < 1e-10 and np.allclose(f.solve(B[:, 1]), X[:, 1], atol=1e-12)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        SPDFactor(A, "umfpack")
+
+
+def test_solver_backends_agree():
+    V, F = grid(21, 21, jitter=0.2)  # has a boundary: three factorisations each
+    a = MeshHeatSolver(V, F, backend="superlu").compute_distances([0, 200])
+    b = MeshHeatSolver(V, F).compute_distances([0, 200])
+    assert np.abs(a - b).max() < 1e-9
 
 
 # ----------------------------------------------------------------------------- accuracy
