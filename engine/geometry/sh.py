@@ -17,7 +17,7 @@ Conventions (stated by every function through its ``convention`` argument)
   channel axis. Functions taking a ``dim`` argument let you say otherwise.
 
 Backends: :func:`sh_basis` uses the Taichi closed-form kernels (:mod:`shaders.sh`) for
-``l_max <= 4`` and the vectorised torch recurrence (:func:`sh_basis_recurrence`, float64 accurate
+``l_max <= 8`` and the vectorised torch recurrence (:func:`sh_basis_recurrence`, float64 accurate
 to 1e-12 beyond degree 30, differentiable by autograd, double-backward included) above.
 
 Environment maps (lat-long, Blender convention, see :func:`latlong_directions`) are projected
@@ -35,7 +35,7 @@ import torch
 from ..errors import ConfigError, DataError
 
 CONVENTIONS = ("standard", "3dgs")
-TAICHI_MAX_DEGREE = 4
+TAICHI_MAX_DEGREE = 8  # measured: the Taichi closed forms beat the recurrence 20-25x at l=8 (tools/bench_sh.py)
 """``sh_basis(backend="auto")`` uses the Taichi closed forms up to this degree."""
 
 
@@ -214,7 +214,7 @@ def sh_basis(dirs: torch.Tensor, l_max: int, convention: str = "standard", backe
         convention: ``"standard"`` (scipy/sphericart) or ``"3dgs"`` (gsplat signs, ``(-1)^m``).
         backend: ``"taichi"`` (closed forms, ``l_max <= 8``, first derivatives only),
             ``"torch"`` (recurrence, any degree, higher derivatives), or ``"auto"``
-            (taichi for ``l_max <= 4``, torch above).
+            (taichi for ``l_max <= 8``, torch above).
 
     Differentiable w.r.t. ``dirs`` on both backends.
     """

@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from shaders import raygauss as rg_kernels
+from shaders.sh import sh_eval
 
-from .shading import sh_to_rgb_3dgs
 from .config import RayGaussConfig
 
 PARAM_NAMES = ("means", "log_scales", "quats", "density", "sh", "sg_amp", "sg_axis", "sg_sharp")
@@ -139,7 +139,7 @@ class RayGaussModel(nn.Module):
         """Per-Gaussian colour (N,3) for a camera centre (3,), with the active SH degree / SG."""
         d = F.normalize(self.means - cam_center.to(self.means), dim=-1)
         deg = min(self.active_sh_degree, self.max_sh_degree)
-        rgb = sh_to_rgb_3dgs(self.sh[:, : (deg + 1) ** 2, :], d, deg)
+        rgb = sh_eval(d, self.sh, deg, convention="3dgs") + 0.5  # Taichi closed forms, 3DGS signs
         if self.active_sg and self.sg_amp.shape[1] > 0:
             axis = F.normalize(self.sg_axis, dim=-1)
             lam = F.softplus(self.sg_sharp)
