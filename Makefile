@@ -8,10 +8,13 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.kernelight-installed
 PYTEST_ARGS ?=
 
-.PHONY: setup sysdeps demo test bench clean
+.PHONY: setup sysdeps browser demo test bench clean
 
 sysdeps:
 	@bash tools/install_sysdeps.sh
+
+browser:
+	@bash tools/install_sysdeps.sh --browser
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,7 +26,7 @@ setup: sysdeps $(STAMP)
 demo: setup
 	$(PY) tools/demo.py
 
-test: setup
+test: setup browser
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: setup

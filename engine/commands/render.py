@@ -25,6 +25,8 @@ def register(sub) -> None:
     p.add_argument("--depth", action="store_true", help="also write depth maps (colour-mapped PNG and .npy)")
     p.add_argument("--alpha", action="store_true", help="also write accumulated-opacity maps")
     p.add_argument("--video", default="turntable.mp4", help="turntable video file name (.mp4 or .gif); 'none' to skip")
+    p.add_argument("--camera-path", metavar="JSON", default=None,
+                   help="render this camera_path.json (nerfstudio format, e.g. saved by kernelight view) as the video")
     p.add_argument("--frames", type=int, default=60, help="turntable frames (default 60)")
     p.add_argument("--fps", type=float, default=30.0)
     p.add_argument("--size", type=int, nargs=2, metavar=("W", "H"), default=None, help="video resolution")
@@ -97,7 +99,15 @@ def run(args) -> int:
                 write_image(folder / f"{i:04d}_alpha.png", r["alpha"])
             written += 1
         print(f"wrote {written} views to {folder}")
-    if args.video.lower() != "none":
+    if args.camera_path:
+        from ..camera_paths_json import read_camera_path
+
+        path_cams, path_fps = read_camera_path(args.camera_path)
+        frames = [api.render(model, path_cams, i, background=bg)["rgb"].clamp(0, 1)
+                  for i in track(range(len(path_cams)), description="rendering camera path")]
+        name = Path(args.camera_path).stem + ".mp4" if args.video in ("turntable.mp4", "none") else args.video
+        print(f"wrote {write_video(out / name, frames, fps=path_fps)}")
+    elif args.video.lower() != "none":
         if split is not None:
             W, H = args.size or (None, None)
             path_cams = orbit(split.cameras, args.frames, width=W, height=H)

@@ -29,6 +29,9 @@ def register(sub) -> None:
     p.add_argument("--name", default=None, help="scene name used in the run path (default: data folder name)")
     p.add_argument("--resume", metavar="RUN", default=None, help="continue the run in this folder")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
+    p.add_argument("--viewer", action="store_true",
+                   help="serve the live web viewer on 127.0.0.1 while training (Pause/Resume, live renders)")
+    p.add_argument("--viewer-port", type=int, default=7007, help="viewer port (default 7007, 0 = any free)")
     add_method_options(p)
     p.set_defaults(func=run)
 
@@ -71,10 +74,17 @@ def run(args) -> int:
     if not Path(data).exists():
         raise ConfigError(f"{data}: dataset folder not found")
     options.update(collect_method_options(args))
+    hooks = []
+    if args.viewer:
+        import sys
+
+        from viewer.training import TrainingViewerHook  # lazy: engine never imports viewer at module level
+
+        hooks.append(TrainingViewerHook(port=args.viewer_port, keep_open=sys.stdin.isatty()))
     settings = TrainSettings(method=method, data=Path(data), output=Path(args.output), scene_name=name,
                              data_format=fmt, downscale=downscale, background=background, options=options,
                              run_dir=Path(args.resume) if args.resume else None,
-                             progress=not args.no_progress)
+                             progress=not args.no_progress, hooks=hooks)
     run_dir = train(settings)
     print(f"run folder: {run_dir}")
     return 0

@@ -47,6 +47,9 @@ class TrainSettings:
     run_dir: Path | None = None          # set when resuming
     progress: bool = True
     quiet: bool = False
+    # objects with on_start(trainer), before_step(trainer), after_step(trainer, loss, stats),
+    # on_end(trainer) (e.g. the live viewer: viewer.training.TrainingViewerHook)
+    hooks: list = field(default_factory=list)
 
 
 def make_method_config(method_cls, options: dict):
@@ -211,6 +214,11 @@ class Trainer:
                    TextColumn("{task.fields[ips]:>5.1f} it/s"), TextColumn("loss {task.fields[loss]:.4f}"),
                    TextColumn("PSNR {task.fields[psnr]:5.2f}"), TextColumn("N {task.fields[n]}"),
                    TimeElapsedColumn(), TimeRemainingColumn()]
+        from shaders import runtime
+
+        hooks = list(self.settings.hooks)
+        for h in hooks:
+            h.on_start(self)
         start_step = self.step
         ema_loss, ema_psnr = None, None
         t_last, s_last = time.perf_counter(), self.step
@@ -223,11 +231,16 @@ class Trainer:
                     if c.time_budget_s and self.train_time >= c.time_budget_s:
                         console.print(f"time budget of {c.time_budget_s:.0f} s reached at step {self.step}")
                         break
+                    for h in hooks:
+                        h.before_step(self)
                     t0 = time.perf_counter()
                     index = self._next_index() if self.batch_mode == "image" else None
-                    loss, stats = self._step(index)
+                    with runtime.runtime_lock:  # viewer renders never interleave with a step
+                        loss, stats = self._step(index)
                     self.train_time += time.perf_counter() - t0
                     self.step += 1
+                    for h in hooks:
+                        h.after_step(self, loss, stats)
                     ema_loss = loss if ema_loss is None else 0.9 * ema_loss + 0.1 * loss
                     ema_psnr = stats["psnr"] if ema_psnr is None else 0.9 * ema_psnr + 0.1 * stats["psnr"]
                     now = time.perf_counter()
@@ -255,6 +268,8 @@ class Trainer:
                 path = self.save()
                 console.print(f"[yellow]interrupted at step {self.step}: checkpoint saved to {path}[/]; "
                               f"resume with: kernelight train --resume {self.run_dir}")
+                for h in hooks:
+                    h.on_end(self)
                 return self.run_dir
         path = self.save()
         if self.step > start_step:
@@ -262,6 +277,8 @@ class Trainer:
             self._log({"step": self.step, "final": True, **final, "train_time_s": round(self.train_time, 3)})
             console.print(f"done: {self.step} steps in {self.train_time:.0f} s, test PSNR "
                           f"{final['test_psnr']:.2f} dB on {final['test_views']} views; checkpoint {path}")
+        for h in hooks:
+            h.on_end(self)
         return self.run_dir
 
 
