@@ -17,10 +17,12 @@ Pipeline (all on the Taichi arch except the sort):
    internal node an atomic counter lets only the second arriving thread (whose sibling is then
    complete) compute the union and continue. Refit reruns only this step.
 
+6. :func:`_pack_nodes` -- optional packed copy for fast closest-hit traversal (child boxes in
+   the parent, small subtrees collapsed to multi-primitive leaves).
+
 Node numbering: internal nodes are ``0 .. N-2`` (root 0), the leaf of the primitive at sorted
 position ``i`` is node ``N-1+i``. ``children[leaf] = (-1, prim)``.
 """
-from __future__ import annotations
 
 import taichi as ti
 
@@ -60,7 +62,7 @@ def _morton_codes(lo: ti.types.ndarray(), hi: ti.types.ndarray(), bounds: ti.typ
             c = 0.5 * (lo[i, k] + hi[i, k])
             ext = bounds[1, k] - bounds[0, k]
             scale = 0.0
-            if ext > 0.0:
+            if ext > 1e-30:  # the scale stays finite
                 scale = _MORTON_CELLS / ext
             q = ti.cast(ti.floor((c - bounds[0, k]) * scale), ti.i32)
             q = ti.min(ti.max(q, 0), _MORTON_CELLS - 1)
@@ -84,7 +86,7 @@ def _delta(codes: ti.types.ndarray(), n: ti.i32, i: ti.i32, j: ti.i32) -> ti.i32
 
 @ti.kernel
 def _karras_internal(codes: ti.types.ndarray(), children: ti.types.ndarray(),
-                     parent: ti.types.ndarray()):
+                     parent: ti.types.ndarray(), span: ti.types.ndarray()):
     n = codes.shape[0]
     for i in range(n - 1):
         d = 1
@@ -122,6 +124,8 @@ def _karras_internal(codes: ti.types.ndarray(), children: ti.types.ndarray(),
             right = n - 1 + gamma + 1
         children[i, 0] = left
         children[i, 1] = right
+        span[i, 0] = first
+        span[i, 1] = last
         parent[left] = i
         parent[right] = i
 
@@ -189,3 +193,37 @@ def _triangle_leaf_data(vertices: ti.types.ndarray(), faces: ti.types.ndarray(),
             tri[s, k] = a
             tri[s, 3 + k] = b - a
             tri[s, 6 + k] = c - a
+
+
+@ti.func
+def leaf_code(start: ti.i32, count: ti.i32) -> ti.i32:
+    """Packed-node child code of a leaf of ``count`` (1..8) primitives at sorted slots
+    ``start .. start+count-1``: ``-1 - (start * 8 + count - 1)`` (always negative)."""
+    return -1 - (start * 8 + count - 1)
+
+
+@ti.kernel
+def _pack_nodes(node_lo: ti.types.ndarray(), node_hi: ti.types.ndarray(),
+                children: ti.types.ndarray(), span: ti.types.ndarray(), leaf_max: ti.i32,
+                packed: ti.types.ndarray()):
+    """packed[i] = (lo, hi of child 0, lo, hi of child 1, code 0, code 1, 0, 0) per internal
+    node i. A child code >= 0 is an internal node id; a child whose subtree holds at most
+    ``leaf_max`` primitives (a contiguous slot range, since leaves are in Morton order) becomes a
+    leaf code (:func:`leaf_code`). Codes are stored as int32 bits in the float32 array."""
+    nint = span.shape[0]
+    for i in range(nint):
+        for c in ti.static(range(2)):
+            child = children[i, c]
+            code = child
+            if child >= nint:
+                code = leaf_code(child - nint, 1)
+            else:
+                size = span[child, 1] - span[child, 0] + 1
+                if size <= leaf_max:
+                    code = leaf_code(span[child, 0], size)
+            for k in ti.static(range(3)):
+                packed[i, 6 * c + k] = node_lo[child, k]
+                packed[i, 6 * c + 3 + k] = node_hi[child, k]
+            packed[i, 12 + c] = ti.bit_cast(code, ti.f32)
+        packed[i, 14] = 0.0
+        packed[i, 15] = 0.0

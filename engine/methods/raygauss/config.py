@@ -22,6 +22,9 @@ class RayGaussConfig:
     sh_unlock_steps: tuple = (1000, 2000)  # step at which SH degree 1, 2, (3) become active
     sg_unlock_step: int = 3000         # step at which SG lobes become active
     init_density: float = 10.0         # initial s of every Gaussian
+    init_scale_mult: float = 1.0       # initial scale = this x RMS distance to the 3 nearest points
+    init: str = "auto"                 # auto | visual_hull | points | random (auto: visual hull
+                                       # when the images have alpha/masks, else dataset points, else random)
     init_points: int = 20000           # at most this many initial Gaussians (random subsample)
     init_random_points: int = 20000    # used when the dataset has no points
     # ---- optimisation ------------------------------------------------------------------------

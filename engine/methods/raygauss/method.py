@@ -35,15 +35,36 @@ class RayGaussMethod:
     # ---------------------------------------------------------------- creation
     @classmethod
     def create(cls, cfg: RayGaussConfig, dataset) -> "RayGaussMethod":
+        from ...errors import ConfigError
+        from ...train.init_points import split_coverage, visual_hull_points
+
         box = dataset.scene_box
+        train = dataset.splits["train"]
         points = getattr(dataset, "points", None)
-        if points is not None and len(points) >= 4:
+        has_points = points is not None and len(points) >= 4
+        choice = cfg.init
+        if choice not in ("auto", "visual_hull", "points", "random"):
+            raise ConfigError(f"init must be auto, visual_hull, points or random, got {choice!r}")
+        if choice == "auto":
+            choice = "visual_hull" if split_coverage(train) is not None else ("points" if has_points else "random")
+        model, note = None, ""
+        if choice == "visual_hull":
+            hull = visual_hull_points(train, box, cfg.init_points, seed=cfg.seed)
+            if hull is None:
+                note = "visual hull unavailable (no alpha/masks or empty hull); "
+                choice = "points" if has_points else "random"
+            else:
+                model = RayGaussModel.from_points(hull[0], hull[1], box, cfg)
+                note = f"initialised {model.num_gaussians} Gaussians inside the visual hull of the training masks"
+        if model is None and choice == "points":
+            if not has_points:
+                raise ConfigError("init=points but the dataset has no points (use init=random or auto)")
             model = RayGaussModel.from_points(_np(points), _np(getattr(dataset, "point_colors", None)), box, cfg)
-            note = f"initialised {model.num_gaussians} Gaussians from the dataset's {len(points)} points"
-        else:
+            note += f"initialised {model.num_gaussians} Gaussians from the dataset's {len(points)} points"
+        if model is None:
             model = RayGaussModel.random_in_box(box, cfg)
-            note = (f"the dataset has no points: initialised {model.num_gaussians} Gaussians "
-                    "uniformly at random in the scene box")
+            note += (f"{'the dataset has no points: ' if not has_points else ''}initialised "
+                     f"{model.num_gaussians} Gaussians uniformly at random in the scene box")
         m = cls(cfg, model)
         m.notes.append(note)
         return m

@@ -91,7 +91,7 @@ class RayGaussModel(nn.Module):
             raise ValueError(f"need at least 4 initial points, got {n}")
         d, _ = cKDTree(pts).query(pts, k=4)
         mean_d = np.sqrt(np.maximum((d[:, 1:] ** 2).mean(1), 1e-10))
-        log_scales = np.repeat(np.log(mean_d)[:, None], 3, 1)
+        log_scales = np.repeat(np.log(mean_d * cfg.init_scale_mult)[:, None], 3, 1)
         quats = np.zeros((n, 4), np.float32)
         quats[:, 0] = 1.0
         K = (cfg.sh_degree + 1) ** 2

@@ -1,0 +1,427 @@
+"""Tests of shaders/bvh.py: structure, segment queries and closest hits against brute force
+(shaders/bvh_ref.py), refit, the in-kernel ti.func, and real meshes against trimesh and open3d.
+
+"Grazing" (real-mesh comparisons): a ray whose supporting line passes within
+``GRAZE_REL * bbox diagonal`` of any mesh edge. Only there may hit/miss or the face id differ
+between float32 implementations; every other ray must agree exactly on hit/miss and face, and
+distances must agree within 1e-4 relative.
+"""
+import math
+
+import numpy as np
+import pytest
+import taichi as ti
+import torch
+
+from shaders import bvh, bvh_ref, runtime
+from tests.conftest import require
+
+GRAZE_REL = 1e-5
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _init():
+    runtime.init()
+
+
+def _random_boxes(n, gen, spread=1.0, size=0.1):
+    c = torch.rand(n, 3, generator=gen) * spread
+    s = torch.rand(n, 3, generator=gen) * size
+    return c - s, c + s
+
+
+def _random_segments(r, gen, lo, hi):
+    """Segments of several kinds: generic, starting inside a box, axis-parallel, zero dirs."""
+    o = torch.rand(r, 3, generator=gen) * 1.4 - 0.2
+    d = torch.randn(r, 3, generator=gen)
+    q = r // 6
+    # start inside (at the centre of) a box
+    k = torch.randint(0, lo.shape[0], (q,), generator=gen)
+    o[:q] = 0.5 * (lo[k] + hi[k])
+    # one or two zero direction components, including -0.0
+    d[q:2 * q, 0] = 0.0
+    d[2 * q:3 * q, 1:] = -0.0
+    # origin exactly on a box face plane with a zero component along that axis
+    k = torch.randint(0, lo.shape[0], (q,), generator=gen)
+    o[3 * q:4 * q, 2] = lo[k, 2]
+    d[3 * q:4 * q, 2] = 0.0
+    t0 = torch.rand(r, generator=gen) - 0.3
+    t1 = t0 + torch.rand(r, generator=gen) * 1.5
+    t1[4 * q:4 * q + 5] = t0[4 * q:4 * q + 5]  # zero-length segments
+    return o, d, t0, t1
+
+
+def _check_structure(b, n):
+    m = 2 * n - 1
+    assert b.node_lo.shape == (m, 3) and b.node_hi.shape == (m, 3)
+    assert b.children.shape == (m, 2) and b.parent.shape == (m,)
+    assert b.node_lo.dtype == torch.float32 and b.children.dtype == torch.int32
+    ch = b.children.long()
+    leaf = ch[:, 0] < 0
+    assert int(leaf.sum()) == n
+    assert sorted(ch[leaf, 1].tolist()) == list(range(n))
+    assert int(b.parent[0]) == -1
+    internal = torch.nonzero(~leaf).flatten()
+    if n > 1:
+        assert not bool(leaf[0])
+        kids = ch[internal].flatten()
+        assert sorted(kids.tolist()) == list(range(1, m))  # every non-root node has one parent
+        assert torch.equal(b.parent[kids].long(), internal.repeat_interleave(2))
+        for c in (0, 1):
+            assert bool((b.node_lo[internal] <= b.node_lo[ch[internal, c]]).all())
+            assert bool((b.node_hi[internal] >= b.node_hi[ch[internal, c]]).all())
+    assert bvh_ref.tree_depth(b.parent) < bvh.STACK_SIZE
+
+
+def _check_segments(b, lo, hi, o, d, t0, t1):
+    n = lo.shape[0]
+    ids, counts = bvh.segment_query(b, o, d, t0, t1, cap=n)
+    ref = bvh_ref.segment_overlap_ref(lo, hi, o, d, t0, t1)
+    assert torch.equal(counts.long(), ref.sum(1))
+    got = torch.zeros_like(ref)
+    rows = torch.arange(o.shape[0])[:, None].expand_as(ids)
+    valid = ids >= 0
+    got[rows[valid], ids[valid].long()] = True
+    assert int(valid.sum()) == int(counts.sum())  # no duplicates, nothing missing
+    assert torch.equal(got, ref)
+    return ref
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 17, 500])
+def test_aabb_build_and_segment_query_match_brute_force(n):
+    gen = torch.Generator().manual_seed(n)
+    lo, hi = _random_boxes(n, gen)
+    b = bvh.build_aabb_bvh(lo, hi)
+    assert b.num_prims == n
+    _check_structure(b, n)
+    o, d, t0, t1 = _random_segments(600, gen, lo, hi)
+    ref = _check_segments(b, lo, hi, o, d, t0, t1)
+    if n == 500:
+        assert ref.any(1).float().mean() > 0.3  # the test exercises real overlaps
+
+
+def test_duplicate_boxes_bounded_depth():
+    gen = torch.Generator().manual_seed(1)
+    lo, hi = _random_boxes(40, gen)
+    # 3000 copies of 40 boxes plus 1000 identical points: massive Morton-code duplication
+    lo = torch.cat([lo.repeat(75, 1), torch.full((1000, 3), 0.25)])
+    hi = torch.cat([hi.repeat(75, 1), torch.full((1000, 3), 0.25)])
+    b = bvh.build_aabb_bvh(lo, hi)
+    _check_structure(b, lo.shape[0])
+    assert bvh_ref.tree_depth(b.parent) <= 30 + math.ceil(math.log2(lo.shape[0])) + 1
+    o, d, t0, t1 = _random_segments(200, gen, lo, hi)
+    _check_segments(b, lo, hi, o, d, t0, t1)
+
+
+def test_degenerate_scene_all_identical_centroids():
+    n = 257
+    lo = torch.zeros(n, 3)
+    hi = torch.ones(n, 3)
+    b = bvh.build_aabb_bvh(lo, hi)
+    _check_structure(b, n)
+    assert bvh_ref.tree_depth(b.parent) == math.ceil(math.log2(n))
+    ids, counts = bvh.segment_query(b, torch.tensor([[0.5, 0.5, -1.0]]),
+                                    torch.tensor([[0.0, 0.0, 1.0]]), 0.0, 10.0, cap=n)
+    assert int(counts[0]) == n and sorted(ids[0].tolist()) == list(range(n))
+
+
+def test_segment_cap_truncates_but_counts_all():
+    gen = torch.Generator().manual_seed(2)
+    lo, hi = _random_boxes(300, gen, size=0.3)
+    b = bvh.build_aabb_bvh(lo, hi)
+    o, d, t0, t1 = _random_segments(200, gen, lo, hi)
+    ref = bvh_ref.segment_query_ref(lo, hi, o, d, t0, t1)
+    cap = 5
+    ids, counts = bvh.segment_query(b, o, d, t0, t1, cap=cap)
+    assert ids.shape == (200, cap)
+    assert any(len(s) > cap for s in ref)
+    for r, s in enumerate(ref):
+        assert int(counts[r]) == len(s)
+        got = [i for i in ids[r].tolist() if i >= 0]
+        assert len(got) == min(cap, len(s)) and len(set(got)) == len(got) and set(got) <= s
+
+
+def test_refit_matches_fresh_build():
+    gen = torch.Generator().manual_seed(3)
+    lo, hi = _random_boxes(400, gen)
+    b = bvh.build_aabb_bvh(lo, hi)
+    children = b.children.clone()
+    # move and resize every box
+    shift = torch.randn(400, 3, generator=gen) * 0.3
+    lo2 = lo + shift
+    hi2 = hi + shift + torch.rand(400, 3, generator=gen) * 0.1
+    bvh.refit_aabb_bvh(b, lo2, hi2)
+    assert torch.equal(b.children, children)  # topology kept
+    _check_structure(b, 400)
+    fresh = bvh.build_aabb_bvh(lo2, hi2)
+    o, d, t0, t1 = _random_segments(400, gen, lo2, hi2)
+    _check_segments(b, lo2, hi2, o, d, t0, t1)
+    _check_segments(fresh, lo2, hi2, o, d, t0, t1)
+    # root box is exactly the union of the new boxes
+    assert torch.equal(b.node_lo[0], lo2.min(0).values)
+    assert torch.equal(b.node_hi[0], hi2.max(0).values)
+    with pytest.raises(ValueError, match="built over 400"):
+        bvh.refit_aabb_bvh(b, lo2[:10], hi2[:10])
+
+
+def test_bad_inputs_are_named():
+    with pytest.raises(ValueError, match="zero primitives"):
+        bvh.build_aabb_bvh(torch.zeros(0, 3), torch.zeros(0, 3))
+    with pytest.raises(ValueError, match="lo/hi"):
+        bvh.build_aabb_bvh(torch.zeros(4, 2), torch.zeros(4, 2))
+    with pytest.raises(ValueError, match="faces"):
+        bvh.build_triangle_bvh(torch.zeros(3, 3), torch.tensor([[0, 1, 3]]))
+
+
+@ti.kernel
+def _collect_in_user_kernel(node_lo: ti.types.ndarray(), node_hi: ti.types.ndarray(),
+                            children: ti.types.ndarray(), rays_o: ti.types.ndarray(),
+                            rays_d: ti.types.ndarray(), t0: ti.types.ndarray(),
+                            t1: ti.types.ndarray(), out: ti.types.ndarray(),
+                            counts: ti.types.ndarray()):
+    for r in range(rays_o.shape[0]):
+        o = ti.math.vec3(rays_o[r, 0], rays_o[r, 1], rays_o[r, 2])
+        d = ti.math.vec3(rays_d[r, 0], rays_d[r, 1], rays_d[r, 2])
+        counts[r] = bvh.bvh_segment_collect(node_lo, node_hi, children, o, d, t0[r], t1[r],
+                                            out, r, out.shape[1])
+
+
+def test_bvh_segment_collect_inside_a_user_kernel():
+    gen = torch.Generator().manual_seed(4)
+    lo, hi = _random_boxes(200, gen)
+    b = bvh.build_aabb_bvh(lo, hi)
+    o, d, t0, t1 = _random_segments(300, gen, lo, hi)
+    out = torch.full((300, 200), -1, dtype=torch.int32)
+    counts = torch.zeros(300, dtype=torch.int32)
+    with runtime.runtime_lock:
+        _collect_in_user_kernel(b.node_lo, b.node_hi, b.children, o, d, t0, t1, out, counts)
+    ref = bvh_ref.segment_query_ref(lo, hi, o, d, t0, t1)
+    for r, s in enumerate(ref):
+        assert int(counts[r]) == len(s)
+        assert set(out[r, :len(s)].tolist()) == s
+
+
+# ----------------------------------------------------------------------------- triangles
+
+
+def _check_traversal_tree(tb):
+    """The packed traversal tree: leaves partition the slots, child boxes contain their
+    triangles, slot_face is a permutation and tri holds the slot's triangle."""
+    nf = tb.num_faces
+    assert sorted(tb.slot_face.tolist()) == list(range(nf))
+    tri = tb.vertices[tb.faces[tb.slot_face.long()].long()]  # (F, 3, 3) in slot order
+    assert torch.equal(tb.tri[:, :3], tri[:, 0])
+    assert torch.allclose(tb.tri[:, 3:6], tri[:, 1] - tri[:, 0])
+    covered = torch.zeros(nf, dtype=torch.int64)
+    codes = tb.packed[:, 12:14].contiguous().view(torch.int32)
+    stack = [(tb.root_code, tb.root_lo[0], tb.root_hi[0], 0)]
+    max_depth = 0
+    while stack:
+        code, lo, hi, depth = stack.pop()
+        max_depth = max(max_depth, depth)
+        if code < 0:
+            enc = -1 - code
+            start, count = enc >> 3, (enc & 7) + 1
+            assert count <= tb.leaf_size or tb.builder == "lbvh" and count == 1
+            covered[start:start + count] += 1
+            pts = tri[start:start + count].reshape(-1, 3)
+            assert bool((pts >= lo).all()) and bool((pts <= hi).all())
+        else:
+            row = tb.packed[code]
+            for c in (0, 1):
+                clo, chi = row[6 * c:6 * c + 3], row[6 * c + 3:6 * c + 6]
+                assert bool((clo >= lo).all()) and bool((chi <= hi).all())
+                stack.append((int(codes[code, c]), clo, chi, depth + 1))
+    assert bool((covered == 1).all())
+    assert max_depth < bvh.STACK_SIZE
+
+
+def _random_soup(nf, gen, size=0.15):
+    c = torch.rand(nf, 1, 3, generator=gen)
+    v = (c + (torch.rand(nf, 3, 3, generator=gen) - 0.5) * size).reshape(-1, 3)
+    return v, torch.arange(3 * nf, dtype=torch.int32).reshape(nf, 3)
+
+
+def _rays_at(vertices, r, gen):
+    target = torch.rand(r, 3, generator=gen)
+    o = torch.randn(r, 3, generator=gen)
+    o = 0.5 + 1.5 * o / o.norm(dim=1, keepdim=True)
+    d = (target - o) * (0.5 + torch.rand(r, 1, generator=gen))  # not normalised
+    return o, d
+
+
+def _compare_with_ref(tb, v, f, o, d, tmin=0.0, tmax=math.inf):
+    t, face, uv = bvh.closest_hit(tb, o, d, tmin, tmax)
+    vd, od, dd = v.double(), o.double(), d.double()
+    t_all, u_all, v_all = bvh_ref.ray_triangle_ref(vd, f, od, dd, tmin, tmax)
+    tr, idx = t_all.min(-1)
+    fr = torch.where(torch.isfinite(tr), idx, -1).to(torch.int32)
+    rows = torch.arange(o.shape[0])
+    uvr = torch.stack([u_all[rows, idx], v_all[rows, idx]], -1)
+    # unambiguous rays: the supporting line crosses no triangle's plane near that triangle's
+    # edges (|min barycentric| < 1e-4), and no second face is hit within 1e-4 relative distance
+    t_line, u_line, v_line = bvh_ref.ray_triangle_ref(vd, f, od, dd, -1e30, 1e30)
+    w = torch.minimum(torch.minimum(u_line, v_line), 1 - u_line - v_line)
+    near_edge = (w.abs() < 1e-4) & torch.isfinite(t_line)
+    tie = torch.zeros(o.shape[0], dtype=torch.bool)
+    if f.shape[0] > 1:
+        t_sorted = t_all.sort(dim=1).values
+        tie = (t_sorted[:, 1] - t_sorted[:, 0]).abs() <= 1e-4 * t_sorted[:, 0].abs()
+    ok = ~near_edge.any(1) & ~tie
+    hit = fr >= 0
+    assert ok.float().mean() > 0.8
+    assert torch.equal(face[ok], fr[ok])
+    assert torch.equal(torch.isinf(t[ok]), ~hit[ok])
+    both = ok & hit
+    assert both.sum() > 0
+    assert torch.allclose(t[both].double(), tr[both], rtol=1e-5, atol=0)
+    assert torch.allclose(uv[both].double(), uvr[both], atol=1e-4)
+    # the reported (t, u, v) is consistent with the reported face
+    hit_all = face >= 0
+    tri = v.double()[f[face[hit_all].long()].long()]
+    uu, vv = uv[hit_all, 0:1].double(), uv[hit_all, 1:2].double()
+    p_bary = (1 - uu - vv) * tri[:, 0] + uu * tri[:, 1] + vv * tri[:, 2]
+    p_ray = o[hit_all].double() + t[hit_all, None].double() * d[hit_all].double()
+    assert (p_bary - p_ray).norm(dim=1).max() < 1e-5
+    assert bool((face[~hit_all] == -1).all()) and bool((uv[~hit_all] == 0).all())
+    return t, face
+
+
+@pytest.mark.parametrize("builder,leaf_size", [("sah", 4), ("sah", 8), ("lbvh", 1),
+                                               ("lbvh", 4)])
+def test_closest_hit_matches_brute_force(builder, leaf_size):
+    gen = torch.Generator().manual_seed(10 + leaf_size)
+    v, f = _random_soup(400, gen)
+    tb = bvh.build_triangle_bvh(v, f, leaf_size=leaf_size, builder=builder)
+    _check_traversal_tree(tb)
+    _check_structure(tb.bvh, 400)
+    o, d = _rays_at(v, 800, gen)
+    _compare_with_ref(tb, v, f, o, d)
+    # a t-window: hits must respect [tmin, tmax)
+    _compare_with_ref(tb, v, f, o, d, tmin=0.9, tmax=1.3)
+
+
+@pytest.mark.parametrize("builder", ["sah", "lbvh"])
+@pytest.mark.parametrize("nf", [1, 2, 5])
+def test_closest_hit_tiny_meshes(nf, builder):
+    gen = torch.Generator().manual_seed(nf)
+    v, f = _random_soup(nf, gen, size=0.8)
+    tb = bvh.build_triangle_bvh(v, f, leaf_size=2, builder=builder)
+    _check_traversal_tree(tb)
+    o, d = _rays_at(v, 400, gen)
+    t, face = _compare_with_ref(tb, v, f, o, d)
+
+
+def test_closest_hit_axis_aligned_rays():
+    # a unit quad in the z = 0 plane, rays along +z and with zero x/y components
+    v = torch.tensor([[0, 0, 0], [1, 0, 0], [1, 1, 0], [0, 1, 0]], dtype=torch.float32)
+    f = torch.tensor([[0, 1, 2], [0, 2, 3]], dtype=torch.int32)
+    tb = bvh.build_triangle_bvh(v, f)
+    xy = torch.tensor([[0.3, 0.2], [0.7, 0.9], [1.5, 0.5], [0.5, -0.1]])
+    o = torch.cat([xy, torch.full((4, 1), -2.0)], 1)
+    d = torch.tensor([[0.0, 0.0, 1.0]]).expand(4, 3)
+    t, face, uv = bvh.closest_hit(tb, o, d)
+    assert torch.allclose(t[:2], torch.tensor([2.0, 2.0]))
+    assert face.tolist() == [0, 1, -1, -1]
+    assert math.isinf(t[2]) and math.isinf(t[3])
+    # hit point from barycentrics
+    p = (1 - uv[0].sum()) * v[0] + uv[0, 0] * v[1] + uv[0, 1] * v[2]
+    assert torch.allclose(p, torch.tensor([0.3, 0.2, 0.0]), atol=1e-6)
+
+
+@pytest.mark.parametrize("builder", ["sah", "lbvh"])
+def test_refit_triangles_matches_fresh_build(builder):
+    gen = torch.Generator().manual_seed(20)
+    v, f = _random_soup(400, gen)
+    tb = bvh.build_triangle_bvh(v, f, builder=builder)
+    packed_codes = tb.packed[:, 12:14].clone()
+    v2 = v + torch.randn(v.shape, generator=gen) * 0.05
+    bvh.refit_triangle_bvh(tb, v2)
+    assert torch.equal(tb.packed[:, 12:14].view(torch.int32),
+                       packed_codes.view(torch.int32))  # traversal topology kept
+    _check_structure(tb.bvh, 400)
+    _check_traversal_tree(tb)
+    o, d = _rays_at(v2, 800, gen)
+    _compare_with_ref(tb, v2, f, o, d)
+    fresh = bvh.build_triangle_bvh(v2, f, builder=builder)
+    t1, f1, _ = bvh.closest_hit(tb, o, d)
+    t2, f2, _ = bvh.closest_hit(fresh, o, d)
+    assert torch.equal(f1, f2) and torch.equal(t1, t2)
+
+
+def test_sah_tree_duplicates_bounded_depth():
+    # 600 copies of the same triangle + 400 copies of another: no centroid split exists
+    v = torch.tensor([[0, 0, 0], [1, 0, 0], [0, 1, 0], [2, 2, 2], [3, 2, 2], [2, 3, 2.0]])
+    f = torch.tensor([[0, 1, 2]] * 600 + [[3, 4, 5]] * 400, dtype=torch.int32)
+    tb = bvh.build_triangle_bvh(v, f, leaf_size=2)
+    _check_traversal_tree(tb)
+    assert tb.sah.depth <= 1 + math.ceil(math.log2(600))
+    t, face, _ = bvh.closest_hit(tb, torch.tensor([[0.2, 0.2, -1.0], [2.2, 2.2, 5.0]]),
+                                 torch.tensor([[0.0, 0.0, 1.0], [0.0, 0.0, -1.0]]))
+    assert torch.allclose(t, torch.tensor([1.0, 3.0]))
+    assert 0 <= int(face[0]) < 600 and 600 <= int(face[1]) < 1000
+
+
+def _load_mesh(path):
+    import trimesh
+
+    m = trimesh.load(path, force="mesh", process=False)
+    return m, torch.tensor(np.asarray(m.vertices), dtype=torch.float32), torch.tensor(
+        np.asarray(m.faces), dtype=torch.int32)
+
+
+def _mesh_rays(v, r, seed):
+    gen = torch.Generator().manual_seed(seed)
+    lo, hi = v.min(0).values, v.max(0).values
+    c, ext = 0.5 * (lo + hi), hi - lo
+    o = torch.randn(r, 3, generator=gen)
+    o = c + 1.5 * ext.norm() * o / o.norm(dim=1, keepdim=True)
+    target = c + (torch.rand(r, 3, generator=gen) - 0.5) * ext
+    d = target - o
+    return o, d / d.norm(dim=1, keepdim=True)
+
+
+def test_real_mesh_vs_trimesh_and_open3d(shared_data):
+    pytest.importorskip("rtree", reason="trimesh ray queries need rtree")
+    import open3d as o3d
+
+    path = require(shared_data / "meshes" / "bunny_small.ply")
+    m, v, f = _load_mesh(path)
+    o, d = _mesh_rays(v, 3000, seed=5)
+    tb = bvh.build_triangle_bvh(v, f)
+    t, face, uv = bvh.closest_hit(tb, o, d)
+    diag = float((v.max(0).values - v.min(0).values).norm())
+    edges = torch.as_tensor(np.asarray(m.edges_unique), dtype=torch.int64)
+    hit = face >= 0
+    assert 0.2 < hit.float().mean() < 0.9
+
+    def check_against(other_face, other_t, name):
+        other_hit = other_face >= 0
+        both = hit & other_hit
+        differ = (hit != other_hit) | (both & (face.long() != other_face))
+        # every disagreement must be a grazing ray (few of them)
+        assert differ.float().mean() < 0.01, name
+        if differ.any():
+            dist = bvh_ref.ray_edge_distance(v, edges, o[differ], d[differ])
+            assert bool((dist < GRAZE_REL * diag).all()), (name, dist.max().item() / diag)
+        same = both & ~differ
+        assert torch.allclose(t[same].double(), other_t[same].double(), rtol=1e-4, atol=0), name
+
+    # open3d (Embree)
+    scene = o3d.t.geometry.RaycastingScene()
+    scene.add_triangles(o3d.core.Tensor(v.numpy()), o3d.core.Tensor(f.numpy().astype(np.uint32)))
+    ans = scene.cast_rays(o3d.core.Tensor(torch.cat([o, d], 1).numpy()))
+    et = torch.from_numpy(ans["t_hit"].numpy().copy())
+    ef = torch.from_numpy(ans["primitive_ids"].numpy().astype(np.int64))
+    ef[~torch.isfinite(et)] = -1
+    check_against(ef, et, "open3d")
+
+    # trimesh (its own ray/triangle code, rtree candidates)
+    tri_idx, ray_idx, loc = m.ray.intersects_id(o.double().numpy(), d.double().numpy(),
+                                                multiple_hits=False, return_locations=True)
+    tm_face = torch.full((o.shape[0],), -1, dtype=torch.int64)
+    tm_t = torch.full((o.shape[0],), math.inf, dtype=torch.float64)
+    tm_face[torch.as_tensor(ray_idx)] = torch.as_tensor(tri_idx)
+    tm_t[torch.as_tensor(ray_idx)] = torch.as_tensor(
+        np.linalg.norm(loc - o.double().numpy()[ray_idx], axis=1))
+    check_against(tm_face, tm_t, "trimesh")
