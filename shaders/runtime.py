@@ -10,10 +10,13 @@ Arch selection (``KERNELIGHT_ARCH`` overrides, default ``auto``):
 The offline cache lives in ``$KERNELIGHT_CACHE/taichi`` (default ``~/.cache/kernelight/taichi``)
 so compiled kernels survive between processes.
 
-Taichi is not thread safe. Every call into a kernel from a thread other than the one that
-owns the training loop (e.g. viewer callbacks) must hold :data:`runtime_lock`, or go through
-:func:`call`, which does that for you. The lock is re-entrant, so kernels wrappers may take it
-unconditionally.
+Taichi is not thread safe, and its CPU (LLVM) backend asserts that kernels are *compiled* on
+the thread that called ``ti.init``. So:
+
+* every kernel call holds :data:`runtime_lock` (re-entrant; wrappers take it unconditionally);
+* threads other than the Taichi thread (viewer callbacks) never call kernels directly: they
+  submit the work to :class:`shaders.thread_queue.TaichiQueue` (``default_queue().call(fn)``),
+  which the Taichi thread pumps (the viewer's main loop, or the trainer between steps).
 """
 from __future__ import annotations
 

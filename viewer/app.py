@@ -61,7 +61,7 @@ class ViewerApp:
 
         from engine.errors import ConfigError
 
-        from .taichi_thread import default_queue
+        from shaders.thread_queue import default_queue
 
         self.options = opts = options or ViewerOptions()
         self.scene = scene

@@ -8,7 +8,7 @@ measured rays/s and the target frame rate; once the camera rests for ``rest_dela
 view is re-rendered at full size (``max_side`` pixels on the longer side). A disconnecting
 client stops its thread and its state is dropped.
 
-Renders run on the Taichi thread through :class:`viewer.taichi_thread.TaichiQueue` (holding
+Renders run on the Taichi thread through :class:`shaders.thread_queue.TaichiQueue` (holding
 :data:`shaders.runtime.runtime_lock`), so viewer threads never race each other or a training loop.
 """
 from __future__ import annotations
@@ -184,7 +184,7 @@ class ClientRenderer:
     """Worker thread rendering the newest view request of one client (see module docstring)."""
 
     def __init__(self, client, source, settings: RenderSettings, on_frame=None, taichi=None):
-        from .taichi_thread import default_queue
+        from shaders.thread_queue import default_queue
 
         self.taichi = taichi or default_queue()
         self.client = client
@@ -295,7 +295,7 @@ class RenderPanel:
     """
 
     def __init__(self, server, source, settings: RenderSettings | None = None, gui: bool = True, taichi=None):
-        from .taichi_thread import default_queue
+        from shaders.thread_queue import default_queue
 
         self.taichi = taichi or default_queue()
         self.server = server

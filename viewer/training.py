@@ -11,7 +11,7 @@ The trainer calls, from its own thread::
     ...
     viewer.close()
 
-Viewer renders are queued (:mod:`viewer.taichi_thread`) and run on the training thread inside
+Viewer renders are queued (:mod:`shaders.thread_queue`) and run on the training thread inside
 ``update`` / ``wait_if_paused``, holding :data:`shaders.runtime.runtime_lock`: a render only
 happens between two training steps and always sees a consistent model (parameters, BVH,
 densification). The trainer must run on the main thread (where Taichi was initialised). ``update`` is cheap: it stores numbers, refreshes the GUI at most
@@ -36,7 +36,7 @@ class TrainingViewer:
 
         from engine.errors import ConfigError
 
-        from .taichi_thread import default_queue
+        from shaders.thread_queue import default_queue
 
         self.taichi = default_queue()
         if not port_available(host, port):

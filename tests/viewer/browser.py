@@ -1,6 +1,6 @@
 """Headless Chromium for the viewer tests (selenium + Debian chromium / chromium-driver).
 
-Taichi work of the viewer runs on the main thread (see viewer/taichi_thread.py), so the tests
+Taichi work of the viewer runs on the main thread (see shaders/thread_queue.py), so the tests
 drive the browser from a helper thread (:func:`drive`) while the main thread pumps the viewer's
 queue.
 """

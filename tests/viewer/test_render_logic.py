@@ -12,7 +12,7 @@ import torch
 
 from viewer.render_panel import (AdaptiveResolution, ClientRenderer, LatestSlot, RenderPanel, RenderSettings,
                                  ViewRequest, colorize)
-from viewer.taichi_thread import QueueClosed, TaichiQueue
+from shaders.thread_queue import QueueClosed, TaichiQueue
 
 
 def test_latest_slot_keeps_only_newest():

@@ -1,0 +1,213 @@
+"""Multiresolution hash encoding (Instant-NGP style) as Taichi forward/backward kernels.
+
+Math (matched exactly by the pure-torch twin :func:`shaders.hashgrid_ref.hash_encode_reference`)
+-------------------------------------------------------------------------------------------------
+Inputs ``x (N, 3)`` are normalised coordinates; they are clamped to ``[0, 1]`` (the gradient
+w.r.t. ``x`` is zero where clamping is active). Level ``l`` (``0..L-1``) has resolution
+``res[l]`` (:func:`level_resolutions`) and a table ``table[l] (T, F)``.
+
+* ``p = x * res[l]``, cell ``c = min(floor(p), res[l] - 1)`` per axis, ``w = p - c`` in [0, 1].
+* The 8 corners ``v = c + b`` (``b`` in {0,1}^3, grid vertices ``0..res[l]``) are indexed
+  densely, ``v0 + v1 (res+1) + v2 (res+1)^2``, when ``(res+1)^3 <= T``; otherwise by the spatial
+  hash ``(v0 * 1) xor (v1 * 2654435761) xor (v2 * 805459861)`` in uint32 arithmetic (wrapping),
+  modulo ``T``.
+* Trilinear interpolation: ``out[n, l F + f] = sum_b prod_k (b_k ? w_k : 1 - w_k) table[l, idx_b, f]``.
+
+Outputs ``(N, L F)``, level-major. Gradients: w.r.t. ``table`` (scatter-add of the trilinear
+weights, atomics) and w.r.t. ``x`` (derivative of the trilinear weights, times ``res[l]``; the
+encoding is continuous but only piecewise smooth across cell faces). Second derivatives are not
+available (the backward is marked once-differentiable): fields that need ``grad f`` inside a loss
+(eikonal) use finite differences, as Neuralangelo does for hash grids.
+
+Float32 and float64 are supported: ``x`` and ``table`` of one call share the dtype, and every local
+variable of the kernels uses that dtype (kernels are built per dtype by :func:`_kernels`).
+"""
+
+
+import math
+
+import taichi as ti
+import torch
+
+from . import runtime
+
+__all__ = ["level_resolutions", "hash_encode", "HashEncodeFn", "PRIMES"]
+
+#: Spatial-hash multipliers per axis (Teschner et al. / Instant-NGP).
+PRIMES = (1, 2654435761, 805459861)
+
+_CACHE: dict = {}
+
+
+def level_resolutions(levels: int, base_resolution: int, max_resolution: int) -> list[int]:
+    """Grid resolution of each level: ``floor(base * b^l)`` with ``b = (max / base)^(1 / (L - 1))``."""
+    if levels < 1 or base_resolution < 1 or max_resolution < base_resolution:
+        raise ValueError(f"level_resolutions: need levels >= 1 and 1 <= base <= max, got "
+                         f"levels={levels}, base={base_resolution}, max={max_resolution}")
+    if levels == 1:
+        return [int(base_resolution)]
+    b = math.exp((math.log(max_resolution) - math.log(base_resolution)) / (levels - 1))
+    return [int(math.floor(base_resolution * b ** l + 1e-9)) for l in range(levels)]
+
+
+def _kernels(real, F: int):
+    key = (real, F)
+    if key in _CACHE:
+        return _CACHE[key]
+
+    @ti.func
+    def corner_index(v0, v1, v2, r1, dense, T):
+        idx = 0
+        if dense:
+            idx = v0 + v1 * r1 + v2 * r1 * r1
+        else:
+            h = (ti.cast(v0, ti.u32) * ti.u32(PRIMES[0])) ^ (ti.cast(v1, ti.u32) * ti.u32(PRIMES[1])) \
+                ^ (ti.cast(v2, ti.u32) * ti.u32(PRIMES[2]))
+            idx = ti.cast(h % ti.cast(T, ti.u32), ti.i32)
+        return idx
+
+    @ti.func
+    def cell(x: ti.template(), n, res):
+        c = ti.Vector([0, 0, 0], dt=ti.i32)
+        w = ti.Vector([0.0, 0.0, 0.0], dt=real)
+        inside = ti.Vector([1.0, 1.0, 1.0], dt=real)
+        for k in ti.static(range(3)):
+            xk = ti.cast(x[n, k], real)
+            if xk < 0.0:
+                xk = ti.cast(0.0, real)
+                inside[k] = 0.0
+            if xk > 1.0:
+                xk = ti.cast(1.0, real)
+                inside[k] = 0.0
+            p = xk * ti.cast(res, real)
+            ck = ti.min(ti.cast(ti.floor(p), ti.i32), res - 1)
+            c[k] = ck
+            w[k] = p - ti.cast(ck, real)
+        return c, w, inside
+
+    @ti.func
+    def is_dense(r, T):
+        r1 = ti.cast(r + 1, ti.i64)
+        return r1 * r1 * r1 <= ti.cast(T, ti.i64)
+
+    @ti.kernel
+    def forward(x: ti.types.ndarray(), table: ti.types.ndarray(), res: ti.types.ndarray(),
+                out: ti.types.ndarray()):
+        N = x.shape[0]
+        L = table.shape[0]
+        T = table.shape[1]
+        for n, l in ti.ndrange(N, L):
+            r = res[l]
+            dense = is_dense(r, T)
+            c, w, _ins = cell(x, n, r)
+            acc = ti.Vector.zero(real, F)
+            for b in ti.static(range(8)):
+                b0, b1, b2 = b & 1, (b >> 1) & 1, (b >> 2) & 1
+                wt = (w[0] if b0 else 1.0 - w[0]) * (w[1] if b1 else 1.0 - w[1]) \
+                    * (w[2] if b2 else 1.0 - w[2])
+                idx = corner_index(c[0] + b0, c[1] + b1, c[2] + b2, r + 1, dense, T)
+                for f in ti.static(range(F)):
+                    acc[f] += wt * ti.cast(table[l, idx, f], real)
+            for f in ti.static(range(F)):
+                out[n, l * F + f] = acc[f]
+
+    @ti.kernel
+    def backward(x: ti.types.ndarray(), table: ti.types.ndarray(), res: ti.types.ndarray(),
+                 grad_out: ti.types.ndarray(), grad_table: ti.types.ndarray(),
+                 grad_x: ti.types.ndarray(), want_table: ti.i32, want_x: ti.i32):
+        N = x.shape[0]
+        L = table.shape[0]
+        T = table.shape[1]
+        for n in range(N):
+            gx = ti.Vector([0.0, 0.0, 0.0], dt=real)
+            for l in range(L):
+                r = res[l]
+                dense = is_dense(r, T)
+                c, w, ins = cell(x, n, r)
+                rr = ti.cast(r, real)
+                g = ti.Vector.zero(real, F)
+                for f in ti.static(range(F)):
+                    g[f] = ti.cast(grad_out[n, l * F + f], real)
+                for b in ti.static(range(8)):
+                    b0, b1, b2 = b & 1, (b >> 1) & 1, (b >> 2) & 1
+                    f0 = w[0] if b0 else 1.0 - w[0]
+                    f1 = w[1] if b1 else 1.0 - w[1]
+                    f2 = w[2] if b2 else 1.0 - w[2]
+                    wt = f0 * f1 * f2
+                    idx = corner_index(c[0] + b0, c[1] + b1, c[2] + b2, r + 1, dense, T)
+                    if want_table:
+                        for f in ti.static(range(F)):
+                            ti.atomic_add(grad_table[l, idx, f], wt * g[f])
+                    if want_x:
+                        tv = ti.cast(0.0, real)
+                        for f in ti.static(range(F)):
+                            tv += ti.cast(table[l, idx, f], real) * g[f]
+                        tv *= rr
+                        gx[0] += tv * (1.0 if b0 else -1.0) * f1 * f2 * ins[0]
+                        gx[1] += tv * f0 * (1.0 if b1 else -1.0) * f2 * ins[1]
+                        gx[2] += tv * f0 * f1 * (1.0 if b2 else -1.0) * ins[2]
+            if want_x:
+                for k in ti.static(range(3)):
+                    grad_x[n, k] = gx[k]
+
+    _CACHE[key] = (forward, backward)
+    return _CACHE[key]
+
+
+_REAL = {torch.float32: ti.f32, torch.float64: ti.f64}
+
+
+def _check(x, table, res):
+    if x.ndim != 2 or x.shape[1] != 3:
+        raise ValueError(f"hash_encode: x must be (N, 3), got {tuple(x.shape)}")
+    if table.ndim != 3:
+        raise ValueError(f"hash_encode: table must be (L, T, F), got {tuple(table.shape)}")
+    if x.dtype != table.dtype or x.dtype not in _REAL:
+        raise ValueError(f"hash_encode: x and table must share a dtype in float32/float64, got "
+                         f"{x.dtype} and {table.dtype}")
+    if res.shape != (table.shape[0],):
+        raise ValueError(f"hash_encode: resolutions has shape {tuple(res.shape)}, expected "
+                         f"({table.shape[0]},) (one per level of the table)")
+
+
+class HashEncodeFn(torch.autograd.Function):
+    """Autograd wrapper: ``forward(x, table, resolutions) -> (N, L F)``."""
+
+    @staticmethod
+    def forward(ctx, x, table, res):
+        runtime.init()
+        dev = runtime.torch_device()
+        xc = x.detach().to(dev).contiguous()
+        tc = table.detach().to(dev).contiguous()
+        rc = res.to(dev, torch.int32).contiguous()
+        out = torch.empty((xc.shape[0], tc.shape[0] * tc.shape[2]), dtype=x.dtype, device=dev)
+        if xc.shape[0] > 0:
+            fwd, _ = _kernels(_REAL[x.dtype], int(tc.shape[2]))
+            with runtime.runtime_lock:
+                fwd(xc, tc, rc, out)
+        ctx.save_for_backward(xc, tc, rc)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        xc, tc, rc = ctx.saved_tensors
+        want_x, want_t = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        gt = torch.zeros_like(tc) if want_t else torch.zeros((1, 1, 1), dtype=tc.dtype, device=tc.device)
+        gx = torch.zeros_like(xc) if want_x else torch.zeros((1, 3), dtype=xc.dtype, device=xc.device)
+        if xc.shape[0] > 0 and (want_x or want_t):
+            _, bwd = _kernels(_REAL[xc.dtype], int(tc.shape[2]))
+            with runtime.runtime_lock:
+                bwd(xc, tc, rc, grad_out.to(xc.dtype).contiguous(), gt, gx, int(want_t), int(want_x))
+        return (gx if want_x else None), (gt if want_t else None), None
+
+
+def hash_encode(x: torch.Tensor, table: torch.Tensor, resolutions) -> torch.Tensor:
+    """Encode points ``x (N, 3)`` in ``[0, 1]^3`` with the hash tables ``table (L, T, F)``.
+
+    ``resolutions``: (L,) ints (see :func:`level_resolutions`). Returns ``(N, L F)`` in the dtype
+    of ``x``; differentiable w.r.t. ``x`` and ``table`` (once). See the module docstring.
+    """
+    res = torch.as_tensor(resolutions, dtype=torch.int32)
+    _check(x, table, res)
+    return HashEncodeFn.apply(x, table, res)

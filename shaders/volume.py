@@ -1,0 +1,166 @@
+"""Band sampling for shell rendering: ray/shell crossings -> samples inside the band (Taichi + torch).
+
+Input per ray: its first ``K`` crossings with two nested closed meshes (an outer and an inner
+shell), sorted by ``t``: ``ts (R, K)`` (``inf`` past the last hit) and ``kind (R, K)`` int32
+(1 = outer shell, 2 = inner shell, 0 = no hit; hits are contiguous from column 0).
+
+Semantics (the kernel :func:`band_samples` and the pure-torch reference
+:func:`band_samples_reference` implement exactly this):
+
+* The ray starts inside the outer (inner) shell iff it crosses it an odd number of times, unless
+  its hit list is full (``K`` hits: possibly cut), in which case it is assumed to start outside.
+* Each crossing toggles its shell's inside flag; the band is "inside outer and not inside inner".
+* Band intervals: ``[0, t_0]`` when the ray starts in the band (and has a hit), and
+  ``[t_j, t_{j+1}]`` for every crossing ``j`` after which the ray is in the band and which has a
+  next crossing. An interval of length ``len`` gets ``n = clamp(ceil(len / step), 1, max_per)``
+  samples at the centres of ``n`` equal parts (``delta = len / n``). At most ``max_samples`` per
+  ray, front first.
+
+Outputs ``t (R, M)``, ``delta (R, M)`` (zero-padded, ``M = max_samples``) and ``count (R,)``.
+"""
+import taichi as ti
+import torch
+
+from . import runtime
+
+__all__ = ["band_samples", "band_samples_reference", "band_intervals_from_hits"]
+
+_K = {}
+
+
+def _kernel():
+    if "k" in _K:
+        return _K["k"]
+
+    @ti.kernel
+    def band(ts: ti.types.ndarray(), kind: ti.types.ndarray(), step: ti.f32, max_per: ti.i32,
+             out_t: ti.types.ndarray(), out_d: ti.types.ndarray(), count: ti.types.ndarray()):
+        R = ts.shape[0]
+        K = ts.shape[1]
+        M = out_t.shape[1]
+        for r in range(R):
+            nh = 0
+            n_out = 0
+            n_in = 0
+            for j in range(K):
+                if kind[r, j] > 0:
+                    nh += 1
+                    if kind[r, j] == 1:
+                        n_out += 1
+                    else:
+                        n_in += 1
+            in_out = 0
+            in_in = 0
+            if nh < K:
+                in_out = n_out % 2
+                in_in = n_in % 2
+            cnt = 0
+            prev = 0.0
+            for j in range(nh):
+                tj = ts[r, j]
+                if in_out == 1 and in_in == 0:
+                    length = ti.max(tj - prev, 0.0)
+                    n = ti.min(ti.max(ti.cast(ti.ceil(length / step), ti.i32), 1), max_per)
+                    dl = length / ti.cast(n, ti.f32)
+                    for k in range(n):
+                        if cnt < M:
+                            out_t[r, cnt] = prev + (ti.cast(k, ti.f32) + 0.5) * dl
+                            out_d[r, cnt] = dl
+                            cnt += 1
+                if kind[r, j] == 1:
+                    in_out = 1 - in_out
+                else:
+                    in_in = 1 - in_in
+                prev = tj
+            count[r] = cnt
+
+    _K["k"] = band
+    return band
+
+
+def band_samples(ts: torch.Tensor, kind: torch.Tensor, step: float, max_per_interval: int,
+                 max_samples: int):
+    """Samples in the band (see the module docstring): ``t (R, M)``, ``delta (R, M)``, ``count (R,)``."""
+    if ts.ndim != 2 or kind.shape != ts.shape:
+        raise ValueError(f"band_samples: ts and kind must be the same (R, K) shape, got {tuple(ts.shape)} "
+                         f"and {tuple(kind.shape)}")
+    if step <= 0 or max_per_interval < 1 or max_samples < 1:
+        raise ValueError(f"band_samples: need step > 0, max_per_interval >= 1, max_samples >= 1; got "
+                         f"{step}, {max_per_interval}, {max_samples}")
+    runtime.init()
+    dev = runtime.torch_device()
+    R = ts.shape[0]
+    t = torch.zeros(R, max_samples, dtype=torch.float32, device=dev)
+    d = torch.zeros_like(t)
+    count = torch.zeros(R, dtype=torch.int32, device=dev)
+    if R:
+        tsc = torch.where(torch.isfinite(ts), ts, torch.full_like(ts, 3e38)).to(dev, torch.float32).contiguous()
+        with runtime.runtime_lock:
+            _kernel()(tsc, kind.to(dev, torch.int32).contiguous(), float(step), int(max_per_interval), t, d, count)
+    return t, d, count
+
+
+# ------------------------------------------------------------------------------ torch reference
+def band_intervals_from_hits(ts: torch.Tensor, kind: torch.Tensor):
+    """Band intervals from crossings: ``t0 (R, K)``, ``t1 (R, K)``, ``ok (R, K)`` bool (vectorised torch).
+
+    Column 0 is the interval from the ray origin to the first hit; column ``j + 1`` is ``[t_j,
+    t_{j+1}]`` (the last column can never be valid).
+    """
+    R, K = ts.shape
+    hit = kind > 0
+    outer = kind == 1
+    inner = kind == 2
+    truncated = hit[:, -1]
+    in_outer0 = ((outer.sum(1) % 2) == 1) & ~truncated
+    in_inner0 = ((inner.sum(1) % 2) == 1) & ~truncated
+    c_out = torch.cumsum(outer.long(), 1) + in_outer0[:, None].long()
+    c_in = torch.cumsum(inner.long(), 1) + in_inner0[:, None].long()
+    band_after = ((c_out % 2) == 1) & ((c_in % 2) == 0) & hit
+    start_band = in_outer0 & ~in_inner0 & hit[:, 0]
+    t0 = torch.cat([torch.zeros(R, 1, dtype=ts.dtype), ts[:, :-1]], 1)
+    t1 = ts
+    ok = torch.cat([start_band[:, None], band_after[:, :-1] & hit[:, 1:]], 1)
+    return t0, t1, ok
+
+
+def place_samples_reference(t0, t1, ok, step: float, max_per_interval: int, max_samples: int):
+    """Samples in intervals (torch): ``t (R, S)``, ``delta (R, S)``, ``valid (R, S)``, S <= max_samples."""
+    R = t0.shape[0]
+    ri, ii = ok.nonzero(as_tuple=True)
+    a, b = t0[ri, ii], t1[ri, ii]
+    length = (b - a).clamp_min(0.0)
+    n = torch.clamp(torch.ceil(length / step), 1, max_per_interval).long()
+    if n.numel() == 0:
+        z = torch.zeros(R, 0, dtype=t0.dtype)
+        return z, z, z.bool()
+    rep_r = torch.repeat_interleave(ri, n)
+    first = torch.cumsum(n, 0) - n
+    k = torch.arange(int(n.sum())) - torch.repeat_interleave(first, n)
+    delta = torch.repeat_interleave(length / n.to(t0.dtype), n)
+    t = torch.repeat_interleave(a, n) + (k.to(t0.dtype) + 0.5) * delta
+    counts = torch.bincount(rep_r, minlength=R)
+    pos = torch.arange(rep_r.numel()) - (torch.cumsum(counts, 0) - counts)[rep_r]
+    keep = pos < max_samples
+    rep_r, pos, t, delta = rep_r[keep], pos[keep], t[keep], delta[keep]
+    S = int(min(int(counts.max()), max_samples))
+    T = torch.zeros(R, S, dtype=t0.dtype)
+    D = torch.zeros(R, S, dtype=t0.dtype)
+    V = torch.zeros(R, S, dtype=torch.bool)
+    T[rep_r, pos] = t
+    D[rep_r, pos] = delta
+    V[rep_r, pos] = True
+    return T, D, V
+
+
+def band_samples_reference(ts, kind, step: float, max_per_interval: int, max_samples: int):
+    """Pure-torch twin of :func:`band_samples` (same outputs, ``M = max_samples`` columns)."""
+    t0, t1, ok = band_intervals_from_hits(ts, kind)
+    T, D, V = place_samples_reference(t0, t1, ok, step, max_per_interval, max_samples)
+    R = ts.shape[0]
+    out_t = torch.zeros(R, max_samples, dtype=ts.dtype)
+    out_d = torch.zeros(R, max_samples, dtype=ts.dtype)
+    out_t[:, :T.shape[1]] = T
+    out_d[:, :T.shape[1]] = D
+    return out_t, out_d, V.sum(1).to(torch.int32)
+
