@@ -222,6 +222,7 @@ class Trainer:
         start_step = self.step
         ema_loss, ema_psnr = None, None
         t_last, s_last = time.perf_counter(), self.step
+        t_print = t_last
         ips = 0.0
         with Progress(*columns, console=console, disable=not self.settings.progress, transient=False) as prog:
             task = prog.add_task("train", total=c.max_steps, completed=self.step, ips=0.0, loss=0.0,
@@ -249,6 +250,11 @@ class Trainer:
                         t_last, s_last = now, self.step
                     prog.update(task, completed=self.step, ips=ips, loss=ema_loss, psnr=ema_psnr,
                                 n=self.method.num_primitives)
+                    if not console.is_terminal and now - t_print > 30.0:  # logs (CI, make demo | tee)
+                        t_print = now
+                        console.print(f"step {self.step}/{c.max_steps}  {ips:.2f} it/s  loss {ema_loss:.4f}  "
+                                      f"train PSNR {ema_psnr:.2f}  primitives {self.method.num_primitives}  "
+                                      f"{self.train_time:.0f} s")
                     rec = None
                     if self.step % c.log_every == 0 or "cloned" in stats:
                         rec = {"step": self.step, "loss": loss, "train_psnr": stats["psnr"],
