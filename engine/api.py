@@ -77,9 +77,12 @@ def train(config, **overrides) -> Path:
         sc = load_scene(config)
         if not sc.method:
             raise ConfigError(f"{config}: [method] name is missing")
+        from .methods import get_preset
+
+        base = get_preset(sc.method, sc.preset) if sc.preset else {}
         settings = TrainSettings(method=sc.method, data=sc.data, scene_name=sc.name, data_format=sc.format,
                                  downscale=sc.downscale, background=sc.background,
-                                 options={**sc.method_options, **overrides})
+                                 options={**base, **sc.method_options, **overrides})
     elif isinstance(config, dict):
         c = dict(config)
         opts = {**c.pop("options", {}), **overrides}

@@ -11,6 +11,7 @@ A scene file looks like ``scenes/mic.toml``::
 
     [method]
     name = "raygauss"
+    preset = "cpu"            # optional named option set (applied before the options below)
     [method.options]          # any field of the method's config dataclass
     max_steps = 3000
 
@@ -42,6 +43,7 @@ class SceneConfig:
     downscale: int = 1
     method: str | None = None
     method_options: dict = field(default_factory=dict)
+    preset: str | None = None
 
 
 def parse_background(value) -> tuple[float, float, float] | None:
@@ -109,6 +111,7 @@ def load_scene(path) -> SceneConfig:
         downscale=downscale,
         method=method.get("name"),
         method_options=dict(options),
+        preset=method.get("preset"),
     )
 
 

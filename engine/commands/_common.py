@@ -7,6 +7,7 @@ from pathlib import Path
 # method name -> "module:ConfigClass" (config modules import only dataclasses: cheap for --help)
 METHOD_CONFIGS = {
     "raygauss": "engine.methods.raygauss.config:RayGaussConfig",
+    "shells": "engine.methods.shells.config:ShellsConfig",
 }
 
 

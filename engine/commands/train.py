@@ -27,6 +27,9 @@ def register(sub) -> None:
     p.add_argument("--background", default=None, help="white | black | R,G,B (default: the dataset's)")
     p.add_argument("--output", default="outputs", help="root folder for runs (default: outputs)")
     p.add_argument("--name", default=None, help="scene name used in the run path (default: data folder name)")
+    p.add_argument("--preset", default=None,
+                   help="named option set applied before the scene's options and flags "
+                        "(raygauss: 'paper' = the paper's defaults, 'cpu' = tuned for minutes on a CPU)")
     p.add_argument("--resume", metavar="RUN", default=None, help="continue the run in this folder")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
     p.add_argument("--viewer", action="store_true",
@@ -73,6 +76,11 @@ def run(args) -> int:
         raise ConfigError(f"unknown method {method!r}; available: {', '.join(METHOD_CONFIGS)}")
     if not Path(data).exists():
         raise ConfigError(f"{data}: dataset folder not found")
+    preset = args.preset or (scene.preset if scene is not None else None)
+    if preset:
+        from ..methods import get_preset
+
+        options = {**get_preset(method, preset), **options}
     options.update(collect_method_options(args))
     hooks = []
     if args.viewer:

@@ -8,6 +8,7 @@ import importlib
 
 _REGISTRY = {
     "raygauss": "engine.methods.raygauss.method:RayGaussMethod",
+    "shells": "engine.methods.shells.method:ShellsMethod",
 }
 
 
@@ -22,3 +23,21 @@ def get_method(name: str):
         raise ConfigError(f"unknown method {name!r}; available: {', '.join(available_methods())}")
     mod, cls = _REGISTRY[name].split(":")
     return getattr(importlib.import_module(mod), cls)
+
+
+_PRESETS = {
+    "raygauss": "engine.methods.raygauss.presets:PRESETS",
+}
+
+
+def get_preset(method: str, name: str) -> dict:
+    """Option set ``name`` of ``method`` (see e.g. engine.methods.raygauss.presets)."""
+    from ..errors import ConfigError
+
+    if method not in _PRESETS:
+        raise ConfigError(f"method {method!r} has no presets")
+    mod, attr = _PRESETS[method].split(":")
+    presets = getattr(importlib.import_module(mod), attr)
+    if name not in presets:
+        raise ConfigError(f"unknown preset {name!r} for {method}; available: {', '.join(sorted(presets))}")
+    return dict(presets[name])

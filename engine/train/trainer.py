@@ -137,6 +137,9 @@ class Trainer:
         # "image": one whole training image per step (method.train_step); "rays": random rays across
         # all training images (method.train_step_rays, batch size cfg.rays_per_batch)
         self.batch_mode = getattr(self.method, "batch_mode", "image")
+        import inspect
+
+        self._lr_takes_progress = "progress" in inspect.signature(self.method.update_learning_rates).parameters
         self.sampler = None
         if self.batch_mode == "rays":
             from ..data.sampler import RaySampler
@@ -160,6 +163,14 @@ class Trainer:
         save_checkpoint(path, payload, method=self.settings.method, step=self.step)
         self.last_good_ckpt = path
         return path
+
+    def progress(self) -> float:
+        """Training progress in [0, 1]: the larger of the step and time-budget fractions."""
+        p = self.step / max(self.cfg.max_steps, 1)
+        budget = getattr(self.cfg, "time_budget_s", 0.0)
+        if budget:
+            p = max(p, self.train_time / budget)
+        return min(p, 1.0)
 
     def _log(self, record: dict) -> None:
         with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
@@ -193,7 +204,10 @@ class Trainer:
                                 f"Last good checkpoint: {kept}")
         loss.backward()
         self.method.after_backward()
-        self.method.update_learning_rates(self.optimizer, self.step)
+        if self._lr_takes_progress:
+            self.method.update_learning_rates(self.optimizer, self.step, progress=self.progress())
+        else:
+            self.method.update_learning_rates(self.optimizer, self.step)
         self.optimizer.step()          # the one place where parameters change
         struct = self.method.post_step(self.optimizer, self.step)
         if struct:

@@ -16,9 +16,9 @@ from .config import RayGaussConfig
 from .model import RayGaussModel
 
 
-def exp_lr(step: int, max_steps: int, lr0: float, lr1: float) -> float:
-    """Log-linear (exponential) decay from lr0 at step 0 to lr1 at max_steps."""
-    t = min(max(step / max(max_steps, 1), 0.0), 1.0)
+def exp_lr(t: float, lr0: float, lr1: float) -> float:
+    """Log-linear (exponential) decay from lr0 at progress t=0 to lr1 at t=1."""
+    t = min(max(t, 0.0), 1.0)
     return math.exp((1 - t) * math.log(lr0) + t * math.log(lr1))
 
 
@@ -85,15 +85,18 @@ class RayGaussMethod:
         ]
         return torch.optim.Adam(groups, lr=0.0, eps=1e-15)
 
-    def update_learning_rates(self, optimizer, step: int) -> dict:
+    def update_learning_rates(self, optimizer, step: int, progress: float | None = None) -> dict:
+        """Exponential schedules over training progress (default step / max_steps; the trainer
+        passes max(step / max_steps, train_time / time_budget) when a time budget is set)."""
         c = self.cfg
         ext = self.model.scene_extent
+        t = step / max(c.max_steps, 1) if progress is None else progress
         lrs = {}
         for g in optimizer.param_groups:
             if g["name"] == "means":
-                g["lr"] = exp_lr(step, c.max_steps, c.lr_means_init * ext, c.lr_means_final * ext)
+                g["lr"] = exp_lr(t, c.lr_means_init * ext, c.lr_means_final * ext)
             elif g["name"] == "density":
-                g["lr"] = exp_lr(step, c.max_steps, c.lr_density_init, c.lr_density_final)
+                g["lr"] = exp_lr(t, c.lr_density_init, c.lr_density_final)
             lrs[g["name"]] = g["lr"]
         return lrs
 

@@ -1,0 +1,231 @@
+"""Adaptive Shells as a trainable method (the interface the generic trainer drives).
+
+Training: random ray batches (``batch_mode = "rays"``), volumetric rendering with an occupancy
+grid (:mod:`.volume`), loss ``L1(rgb) + eikonal_weight * eikonal + mask_weight * BCE(opacity,
+mask or alpha) + kernel_reg_weight * mean(1 / (a s(x)))``. With ``shell_finetune_from = k > 0``
+the shells are extracted at step ``k`` (:mod:`.extract`) and later steps render, and so train the
+field, only inside the band (:mod:`.render`).
+
+Rendering (:meth:`ShellsMethod.render`): ``render_mode`` ``auto`` uses the shells when they exist,
+else full volumetric rendering. Outputs: ``rgb (H,W,3)``, ``alpha``, ``depth`` (expected depth
+along the ray), ``normal (H,W,3)`` (opacity-weighted world normal), ``samples (H,W)`` (field
+evaluations per ray; a heat map of the cost).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as Fn
+
+from ...errors import ConfigError
+from .config import ShellsConfig
+from .field import ShellField
+from .volume import OccupancyGrid, render_rays_volume
+
+
+def lr_factor(step: int, cfg: ShellsConfig) -> float:
+    """Linear warm-up over ``lr_warmup`` steps, then cosine decay to ``lr_final_frac``."""
+    if step < cfg.lr_warmup:
+        return (step + 1) / cfg.lr_warmup
+    t = min(max((step - cfg.lr_warmup) / max(cfg.max_steps - cfg.lr_warmup, 1), 0.0), 1.0)
+    return cfg.lr_final_frac + (1 - cfg.lr_final_frac) * 0.5 * (1 + math.cos(math.pi * t))
+
+
+class ShellsMethod:
+    name = "shells"
+    config_cls = ShellsConfig
+    batch_mode = "rays"
+
+    def __init__(self, cfg: ShellsConfig, field: ShellField, occ: OccupancyGrid | None = None):
+        if cfg.render_mode not in ("auto", "shells", "volume"):
+            raise ConfigError(f"render_mode must be auto, shells or volume, got {cfg.render_mode!r}")
+        self.cfg = cfg
+        self.field = field
+        self.model = field
+        self.occ = occ or OccupancyGrid(field.center, float(field.half_size), cfg.occ_res)
+        self.shells = None          # engine.methods.shells.extract.Shells once extracted
+        self._renderer = None
+        self.gen = torch.Generator().manual_seed(cfg.seed + 1)
+        self.notes: list[str] = []
+        self.last_render_stats: dict = {}
+
+    # ---------------------------------------------------------------- creation
+    @classmethod
+    def create(cls, cfg: ShellsConfig, dataset) -> "ShellsMethod":
+        field = ShellField(dataset.scene_box, cfg, seed=cfg.seed)
+        m = cls(cfg, field)
+        n = sum(p.numel() for p in field.parameters())
+        m.notes.append(f"hash grid {cfg.hash_levels} levels x 2^{cfg.hash_log2_size} x {cfg.hash_features}, "
+                       f"resolutions {field.resolutions[0]}..{field.resolutions[-1]}; {n} parameters")
+        return m
+
+    # ---------------------------------------------------------------- optimisation
+    def make_optimizer(self) -> torch.optim.Optimizer:
+        c, f = self.cfg, self.field
+        nets = [p for n, p in f.named_parameters() if n not in ("table", "log_s")]
+        groups = [{"name": "encoding", "params": [f.table], "lr": c.lr_encoding, "base_lr": c.lr_encoding},
+                  {"name": "networks", "params": nets, "lr": c.lr_network, "base_lr": c.lr_network},
+                  {"name": "log_s", "params": [f.log_s], "lr": c.lr_s, "base_lr": c.lr_s}]
+        return torch.optim.Adam(groups, lr=0.0, betas=(0.9, 0.99), eps=1e-15)
+
+    def update_learning_rates(self, optimizer, step: int) -> dict:
+        k = lr_factor(step, self.cfg)
+        base = {"encoding": self.cfg.lr_encoding, "networks": self.cfg.lr_network, "log_s": self.cfg.lr_s}
+        for g in optimizer.param_groups:
+            g["lr"] = base[g["name"]] * k
+        return {g["name"]: g["lr"] for g in optimizer.param_groups}
+
+    def _anneal(self, step: int) -> float:
+        n = self.cfg.cos_anneal_steps
+        return 1.0 if n <= 0 else min(1.0, step / n)
+
+    def render_rays(self, o, d, background=None, anneal: float = 1.0, train: bool = False,
+                    mode: str | None = None) -> dict:
+        """Render rays (R, 3) with the volumetric or the shell path (``mode`` overrides the config)."""
+        view = self.field.view_encoding(d)
+        gen = self.gen if train else None
+        mode = mode or self.active_mode
+        if mode == "shells":
+            return self.renderer.render_rays(o, d, view, background, anneal=anneal)
+        return render_rays_volume(self.field, self.occ, o, d, view, self.cfg, background, anneal, gen)
+
+    @property
+    def active_mode(self) -> str:
+        m = self.cfg.render_mode
+        if m == "auto":
+            return "shells" if self.shells is not None else "volume"
+        if m == "shells" and self.shells is None:
+            raise ConfigError("render_mode=shells but this model has no shells yet (train with "
+                              "--shell-finetune-from N or run 'kernelight export RUN --format shells')")
+        return m
+
+    @property
+    def renderer(self):
+        if self._renderer is None:
+            from .render import ShellRenderer
+
+            self._renderer = ShellRenderer(self.field, self.shells, self.cfg)
+        return self._renderer
+
+    def train_step_rays(self, step: int, batch, background) -> tuple:
+        c = self.cfg
+        bg = torch.as_tensor(background, dtype=torch.float32)
+        out = self.render_rays(batch.origins, batch.directions, bg, anneal=self._anneal(step), train=True)
+        target = batch.rgb
+        mask_t = None
+        if batch.mask is not None:
+            mask_t = batch.mask.float()
+            target = target * mask_t[:, None] + bg * (1 - mask_t[:, None])
+        elif batch.alpha is not None:
+            mask_t = batch.alpha.float()
+        l1 = (out["rgb"] - target).abs().mean()
+        loss = l1
+        stats = {}
+        # eikonal on the samples and on random points of the box
+        pts = (torch.rand(256, 3, generator=self.gen) * 2 - 1) * self.field.half_size + self.field.center
+        _, g_rand, _, _ = self.field.geometry_fd(pts)
+        grads = torch.cat([out["grad"], g_rand], 0)
+        eik = ((grads.norm(dim=-1) - 1.0) ** 2).mean()
+        loss = loss + c.eikonal_weight * eik
+        if mask_t is not None and c.mask_weight > 0:
+            op = out["opacity"].clamp(1e-3, 1 - 1e-3)
+            mask_loss = Fn.binary_cross_entropy(op, mask_t)
+            loss = loss + c.mask_weight * mask_loss
+            stats["mask_loss"] = float(mask_loss.detach())
+        if c.kernel_reg_weight > 0 and out["log_s"].numel():
+            kreg = (torch.exp(-out["log_s"]) / self.field.half_size).mean()
+            loss = loss + c.kernel_reg_weight * kreg
+        mse = ((out["rgb"].detach() - target) ** 2).mean().clamp_min(1e-12)
+        stats.update({"l1": float(l1.detach()), "eikonal": float(eik.detach()),
+                      "psnr": float(-10 * torch.log10(mse)),
+                      "samples_per_ray": float(out["samples"].mean()),
+                      "s_mean": float(torch.exp(out["log_s"].detach()).mean()) if out["log_s"].numel() else 0.0})
+        return loss, stats
+
+    def after_backward(self) -> None:
+        pass
+
+    def post_step(self, optimizer, step: int) -> dict | None:
+        c = self.cfg
+        s = step + 1
+        res = None
+        if s >= c.occ_warmup and s % c.occ_update_every == 0 and self.shells is None:
+            frac = self.occ.update(self.field, c.occ_eps, self.gen)
+            res = {"occupied": round(frac, 4)}
+        if c.shell_finetune_from > 0 and s == c.shell_finetune_from and self.shells is None:
+            self.extract_shells()
+            res = dict(res or {})
+            res.update({"shell_faces_outer": int(self.shells.outer[1].shape[0]),
+                        "shell_faces_inner": int(self.shells.inner[1].shape[0])})
+        return res
+
+    # ---------------------------------------------------------------- shells
+    def extract_shells(self, **overrides):
+        """Extract the shells from the current field (see :func:`.extract.extract_shells`)."""
+        from .extract import extract_shells
+
+        self.shells = extract_shells(self.field, self.cfg, **overrides)
+        self._renderer = None
+        return self.shells
+
+    def export(self, format: str, out_dir) -> list:
+        """Write ``format="shells"``: outer.ply, inner.ply and surface.ply (SDF zero level set)."""
+        from pathlib import Path
+
+        if format != "shells":
+            raise ConfigError(f"the shells method exports --format shells, not {format!r}")
+        from .extract import write_shells
+
+        if self.shells is None:
+            self.extract_shells()
+        return write_shells(self.shells, Path(out_dir))
+
+    # ---------------------------------------------------------------- inference
+    @torch.no_grad()
+    def render(self, cameras, index: int, background=None, mode: str | None = None) -> dict:
+        o, d = cameras.generate_rays(index)
+        H, W = o.shape[:2]
+        o, d = o.reshape(-1, 3), d.reshape(-1, 3)
+        bg = None if background is None else torch.as_tensor(background, dtype=torch.float32)
+        keys = ("rgb", "opacity", "depth", "normal", "samples")
+        acc = {k: [] for k in keys}
+        for i in range(0, o.shape[0], self.cfg.render_chunk):
+            out = self.render_rays(o[i:i + self.cfg.render_chunk], d[i:i + self.cfg.render_chunk], bg, mode=mode)
+            for k in keys:
+                acc[k].append(out[k])
+        cat = {k: torch.cat(v, 0) for k, v in acc.items()}
+        normal = Fn.normalize(cat["normal"], dim=-1) * cat["opacity"][:, None]
+        return {"rgb": cat["rgb"].reshape(H, W, 3), "alpha": cat["opacity"].reshape(H, W),
+                "depth": cat["depth"].reshape(H, W), "normal": normal.reshape(H, W, 3),
+                "samples": cat["samples"].reshape(H, W)}
+
+    @property
+    def num_primitives(self) -> int:
+        if self.shells is None:
+            return 0
+        return int(self.shells.outer[1].shape[0] + self.shells.inner[1].shape[0])
+
+    # ---------------------------------------------------------------- state
+    def state_dict(self) -> dict:
+        st = {"field": {k: v.detach().clone() for k, v in self.field.state_dict().items()},
+              "occ": self.occ.state_dict(),
+              "shells": None if self.shells is None else self.shells.state_dict()}
+        return st
+
+    @classmethod
+    def from_state_dict(cls, cfg: ShellsConfig, st: dict) -> "ShellsMethod":
+        fs = st["field"]
+        center, half = fs["center"], fs["half_size"]
+        box = torch.stack([center - half, center + half])
+        field = ShellField(box, cfg, seed=cfg.seed)
+        if tuple(field.table.shape) != tuple(fs["table"].shape):
+            raise ConfigError(f"checkpoint hash table {tuple(fs['table'].shape)} does not match the config "
+                              f"{tuple(field.table.shape)} (hash_* options differ from training)")
+        field.load_state_dict(fs)
+        m = cls(cfg, field, OccupancyGrid.from_state_dict(st["occ"]))
+        if st.get("shells"):
+            from .extract import Shells
+
+            m.shells = Shells.from_state_dict(st["shells"])
+        return m

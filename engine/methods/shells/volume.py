@@ -1,0 +1,123 @@
+"""Full volumetric rendering of the shells field with empty-space skipping (an occupancy grid).
+
+Samples are placed uniformly (spacing ``step``, optionally jittered) along each ray inside the
+cubic scene box; those in unoccupied cells of the :class:`OccupancyGrid` are dropped and at most
+``max_samples`` of the rest are kept per ray (front first). Each kept sample stands for an
+interval of length ``step`` in the NeuS opacity (:func:`~.field.neus_alpha`).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .field import ShellField, composite
+
+
+def ray_box(o: torch.Tensor, d: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor):
+    """Entry/exit ``t`` of rays (R, 3) with the box [lo, hi] (t_near >= 0; a miss has t_far <= t_near)."""
+    dd = torch.where(d.abs() < 1e-12, torch.full_like(d, 1e-12), d)
+    ta, tb = (lo - o) / dd, (hi - o) / dd
+    tn = torch.minimum(ta, tb).amax(-1).clamp_min(0.0)
+    tf = torch.maximum(ta, tb).amin(-1)
+    return tn, tf
+
+
+class OccupancyGrid:
+    """A ``res^3`` boolean grid over the cubic box ``center +- half``: where the surface may be.
+
+    A cell is occupied when ``|f(p)| < 2 r_cell + ln(4/eps) / s(p)`` at a (jittered) point ``p`` of
+    the cell, ``r_cell`` the cell's half-diagonal: the logistic density of NeuS is below ``eps`` of
+    its peak elsewhere. Every cell is occupied until the first :meth:`update`.
+    """
+
+    def __init__(self, center: torch.Tensor, half: float, res: int):
+        self.center = torch.as_tensor(center, dtype=torch.float32)
+        self.half_size = float(half)
+        self.res = int(res)
+        self.occ = torch.ones(self.res, self.res, self.res, dtype=torch.bool)
+
+    @property
+    def cell(self) -> float:
+        return 2.0 * self.half_size / self.res
+
+    def lookup(self, x: torch.Tensor) -> torch.Tensor:
+        """Occupancy (bool) of world points ``x (..., 3)``; points outside the box are empty."""
+        u = (x - self.center) / (2 * self.half_size) + 0.5
+        inside = ((u >= 0) & (u < 1)).all(-1)
+        idx = (u * self.res).long().clamp(0, self.res - 1)
+        return self.occ[idx[..., 0], idx[..., 1], idx[..., 2]] & inside
+
+    @torch.no_grad()
+    def update(self, field: ShellField, eps: float, generator: torch.Generator | None = None,
+               chunk: int = 65536) -> float:
+        """Re-evaluate every cell (one jittered point each); returns the occupied fraction."""
+        r = self.res
+        ii = torch.stack(torch.meshgrid(*[torch.arange(r)] * 3, indexing="ij"), -1).reshape(-1, 3)
+        jit = torch.rand(ii.shape, generator=generator)
+        p = self.center - self.half_size + (ii + jit) * self.cell
+        occ = torch.empty(p.shape[0], dtype=torch.bool)
+        margin = 2.0 * self.cell * math.sqrt(3) / 2
+        for i in range(0, p.shape[0], chunk):
+            f, log_s, _ = field.geometry(p[i:i + chunk])
+            occ[i:i + chunk] = f.abs() < margin + math.log(4.0 / eps) * torch.exp(-log_s)
+        self.occ = occ.reshape(r, r, r)
+        return float(self.occ.float().mean())
+
+    def state_dict(self) -> dict:
+        return {"occ": self.occ.clone(), "center": self.center.clone(), "half_size": self.half_size}
+
+    @classmethod
+    def from_state_dict(cls, st: dict) -> "OccupancyGrid":
+        g = cls(st["center"], st["half_size"], st["occ"].shape[0])
+        g.occ = st["occ"].clone().bool()
+        return g
+
+
+def march(o, d, occ: OccupancyGrid, step: float, max_samples: int, generator=None):
+    """Occupied samples along rays: ``t (R, S)``, ``valid (R, S)`` bool and ``n_candidates (R,)``."""
+    lo = occ.center - occ.half_size
+    hi = occ.center + occ.half_size
+    tn, tf = ray_box(o, d, lo, hi)
+    K = int(math.ceil(2 * math.sqrt(3) * occ.half_size / step)) + 1
+    off = 0.5 if generator is None else torch.rand(o.shape[0], 1, generator=generator)
+    t = tn[:, None] + (torch.arange(K, dtype=o.dtype)[None] + off) * step
+    keep = t < tf[:, None]
+    pts = o[:, None] + t[..., None] * d[:, None]
+    keep &= occ.lookup(pts)
+    counts = keep.sum(1)
+    S = int(min(int(counts.max()) if counts.numel() else 0, max_samples))
+    if S == 0:
+        return t[:, :0], keep[:, :0]
+    order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)[:, :S]
+    return torch.gather(t, 1, order), torch.gather(keep, 1, order)
+
+
+def render_rays_volume(field: ShellField, occ: OccupancyGrid, o, d, view_enc, cfg, background=None,
+                       anneal: float = 1.0, generator=None) -> dict:
+    """Volumetric rendering of rays (R, 3) (unit ``d``): see the module docstring.
+
+    Returns the :func:`~.field.composite` outputs plus ``samples (R,)`` (samples evaluated per
+    ray) and, for losses, ``grad (M, 3)`` and ``log_s (M,)`` at the M evaluated samples.
+    """
+    step = 2 * math.sqrt(3) * float(field.half_size) / cfg.march_steps
+    t, valid = march(o, d, occ, step, cfg.max_samples, generator)
+    R, S = t.shape
+    out_empty = {"rgb": torch.zeros(R, 3), "opacity": torch.zeros(R), "depth": torch.zeros(R),
+                 "normal": torch.zeros(R, 3), "samples": torch.zeros(R), "grad": torch.zeros(0, 3),
+                 "log_s": torch.zeros(0)}
+    if S == 0:
+        if background is not None:
+            out_empty["rgb"] = out_empty["rgb"] + background
+        return out_empty
+    ridx, sidx = valid.nonzero(as_tuple=True)
+    x = o[ridx] + t[ridx, sidx, None] * d[ridx]
+    sh = field.shade_samples(x, d[ridx], torch.full((x.shape[0],), step), view_enc[ridx], anneal)
+    alpha = torch.zeros(R, S, dtype=x.dtype).index_put((ridx, sidx), sh["alpha"])
+    rgb = torch.zeros(R, S, 3, dtype=x.dtype).index_put((ridx, sidx), sh["rgb"])
+    nrm = torch.zeros(R, S, 3, dtype=x.dtype).index_put((ridx, sidx), sh["grad"])
+    out = composite(alpha, rgb, t, valid, background, nrm)
+    out["samples"] = valid.sum(1).float()
+    out["grad"] = sh["grad"]
+    out["log_s"] = sh["log_s"]
+    return out
