@@ -29,10 +29,13 @@ def main(argv=None) -> int:
     from engine.train.trainer import TrainSettings, train
     from engine.config import load_scene
 
+    from engine.methods import get_preset
+
     sc = load_scene(scene)
-    settings = TrainSettings(method="raygauss", data=sc.data, output=Path(args.output), scene_name=sc.name,
+    base = get_preset(sc.method, sc.preset) if sc.preset else {}
+    settings = TrainSettings(method=sc.method, data=sc.data, output=Path(args.output), scene_name=sc.name,
                              background=sc.background,
-                             options={**sc.method_options, "max_steps": args.max_steps,
+                             options={**base, **sc.method_options, "max_steps": args.max_steps,
                                       "time_budget_s": args.minutes * 60.0})
     run_dir = train(settings)
     rc = cli(["render", str(run_dir), "--max-views", "8", "--depth", "--alpha", "--frames", "48",
