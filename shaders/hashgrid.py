@@ -22,8 +22,6 @@ available (the backward is marked once-differentiable): fields that need ``grad 
 Float32 and float64 are supported: ``x`` and ``table`` of one call share the dtype, and every local
 variable of the kernels uses that dtype (kernels are built per dtype by :func:`_kernels`).
 """
-
-
 import math
 
 import taichi as ti

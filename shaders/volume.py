@@ -1,8 +1,9 @@
 """Band sampling for shell rendering: ray/shell crossings -> samples inside the band (Taichi + torch).
 
 Input per ray: its first ``K`` crossings with two nested closed meshes (an outer and an inner
-shell), sorted by ``t``: ``ts (R, K)`` (``inf`` past the last hit) and ``kind (R, K)`` int32
-(1 = outer shell, 2 = inner shell, 0 = no hit; hits are contiguous from column 0).
+shell) and, optionally, the surface between them, sorted by ``t``: ``ts (R, K)`` (``inf`` past the
+last hit) and ``kind (R, K)`` int32 (1 = outer shell, 2 = inner shell, 3 = surface, 0 = no hit;
+hits are contiguous from column 0).
 
 Semantics (the kernel :func:`band_samples` and the pure-torch reference
 :func:`band_samples_reference` implement exactly this):
@@ -13,11 +14,18 @@ Semantics (the kernel :func:`band_samples` and the pure-torch reference
 * Band intervals: ``[0, t_0]`` when the ray starts in the band (and has a hit), and
   ``[t_j, t_{j+1}]`` for every crossing ``j`` after which the ray is in the band and which has a
   next crossing. An interval of length ``len`` gets ``n = clamp(ceil(len / step), 1, max_per)``
-  samples at the centres of ``n`` equal parts (``delta = len / n``). At most ``max_samples`` per
-  ray, front first.
+  samples at the centres of ``n`` equal parts (``delta = len / n``). When ``n = 1`` and the
+  interval contains a surface crossing, the one sample is put at the first such crossing instead
+  of the centre (``delta = len``): on a solid surface the field is then evaluated on the surface.
+  Surface crossings do not change the inside/outside state. At most ``max_samples`` per ray,
+  front first.
 
-Outputs ``t (R, M)``, ``delta (R, M)`` (zero-padded, ``M = max_samples``) and ``count (R,)``.
+Outputs ``t (R, M)``, ``delta (R, M)``, ``interval (R, M)`` int32 (rank of the sample's band
+interval along its ray, 0 for the first; used for early ray termination), zero-padded to
+``M = max_samples`` columns, and ``count (R,)``.
 """
+import math
+
 import taichi as ti
 import torch
 
@@ -34,7 +42,8 @@ def _kernel():
 
     @ti.kernel
     def band(ts: ti.types.ndarray(), kind: ti.types.ndarray(), step: ti.f32, max_per: ti.i32,
-             out_t: ti.types.ndarray(), out_d: ti.types.ndarray(), count: ti.types.ndarray()):
+             out_t: ti.types.ndarray(), out_d: ti.types.ndarray(), out_g: ti.types.ndarray(),
+             count: ti.types.ndarray()):
         R = ts.shape[0]
         K = ts.shape[1]
         M = out_t.shape[1]
@@ -47,7 +56,7 @@ def _kernel():
                     nh += 1
                     if kind[r, j] == 1:
                         n_out += 1
-                    else:
+                    elif kind[r, j] == 2:
                         n_in += 1
             in_out = 0
             in_in = 0
@@ -55,23 +64,36 @@ def _kernel():
                 in_out = n_out % 2
                 in_in = n_in % 2
             cnt = 0
+            n_iv = 0
             prev = 0.0
+            surf = -1.0
             for j in range(nh):
                 tj = ts[r, j]
+                kj = kind[r, j]
+                if kj == 3:
+                    if in_out == 1 and in_in == 0 and surf < 0.0:
+                        surf = tj
+                    continue
                 if in_out == 1 and in_in == 0:
                     length = ti.max(tj - prev, 0.0)
                     n = ti.min(ti.max(ti.cast(ti.ceil(length / step), ti.i32), 1), max_per)
                     dl = length / ti.cast(n, ti.f32)
                     for k in range(n):
                         if cnt < M:
-                            out_t[r, cnt] = prev + (ti.cast(k, ti.f32) + 0.5) * dl
+                            tk = prev + (ti.cast(k, ti.f32) + 0.5) * dl
+                            if n == 1 and surf >= 0.0:
+                                tk = surf
+                            out_t[r, cnt] = tk
                             out_d[r, cnt] = dl
+                            out_g[r, cnt] = n_iv
                             cnt += 1
-                if kind[r, j] == 1:
+                    n_iv += 1
+                if kj == 1:
                     in_out = 1 - in_out
                 else:
                     in_in = 1 - in_in
                 prev = tj
+                surf = -1.0
             count[r] = cnt
 
     _K["k"] = band
@@ -80,7 +102,7 @@ def _kernel():
 
 def band_samples(ts: torch.Tensor, kind: torch.Tensor, step: float, max_per_interval: int,
                  max_samples: int):
-    """Samples in the band (see the module docstring): ``t (R, M)``, ``delta (R, M)``, ``count (R,)``."""
+    """Samples in the band (see the module docstring): ``t, delta, interval (R, M)``, ``count (R,)``."""
     if ts.ndim != 2 or kind.shape != ts.shape:
         raise ValueError(f"band_samples: ts and kind must be the same (R, K) shape, got {tuple(ts.shape)} "
                          f"and {tuple(kind.shape)}")
@@ -92,12 +114,13 @@ def band_samples(ts: torch.Tensor, kind: torch.Tensor, step: float, max_per_inte
     R = ts.shape[0]
     t = torch.zeros(R, max_samples, dtype=torch.float32, device=dev)
     d = torch.zeros_like(t)
+    g = torch.zeros(R, max_samples, dtype=torch.int32, device=dev)
     count = torch.zeros(R, dtype=torch.int32, device=dev)
     if R:
         tsc = torch.where(torch.isfinite(ts), ts, torch.full_like(ts, 3e38)).to(dev, torch.float32).contiguous()
         with runtime.runtime_lock:
-            _kernel()(tsc, kind.to(dev, torch.int32).contiguous(), float(step), int(max_per_interval), t, d, count)
-    return t, d, count
+            _kernel()(tsc, kind.to(dev, torch.int32).contiguous(), float(step), int(max_per_interval), t, d, g, count)
+    return t, d, g, count
 
 
 # ------------------------------------------------------------------------------ torch reference
@@ -125,42 +148,72 @@ def band_intervals_from_hits(ts: torch.Tensor, kind: torch.Tensor):
 
 
 def place_samples_reference(t0, t1, ok, step: float, max_per_interval: int, max_samples: int):
-    """Samples in intervals (torch): ``t (R, S)``, ``delta (R, S)``, ``valid (R, S)``, S <= max_samples."""
+    """Samples in intervals (torch): ``t, delta, valid, interval (R, S)``, S <= max_samples."""
     R = t0.shape[0]
+    rank = torch.cumsum(ok.long(), 1) - 1
     ri, ii = ok.nonzero(as_tuple=True)
     a, b = t0[ri, ii], t1[ri, ii]
     length = (b - a).clamp_min(0.0)
     n = torch.clamp(torch.ceil(length / step), 1, max_per_interval).long()
     if n.numel() == 0:
         z = torch.zeros(R, 0, dtype=t0.dtype)
-        return z, z, z.bool()
+        return z, z, z.bool(), z.long()
     rep_r = torch.repeat_interleave(ri, n)
     first = torch.cumsum(n, 0) - n
     k = torch.arange(int(n.sum())) - torch.repeat_interleave(first, n)
     delta = torch.repeat_interleave(length / n.to(t0.dtype), n)
     t = torch.repeat_interleave(a, n) + (k.to(t0.dtype) + 0.5) * delta
+    grp = torch.repeat_interleave(rank[ri, ii], n)
     counts = torch.bincount(rep_r, minlength=R)
     pos = torch.arange(rep_r.numel()) - (torch.cumsum(counts, 0) - counts)[rep_r]
     keep = pos < max_samples
-    rep_r, pos, t, delta = rep_r[keep], pos[keep], t[keep], delta[keep]
+    rep_r, pos, t, delta, grp = rep_r[keep], pos[keep], t[keep], delta[keep], grp[keep]
     S = int(min(int(counts.max()), max_samples))
     T = torch.zeros(R, S, dtype=t0.dtype)
     D = torch.zeros(R, S, dtype=t0.dtype)
     V = torch.zeros(R, S, dtype=torch.bool)
+    G = torch.zeros(R, S, dtype=torch.long)
     T[rep_r, pos] = t
     D[rep_r, pos] = delta
     V[rep_r, pos] = True
-    return T, D, V
+    G[rep_r, pos] = grp
+    return T, D, V, G
 
 
 def band_samples_reference(ts, kind, step: float, max_per_interval: int, max_samples: int):
-    """Pure-torch twin of :func:`band_samples` (same outputs, ``M = max_samples`` columns)."""
-    t0, t1, ok = band_intervals_from_hits(ts, kind)
-    T, D, V = place_samples_reference(t0, t1, ok, step, max_per_interval, max_samples)
-    R = ts.shape[0]
+    """Pure-torch twin of :func:`band_samples` (brute force, one ray at a time; small inputs)."""
+    R, K = ts.shape
     out_t = torch.zeros(R, max_samples, dtype=ts.dtype)
     out_d = torch.zeros(R, max_samples, dtype=ts.dtype)
-    out_t[:, :T.shape[1]] = T
-    out_d[:, :T.shape[1]] = D
-    return out_t, out_d, V.sum(1).to(torch.int32)
-
+    out_g = torch.zeros(R, max_samples, dtype=torch.int32)
+    count = torch.zeros(R, dtype=torch.int32)
+    for r in range(R):
+        ks = [int(k) for k in kind[r] if k > 0]
+        tr = ts[r, :len(ks)]
+        full = len(ks) == K
+        in_out = (ks.count(1) % 2 == 1) and not full
+        in_in = (ks.count(2) % 2 == 1) and not full
+        prev, surf, cnt, n_iv = ts.new_zeros(()), None, 0, 0
+        for tj, kj in zip(tr, ks):
+            band = in_out and not in_in
+            if kj == 3:
+                if band and surf is None:
+                    surf = tj
+                continue
+            if band:
+                length = (tj - prev).clamp_min(0)
+                n = int(min(max(math.ceil(float(length / step)), 1), max_per_interval))
+                for k in range(n):
+                    if cnt < max_samples:
+                        out_t[r, cnt] = surf if (n == 1 and surf is not None) else prev + (k + 0.5) * length / n
+                        out_d[r, cnt] = length / n
+                        out_g[r, cnt] = n_iv
+                        cnt += 1
+                n_iv += 1
+            if kj == 1:
+                in_out = not in_out
+            else:
+                in_in = not in_in
+            prev, surf = tj, None
+        count[r] = cnt
+    return out_t, out_d, out_g, count

@@ -30,6 +30,8 @@ class ShellsConfig:
     # ---- volumetric rendering ----------------------------------------------------------------
     march_steps: int = 256             # candidate samples across the box diagonal (step = diag / this)
     max_samples: int = 64              # at most this many occupied samples per ray
+    march_group: int = 8               # samples evaluated per round; rays stop when transmittance < t_stop
+    t_stop: float = 1e-3               # early ray termination (volume and shell rendering)
     occ_res: int = 64                  # occupancy grid resolution
     occ_update_every: int = 16
     occ_warmup: int = 30               # every cell is occupied before this step
@@ -55,9 +57,10 @@ class ShellsConfig:
     shell_grid_res: int = 128          # marching-cubes grid
     shell_dilate_voxels: int = 1       # outer shell dilated / inner shell eroded by this many voxels
     shell_target_faces: int = 40000    # decimation target per shell (0 = no decimation)
-    shell_step: float = 0.05           # sample spacing inside the band (times a); 1 sample if shorter
+    shell_step: float = 0.02           # sample spacing inside the band (times a); 1 sample if shorter
     shell_max_samples: int = 32        # per ray
-    shell_max_hits: int = 8            # ray/shell crossings gathered per ray
+    shell_max_hits: int = 12           # ray/mesh crossings gathered per ray
+    shell_surface_samples: bool = False  # 1-sample intervals sample where the ray crosses the surface mesh
     shell_finetune_from: int = 0       # extract shells at this step and fine-tune inside them (0 = off)
     render_mode: str = "auto"          # auto (shells when extracted) | shells | volume
     # ---- bookkeeping -------------------------------------------------------------------------

@@ -88,7 +88,8 @@ class ShellsMethod:
         mode = mode or self.active_mode
         if mode == "shells":
             return self.renderer.render_rays(o, d, view, background, anneal=anneal)
-        return render_rays_volume(self.field, self.occ, o, d, view, self.cfg, background, anneal, gen)
+        return render_rays_volume(self.field, self.occ, o, d, view, self.cfg, background, anneal, gen,
+                                  t_stop=self.cfg.t_stop)
 
     @property
     def active_mode(self) -> str:

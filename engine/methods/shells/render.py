@@ -7,12 +7,15 @@
    a ray starts inside a closed shell iff it crosses it an odd number of times -- assumed outside
    when its hit list was cut at ``max_hits``); the band is inside the outer and outside the inner
    shell, so the intervals are the ``[t_j, t_{j+1}]`` whose state after ``t_j`` is "band".
-3. :func:`place_samples`: interval of length ``len`` gets ``n = clamp(ceil(len / step), 1,
+3. :func:`shaders.volume.band_samples` (Taichi; torch twin ``band_samples_reference``): an
+   interval of length ``len`` gets ``n = clamp(ceil(len / step), 1,
    max)`` samples at the centres of ``n`` equal sub-intervals (so a thin band on a solid surface
    gets exactly one sample, whose NeuS interval spans the whole band and gives opacity ~1), at
-   most ``max_samples`` per ray, front first.
+   most ``max_samples`` per ray, front first. With ``shell_surface_samples`` the surface mesh is in
+   the BVH too, and the single sample of a thin interval sits where the ray crosses the surface.
 4. The field's NeuS opacity and colour at those samples (interval lengths ``len / n``),
-   composited front to back (:func:`~.field.composite`). Gradients flow into the field, so the
+   composited front to back interval by interval, and a ray stops once its transmittance is below
+   ``t_stop`` (:func:`.volume.shade_and_composite`): behind a solid surface nothing is evaluated. Gradients flow into the field, so the
    same path fine-tunes it inside the band.
 """
 from __future__ import annotations
@@ -23,31 +26,38 @@ import torch
 
 from shaders.volume import band_intervals_from_hits, band_samples, place_samples_reference
 
-from .field import ShellField, composite
+from .field import ShellField
+from .volume import shade_and_composite
 
 
 class ShellMeshes:
-    """The outer + inner shells in one triangle BVH; faces ``< n_outer`` belong to the outer shell."""
+    """The outer shell, the inner shell and optionally the surface in one triangle BVH.
 
-    def __init__(self, outer, inner):
+    Faces ``[0, n_outer)`` are the outer shell, ``[n_outer, n_outer + n_inner)`` the inner one and
+    the rest the surface (SDF zero level set).
+    """
+
+    def __init__(self, outer, inner, surface=None):
         from shaders.bvh import build_triangle_bvh
 
-        vo, fo = (torch.as_tensor(t) for t in outer)
-        vi, fi = (torch.as_tensor(t) for t in inner)
-        if fo.shape[0] == 0:
+        parts = [outer, inner] + ([surface] if surface is not None else [])
+        Vs, Fs, off = [], [], 0
+        for v, f in parts:
+            v, f = torch.as_tensor(v).float(), torch.as_tensor(f).long()
+            Vs.append(v)
+            Fs.append(f + off)
+            off += v.shape[0]
+        if Fs[0].shape[0] == 0:
             raise ValueError("the outer shell is empty: nothing to render (is the field trained?)")
-        V = torch.cat([vo.float(), vi.float()], 0)
-        F = torch.cat([fo.long(), fi.long() + vo.shape[0]], 0)
-        self.n_outer = int(fo.shape[0])
-        self.bvh = build_triangle_bvh(V, F)
-        self.lo = V.min(0).values
-        self.hi = V.max(0).values
+        self.n_outer = int(Fs[0].shape[0])
+        self.n_inner = int(Fs[1].shape[0])
+        self.bvh = build_triangle_bvh(torch.cat(Vs, 0), torch.cat(Fs, 0))
 
 
 def shell_hits(meshes: ShellMeshes, o: torch.Tensor, d: torch.Tensor, max_hits: int = 8,
                eps: float = 1e-5):
-    """First ``max_hits`` crossings of rays (R, 3) with the shells: ``ts (R, K)`` (inf when none) and
-    ``kind (R, K)`` int32 (1 outer, 2 inner, 0 none), by repeated closest-hit queries."""
+    """First ``max_hits`` crossings of rays (R, 3) with the meshes: ``ts (R, K)`` (inf when none) and
+    ``kind (R, K)`` int32 (1 outer, 2 inner, 3 surface, 0 none), by repeated closest-hit queries."""
     from shaders.bvh import closest_hit
 
     R = o.shape[0]
@@ -65,7 +75,9 @@ def shell_hits(meshes: ShellMeshes, o: torch.Tensor, d: torch.Tensor, max_hits: 
         idx = active[h]
         th = start[h] + t[h]
         ts[idx, k] = th
-        kind[idx, k] = torch.where(face[h] < meshes.n_outer, 1, 2).to(torch.int32)
+        fh = face[h]
+        kind[idx, k] = torch.where(fh < meshes.n_outer, 1, torch.where(fh < meshes.n_outer + meshes.n_inner, 2, 3)
+                                   ).to(torch.int32)
         t_prev[idx] = th
         active = idx
     return ts, kind
@@ -86,29 +98,17 @@ class ShellRenderer:
     def __init__(self, field: ShellField, shells, cfg):
         self.field = field
         self.cfg = cfg
-        self.meshes = ShellMeshes(shells.outer, shells.inner)
+        self.meshes = ShellMeshes(shells.outer, shells.inner,
+                                  shells.surface if cfg.shell_surface_samples else None)
 
     def render_rays(self, o, d, view_enc, background=None, anneal: float = 1.0) -> dict:
+        """Render rays (R, 3) (unit ``d``): the outputs of :func:`.volume.shade_and_composite`."""
         c = self.cfg
         a = float(self.field.half_size)
         ts, kind = shell_hits(self.meshes, o, d, c.shell_max_hits)
-        t, delta, count = band_samples(ts, kind, c.shell_step * a, c.shell_max_samples, c.shell_max_samples)
+        t, delta, group, count = band_samples(ts, kind, c.shell_step * a, c.shell_max_samples, c.shell_max_samples)
         S = int(count.max()) if count.numel() else 0
-        t, delta = t[:, :S], delta[:, :S]
-        R = t.shape[0]
+        t, delta, group = t[:, :S], delta[:, :S], group[:, :S].long()
         valid = torch.arange(S)[None] < count[:, None]
-        ridx, sidx = valid.nonzero(as_tuple=True)
-        if ridx.numel() == 0:
-            rgb = torch.zeros(R, 3) + (0 if background is None else background)
-            return {"rgb": rgb, "opacity": torch.zeros(R), "depth": torch.zeros(R), "normal": torch.zeros(R, 3),
-                    "samples": torch.zeros(R), "grad": torch.zeros(0, 3), "log_s": torch.zeros(0)}
-        x = o[ridx] + t[ridx, sidx, None] * d[ridx]
-        sh = self.field.shade_samples(x, d[ridx], delta[ridx, sidx], view_enc[ridx], anneal)
-        alpha = torch.zeros(R, S).index_put((ridx, sidx), sh["alpha"])
-        rgb = torch.zeros(R, S, 3).index_put((ridx, sidx), sh["rgb"])
-        nrm = torch.zeros(R, S, 3).index_put((ridx, sidx), sh["grad"])
-        out = composite(alpha, rgb, t, valid, background, nrm)
-        out["samples"] = valid.sum(1).float()
-        out["grad"] = sh["grad"]
-        out["log_s"] = sh["log_s"]
-        return out
+        return shade_and_composite(self.field, o, d, view_enc, t, delta, valid, group, background, anneal,
+                                   c.t_stop)

@@ -93,31 +93,67 @@ def march(o, d, occ: OccupancyGrid, step: float, max_samples: int, generator=Non
     return torch.gather(t, 1, order), torch.gather(keep, 1, order)
 
 
+def shade_and_composite(field: ShellField, o, d, view_enc, t, delta, valid, group, background=None,
+                        anneal: float = 1.0, t_stop: float = 1e-3) -> dict:
+    """Evaluate and composite padded samples group by group, front to back, with early termination.
+
+    t, delta (R, S) sample depths and interval lengths, valid (R, S) bool, group (R, S) int: the
+    samples of group ``g`` lie before those of ``g + 1`` on every ray. Group ``g`` is evaluated only
+    for rays whose transmittance is still above ``t_stop`` (the rest cannot change the pixel by more
+    than ``t_stop``). Returns rgb (R, 3) (with background), opacity, depth (expected, normalised),
+    normal (R, 3) (weighted), samples (R,) (evaluated), and grad (M, 3) / log_s (M,) at the M
+    evaluated samples (for losses).
+    """
+    R = o.shape[0]
+    T = torch.ones(R)
+    rgb, nrm = torch.zeros(R, 3), torch.zeros(R, 3)
+    depth, samples = torch.zeros(R), torch.zeros(R)
+    grads, logs = [], []
+    n_groups = int(group[valid].max()) + 1 if valid.any() else 0
+    for g in range(n_groups):
+        sel = valid & (group == g) & (T.detach() > t_stop)[:, None]
+        rows = sel.any(1).nonzero(as_tuple=True)[0]
+        if rows.numel() == 0:
+            continue
+        sub = sel[rows]
+        cols = sub.any(0).nonzero(as_tuple=True)[0]
+        sub = sub[:, cols]
+        tt, dd = t[rows][:, cols], delta[rows][:, cols]
+        li, si = sub.nonzero(as_tuple=True)
+        ri = rows[li]
+        x = o[ri] + tt[li, si, None] * d[ri]
+        sh = field.shade_samples(x, d[ri], dd[li, si], view_enc[ri], anneal)
+        shape = sub.shape
+        alpha = torch.zeros(shape).index_put((li, si), sh["alpha"])
+        col = torch.zeros(*shape, 3).index_put((li, si), sh["rgb"])
+        nn_ = torch.zeros(*shape, 3).index_put((li, si), sh["grad"])
+        out = composite(alpha, col, tt, sub, None, nn_)
+        Tr = T[rows]
+        rgb = rgb.index_put((rows,), rgb[rows] + Tr[:, None] * out["rgb"])
+        nrm = nrm.index_put((rows,), nrm[rows] + Tr[:, None] * out["normal"])
+        depth = depth.index_put((rows,), depth[rows] + Tr * (out["weights"] * tt).sum(1))
+        T = T.index_put((rows,), Tr * (1.0 - out["opacity"]))
+        samples = samples.index_put((rows,), samples[rows] + sub.sum(1).float())
+        grads.append(sh["grad"])
+        logs.append(sh["log_s"])
+    opacity = 1.0 - T
+    if background is not None:
+        rgb = rgb + T[:, None] * background
+    return {"rgb": rgb, "opacity": opacity, "depth": depth / opacity.clamp_min(1e-6), "normal": nrm,
+            "samples": samples, "grad": torch.cat(grads, 0) if grads else torch.zeros(0, 3),
+            "log_s": torch.cat(logs, 0) if logs else torch.zeros(0)}
+
+
 def render_rays_volume(field: ShellField, occ: OccupancyGrid, o, d, view_enc, cfg, background=None,
-                       anneal: float = 1.0, generator=None) -> dict:
+                       anneal: float = 1.0, generator=None, t_stop: float = 1e-3) -> dict:
     """Volumetric rendering of rays (R, 3) (unit ``d``): see the module docstring.
 
-    Returns the :func:`~.field.composite` outputs plus ``samples (R,)`` (samples evaluated per
-    ray) and, for losses, ``grad (M, 3)`` and ``log_s (M,)`` at the M evaluated samples.
+    Samples are evaluated in groups of ``cfg.march_group`` along the ray with early termination
+    (:func:`shade_and_composite`). Returns rgb, opacity, depth, normal, samples (R,) (samples
+    evaluated per ray) and, for losses, ``grad (M, 3)`` and ``log_s (M,)`` at the M evaluated samples.
     """
     step = 2 * math.sqrt(3) * float(field.half_size) / cfg.march_steps
     t, valid = march(o, d, occ, step, cfg.max_samples, generator)
-    R, S = t.shape
-    out_empty = {"rgb": torch.zeros(R, 3), "opacity": torch.zeros(R), "depth": torch.zeros(R),
-                 "normal": torch.zeros(R, 3), "samples": torch.zeros(R), "grad": torch.zeros(0, 3),
-                 "log_s": torch.zeros(0)}
-    if S == 0:
-        if background is not None:
-            out_empty["rgb"] = out_empty["rgb"] + background
-        return out_empty
-    ridx, sidx = valid.nonzero(as_tuple=True)
-    x = o[ridx] + t[ridx, sidx, None] * d[ridx]
-    sh = field.shade_samples(x, d[ridx], torch.full((x.shape[0],), step), view_enc[ridx], anneal)
-    alpha = torch.zeros(R, S, dtype=x.dtype).index_put((ridx, sidx), sh["alpha"])
-    rgb = torch.zeros(R, S, 3, dtype=x.dtype).index_put((ridx, sidx), sh["rgb"])
-    nrm = torch.zeros(R, S, 3, dtype=x.dtype).index_put((ridx, sidx), sh["grad"])
-    out = composite(alpha, rgb, t, valid, background, nrm)
-    out["samples"] = valid.sum(1).float()
-    out["grad"] = sh["grad"]
-    out["log_s"] = sh["log_s"]
-    return out
+    group = torch.arange(t.shape[1])[None].expand_as(t) // max(int(cfg.march_group), 1)
+    return shade_and_composite(field, o, d, view_enc, t, torch.full_like(t, step), valid, group,
+                               background, anneal, t_stop)

@@ -91,11 +91,20 @@ def test_nan_loss_stops_with_step_and_keeps_checkpoint(tmp_path, monkeypatch):
 
 
 def test_random_init_without_points(shared_data, tmp_path):
-    s = TrainSettings(method="raygauss", data=shared_data / "nerf_synthetic" / "lego_100", output=tmp_path,
-                      downscale=4, options={**TINY, "max_steps": 1, "init_random_points": 300}, progress=False,
+    # fox: no points and no alpha -> random init in the box, and the note says so
+    s = TrainSettings(method="raygauss", data=shared_data / "real" / "fox_quarter", output=tmp_path,
+                      downscale=8, options={**TINY, "max_steps": 1, "init_random_points": 300}, progress=False,
                       quiet=True)
     tr = Trainer(s)
-    assert "no points" in tr.notes[0] and tr.method.num_primitives == 300
+    assert "no points" in tr.notes[0] and "random" in tr.notes[0] and tr.method.num_primitives == 300
+    # lego has alpha: auto picks the visual hull; asking for dataset points is a clear error
+    lego = shared_data / "nerf_synthetic" / "lego_100"
+    tr = Trainer(TrainSettings(method="raygauss", data=lego, output=tmp_path, downscale=4,
+                               options={**TINY, "max_steps": 1}, progress=False, quiet=True))
+    assert "visual hull" in tr.notes[0]
+    with pytest.raises(ConfigError, match="no points"):
+        Trainer(TrainSettings(method="raygauss", data=lego, output=tmp_path, downscale=4,
+                              options={**TINY, "max_steps": 1, "init": "points"}, progress=False, quiet=True))
 
 
 def test_unknown_option_is_named(tmp_path):

@@ -1,0 +1,153 @@
+"""Shell rendering: band intervals on the shells of a sphere vs the analytic ones, sample placement,
+and rendering a solid sphere with one sample per band crossing vs full volumetric rendering."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from engine.methods.shells.config import ShellsConfig
+from engine.methods.shells.extract import extract_shells, extract_shells_from_grids
+from engine.methods.shells.field import ShellField
+from engine.methods.shells.method import ShellsMethod
+from engine.methods.shells.render import ShellMeshes, band_intervals, place_samples
+from shaders import runtime
+
+runtime.init()
+
+R, S = 0.5, 100.0
+H = math.log(400) / S
+
+
+@pytest.fixture(scope="module")
+def sphere_meshes():
+    n = 96
+    ax = np.linspace(-1, 1, n)
+    X = np.stack(np.meshgrid(ax, ax, ax, indexing="ij"), -1)
+    f = np.linalg.norm(X, axis=-1) - R
+    sh = extract_shells_from_grids(f, np.full_like(f, math.log(S)), [-1] * 3, [1] * 3, eps=0.01,
+                                   min_halfwidth=0.0, max_halfwidth=1.0, dilate_voxels=0)
+    return ShellMeshes(sh.outer, sh.inner)
+
+
+def _chord(o, d, r):
+    """Analytic entry/exit of rays with the sphere |x| = r (nan on a miss)."""
+    b = (o * d).sum(-1)
+    c = (o * o).sum(-1) - r * r
+    disc = b * b - c
+    sq = torch.sqrt(disc.clamp_min(0))
+    bad = disc < 0
+    return torch.where(bad, torch.nan, -b - sq), torch.where(bad, torch.nan, -b + sq)
+
+
+def test_intervals_match_analytic(sphere_meshes):
+    g = torch.Generator().manual_seed(0)
+    n = 400
+    o = torch.nn.functional.normalize(torch.randn(n, 3, generator=g), dim=-1) * 3.0
+    target = (torch.rand(n, 3, generator=g) * 2 - 1) * 0.65
+    d = torch.nn.functional.normalize(target - o, dim=-1)
+    t0, t1, ok = band_intervals(sphere_meshes, o, d, 8)
+    oa, ob = _chord(o, d, R + H)
+    ia, ib = _chord(o, d, R - H)
+    vox = 2 / 95
+    checked = 0
+    for r in range(n):
+        got = [(float(a), float(b)) for a, b, k in zip(t0[r], t1[r], ok[r]) if k]
+        if math.isnan(oa[r]):
+            assert got == []
+            checked += 1
+            continue
+        # skip grazing rays whose answer depends on the facetisation
+        gr_o = R + H - torch.linalg.cross(o[r], d[r]).norm()
+        gr_i = R - H - torch.linalg.cross(o[r], d[r]).norm()
+        if abs(gr_o) < 0.02 or abs(gr_i) < 0.02:
+            continue
+        if math.isnan(ia[r]):
+            want = [(float(oa[r]), float(ob[r]))]
+        else:
+            want = [(float(oa[r]), float(ia[r])), (float(ib[r]), float(ob[r]))]
+        assert len(got) == len(want), (r, got, want)
+        for (a, b), (wa, wb) in zip(got, want):
+            assert abs(a - wa) < 0.05 * vox / 0.2 and abs(b - wb) < 0.05 * vox / 0.2
+        checked += 1
+    assert checked > 300
+
+
+def test_ray_starting_inside_band(sphere_meshes):
+    o = torch.tensor([[R, 0.0, 0.0]])                    # on the surface, inside the band
+    d = torch.tensor([[1.0, 0.0, 0.0]])
+    t0, t1, ok = band_intervals(sphere_meshes, o, d, 8)
+    got = [(float(a), float(b)) for a, b, k in zip(t0[0], t1[0], ok[0]) if k]
+    assert len(got) == 1 and got[0][0] == 0.0 and abs(got[0][1] - H) < 2e-3
+
+
+def test_place_samples():
+    t0 = torch.tensor([[1.0, 2.0, 5.0], [0.0, 0.0, 0.0]])
+    t1 = torch.tensor([[1.01, 2.5, 6.0], [0.0, 0.0, 0.0]])
+    ok = torch.tensor([[True, True, False], [False, False, False]])
+    t, delta, valid, grp = place_samples(t0, t1, ok, step=0.1, max_per_interval=32, max_samples=32)
+    assert valid.sum(1).tolist() == [6, 0]               # 1 sample on the thin interval, 5 on the other
+    assert grp[0].tolist() == [0, 1, 1, 1, 1, 1]
+    torch.testing.assert_close(t[0, :6], torch.tensor([1.005, 2.05, 2.15, 2.25, 2.35, 2.45]))
+    torch.testing.assert_close(delta[0, :6], torch.tensor([0.01] + [0.1] * 5))
+    t, _, valid, _ = place_samples(t0, t1, ok, step=0.1, max_per_interval=32, max_samples=3)
+    assert valid.sum(1).tolist() == [3, 0] and t.shape[1] == 3
+
+
+def test_solid_sphere_one_sample_matches_volume():
+    cfg = ShellsConfig(hash_levels=4, hash_log2_size=12, hash_max_res=64, shell_grid_res=64,
+                       shell_dilate_voxels=0, shell_min_halfwidth=0.01, shell_step=0.05,
+                       shell_target_faces=0, march_steps=512, max_samples=512, render_chunk=4096)
+    field = ShellField(torch.tensor([[-1.0] * 3, [1.0] * 3]), cfg)      # SDF = sphere of radius 0.5
+    with torch.no_grad():
+        field.log_s.fill_(math.log(2000.0))
+    m = ShellsMethod(cfg, field)
+    m.extract_shells()
+    from engine.cameras import Cameras
+    c2w = torch.eye(4)
+    c2w[2, 3] = -3.0
+    cams = Cameras(20.0, 20.0, 8.0, 8.0, 16, 16, c2w)
+    vol = m.render(cams, 0, background=torch.ones(3), mode="volume")
+    shl = m.render(cams, 0, background=torch.ones(3), mode="shells")
+    hit = vol["alpha"] > 0.5
+    assert hit.sum() > 20 and (~hit).sum() > 20
+    # one sample per band crossing on the solid surface (a band 2 h_min = 0.02 thick, step 0.05);
+    # the back of the sphere is skipped by early termination (the front is opaque)
+    assert (shl["samples"][hit] == 1).all() and shl["samples"][~hit].max() == 0
+    assert vol["samples"][hit].float().mean() > 20
+    torch.testing.assert_close(shl["alpha"], vol["alpha"], atol=2e-3, rtol=0)
+    torch.testing.assert_close(shl["rgb"], vol["rgb"], atol=2e-2, rtol=0)
+    torch.testing.assert_close(shl["depth"][hit], vol["depth"][hit], atol=0.02, rtol=0)
+    # depth is the sphere's near side
+    o, d = cams.generate_rays(0)
+    ta, _ = _chord(o[hit], d[hit], R)
+    assert (vol["depth"][hit] - ta).abs().max() < 0.02
+
+
+def test_band_samples_kernel_matches_reference():
+    from shaders.volume import band_samples, band_samples_reference
+
+    g = torch.Generator().manual_seed(4)
+    R, K = 300, 6
+    nh = torch.randint(0, K + 1, (R,), generator=g)
+    ts = torch.sort(torch.rand(R, K, generator=g) * 4, 1).values
+    kind = torch.randint(1, 4, (R, K), generator=g, dtype=torch.int32)     # outer, inner, surface
+    cols = torch.arange(K)[None]
+    kind[cols >= nh[:, None]] = 0
+    ts[cols >= nh[:, None]] = math.inf
+    for step, mp, ms in ((0.3, 4, 10), (5.0, 1, 3), (0.05, 32, 32)):
+        t, d, gr, c = band_samples(ts, kind, step, mp, ms)
+        rt, rd, rg, rc = band_samples_reference(ts, kind, step, mp, ms)
+        assert torch.equal(c, rc) and c.sum() > 0 and torch.equal(gr, rg)
+        torch.testing.assert_close(t, rt, atol=1e-5, rtol=0)
+        torch.testing.assert_close(d, rd, atol=1e-5, rtol=0)
+    # a single-sample interval that contains a surface crossing samples at that crossing
+    ts1 = torch.tensor([[1.0, 1.03, 1.05, 2.0, 2.1, math.inf]])
+    k1 = torch.tensor([[1, 3, 2, 2, 1, 0]], dtype=torch.int32)
+    t, d, gr, c = band_samples(ts1, k1, 0.1, 8, 4)
+    assert c.tolist() == [2] and abs(float(t[0, 0]) - 1.03) < 1e-6 and abs(float(d[0, 0]) - 0.05) < 1e-6
+    assert abs(float(t[0, 1]) - 2.05) < 1e-6                    # no surface crossing: the centre
+    t, _, _, c = band_samples(ts1, k1, 0.01, 8, 16)             # several samples: uniform, no snapping
+    assert c.tolist() == [5 + 8] and abs(float(t[0, 0]) - 1.005) < 1e-6  # 8 = max per interval
+    with pytest.raises(ValueError, match="same"):
+        band_samples(ts, kind[:, :2], 0.1, 1, 1)

@@ -1,0 +1,102 @@
+"""Hash encoding: Taichi kernels vs the pure-torch reference (values and gradients), gradcheck.
+
+Levels are chosen so that both index modes run: coarse levels fit the table densely, fine
+levels use the spatial hash (with collisions, T small).
+"""
+import pytest
+import torch
+
+from shaders import runtime
+from shaders.hashgrid import hash_encode, level_resolutions
+from shaders.hashgrid_ref import corner_indices, hash_encode_reference
+
+runtime.init()
+
+
+def _setup(n=300, L=4, T=64, F=2, dtype=torch.float32, seed=0, res=(2, 3, 7, 16)):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 3, generator=g, dtype=dtype) * 1.1 - 0.05   # a few points outside [0, 1]
+    table = torch.randn(L, T, F, generator=g, dtype=dtype)
+    return x, table, torch.tensor(res[:L], dtype=torch.int32)
+
+
+def test_level_resolutions():
+    r = level_resolutions(16, 16, 2048)
+    assert r[0] == 16 and r[-1] == 2048 and all(a < b for a, b in zip(r, r[1:]))
+    assert level_resolutions(1, 8, 8) == [8]
+    with pytest.raises(ValueError):
+        level_resolutions(4, 32, 16)
+
+
+def test_index_modes():
+    # 2^3 = 8 vertices fit in T=64 densely; (7+1)^3 = 512 do not -> hash
+    v = torch.tensor([[1, 0, 0], [0, 1, 0], [0, 0, 1]])
+    assert corner_indices(v, 1, 64).tolist() == [1, 2, 4]
+    h = corner_indices(v, 7, 64)
+    assert h.tolist() == [1 % 64, 2654435761 % 2 ** 32 % 64, 805459861 % 64]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_forward_matches_reference(dtype):
+    x, table, res = _setup(dtype=dtype)
+    out = hash_encode(x, table, res)
+    ref = hash_encode_reference(x, table, res)
+    assert out.shape == (300, 8) and out.dtype == dtype
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    torch.testing.assert_close(out, ref, atol=tol, rtol=tol)
+
+
+def test_exact_at_grid_vertices():
+    # at a grid vertex of level 0 the encoding is exactly that vertex's table entry
+    L, T, F = 1, 64, 3
+    table = torch.randn(L, T, F, dtype=torch.float64)
+    x = torch.tensor([[0.25, 0.5, 0.75], [1.0, 1.0, 1.0]], dtype=torch.float64)
+    out = hash_encode(x, table, [4])
+    idx = corner_indices(torch.tensor([[1, 2, 3], [4, 4, 4]]), 4, T)
+    torch.testing.assert_close(out, table[0, idx])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_gradients_match_reference(dtype):
+    x, table, res = _setup(dtype=dtype, seed=1)
+    g = torch.Generator().manual_seed(5)
+    w = torch.randn(300, 8, generator=g, dtype=dtype)
+    x1, t1 = x.clone().requires_grad_(), table.clone().requires_grad_()
+    (hash_encode(x1, t1, res) * w).sum().backward()
+    x2, t2 = x.clone().requires_grad_(), table.clone().requires_grad_()
+    (hash_encode_reference(x2, t2, res) * w).sum().backward()
+    tol = 1e-4 if dtype == torch.float32 else 1e-10
+    torch.testing.assert_close(t1.grad, t2.grad, atol=tol, rtol=tol)
+    torch.testing.assert_close(x1.grad, x2.grad, atol=tol, rtol=tol)
+    # points outside the unit cube are clamped: zero gradient along the clamped axis
+    out_mask = (x < 0) | (x > 1)
+    assert out_mask.any() and (x1.grad[out_mask] == 0).all()
+    assert (x1.grad[~out_mask].abs() > 0).float().mean() > 0.9
+
+
+def test_only_table_gradient():
+    x, table, res = _setup(n=50)
+    t = table.clone().requires_grad_()
+    hash_encode(x, t, res).sum().backward()
+    # every point spreads weight 1 per level and feature: the table gradient sums to N per (l, f)
+    torch.testing.assert_close(t.grad.sum(1), torch.full((4, 2), 50.0), atol=1e-3, rtol=0)
+
+
+def test_gradcheck_float64():
+    g = torch.Generator().manual_seed(3)
+    x = (torch.rand(6, 3, generator=g, dtype=torch.float64) * 0.9 + 0.05).requires_grad_()
+    table = torch.randn(3, 32, 2, generator=g, dtype=torch.float64).requires_grad_()
+    res = torch.tensor([2, 5, 9], dtype=torch.int32)
+    assert torch.autograd.gradcheck(lambda a, b: hash_encode(a, b, res), (x, table), eps=1e-7,
+                                    atol=1e-6)
+
+
+def test_bad_inputs():
+    x, table, res = _setup(n=4)
+    with pytest.raises(ValueError, match="x must be"):
+        hash_encode(x[:, :2], table, res)
+    with pytest.raises(ValueError, match="share a dtype"):
+        hash_encode(x.double(), table, res)
+    with pytest.raises(ValueError, match="one per level"):
+        hash_encode(x, table, res[:2])
+    assert hash_encode(x[:0], table, res).shape == (0, 8)

@@ -1,0 +1,155 @@
+"""Benchmark Adaptive Shells: full volumetric rendering vs shell rendering of the same trained field.
+
+For each trained run (``kernelight train shells ...``) this extracts the shells, then renders the
+same test views both ways, interleaved in one process (CPU timings are noisy; compare ratios),
+and reports test PSNR, mean samples (field evaluations) per ray, render time per image, shell
+face counts, extraction time and the run's training time. Writes JSON (``--out``).
+
+PSNR is computed against the training target: the image, or for data with masks (DTU) the image
+inside the mask on the dataset background outside it (the field models the masked object only).
+
+Train and benchmark (the figures in the report were made with reduced settings, see there)::
+
+    kernelight train shells --data ../shared/data/nerf_synthetic/lego_200 --downscale 2 \\
+        --max-steps 700 --time-budget-s 2100 --eval-every 0 --output outputs --name lego_200
+    kernelight train shells --data ../shared/data/dtu/scan24_400 --downscale 2 \\
+        --max-steps 700 --time-budget-s 2100 --eval-every 0 --output outputs --name scan24_400
+    python tools/bench_shells.py outputs/lego_200/shells/<stamp> outputs/scan24_400/shells/<stamp> \\
+        --views 4 --out bench_shells.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def _psnr(a, b) -> float:
+    import torch
+
+    mse = ((a - b) ** 2).mean().clamp_min(1e-12)
+    return float(-10 * torch.log10(mse))
+
+
+def bench_run(run: Path, views: int, grid_res: int | None, target_faces: int | None, out_dir: Path | None,
+              shell_steps: list[float] | None = None, reextract: bool = False) -> dict:
+    import torch
+
+    import engine
+    from engine.config import load_scene
+
+    model = engine.load(run)
+    scene = load_scene(Path(run) / "config.toml")
+    ds = engine.load_dataset(scene.data, downscale=scene.downscale, background=scene.background)
+    split = ds.splits.get("test") or ds.splits.get("val") or ds.splits["train"]
+    bg = ds.background
+    n = len(split)
+    idx = torch.linspace(0, n - 1, min(views, n)).round().long().tolist()
+
+    overrides = {}
+    if grid_res:
+        overrides["grid_res"] = grid_res
+    if target_faces is not None:
+        overrides["target_faces"] = target_faces
+    t0 = time.perf_counter()
+    if model.shells is not None and not reextract:
+        shells = model.shells              # fine-tuned runs: the field was trained for these shells
+        t_extract = None
+    else:
+        shells = model.extract_shells(**overrides)
+        t_extract = time.perf_counter() - t0
+    if out_dir is not None:
+        from engine.methods.shells.extract import write_shells
+
+        write_shells(shells, out_dir)
+
+    steps = list(shell_steps or [model.cfg.shell_step])
+    modes = ["volume"] + [f"shells@{st:g}" for st in steps]
+    rows = {m: [] for m in modes}
+    for i in idx:
+        gt = split.images[i]
+        if split.masks is not None:
+            m = split.masks[i].float()[..., None]
+            gt = gt * m + bg * (1 - m)
+        for mode in modes:                     # interleaved: all modes see the same machine load
+            if mode != "volume":
+                model.cfg.shell_step = float(mode.split("@")[1])
+            t = time.perf_counter()
+            out = model.render(split.cameras, i, background=bg, mode=mode.split("@")[0])
+            dt = time.perf_counter() - t
+            hit = out["alpha"] > 0.5
+            rows[mode].append({"view": i, "psnr": _psnr(out["rgb"], gt), "time_s": dt,
+                               "samples_per_ray": float(out["samples"].mean()),
+                               "samples_per_hit_ray": float(out["samples"][hit].mean()) if hit.any() else 0.0})
+    metrics = []
+    mfile = Path(run) / "metrics.jsonl"
+    if mfile.is_file():
+        metrics = [json.loads(x) for x in mfile.read_text().splitlines() if x.strip()]
+    last = [r for r in metrics if "train_time_s" in r]
+    res = {"run": str(run), "scene": scene.name, "step": getattr(model, "step", None),
+           "train_time_s": last[-1]["train_time_s"] if last else None,
+           "image_size": [split.width, split.height], "views": idx,
+           "shell_faces": shells.face_counts(), "extract_time_s": t_extract,
+           "shell_halfwidth_mean": shells.info.get("halfwidth_mean_near_surface")}
+    for mode, rs in rows.items():
+        k = len(rs)
+        res[mode] = {key: sum(r[key] for r in rs) / k for key in ("psnr", "time_s", "samples_per_ray",
+                                                                   "samples_per_hit_ray")}
+        res[mode]["per_view"] = rs
+    v = res["volume"]
+    for mode in modes[1:]:
+        s = res[mode]
+        s["samples_ratio"] = v["samples_per_ray"] / max(s["samples_per_ray"], 1e-9)
+        s["speedup"] = v["time_s"] / max(s["time_s"], 1e-9)
+        s["psnr_diff_db"] = s["psnr"] - v["psnr"]
+    res["modes"] = modes
+    return res
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("runs", nargs="+", help="shells run folders")
+    ap.add_argument("--views", type=int, default=4, help="test views per run (evenly spaced)")
+    ap.add_argument("--grid-res", type=int, default=None, help="marching-cubes grid (default: config)")
+    ap.add_argument("--target-faces", type=int, default=None, help="decimation target (default: config)")
+    ap.add_argument("--export", default=None, help="also write the shells under this folder (one per run)")
+    ap.add_argument("--shell-steps", type=float, nargs="+", default=None,
+                    help="sample spacings inside the band to compare (times the box half-size; default: config)")
+    ap.add_argument("--reextract", action="store_true",
+                    help="extract new shells even when the run has some (runs fine-tuned inside their shells)")
+    ap.add_argument("--out", default="bench_shells.json")
+    args = ap.parse_args(argv)
+
+    from shaders import runtime
+
+    runtime.init()
+    from engine.io.atomic import atomic_write_text
+
+    results = []
+    for r in args.runs:
+        exp = Path(args.export) / Path(r).parts[-3] if args.export else None
+        results.append(bench_run(Path(r), args.views, args.grid_res, args.target_faces, exp, args.shell_steps,
+                                 args.reextract))
+        atomic_write_text(args.out, json.dumps({"results": results}, indent=2))
+    hdr = (f"{'scene':<12}{'mode':<13}{'PSNR':>7}{'spp':>7}{'spp(hit)':>9}{'s/img':>7}"
+           f"{'fewer spp':>10}{'speedup':>8}{'dPSNR':>7}")
+    print(hdr)
+    for r in results:
+        for mode in r["modes"]:
+            m = r[mode]
+            extra = (f"{m['samples_ratio']:9.1f}x{m['speedup']:7.2f}x{m['psnr_diff_db']:+7.2f}"
+                     if mode != "volume" else "")
+            print(f"{r['scene']:<12}{mode:<13}{m['psnr']:7.2f}{m['samples_per_ray']:7.2f}"
+                  f"{m['samples_per_hit_ray']:9.2f}{m['time_s']:7.2f}{extra}")
+        print(f"{'':<12}step {r['step']}, train {r['train_time_s'] or 0:.0f} s, shell faces {r['shell_faces']}, "
+              f"extraction {'(stored shells)' if r['extract_time_s'] is None else format(r['extract_time_s'], '.1f') + ' s'}")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
