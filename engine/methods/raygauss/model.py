@@ -160,6 +160,13 @@ class RayGaussModel(nn.Module):
         """An AABB BVH over the Gaussians: refit when the count is unchanged, else rebuild."""
         from shaders import bvh as bvh_mod
 
+        # parameters unchanged since the last build/refit (e.g. rendering many views of a trained
+        # model): reuse the BVH as it is
+        key = tuple((p.data_ptr(), p._version) for p in (self.means, self.log_scales, self.quats, self.density))
+        key = key + (kcfg.sigma_thr, kcfg.mode)
+        if self._bvh is not None and self._bvh_n == self.num_gaussians and key == getattr(self, "_bvh_key", None):
+            return self._bvh
+        self._bvh_key = key
         with torch.no_grad():
             lo, hi = rg_kernels.gaussian_aabbs(self.means, self.log_scales, self.quats, self.response(),
                                                self.mode, kcfg)
@@ -173,6 +180,7 @@ class RayGaussModel(nn.Module):
     def invalidate_bvh(self):
         self._bvh = None
         self._bvh_n = -1
+        self._bvh_key = None
 
     def render_rays(self, rays_o, rays_d, cam_center, background=None, **kernel_overrides) -> dict:
         """Render rays (R,3)/(R,3) (unit directions) seen from ``cam_center``.
