@@ -23,6 +23,8 @@ factor here, 230-480 ms). ``scikit-sparse`` has no wheel for this platform.
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
+
 
 import numpy as np
 import scipy.sparse as sp
@@ -106,12 +108,12 @@ class HeatCore:
         Mdiag = sp.diags(self.mass)
         A = (Mdiag + self.t * L).tocsc()
         self.backend = default_backend() if backend is None else backend
-        self.heat = SPDFactor(A, self.backend)
+        jobs = {"heat": A}
         # Poisson: L is singular (constants); a tiny mass shift makes it definite. The right-hand
         # side sums to zero on every component, so the shift only fixes the free constants
         # (removed afterwards) and perturbs other modes by ~1e-11 * (1/h^2) / lambda_1.
         scale = float(L.diagonal().sum() / max(self.mass.sum(), 1e-300))
-        self.poisson = SPDFactor((L + 1e-11 * scale * Mdiag).tocsc(), self.backend)
+        jobs["poisson"] = (L + 1e-11 * scale * Mdiag).tocsc()
         pattern = L.copy()
         pattern.data = np.ones_like(pattern.data)  # zero cotan weights still connect
         self.n_components, self.labels = connected_components(pattern, directed=False)
@@ -121,7 +123,13 @@ class HeatCore:
             self.interior = np.flatnonzero(~boundary)
             A = A.tocsr()
             self._A_IB = A[self.interior][:, self.boundary].tocsr()
-            self.heat_dirichlet = SPDFactor(A[self.interior][:, self.interior].tocsc(), self.backend)
+            jobs["heat_dirichlet"] = A[self.interior][:, self.interior].tocsc()
+        # The factorisations are independent and release the GIL: run them in parallel threads
+        # (measured on armadillo, 2 cores: 3 qdldl factorisations 0.33 s sequential, 0.22 s threaded).
+        with ThreadPoolExecutor(max_workers=min(len(jobs), os.cpu_count() or 1)) as ex:
+            futures = {name: ex.submit(SPDFactor, mat, self.backend) for name, mat in jobs.items()}
+            for name, fut in futures.items():
+                setattr(self, name, fut.result())
 
     def diffuse(self, rhs: np.ndarray) -> np.ndarray:
         """Heat solution for initial heat ``rhs`` (integrated: a one-hot vector per source)."""
