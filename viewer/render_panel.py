@@ -22,7 +22,7 @@ import numpy as np
 
 from .camera_convert import render_size, viser_to_cameras
 
-MODES = ("RGB", "Depth", "Alpha")
+MODES = ("RGB", "Depth", "Alpha", "Normal", "Samples")
 
 
 # ------------------------------------------------------------------------------------ mailbox
@@ -150,6 +150,9 @@ def colorize(out: dict, settings: RenderSettings) -> np.ndarray:
     ``out`` holds rgb (H,W,3) composited on the background, alpha (H,W) and depth (H,W) (expected
     depth, i.e. sum of w t). Depth mode shows ``depth / alpha`` (turbo colour map between near and
     far) where alpha > 0.05 and the background elsewhere; alpha mode maps [0, 1] through turbo.
+    Normal mode shows n * 0.5 + 0.5 where the method returns ``normal`` (shells); Samples mode is a
+    heat map of ``samples`` (shells: field samples per ray) or ``n_evals`` (RayGauss: Gaussian
+    evaluations per ray), 0 .. 99th percentile. Methods without those outputs show RGB.
     """
     from engine.io.images import colormap
 
@@ -174,6 +177,17 @@ def colorize(out: dict, settings: RenderSettings) -> np.ndarray:
                 far = near + 1e-3
             img = colormap(np.where(valid, depth, np.nan), float(near), float(far))
             img[~valid] = np.asarray(settings.background, np.float32)
+        elif mode == "Normal":
+            # methods with normals (shells); others fall back to RGB
+            img = (np_(out["normal"]).astype(np.float32) * 0.5 + 0.5) if "normal" in out else np_(out["rgb"]).astype(np.float32)
+        elif mode == "Samples":
+            # field samples per ray (shells) or Gaussian evaluations per ray (RayGauss) as a heat map
+            cnt = out.get("samples", out.get("n_evals"))
+            if cnt is None:
+                img = np_(out["rgb"]).astype(np.float32)
+            else:
+                cnt = np_(cnt).astype(np.float32)
+                img = colormap(cnt, 0.0, float(max(np.percentile(cnt, 99), 1.0)))
         else:
             raise ValueError(f"unknown render mode {mode!r}; expected one of {MODES}")
     return (np.clip(img, 0.0, 1.0) * 255 + 0.5).astype(np.uint8)

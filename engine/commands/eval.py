@@ -32,6 +32,7 @@ def run(args) -> int:
     from ..errors import ConfigError
     from ..io.atomic import atomic_write_text
     from ..train import metrics
+    from ..train.trainer import eval_target
 
     model = api.load(args.run)
     run_dir = getattr(model, "run_dir", None)
@@ -58,7 +59,7 @@ def run(args) -> int:
         out = api.render(model, split.cameras, i, background=bg)
         times.append(time.perf_counter() - t0)
         pred = out["rgb"].clamp(0, 1)
-        gt = split.images[i]
+        gt = eval_target(model, split, i, bg)
         rays += pred.shape[0] * pred.shape[1]
         psnrs.append(float(metrics.psnr(pred, gt)))
         ssims.append(float(metrics.ssim(pred, gt)))
@@ -74,6 +75,7 @@ def run(args) -> int:
         "rays_per_sec": rays / total, "fps": len(idx) / total,
         "num_primitives": model.num_primitives, "num_gaussians": model.num_primitives,
         "split": args.split, "num_views": len(idx), "step": getattr(model, "step", None),
+        "masked": bool(getattr(model, "masked_eval", False) and split.masks is not None),
         "resolution": [int(split.cameras.width[0]), int(split.cameras.height[0])],
         "device": "cuda" if torch.cuda.is_available() else "cpu",
         "per_view": [{"index": i, "psnr": a, "ssim": b} for i, a, b in zip(idx, psnrs, ssims)],

@@ -185,7 +185,7 @@ class Trainer:
         psnrs = []
         for i in idx:
             out = self.method.render(split.cameras, i, background=self.background)
-            mse = ((out["rgb"] - split.images[i]) ** 2).mean().clamp_min(1e-12)
+            mse = ((out["rgb"] - eval_target(self.method, split, i, self.background)) ** 2).mean().clamp_min(1e-12)
             psnrs.append(float(-10 * torch.log10(mse)))
         return {"test_psnr": sum(psnrs) / max(len(psnrs), 1), "test_views": len(psnrs)}
 
@@ -300,6 +300,17 @@ class Trainer:
         for h in hooks:
             h.on_end(self)
         return self.run_dir
+
+
+def eval_target(method, split, index: int, background) -> torch.Tensor:
+    """Ground truth for evaluation: the image, or for methods with ``masked_eval = True`` on data
+    with masks (DTU), the image inside the mask composited on the background outside it (the
+    field does not model the background there)."""
+    img = split.images[index]
+    if getattr(method, "masked_eval", False) and getattr(split, "masks", None) is not None:
+        m = split.masks[index].to(img.dtype)[..., None]
+        img = img * m + torch.as_tensor(background, dtype=img.dtype) * (1 - m)
+    return img
 
 
 def train(settings: TrainSettings) -> Path:

@@ -73,6 +73,17 @@ def test_colorize_modes():
     assert not np.array_equal(a[0, 0], a[0, 5])
     with pytest.raises(ValueError, match="mode"):
         colorize(out, RenderSettings(mode="Normals"))
+    # Normal / Samples: shown when the method returns them, RGB otherwise
+    assert (colorize(out, RenderSettings(mode="Normal")) == rgb).all()
+    assert (colorize(out, RenderSettings(mode="Samples")) == rgb).all()
+    normal = torch.zeros(4, 6, 3)
+    normal[..., 2] = 1.0
+    n = colorize({**out, "normal": normal}, RenderSettings(mode="Normal"))
+    assert (n[..., 2] == 255).all() and (n[..., 0] == 128).all()
+    evals = torch.zeros(4, 6)
+    evals[:, :3] = 50.0
+    h = colorize({**out, "n_evals": evals}, RenderSettings(mode="Samples"))
+    assert not np.array_equal(h[0, 0], h[0, 5])
 
 
 class FakeScene:

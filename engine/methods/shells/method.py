@@ -36,6 +36,7 @@ class ShellsMethod:
     name = "shells"
     config_cls = ShellsConfig
     batch_mode = "rays"
+    masked_eval = True  # on data with masks (DTU) evaluate inside the mask, background outside
 
     def __init__(self, cfg: ShellsConfig, field: ShellField, occ: OccupancyGrid | None = None):
         if cfg.render_mode not in ("auto", "shells", "volume"):
