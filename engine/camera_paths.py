@@ -27,6 +27,21 @@ def look_at(eye, target, up) -> torch.Tensor:
     return m.float()
 
 
+def look_at_center(cameras: Cameras) -> torch.Tensor:
+    """(3,) float64 point closest (least squares) to all cameras' optical axes — where they look.
+
+    Falls back to the mean camera position when the axes are (nearly) parallel.
+    """
+    c2w = cameras.c2w.double()
+    pos, d = c2w[:, :3, 3], c2w[:, :3, 2]
+    A = torch.eye(3, dtype=torch.float64) * len(d) - d.T @ d
+    b = (pos - (pos * d).sum(1, keepdim=True) * d).sum(0)
+    try:
+        return torch.linalg.solve(A, b)
+    except RuntimeError:
+        return pos.mean(0)
+
+
 def estimate_up(cameras: Cameras) -> torch.Tensor:
     """World up vector: the normalised mean of the cameras' up axes (-y in OpenCV)."""
     up = -cameras.c2w[:, :3, 1].double().mean(0)
@@ -43,14 +58,7 @@ def orbit(cameras: Cameras, n_frames: int = 60, center=None, radius: float | Non
     up = estimate_up(cameras).double()
     pos = cameras.c2w[:, :3, 3].double()
     if center is None:
-        # least-squares point closest to all optical axes
-        d = cameras.c2w[:, :3, 2].double()
-        A = torch.eye(3, dtype=torch.float64) * len(d) - d.T @ d
-        b = (pos - (pos * d).sum(1, keepdim=True) * d).sum(0)
-        try:
-            center = torch.linalg.solve(A, b)
-        except RuntimeError:
-            center = pos.mean(0)
+        center = look_at_center(cameras)
     center = torch.as_tensor(center, dtype=torch.float64)
     rel = pos - center
     if radius is None:

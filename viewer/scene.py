@@ -41,15 +41,11 @@ class GaussianScene:
         m = self.method.model
         with torch.no_grad():
             if self.train_cameras is not None and len(self.train_cameras) > 0:
-                # least-squares point closest to all optical axes, radius half the mean distance
-                c2w = self.train_cameras.c2w.double()
-                pos, d = c2w[:, :3, 3], c2w[:, :3, 2]
-                A = torch.eye(3, dtype=torch.float64) * len(d) - d.T @ d
-                b = (pos - (pos * d).sum(1, keepdim=True) * d).sum(0)
-                try:
-                    center = torch.linalg.solve(A, b)
-                except RuntimeError:
-                    center = pos.mean(0)
+                # the point the training cameras look at; radius half their mean distance to it
+                from engine.camera_paths import look_at_center
+
+                center = look_at_center(self.train_cameras)
+                pos = self.train_cameras.c2w[:, :3, 3].double()
                 radius = float((pos - center).norm(dim=1).mean()) / 2
                 return center.numpy(), max(radius, 1e-3)
             pts = m.means.detach()
