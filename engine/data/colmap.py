@@ -25,7 +25,7 @@ from ..cameras import Cameras, downscaled_size
 from ..errors import DataError
 from .colmap_io import ColmapCamera, find_model_folder, read_model
 from .dataset import Dataset, box_from_centers, box_from_points, holdout_indices, load_split, parse_background
-from .images import image_size
+from .images import image_size, pick_image_dir
 
 SUPPORTED_MODELS = ("SIMPLE_PINHOLE", "PINHOLE", "SIMPLE_RADIAL", "RADIAL", "OPENCV")
 
@@ -64,15 +64,7 @@ def load(root, downscale: int = 1, background=None, holdout: int = 8, images_dir
         raise DataError(img_file, "the model has no images")
     bg = parse_background(background, default=(0.0, 0.0, 0.0))
 
-    extra = downscale
-    if images_dir is not None:
-        img_dir = root / images_dir
-    elif downscale > 1 and (root / f"images_{downscale}").is_dir():
-        img_dir, extra = root / f"images_{downscale}", 1
-    else:
-        img_dir = root / "images"
-    if not img_dir.is_dir():
-        raise DataError(img_dir, "image folder is missing")
+    img_dir, extra = pick_image_dir(root, images_dir, downscale)
 
     ims = sorted(model.images.values(), key=lambda im: im.name)
     intr = [camera_intrinsics(model.cameras[im.camera_id], cam_file) for im in ims]

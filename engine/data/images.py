@@ -19,6 +19,24 @@ from ..errors import DataError
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".JPG", ".JPEG", ".PNG", ".exr", ".bmp", ".tif", ".tiff")
 
 
+def pick_image_dir(root: Path, images_dir: str | None, downscale: int) -> tuple[Path, int]:
+    """The image folder of a COLMAP/LLFF capture and the downscale still to apply to its images.
+
+    ``images_dir`` (relative to ``root``) wins; otherwise ``images_<downscale>/`` when it exists
+    (already reduced: nothing left to apply), else ``images/``. Raises DataError if missing.
+    """
+    extra = downscale
+    if images_dir is not None:
+        img_dir = root / images_dir
+    elif downscale > 1 and (root / f"images_{downscale}").is_dir():
+        img_dir, extra = root / f"images_{downscale}", 1
+    else:
+        img_dir = root / "images"
+    if not img_dir.is_dir():
+        raise DataError(img_dir, "image folder is missing")
+    return img_dir, extra
+
+
 def list_images(folder: Path) -> list[Path]:
     """Image files in ``folder`` (non-recursive), sorted by name."""
     return sorted(p for p in Path(folder).iterdir() if p.is_file() and p.suffix in IMAGE_EXTS

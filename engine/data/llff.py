@@ -24,7 +24,7 @@ import torch
 from ..cameras import Cameras
 from ..errors import DataError
 from .dataset import Dataset, box_from_frusta, holdout_indices, load_split, parse_background
-from .images import image_size, list_images
+from .images import image_size, list_images, pick_image_dir
 
 
 def load(root, downscale: int = 1, background=None, holdout: int = 8, images_dir: str | None = None, **_) -> Dataset:
@@ -44,15 +44,7 @@ def load(root, downscale: int = 1, background=None, holdout: int = 8, images_dir
         raise DataError(f, "contains non-finite values")
     poses = arr[:, :15].reshape(-1, 3, 5).astype(np.float64)
     bounds = arr[:, 15:].astype(np.float64)
-    extra = downscale
-    if images_dir is not None:
-        img_dir = root / images_dir
-    elif downscale > 1 and (root / f"images_{downscale}").is_dir():
-        img_dir, extra = root / f"images_{downscale}", 1
-    else:
-        img_dir = root / "images"
-    if not img_dir.is_dir():
-        raise DataError(img_dir, "image folder is missing")
+    img_dir, extra = pick_image_dir(root, images_dir, downscale)
     paths = list_images(img_dir)
     if len(paths) != poses.shape[0]:
         raise DataError(img_dir, f"has {len(paths)} images but {f.name} has {poses.shape[0]} poses")
