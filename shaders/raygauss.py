@@ -22,8 +22,9 @@ Rays
 scene-box intersection). With ``S = samples_per_slab``, slab ``j`` covers
 ``[t_near + j S dt, t_near + (j+1) S dt)``; its samples are ``t = t_near + (j S + k + 0.5) dt``,
 ``k = 0..S-1``, only those ``< t_far``. For each slab the Gaussians whose (float32, conservative)
-AABB meets the slab segment ``[t_near + j S dt, min(t_near + (j+1) S dt, t_far)]`` are collected
-(at most ``cap``; slabs with more hits are counted in ``n_capped`` and only ``cap`` of them are
+AABB meets the slab segment ``[t_near + j S dt, min(t_near + (j+1) S dt, t_far)]`` and whose
+(padded) truncation ellipsoid the ray reaches within it are collected (the ellipsoid clip of
+:mod:`shaders.raygauss_fwd`, skipped where a group of slabs overflows the cap; at most ``cap``; slabs with more hits are counted in ``n_capped`` and only ``cap`` of them are
 used -- results then depend on the collect order and differ from the reference).
 
 Density mode

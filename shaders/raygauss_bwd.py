@@ -84,8 +84,8 @@ def kernels(real, S: int, use_bvh: bool):
                     break  # cannot happen (the forward stopped no later); guards the loop
                 g0 = ti.cast(tn + ti.cast(j * S, real) * dt, ti.f32)
                 g1 = ti.cast(ti.min(tn + ti.cast((j + G) * S, real) * dt, tf), ti.f32)
-                gcnt = group_collect(node_lo, node_hi, children, box_lo, box_hi, o32, d32, g0,
-                                     g1, hits, keys, r, cap)
+                gcnt = group_collect(node_lo, node_hi, children, box_lo, box_hi, means, M, resp,
+                                     thr, o, d, o32, d32, g0, g1, hits, keys, r, cap)
                 for _jj in range(G):
                     if steps < nsteps:
                         t0 = ti.cast(tn + ti.cast(j * S, real) * dt, ti.f32)
@@ -201,8 +201,8 @@ def kernels(real, S: int, use_bvh: bool):
                     break  # cannot happen (the forward stopped no later); guards the loop
                 g0 = ti.cast(tn + ti.cast(j * S, real) * dt, ti.f32)
                 g1 = ti.cast(tn + ti.min(ti.cast((j + G) * S, real) * dt, tlen), ti.f32)
-                gcnt = group_collect(node_lo, node_hi, children, box_lo, box_hi, o32, d32, g0,
-                                     g1, hits, keys, r, cap)
+                gcnt = group_collect(node_lo, node_hi, children, box_lo, box_hi, means, M, resp,
+                                     alpha_min, o, d, o32, d32, g0, g1, hits, keys, r, cap)
                 for _jj in range(G):
                     if steps < nsteps:
                         u0 = ti.cast(j * S, real) * dt

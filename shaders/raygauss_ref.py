@@ -6,14 +6,17 @@ It is meant for small inputs: tests compare the kernels' values and gradients to
 
 ``n_evals`` and ``n_capped`` are bookkeeping of the kernels' collect step; the reference
 reproduces them with the brute-force collect's float32 segment/box test on
-:func:`shaders.raygauss.gaussian_aabbs`, so they match ``render_rays(..., use_bvh=False)``
-(possibly up to a rare float tie on a box face). The colour, alpha and depth themselves never
-depend on the boxes (truncation rule), only on the cap when slabs overflow it.
+:func:`shaders.raygauss.gaussian_aabbs`, the ellipsoid clip and the group-overflow fallback
+(see "Grouped collect" and "Ellipsoid clip" in :mod:`shaders.raygauss_fwd`), so they match
+``render_rays(..., use_bvh=False)`` (possibly up to a rare float tie on an interval end). The
+colour, alpha and depth themselves never depend on the boxes or the clip (truncation rule), only
+on the cap when slabs overflow it.
 """
 from __future__ import annotations
 
 import torch
 
+from shaders import raygauss_fwd as _fwd
 from shaders.raygauss import RayGaussConfig, _check_inputs, build_M, gaussian_aabbs
 
 __all__ = ["render_rays_reference"]
@@ -22,9 +25,42 @@ __all__ = ["render_rays_reference"]
 _BLOCK = 1 << 21
 
 
-def _seg_box_hits(o, d, t0, t1, lo, hi):
-    """float32 twin of ``raygauss_fwd.seg_box_hit``: o, d (r,3); t0, t1 (r,J); lo, hi (N,3)
-    -> bool (r,J,N)."""
+def _ellipsoid_interval(o, d, means, M, s, thr):
+    """Twin of ``raygauss_fwd``'s ``ellipsoid_interval``: o, d (r,3) -> float32 te, tx (r,N),
+    te > tx where the ray misses the padded truncation ellipsoid."""
+    a = torch.einsum("nab,rb->rna", M, d)
+    b = torch.einsum("nab,rnb->rna", M, o[:, None, :] - means[None])
+    aa = (a * a).sum(-1)
+    ok = (s >= thr) & (s > 0)
+    s_safe = torch.where(ok, s, torch.full_like(s, 2.0 * thr))
+    lim = 2.0 * torch.log(s_safe / thr) * (1.0 + _fwd._PREFILTER_REL) + _fwd._PREFILTER_ABS
+    lim = (lim * (1.0 + _fwd._ELLIPSOID_REL) + _fwd._ELLIPSOID_ABS)[None]
+    tc = -(a * b).sum(-1) / aa
+    e = b + tc[..., None] * a
+    qmin = (e * e).sum(-1)
+    hit = ok[None] & (qmin <= lim)
+    h = torch.sqrt(torch.clamp((lim - qmin) / aa, min=0.0))
+    pad = _fwd._ELLIPSOID_PAD * (1.0 + tc.abs() + h)
+    te = torch.where(hit, (tc - h - pad).float(), torch.ones_like(tc, dtype=torch.float32))
+    tx = torch.where(hit, (tc + h + pad).float(), -torch.ones_like(tc, dtype=torch.float32))
+    return te, tx
+
+
+def _slab_counts(o, d, t0, t1, g0, g1, G, lo, hi, ell, cap):
+    """Per-slab collected counts (r,J) as the kernels count them: the group [g0, g1] (r,Jg) of
+    slab j is j // G; a group whose box hits fit in ``cap`` gives each slab its ellipsoid-clipped
+    hits, an overflowing one its slab's box hits."""
+    J = t0.shape[1]
+    grp = _seg_box_hits(o, d, g0, g1, lo, hi).sum(-1)                    # (r,Jg)
+    overflow = (grp > cap).repeat_interleave(G, dim=1)[:, :J]
+    box = _seg_box_hits(o, d, t0, t1, lo, hi).sum(-1)
+    clipped = _seg_box_hits(o, d, t0, t1, lo, hi, ell).sum(-1)
+    return torch.where(overflow, box, clipped)
+
+
+def _seg_box_hits(o, d, t0, t1, lo, hi, ell=None):
+    """float32 twin of ``raygauss_fwd.box_interval``'s test: o, d (r,3); t0, t1 (r,J); lo, hi
+    (N,3) -> bool (r,J,N); with ``ell = (te, tx)`` (r,N) the box interval is clipped to it."""
     o, d = o.float(), d.float()
     t0, t1 = t0.float(), t1.float()
     lo, hi = lo.float().to(o.device), hi.float().to(o.device)
@@ -38,8 +74,11 @@ def _seg_box_hits(o, d, t0, t1, lo, hi):
     inside = (o[:, None] >= lo[None]) & (o[:, None] <= hi[None])
     ok = ((~nz[:, None]) & ~inside).any(-1) == 0              # zero-direction axes contain o
     ok = ok & (lo <= hi).all(-1)[None]
-    tmin = torch.maximum(t0[:, :, None], tmin_ax.amax(-1)[:, None, :])   # (r,J,N)
-    tmax = torch.minimum(t1[:, :, None], tmax_ax.amin(-1)[:, None, :])
+    near, far = tmin_ax.amax(-1), tmax_ax.amin(-1)                    # (r,N)
+    if ell is not None:
+        near, far = torch.maximum(near, ell[0]), torch.minimum(far, ell[1])
+    tmin = torch.maximum(t0[:, :, None], near[:, None, :])                # (r,J,N)
+    tmax = torch.minimum(t1[:, :, None], far[:, None, :])
     return (tmin <= tmax) & ok[:, None, :]
 
 
@@ -92,7 +131,12 @@ def _density_chunk(means, M, s, rgb, o, d, tn, tf, cfg, lo, hi):
         j = torch.arange(J, dtype=o.dtype, device=o.device)
         t0 = tn[:, None] + (j[None] * S) * dt
         t1 = torch.minimum(tn[:, None] + ((j[None] + 1) * S) * dt, tf[:, None])
-        counts = _seg_box_hits(o, d, t0, t1, lo, hi).sum(-1)                # (r,J)
+        G = _fwd.group_slabs(S)
+        jg = j[::G]
+        g0 = tn[:, None] + (jg[None] * S) * dt
+        g1 = torch.minimum(tn[:, None] + ((jg[None] + G) * S) * dt, tf[:, None])
+        ell = _ellipsoid_interval(o, d, means, M, s, cfg.sigma_thr)
+        counts = _slab_counts(o, d, t0, t1, g0, g1, G, lo, hi, ell, cfg.cap)   # (r,J)
         used = counts.clamp(max=cfg.cap)
         per_sample = used.repeat_interleave(S, dim=1)
         n_evals = (per_sample * processed).sum(1).to(torch.int32)
@@ -129,7 +173,12 @@ def _opacity_chunk(means, M, op, rgb, o, d, tn, tf, cfg, lo, hi):
         u1 = ((j[None] + 1) * S) * dt
         t0 = tn[:, None] + u0
         t1 = tn[:, None] + torch.minimum(u1, tlen[:, None])
-        counts = _seg_box_hits(o, d, t0, t1, lo, hi).sum(-1)             # (r,J)
+        G = _fwd.group_slabs(S)
+        jg = j[::G]
+        g0 = tn[:, None] + (jg[None] * S) * dt
+        g1 = tn[:, None] + torch.minimum(((jg[None] + G) * S) * dt, tlen[:, None])
+        ell = _ellipsoid_interval(o, d, means, M, op, cfg.alpha_min)
+        counts = _slab_counts(o, d, t0, t1, g0, g1, G, lo, hi, ell, cfg.cap)   # (r,J)
         T_after = torch.cumprod(1.0 - alpha_s.detach(), 1)
         dies = processed & (T_after < cfg.t_stop)
         has_death = dies.any(1)
