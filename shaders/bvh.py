@@ -68,6 +68,7 @@ from .bvh_build import STACK_SIZE  # noqa: F401
 __all__ = [
     "BVH", "TriangleBVH", "build_aabb_bvh", "refit_aabb_bvh", "build_triangle_bvh",
     "refit_triangle_bvh", "closest_hit", "segment_query", "bvh_segment_collect", "STACK_SIZE",
+    "morton_order",
 ]
 
 #: Default largest leaf of the packed triangle layout (picked by measurement, see above).
@@ -369,3 +370,24 @@ def segment_query(bvh: BVH, origins, dirs, t0, t1, cap: int):
             _segment_query_kernel(bvh.node_lo, bvh.node_hi, bvh.children, o, d, t0, t1, ids,
                                   counts)
     return ids[:, :cap], counts
+
+
+def morton_order(points) -> torch.Tensor:
+    """Permutation (N,) int64 that sorts points (N,3) along the 30-bit Morton curve of their
+    bounding box (stable on ties): spatially close points end up close in memory, which is what
+    makes per-ray random access to per-point data cache friendly."""
+    from .bvh_build import _centroid_bounds, _morton_codes
+
+    runtime.init()
+    p = torch.as_tensor(points).detach().to(torch.float32).contiguous()
+    if p.dim() != 2 or p.shape[1] != 3:
+        raise ValueError(f"morton_order: points must be (N,3), got {tuple(p.shape)}")
+    n = p.shape[0]
+    if n == 0:
+        return torch.zeros(0, dtype=torch.long, device=p.device)
+    with runtime.runtime_lock:
+        bounds = torch.tensor([[_F32_MAX] * 3, [-_F32_MAX] * 3], dtype=torch.float32, device=p.device)
+        _centroid_bounds(p, p, bounds)
+        codes = torch.empty((n,), dtype=torch.int32, device=p.device)
+        _morton_codes(p, p, bounds, codes)
+    return torch.sort(codes, stable=True).indices

@@ -62,6 +62,46 @@ _ELLIPSOID_PAD = 1e-5
 
 
 @ti.func
+def seg_inv(d: ti.template()):
+    """(inv, nz) of a float32 direction: ``inv_k = 1 / d_k`` where ``d_k != 0`` (``nz_k = 1``),
+    else 0 (``nz_k = 0``)."""
+    inv = ti.Vector.zero(ti.f32, 3)
+    nz = ti.Vector.zero(ti.i32, 3)
+    for k in ti.static(range(3)):
+        if d[k] != 0.0:
+            inv[k] = 1.0 / d[k]
+            nz[k] = 1
+    return inv, nz
+
+
+@ti.func
+def node_interval(lo: ti.template(), hi: ti.template(), i: ti.i32, o: ti.template(),
+                  inv: ti.template(), nz: ti.template(), t0: ti.f32, t1: ti.f32):
+    """:func:`box_interval` with the direction given as ``(inv, nz) = seg_inv(d)`` (the same
+    arithmetic, so the same bits; hoists the divisions out of per-box loops)."""
+    tmin = t0
+    tmax = t1
+    ok = 1
+    for k in ti.static(range(3)):
+        lk = lo[i, k]
+        hk = hi[i, k]
+        if lk > hk:
+            ok = 0
+        if nz[k]:
+            ta = (lk - o[k]) * inv[k]
+            tb = (hk - o[k]) * inv[k]
+            tmin = ti.max(tmin, ti.min(ta, tb))
+            tmax = ti.min(tmax, ti.max(ta, tb))
+        else:
+            if o[k] < lk or o[k] > hk:
+                ok = 0
+    if not ok:
+        tmin = ti.f32(1.0)
+        tmax = ti.f32(-1.0)
+    return tmin, tmax
+
+
+@ti.func
 def box_interval(lo: ti.template(), hi: ti.template(), i: ti.i32, o: ti.template(),
                  d: ti.template(), t0: ti.f32, t1: ti.f32):
     """(tmin, tmax) of the segment o + t d, t in [t0, t1], inside box i of (lo, hi), float32.
@@ -72,27 +112,8 @@ def box_interval(lo: ti.template(), hi: ti.template(), i: ti.i32, o: ti.template
     segment [g0, g1] clipped afterwards to [t0, t1] within it equals the interval computed for
     [t0, t1] directly, bit for bit (the grouped collect relies on this).
     """
-    tmin = t0
-    tmax = t1
-    ok = 1
-    for k in ti.static(range(3)):
-        lk = lo[i, k]
-        hk = hi[i, k]
-        if lk > hk:
-            ok = 0
-        if d[k] != 0.0:
-            inv = 1.0 / d[k]
-            ta = (lk - o[k]) * inv
-            tb = (hk - o[k]) * inv
-            tmin = ti.max(tmin, ti.min(ta, tb))
-            tmax = ti.min(tmax, ti.max(ta, tb))
-        else:
-            if o[k] < lk or o[k] > hk:
-                ok = 0
-    if not ok:
-        tmin = ti.f32(1.0)
-        tmax = ti.f32(-1.0)
-    return tmin, tmax
+    inv, nz = seg_inv(d)
+    return node_interval(lo, hi, i, o, inv, nz, t0, t1)
 
 
 @ti.func

@@ -156,14 +156,18 @@ class RayGaussModel(nn.Module):
         return kc
 
     # ------------------------------------------------------------------ rendering
+    def _params_key(self, kcfg) -> tuple:
+        """Identity of the current geometry parameters (and the settings boxes depend on)."""
+        key = tuple((p.data_ptr(), p._version) for p in (self.means, self.log_scales, self.quats, self.density))
+        return key + (self.num_gaussians, kcfg.sigma_thr, kcfg.alpha_min, kcfg.mode)
+
     def _current_bvh(self, kcfg):
         """An AABB BVH over the Gaussians: refit when the count is unchanged, else rebuild."""
         from shaders import bvh as bvh_mod
 
         # parameters unchanged since the last build/refit (e.g. rendering many views of a trained
         # model): reuse the BVH as it is
-        key = tuple((p.data_ptr(), p._version) for p in (self.means, self.log_scales, self.quats, self.density))
-        key = key + (kcfg.sigma_thr, kcfg.mode)
+        key = self._params_key(kcfg)
         if self._bvh is not None and self._bvh_n == self.num_gaussians and key == getattr(self, "_bvh_key", None):
             return self._bvh
         self._bvh_key = key
@@ -176,6 +180,49 @@ class RayGaussModel(nn.Module):
             else:
                 bvh_mod.refit_aabb_bvh(self._bvh, lo.float().contiguous(), hi.float().contiguous())
         return self._bvh
+
+    @torch.no_grad()
+    def _inference_state(self, kcfg) -> dict:
+        """Everything rendering without gradients needs, cached until a parameter (or the active
+        SH degree / SG switch) changes: the Gaussians permuted along a Morton curve (neighbours in
+        space are neighbours in memory: 1.4x faster tile rendering on lego), their M, response,
+        boxes, bounding radii and colour coefficients (SG axes normalised, sharpness activated)."""
+        from shaders.bvh import morton_order
+        from shaders.raygauss_tiles import bounding_radius
+
+        key = tuple((p.data_ptr(), p._version) for p in self.parameters())
+        key = key + (self.num_gaussians, kcfg.sigma_thr, kcfg.alpha_min, kcfg.mode,
+                     self.active_sh_degree, self.active_sg)
+        st = getattr(self, "_infer", None)
+        if st is not None and st["key"] == key:
+            return st
+        thr = kcfg.sigma_thr if self.mode == "density" else kcfg.alpha_min
+        perm = morton_order(self.means)
+        means = self.means.detach()[perm].contiguous()
+        ls, q = self.log_scales.detach()[perm].contiguous(), self.quats.detach()[perm].contiguous()
+        resp = self.response().detach()[perm].float().contiguous()
+        lo, hi = rg_kernels.gaussian_aabbs(means, ls, q, resp, self.mode, kcfg)
+        st = {"key": key, "means": means, "M": rg_kernels.build_M(ls, q).contiguous(), "resp": resp,
+              "lo": lo, "hi": hi, "rho": bounding_radius(ls, resp, thr),
+              "sh": self.sh.detach()[perm].contiguous(), "sg": None}
+        if self.active_sg and self.sg_amp.shape[1] > 0:
+            st["sg"] = (F.normalize(self.sg_axis.detach()[perm], dim=-1).contiguous(),
+                        F.softplus(self.sg_sharp.detach()[perm]).contiguous(),
+                        self.sg_amp.detach()[perm].contiguous())
+        self._infer = st
+        return st
+
+    @torch.no_grad()
+    def _inference_colors(self, st: dict, cam_center: torch.Tensor) -> torch.Tensor:
+        """:meth:`colors` of the permuted Gaussians of ``st`` (SG lobes by the Taichi kernel)."""
+        from shaders.sg import sg_eval
+
+        d = F.normalize(st["means"] - cam_center.to(st["means"]), dim=-1)
+        deg = min(self.active_sh_degree, self.max_sh_degree)
+        rgb = sh_eval(d, st["sh"], deg, convention="3dgs") + 0.5
+        if st["sg"] is not None:
+            rgb = rgb + sg_eval(d, *st["sg"])
+        return rgb.clamp_min(0.0)
 
     def invalidate_bvh(self):
         self._bvh = None
@@ -196,12 +243,26 @@ class RayGaussModel(nn.Module):
                                       rays_o.contiguous(), rays_d.contiguous(), t_near.contiguous(),
                                       t_far.contiguous(), kcfg, bvh=bvh, background=bg)
 
-    def render_camera(self, cameras, index: int = 0, background=None, chunk: int = 1 << 16) -> dict:
-        """Render camera ``index`` of a Cameras batch. Returns images: rgb (H,W,3), alpha/depth (H,W)."""
+    def render_camera(self, cameras, index: int = 0, background=None, chunk: int = 1 << 16,
+                      tiles: bool | None = None) -> dict:
+        """Render camera ``index`` of a Cameras batch. Returns images: rgb (H,W,3), alpha/depth (H,W),
+        n_evals (H,W) and the int n_capped.
+
+        ``tiles``: use the tile-binned renderer (:mod:`shaders.raygauss_tiles`; same image, several
+        times faster on whole images). Default: when no gradient is needed, the model is in density
+        mode and the camera has no distortion; rays it cannot take fall back to the BVH path.
+        """
         o, d = cameras.generate_rays(index)
         H, W = o.shape[:2]
         o, d = o.reshape(-1, 3), d.reshape(-1, 3)
         center = cameras.c2w[index, :3, 3]
+        if tiles is None:
+            tiles = (not torch.is_grad_enabled() and self.mode == "density" and cameras.dist is None
+                     and self.num_gaussians > 0)
+        if tiles:
+            out = self._render_image_tiles(o, d, H, W, cameras.c2w[index, :3, :3], center, background)
+            if out is not None:
+                return out
         outs = []
         for s in range(0, o.shape[0], chunk):
             outs.append(self.render_rays(o[s:s + chunk], d[s:s + chunk], center, background))
@@ -213,6 +274,37 @@ class RayGaussModel(nn.Module):
             "n_capped": int(sum(int(x["n_capped"]) for x in outs)),
         }
         return out
+
+    @torch.no_grad()
+    def _render_image_tiles(self, o, d, H, W, rot, center, background):
+        from shaders import runtime
+        from shaders.raygauss_tiles import bin_gaussians, pack_gaussians, prefilter_limits, render_tiles
+
+        kcfg = self.kernel_config().validate()
+        if kcfg.mode != "density":
+            return None
+        runtime.init()
+        st = self._inference_state(kcfg)
+        if "G" not in st:
+            st["G"] = pack_gaussians(st["means"], st["M"], st["resp"], prefilter_limits(st["resp"], kcfg.sigma_thr),
+                                     st["lo"], st["hi"])
+        bins = bin_gaussians(st["G"], st["rho"], o, d, H, W, rot)
+        if bins is None:
+            return None
+        t_near, t_far = ray_box_intersect(o, d, self.scene_box)
+        rgb = self._inference_colors(st, center)
+        C, T, D, ne, over = render_tiles(st["G"], rgb, bins, o, d, t_near, t_far, W, kcfg)
+        n_capped = 0
+        if bool(over.any()):   # a ray whose active list outgrew the cap: BVH path for those rays
+            idx = over.nonzero()[:, 0]
+            sub = self.render_rays(o[idx], d[idx], center, None)
+            C[idx], T[idx], D[idx], ne[idx] = sub["rgb"], 1.0 - sub["alpha"], sub["depth"], sub["n_evals"]
+            n_capped = int(sub["n_capped"])
+        rgb_out = C
+        if background is not None:
+            rgb_out = C + T[:, None] * torch.as_tensor(background, dtype=torch.float32).to(C)
+        return {"rgb": rgb_out.reshape(H, W, 3), "alpha": (1.0 - T).reshape(H, W), "depth": D.reshape(H, W),
+                "n_evals": ne.reshape(H, W), "n_capped": n_capped}
 
     # ------------------------------------------------------------------ export / state
     def export_ply(self, path):
