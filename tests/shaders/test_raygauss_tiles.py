@@ -51,7 +51,8 @@ def _tile_render(params, cam, cfg, B):
     G = RT.pack_gaussians(means, build_M(log_scale, quat), resp,
                           RT.prefilter_limits(resp, cfg.sigma_thr), lo, hi)
     rho = RT.bounding_radius(log_scale, resp, cfg.sigma_thr)
-    bins = RT.bin_gaussians(G, rho, o, d, H, W, cam.c2w[0, :3, :3], B=B)
+    cov = RT.ellipsoid_cov(log_scale, quat, RT.prefilter_limits(resp, cfg.sigma_thr))
+    bins = RT.bin_gaussians(G, rho, cov, o, d, H, W, cam.c2w[0, :3, :3], B=B)
     assert bins is not None
     out = RT.render_tiles(G, rgb, bins, o, d, tn, tf, W, cfg)
     return out, (o, d, tn, tf), bins
@@ -102,7 +103,8 @@ def test_gaussians_behind_and_around_the_camera():
     G = RT.pack_gaussians(means, build_M(log_scale, quat), resp,
                           RT.prefilter_limits(resp, cfg.sigma_thr), lo, hi)
     rho = RT.bounding_radius(log_scale, resp, cfg.sigma_thr)
-    bins = RT.bin_gaussians(G, rho, o, d, H, W, cam.c2w[0, :3, :3], B=4)
+    cov = RT.ellipsoid_cov(log_scale, quat, RT.prefilter_limits(resp, cfg.sigma_thr))
+    bins = RT.bin_gaussians(G, rho, cov, o, d, H, W, cam.c2w[0, :3, :3], B=4)
     items = bins.items[:bins.entries]
     n_tiles = bins.TX * bins.TY
     assert int((items == len(means) - 2).sum()) == n_tiles      # around the camera: all tiles
@@ -125,12 +127,13 @@ def test_bin_gaussians_refuses_rays_it_cannot_bin():
     G = RT.pack_gaussians(params[0], build_M(params[1], params[2]), params[3],
                           RT.prefilter_limits(params[3], 0.1), lo, hi)
     rho = RT.bounding_radius(params[1], params[3], 0.1)
+    cov = RT.ellipsoid_cov(params[1], params[2], RT.prefilter_limits(params[3], 0.1))
     o[5] += 0.01                                                 # not one centre
-    assert RT.bin_gaussians(G, rho, o, d, H, W, cam.c2w[0, :3, :3]) is None
+    assert RT.bin_gaussians(G, rho, cov, o, d, H, W, cam.c2w[0, :3, :3]) is None
     o[5] -= 0.01
     d2 = d.clone()
     d2[3] = -cam.c2w[0, :3, 2]                                   # a ray pointing backwards
-    assert RT.bin_gaussians(G, rho, o, d2, H, W, cam.c2w[0, :3, :3]) is None
+    assert RT.bin_gaussians(G, rho, cov, o, d2, H, W, cam.c2w[0, :3, :3]) is None
 
 
 def test_active_list_overflow_is_flagged(monkeypatch):

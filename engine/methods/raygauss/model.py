@@ -202,7 +202,8 @@ class RayGaussModel(nn.Module):
         ls, q = self.log_scales.detach()[perm].contiguous(), self.quats.detach()[perm].contiguous()
         resp = self.response().detach()[perm].float().contiguous()
         lo, hi = rg_kernels.gaussian_aabbs(means, ls, q, resp, self.mode, kcfg)
-        st = {"key": key, "means": means, "M": rg_kernels.build_M(ls, q).contiguous(), "resp": resp,
+        st = {"key": key, "means": means, "log_scales": ls, "quats": q,
+              "M": rg_kernels.build_M(ls, q).contiguous(), "resp": resp,
               "lo": lo, "hi": hi, "rho": bounding_radius(ls, resp, thr),
               "sh": self.sh.detach()[perm].contiguous(), "sg": None}
         if self.active_sg and self.sg_amp.shape[1] > 0:
@@ -278,7 +279,8 @@ class RayGaussModel(nn.Module):
     @torch.no_grad()
     def _render_image_tiles(self, o, d, H, W, rot, center, background):
         from shaders import runtime
-        from shaders.raygauss_tiles import bin_gaussians, pack_gaussians, prefilter_limits, render_tiles
+        from shaders.raygauss_tiles import (bin_gaussians, ellipsoid_cov, pack_gaussians, prefilter_limits,
+                                            render_tiles)
 
         kcfg = self.kernel_config().validate()
         if kcfg.mode != "density":
@@ -286,9 +288,10 @@ class RayGaussModel(nn.Module):
         runtime.init()
         st = self._inference_state(kcfg)
         if "G" not in st:
-            st["G"] = pack_gaussians(st["means"], st["M"], st["resp"], prefilter_limits(st["resp"], kcfg.sigma_thr),
-                                     st["lo"], st["hi"])
-        bins = bin_gaussians(st["G"], st["rho"], o, d, H, W, rot)
+            lim = prefilter_limits(st["resp"], kcfg.sigma_thr)
+            st["G"] = pack_gaussians(st["means"], st["M"], st["resp"], lim, st["lo"], st["hi"])
+            st["cov"] = ellipsoid_cov(st["log_scales"], st["quats"], lim)
+        bins = bin_gaussians(st["G"], st["rho"], st["cov"], o, d, H, W, rot)
         if bins is None:
             return None
         t_near, t_far = ray_box_intersect(o, d, self.scene_box)
