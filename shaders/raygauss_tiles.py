@@ -47,7 +47,7 @@ import torch
 
 from shaders import runtime
 
-__all__ = ["TileBins", "pack_gaussians", "ellipsoid_cov", "bin_gaussians", "render_tiles", "bounding_radius",
+__all__ = ["TileBins", "pack_gaussians", "ellipsoid_cov", "bin_gaussians", "view_colors", "render_tiles", "bounding_radius",
            "prefilter_limits", "DEFAULT_TILE"]
 
 #: Tile edge in pixels. Lego, 100 px, 2 cores: 2 px tiles bin in 17 ms and render in 61 ms,
@@ -62,8 +62,9 @@ ACTIVE_CAP = 512
 _P_MU, _P_M, _P_S, _P_LIM, _P_RGB, _P_LO, _P_HI, _P_NEAR, _P_SIZE = 0, 3, 12, 13, 14, 17, 20, 23, 24
 #: Floats per active entry: te, tx, aa, tc, qmin, lim, s, r, g, b.
 _FIELDS = 10
+BLOCK = 64
 #: Scratch floats per launch (rays per launch = this / (ACTIVE_CAP * _FIELDS)).
-_SCRATCH = 1 << 22
+_SCRATCH = 1 << 24
 
 _NEAR_PAD = 1e-4
 _NEAR_LEVELS = 1 << 20
@@ -216,6 +217,7 @@ def _kernels(real, S: int):
                act: nd, ray0: ti.i32, nray: ti.i32, W: ti.i32, B: ti.i32, TX: ti.i32,
                dt: real, thr: real, t_stop: real, cap: ti.i32, out_c: nd, out_T: nd,
                out_d: nd, out_ne: nd, out_over: nd):
+        ti.loop_config(block_dim=BLOCK)
         for r in range(nray):
             # tile-major order: the B*B rays of a tile run one after another on one thread and
             # share the tile's list while it is in cache
@@ -339,16 +341,18 @@ def _kernels(real, S: int):
                         ne += count
                         if T < t_stop:
                             alive = 0
-                # drop the entries that end before the next slab
+                # drop the entries that end before the next slab (swap with the last one: the
+                # order of the active entries only changes the summation order)
                 tnext = ti.cast(tn + ti.cast((j + 1) * S, real) * dt, ti.f32)
-                m = 0
-                for h in range(na):
-                    if act[r, h, 1] >= tnext:
-                        if m != h:
+                h = 0
+                while h < na:
+                    if act[r, h, 1] < tnext:
+                        na -= 1
+                        if h != na:
                             for f in ti.static(range(_FIELDS)):
-                                act[r, m, f] = act[r, h, f]
-                        m += 1
-                na = m
+                                act[r, h, f] = act[r, na, f]
+                    else:
+                        h += 1
                 j += 1
             for ch in ti.static(range(3)):
                 out_c[ray, ch] = C[ch]
@@ -500,10 +504,68 @@ def prefilter_limits(response: torch.Tensor, thr: float) -> torch.Tensor:
                        torch.zeros_like(s)).contiguous()
 
 
+def _color_kernel(deg: int, with_sg: bool):
+    key = ("color", deg, with_sg)
+    if key in _CACHE:
+        return _CACHE[key]
+    import taichi as ti
+
+    from shaders import sh as sh_mod
+
+    shk = sh_mod._kernels(torch.float32, deg, "3dgs")
+    unit, values = shk["unit"], shk["values"]
+    K = (deg + 1) ** 2
+    nd = ti.types.ndarray()
+
+    @ti.kernel
+    def colors(G: nd, center: nd, sh: nd, axis: nd, lam: nd, amp: nd):
+        for n in range(G.shape[0]):
+            x, y, z, _inv = unit(G[n, _P_MU] - center[0], G[n, _P_MU + 1] - center[1],
+                                 G[n, _P_MU + 2] - center[2])
+            Y = values(x, y, z)
+            for ch in ti.static(range(3)):
+                acc = 0.5
+                for k in ti.static(range(K)):
+                    acc += Y[k] * sh[n, k, ch]
+                if ti.static(with_sg):
+                    for lb in range(axis.shape[1]):
+                        w = ti.exp(lam[n, lb] * (axis[n, lb, 0] * x + axis[n, lb, 1] * y
+                                                 + axis[n, lb, 2] * z - 1.0))
+                        acc += w * amp[n, lb, ch]
+                G[n, _P_RGB + ch] = ti.max(acc, 0.0)
+
+    _CACHE[key] = colors
+    return colors
+
+
+def view_colors(G, center, sh, deg: int, sg=None) -> None:
+    """Write each Gaussian's colour seen from ``center`` (3,) into the records ``G`` in one pass:
+    ``max(0, SH_deg(d) . sh + 0.5 + sum_l amp exp(lam (axis . d - 1)))``, ``d = normalise(mu -
+    center)``, 3DGS SH signs -- the RayGauss model's colour (``RayGaussModel.colors``, the torch
+    reference) for rendering without gradients. ``sh (N,K,3)`` with K >= (deg+1)^2, ``sg`` None
+    or ``(axis (N,L,3) unit, lam (N,L), amp (N,L,3))``."""
+    import taichi as ti  # noqa: F401
+
+    runtime.init()
+    dev = runtime.torch_device()
+    f32 = dict(device=dev, dtype=torch.float32)
+    c = torch.as_tensor(center).to(**f32).reshape(3).contiguous()
+    sh = sh.detach().to(**f32).contiguous()
+    if sg is None:
+        axis, lam, amp = torch.zeros(1, 1, 3, **f32), torch.zeros(1, 1, **f32), torch.zeros(1, 1, 3, **f32)
+    else:
+        axis, lam, amp = (t.detach().to(**f32).contiguous() for t in sg)
+    k = _color_kernel(int(deg), sg is not None)
+    if G.shape[0]:
+        with runtime.runtime_lock:
+            k(G, c, sh, axis, lam, amp)
+
+
 def render_tiles(G, rgb, bins: TileBins, rays_o, rays_d, t_near, t_far, W: int, cfg):
     """Render the image rays of :func:`bin_gaussians` (density mode, float32, no gradient).
 
-    ``G``: the packed records the bins were made from; ``rgb (N,3)`` this view's colours.
+    ``G``: the packed records the bins were made from; ``rgb (N,3)`` this view's colours, or
+    None when :func:`view_colors` already wrote them into ``G``.
     Returns ``(C (R,3) without background, T_final (R,), depth (R,), n_evals (R,) int32,
     overflow (R,) bool)``; rays flagged in ``overflow`` must be re-rendered on the BVH path.
     """
@@ -518,7 +580,8 @@ def render_tiles(G, rgb, bins: TileBins, rays_o, rays_d, t_near, t_far, W: int, 
     out_over = torch.zeros(R, dtype=torch.int32, device=dev)
     if R == 0 or G.shape[0] == 0:
         return out_c, out_T, out_d, out_ne, out_over.bool()
-    G[:, _P_RGB:_P_RGB + 3] = rgb.detach().float()
+    if rgb is not None:
+        G[:, _P_RGB:_P_RGB + 3] = rgb.detach().float()
     S, cap = int(cfg.samples_per_slab), min(int(cfg.cap), ACTIVE_CAP)
     k = _kernels(ti.f32, S)
     n_iter = bins.TX * bins.TY * bins.B * bins.B          # tile-major ray slots (>= R)

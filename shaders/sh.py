@@ -268,7 +268,9 @@ def _kernels(dtype: torch.dtype, l_max: int, convention: str):
             grad_dirs[n, 1] = gy
             grad_dirs[n, 2] = gz
 
-    ks = dict(basis_fwd=basis_fwd, basis_bwd=basis_bwd, eval_fwd=eval_fwd, eval_bwd=eval_bwd)
+    # unit/values are also used inside other modules' kernels (e.g. shaders.raygauss_tiles)
+    ks = dict(basis_fwd=basis_fwd, basis_bwd=basis_bwd, eval_fwd=eval_fwd, eval_bwd=eval_bwd,
+              unit=unit, values=values)
     _KERNELS[key] = ks
     return ks
 

@@ -12,7 +12,6 @@ from shaders import runtime
 from shaders.bvh import morton_order
 from shaders.raygauss import RayGaussConfig, build_M, gaussian_aabbs, render_rays
 from shaders.raygauss_ref import render_rays_reference
-from shaders.sg import sg_eval, sg_eval_reference
 
 runtime.init()
 
@@ -174,17 +173,34 @@ def test_model_render_camera_tiles_equal_bvh_path():
     assert model.means.grad is not None
 
 
-def test_sg_eval_matches_reference():
-    g = torch.Generator().manual_seed(0)
-    d = torch.nn.functional.normalize(torch.randn(500, 3, generator=g), dim=-1)
-    axis = torch.nn.functional.normalize(torch.randn(500, 5, 3, generator=g), dim=-1)
-    lam = torch.rand(500, 5, generator=g) * 20
-    amp = torch.randn(500, 5, 3, generator=g)
-    out = sg_eval(d, axis, lam, amp)
-    ref = sg_eval_reference(d, axis, lam, amp)
-    assert float((out - ref).abs().max()) < 1e-5
-    with pytest.raises(ValueError, match="lam"):
-        sg_eval(d, axis, lam[:, :4], amp)
+@pytest.mark.parametrize("deg,lobes", [(0, 0), (2, 3), (3, 7)])
+def test_view_colors_match_the_model_colours(deg, lobes):
+    """The fused colour kernel (SH + SG lobes, written into the records) against the torch
+    colour of RayGaussModel (sh_eval + SG expression)."""
+    from engine.methods.raygauss.config import RayGaussConfig as ModelConfig
+    from engine.methods.raygauss.model import RayGaussModel
+
+    means, log_scale, quat, resp, _ = _scene(300, 9)
+    g = torch.Generator().manual_seed(10)
+    sh = torch.randn(300, 16, 3, generator=g)
+    model = RayGaussModel(means, log_scale, quat, resp, sh, scene_box=[[0, 0, 0], [1, 1, 1]],
+                          cfg=ModelConfig(sh_degree=3, sg_lobes=lobes))
+    with torch.no_grad():
+        model.sg_amp.normal_(0, 0.3, generator=g)
+        model.sg_sharp.normal_(0, 2.0, generator=g)
+    model.active_sh_degree = deg
+    model.active_sg = lobes > 0
+    center = torch.tensor([0.3, -1.2, 0.8])
+    with torch.no_grad():
+        ref = model.colors(center)
+        st = model._inference_state(model.kernel_config())
+        G = RT.pack_gaussians(st["means"], st["M"], st["resp"], RT.prefilter_limits(st["resp"], 0.1),
+                              st["lo"], st["hi"])
+        RT.view_colors(G, center, st["sh"], deg, st["sg"])
+    perm = morton_order(model.means)
+    out = G[:, RT._P_RGB:RT._P_RGB + 3]
+    assert float((out - ref[perm]).abs().max()) < 1e-5
+    assert float(ref.min()) == 0.0 and float(ref.max()) > 0.5     # the clamp is exercised
 
 
 def test_morton_order_is_a_spatial_permutation():

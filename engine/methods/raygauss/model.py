@@ -213,18 +213,6 @@ class RayGaussModel(nn.Module):
         self._infer = st
         return st
 
-    @torch.no_grad()
-    def _inference_colors(self, st: dict, cam_center: torch.Tensor) -> torch.Tensor:
-        """:meth:`colors` of the permuted Gaussians of ``st`` (SG lobes by the Taichi kernel)."""
-        from shaders.sg import sg_eval
-
-        d = F.normalize(st["means"] - cam_center.to(st["means"]), dim=-1)
-        deg = min(self.active_sh_degree, self.max_sh_degree)
-        rgb = sh_eval(d, st["sh"], deg, convention="3dgs") + 0.5
-        if st["sg"] is not None:
-            rgb = rgb + sg_eval(d, *st["sg"])
-        return rgb.clamp_min(0.0)
-
     def invalidate_bvh(self):
         self._bvh = None
         self._bvh_n = -1
@@ -280,7 +268,7 @@ class RayGaussModel(nn.Module):
     def _render_image_tiles(self, o, d, H, W, rot, center, background):
         from shaders import runtime
         from shaders.raygauss_tiles import (bin_gaussians, ellipsoid_cov, pack_gaussians, prefilter_limits,
-                                            render_tiles)
+                                            render_tiles, view_colors)
 
         kcfg = self.kernel_config().validate()
         if kcfg.mode != "density":
@@ -295,8 +283,8 @@ class RayGaussModel(nn.Module):
         if bins is None:
             return None
         t_near, t_far = ray_box_intersect(o, d, self.scene_box)
-        rgb = self._inference_colors(st, center)
-        C, T, D, ne, over = render_tiles(st["G"], rgb, bins, o, d, t_near, t_far, W, kcfg)
+        view_colors(st["G"], center, st["sh"], min(self.active_sh_degree, self.max_sh_degree), st["sg"])
+        C, T, D, ne, over = render_tiles(st["G"], None, bins, o, d, t_near, t_far, W, kcfg)
         n_capped = 0
         if bool(over.any()):   # a ray whose active list outgrew the cap: BVH path for those rays
             idx = over.nonzero()[:, 0]
