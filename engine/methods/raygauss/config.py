@@ -48,6 +48,7 @@ class RayGaussConfig:
     split_scale_div: float = 1.6
     prune_density: float = 0.1         # prune s <= this
     max_gaussians: int = 200000
+    morton_reorder: bool = True        # after each densify step, store Gaussians in Morton order (faster kernels)
     # ---- bookkeeping -------------------------------------------------------------------------
     eval_every: int = 500              # test PSNR on a few views every N steps (0 disables)
     eval_views: int = 8
