@@ -32,6 +32,8 @@ def main(argv=None) -> int:
     ap.add_argument("--max-steps", type=int, default=6000, help="schedule length (the budget usually ends first)")
     ap.add_argument("--speed-data", default=None, help="dataset for the rays/s test (default: lego_200 next to --data)")
     ap.add_argument("--ref-rays", type=int, default=64, help="rays rendered by the brute-force reference")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="override preset options, e.g. --set max_gaussians=60000 (values parsed as JSON when possible)")
     ap.add_argument("--output", default="/tmp/kernelight_bench")
     ap.add_argument("--out", default=str(REPO / "tools" / "results" / "bench_raygauss_quality.json"))
     args = ap.parse_args(argv)
@@ -48,6 +50,14 @@ def main(argv=None) -> int:
 
     con = Console()
     opts = dict(PRESETS[args.preset])
+    for kv in args.set:
+        key, sep, val = kv.partition("=")
+        if not sep:
+            ap.error(f"--set {kv!r}: expected KEY=VALUE")
+        try:
+            opts[key] = json.loads(val)
+        except ValueError:
+            opts[key] = val
     opts.update(max_steps=args.max_steps, time_budget_s=args.minutes * 60, eval_every=0, checkpoint_every=0,
                 log_every=50)
     tr = Trainer(TrainSettings(method="raygauss", data=Path(args.data), output=Path(args.output), options=opts,

@@ -9,7 +9,12 @@ choices (tools/bench_raygauss_quality.py, lego_100 / mic_100 on 2 cores):
 * visual-hull initialisation (``init = auto``) with ``init_scale_mult = 0.5``: starts at ~21 dB
   instead of ~7 dB (uniform random points) on mic;
 * 4x the SH DC learning rate and SH/SG unlocks and densification compressed into the first
-  ~1500 steps, since a CPU budget affords a few thousand steps, not 30k.
+  ~1500 steps, since a CPU budget affords a few thousand steps, not 30k;
+* at most 30,000 Gaussians: fewer Gaussians buy more steps in the same minutes. lego_100, 15
+  minutes, 200 test views: a 120k cap gave 2,279 steps, 33.58 dB, 76 ms per image; 60k gave
+  2,917 steps, 34.35 dB, 65 ms; 30k gave 3,804 steps, 33.98 dB, 41 ms. Raise it
+  (``kernelight train raygauss --max-gaussians N``, or ``[method.options]``) for bigger images
+  or scenes.
 """
 from __future__ import annotations
 
@@ -26,7 +31,7 @@ PRESETS: dict[str, dict] = {
         "densify_from": 100,
         "densify_every": 100,
         "densify_until": 1500,
-        "max_gaussians": 120000,
+        "max_gaussians": 30000,
         "eval_every": 500,
     },
 }
