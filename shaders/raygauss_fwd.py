@@ -75,30 +75,38 @@ def seg_inv(d: ti.template()):
 
 
 @ti.func
-def node_interval(lo: ti.template(), hi: ti.template(), i: ti.i32, o: ti.template(),
-                  inv: ti.template(), nz: ti.template(), t0: ti.f32, t1: ti.f32):
-    """:func:`box_interval` with the direction given as ``(inv, nz) = seg_inv(d)`` (the same
-    arithmetic, so the same bits; hoists the divisions out of per-box loops)."""
+def vec_interval(lo: ti.template(), hi: ti.template(), o: ti.template(), inv: ti.template(),
+                 nz: ti.template(), t0: ti.f32, t1: ti.f32):
+    """The slab test of :func:`box_interval` on the box ``[lo, hi]`` given as two float32
+    3-vectors, with ``(inv, nz) = seg_inv(d)``."""
     tmin = t0
     tmax = t1
     ok = 1
     for k in ti.static(range(3)):
-        lk = lo[i, k]
-        hk = hi[i, k]
-        if lk > hk:
+        if lo[k] > hi[k]:
             ok = 0
         if nz[k]:
-            ta = (lk - o[k]) * inv[k]
-            tb = (hk - o[k]) * inv[k]
+            ta = (lo[k] - o[k]) * inv[k]
+            tb = (hi[k] - o[k]) * inv[k]
             tmin = ti.max(tmin, ti.min(ta, tb))
             tmax = ti.min(tmax, ti.max(ta, tb))
         else:
-            if o[k] < lk or o[k] > hk:
+            if o[k] < lo[k] or o[k] > hi[k]:
                 ok = 0
     if not ok:
         tmin = ti.f32(1.0)
         tmax = ti.f32(-1.0)
     return tmin, tmax
+
+
+@ti.func
+def node_interval(lo: ti.template(), hi: ti.template(), i: ti.i32, o: ti.template(),
+                  inv: ti.template(), nz: ti.template(), t0: ti.f32, t1: ti.f32):
+    """:func:`box_interval` with the direction given as ``(inv, nz) = seg_inv(d)`` (the same
+    arithmetic, so the same bits; hoists the divisions out of per-box loops)."""
+    lv = ti.Vector([lo[i, 0], lo[i, 1], lo[i, 2]], dt=ti.f32)
+    hv = ti.Vector([hi[i, 0], hi[i, 1], hi[i, 2]], dt=ti.f32)
+    return vec_interval(lv, hv, o, inv, nz, t0, t1)
 
 
 @ti.func

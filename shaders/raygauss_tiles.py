@@ -203,26 +203,9 @@ def _kernels(real, S: int):
     def packed_box(G: ti.template(), l: ti.i32, o: ti.template(), inv: ti.template(),
                    nz: ti.template(), t0: ti.f32, t1: ti.f32):
         """``raygauss_fwd.node_interval`` on the box stored in record l (same arithmetic)."""
-        tmin = t0
-        tmax = t1
-        ok = 1
-        for k in ti.static(range(3)):
-            lk = G[l, _P_LO + k]
-            hk = G[l, _P_HI + k]
-            if lk > hk:
-                ok = 0
-            if nz[k]:
-                ta = (lk - o[k]) * inv[k]
-                tb = (hk - o[k]) * inv[k]
-                tmin = ti.max(tmin, ti.min(ta, tb))
-                tmax = ti.min(tmax, ti.max(ta, tb))
-            else:
-                if o[k] < lk or o[k] > hk:
-                    ok = 0
-        if not ok:
-            tmin = ti.f32(1.0)
-            tmax = ti.f32(-1.0)
-        return tmin, tmax
+        lv = ti.Vector([G[l, _P_LO + k] for k in ti.static(range(3))], dt=ti.f32)
+        hv = ti.Vector([G[l, _P_HI + k] for k in ti.static(range(3))], dt=ti.f32)
+        return fwd.vec_interval(lv, hv, o, inv, nz, t0, t1)
 
     @ti.kernel
     def render(G: nd, offsets: nd, items: nd, rays_o: nd, rays_d: nd, t_near: nd, t_far: nd,
