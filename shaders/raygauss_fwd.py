@@ -304,6 +304,31 @@ def common(real, S: int, use_bvh: bool):
         return sig, col
 
     @ti.func
+    def composite_slab(sig: ti.template(), col: ti.template(), tn: real, tf: real, j: ti.i32,
+                       dt: real, t_stop: real, T: real, C: ti.template(), D: real,
+                       alive: ti.i32):
+        """Front-to-back compositing of slab j's S samples (sigma ``sig``, weighted colour sums
+        ``col``) onto (T, C, D); stops after the sample that takes T under t_stop. Returns
+        ``(T, C, D, alive, n)`` with n the number of samples composited."""
+        Cn = C
+        n = 0
+        for k in ti.static(range(S)):
+            t = tn + (ti.cast(j * S + k, real) + 0.5) * dt
+            if alive and t < tf:
+                sg = sig[k]
+                alpha = 1.0 - ti.exp(-sg * dt)
+                w = T * alpha
+                if sg > 0:
+                    for ch in ti.static(range(3)):
+                        Cn[ch] += w * (col[k, ch] / sg)
+                D += w * t
+                T = T * (1.0 - alpha)
+                n += 1
+                if T < t_stop:
+                    alive = 0
+        return T, Cn, D, alive, n
+
+    @ti.func
     def opacity_eval(means: ti.template(), M: ti.template(), l: ti.i32, xo: ti.template(),
                      d: ti.template()):
         """For Gaussian l and the ray xo + u d: (a, b, u*, q*) with a = M d, b = M (xo - mu),
@@ -350,7 +375,7 @@ def common(real, S: int, use_bvh: bool):
     ns = dict(load3=load3, load_m=load_m, density_slab=density_slab, opacity_eval=opacity_eval,
               prefilter_limit=prefilter_limit,
               ellipsoid_interval=ellipsoid_interval, box_interval=box_interval, group_collect=group_collect, slab_list=slab_list,
-              in_slab=in_slab, opacity_sort=opacity_sort)
+              in_slab=in_slab, opacity_sort=opacity_sort, composite_slab=composite_slab)
     _CACHE[key] = ns
     return ns
 
@@ -363,6 +388,7 @@ def kernels(real, S: int, use_bvh: bool):
         return _CACHE[key]
     cm = common(real, S, use_bvh)
     load3, density_slab, opacity_eval = cm["load3"], cm["density_slab"], cm["opacity_eval"]
+    composite_slab = cm["composite_slab"]
     group_collect, slab_list = cm["group_collect"], cm["slab_list"]
     opacity_sort = cm["opacity_sort"]
     nd = ti.types.ndarray()
@@ -407,21 +433,10 @@ def kernels(real, S: int, use_bvh: bool):
                         xs = o + (tn + (ti.cast(j * S, real) + 0.5 * S) * dt) * d
                         sig, col = density_slab(means, M, resp, rgb, hits, keys, r, n_list,
                                                 direct, t0, t1, xs, d, dt, thr)
-                        for k in ti.static(range(S)):
-                            t = tn + (ti.cast(j * S + k, real) + 0.5) * dt
-                            if alive and t < tf:
-                                sg = sig[k]
-                                alpha = 1.0 - ti.exp(-sg * dt)
-                                w = T * alpha
-                                if sg > 0:
-                                    for ch in ti.static(range(3)):
-                                        C[ch] += w * (col[k, ch] / sg)
-                                D += w * t
-                                T = T * (1.0 - alpha)
-                                ne += nh
-                                steps += 1
-                                if T < t_stop:
-                                    alive = 0
+                        T, C, D, alive, n_done = composite_slab(sig, col, tn, tf, j, dt, t_stop,
+                                                                T, C, D, alive)
+                        ne += nh * n_done
+                        steps += n_done
                         j += 1
             for ch in ti.static(range(3)):
                 out_c[ray, ch] = C[ch]

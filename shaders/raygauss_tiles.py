@@ -111,7 +111,7 @@ def _kernels(real, S: int):
     from shaders import raygauss_fwd as fwd
 
     cm = fwd.common(real, S, True)
-    load3, load_m = cm["load3"], cm["load_m"]
+    load3, load_m, composite_slab = cm["load3"], cm["load_m"], cm["composite_slab"]
     nd = ti.types.ndarray()
 
     @ti.func
@@ -322,20 +322,9 @@ def _kernels(real, S: int):
                                     sig[k] += g
                                     for ch in ti.static(range(3)):
                                         col[k, ch] += g * act[r, h, 7 + ch]
-                for k in ti.static(range(S)):
-                    t = tn + (ti.cast(j * S + k, real) + 0.5) * dt
-                    if alive and t < tf:
-                        sg = sig[k]
-                        alpha = 1.0 - ti.exp(-sg * dt)
-                        w = T * alpha
-                        if sg > 0:
-                            for ch in ti.static(range(3)):
-                                C[ch] += w * (col[k, ch] / sg)
-                        D += w * t
-                        T = T * (1.0 - alpha)
-                        ne += count
-                        if T < t_stop:
-                            alive = 0
+                T, C, D, alive, n_done = composite_slab(sig, col, tn, tf, j, dt, t_stop, T, C,
+                                                        D, alive)
+                ne += count * n_done
                 # drop the entries that end before the next slab (swap with the last one: the
                 # order of the active entries only changes the summation order)
                 tnext = ti.cast(tn + ti.cast((j + 1) * S, real) * dt, ti.f32)
@@ -539,8 +528,6 @@ def view_colors(G, center, sh, deg: int, sg=None) -> None:
     center)``, 3DGS SH signs -- the RayGauss model's colour (``RayGaussModel.colors``, the torch
     reference) for rendering without gradients. ``sh (N,K,3)`` with K >= (deg+1)^2, ``sg`` None
     or ``(axis (N,L,3) unit, lam (N,L), amp (N,L,3))``."""
-    import taichi as ti  # noqa: F401
-
     runtime.init()
     dev = runtime.torch_device()
     f32 = dict(device=dev, dtype=torch.float32)
