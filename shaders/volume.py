@@ -19,6 +19,13 @@ Semantics (the kernel :func:`band_samples` and the pure-torch reference
   of the centre (``delta = len``): on a solid surface the field is then evaluated on the surface.
   Surface crossings do not change the inside/outside state. At most ``max_samples`` per ray,
   front first.
+* One sample per surface crossing (``one_sample_crossings``, needs the SDF ``fh`` at each
+  crossing): an interval that runs from the outer to the inner shell, or back, crosses the surface
+  once; it gets one sample (as above: the centre, or the surface crossing) flagged ``ends = 1``,
+  with ``f_a, f_b`` the SDF at the interval's start and end, so the NeuS opacity of the whole
+  interval can use the SDF at its true ends instead of a linear extrapolation from one point.
+  Other intervals (those entering and leaving through the outer shell: thin parts, grazing rays)
+  keep the step rule.
 
 Outputs ``t (R, M)``, ``delta (R, M)``, ``interval (R, M)`` int32 (rank of the sample's band
 interval along its ray, 0 for the first; used for early ray termination), zero-padded to
@@ -41,9 +48,10 @@ def _kernel():
         return _K["k"]
 
     @ti.kernel
-    def band(ts: ti.types.ndarray(), kind: ti.types.ndarray(), step: ti.f32, max_per: ti.i32,
-             out_t: ti.types.ndarray(), out_d: ti.types.ndarray(), out_g: ti.types.ndarray(),
-             count: ti.types.ndarray()):
+    def band(ts: ti.types.ndarray(), kind: ti.types.ndarray(), fh: ti.types.ndarray(), step: ti.f32,
+             max_per: ti.i32, one_crossing: ti.i32, out_t: ti.types.ndarray(), out_d: ti.types.ndarray(),
+             out_g: ti.types.ndarray(), out_fa: ti.types.ndarray(), out_fb: ti.types.ndarray(),
+             out_e: ti.types.ndarray(), count: ti.types.ndarray()):
         R = ts.shape[0]
         K = ts.shape[1]
         M = out_t.shape[1]
@@ -66,6 +74,8 @@ def _kernel():
             cnt = 0
             n_iv = 0
             prev = 0.0
+            prev_kind = 0
+            prev_f = 0.0
             surf = -1.0
             for j in range(nh):
                 tj = ts[r, j]
@@ -77,6 +87,10 @@ def _kernel():
                 if in_out == 1 and in_in == 0:
                     length = ti.max(tj - prev, 0.0)
                     n = ti.min(ti.max(ti.cast(ti.ceil(length / step), ti.i32), 1), max_per)
+                    ends = 0
+                    if one_crossing != 0 and prev_kind + kj == 3 and prev_kind * kj == 2:
+                        ends = 1         # outer -> inner or inner -> outer: one surface crossing
+                        n = 1
                     dl = length / ti.cast(n, ti.f32)
                     for k in range(n):
                         if cnt < M:
@@ -86,6 +100,9 @@ def _kernel():
                             out_t[r, cnt] = tk
                             out_d[r, cnt] = dl
                             out_g[r, cnt] = n_iv
+                            out_e[r, cnt] = ends
+                            out_fa[r, cnt] = prev_f * ti.cast(ends, ti.f32)
+                            out_fb[r, cnt] = fh[r, j] * ti.cast(ends, ti.f32)
                             cnt += 1
                     n_iv += 1
                 if kj == 1:
@@ -93,6 +110,8 @@ def _kernel():
                 else:
                     in_in = 1 - in_in
                 prev = tj
+                prev_kind = kj
+                prev_f = fh[r, j]
                 surf = -1.0
             count[r] = cnt
 
@@ -101,11 +120,19 @@ def _kernel():
 
 
 def band_samples(ts: torch.Tensor, kind: torch.Tensor, step: float, max_per_interval: int,
-                 max_samples: int):
-    """Samples in the band (see the module docstring): ``t, delta, interval (R, M)``, ``count (R,)``."""
+                 max_samples: int, fh: torch.Tensor | None = None, one_sample_crossings: bool = False):
+    """Samples in the band (see the module docstring): ``t, delta, interval (R, M)``, ``count (R,)``.
+
+    With ``fh (R, K)`` (the SDF at each crossing) it also returns ``f_a, f_b (R, M)`` and ``ends
+    (R, M)`` int32: with ``one_sample_crossings`` an interval from the outer to the inner shell (or
+    back) -- one crossing of the surface -- gets exactly one sample whose ``ends`` is 1 and whose
+    ``f_a, f_b`` are the SDF at the interval's start and end (0 elsewhere).
+    """
     if ts.ndim != 2 or kind.shape != ts.shape:
         raise ValueError(f"band_samples: ts and kind must be the same (R, K) shape, got {tuple(ts.shape)} "
                          f"and {tuple(kind.shape)}")
+    if fh is not None and fh.shape != ts.shape:
+        raise ValueError(f"band_samples: fh must be the (R, K) shape of ts, got {tuple(fh.shape)}")
     if step <= 0 or max_per_interval < 1 or max_samples < 1:
         raise ValueError(f"band_samples: need step > 0, max_per_interval >= 1, max_samples >= 1; got "
                          f"{step}, {max_per_interval}, {max_samples}")
@@ -114,13 +141,21 @@ def band_samples(ts: torch.Tensor, kind: torch.Tensor, step: float, max_per_inte
     R = ts.shape[0]
     t = torch.zeros(R, max_samples, dtype=torch.float32, device=dev)
     d = torch.zeros_like(t)
+    fa = torch.zeros_like(t)
+    fb = torch.zeros_like(t)
     g = torch.zeros(R, max_samples, dtype=torch.int32, device=dev)
+    e = torch.zeros_like(g)
     count = torch.zeros(R, dtype=torch.int32, device=dev)
     if R:
         tsc = torch.where(torch.isfinite(ts), ts, torch.full_like(ts, 3e38)).to(dev, torch.float32).contiguous()
+        fhc = (torch.zeros_like(tsc) if fh is None else fh.to(dev, torch.float32).contiguous())
+        one = int(bool(one_sample_crossings) and fh is not None)
         with runtime.runtime_lock:
-            _kernel()(tsc, kind.to(dev, torch.int32).contiguous(), float(step), int(max_per_interval), t, d, g, count)
-    return t, d, g, count
+            _kernel()(tsc, kind.to(dev, torch.int32).contiguous(), fhc, float(step), int(max_per_interval), one,
+                      t, d, g, fa, fb, e, count)
+    if fh is None:
+        return t, d, g, count
+    return t, d, g, count, fa, fb, e
 
 
 # ------------------------------------------------------------------------------ torch reference
@@ -180,21 +215,26 @@ def place_samples_reference(t0, t1, ok, step: float, max_per_interval: int, max_
     return T, D, V, G
 
 
-def band_samples_reference(ts, kind, step: float, max_per_interval: int, max_samples: int):
+def band_samples_reference(ts, kind, step: float, max_per_interval: int, max_samples: int, fh=None,
+                           one_sample_crossings: bool = False):
     """Pure-torch twin of :func:`band_samples` (brute force, one ray at a time; small inputs)."""
     R, K = ts.shape
     out_t = torch.zeros(R, max_samples, dtype=ts.dtype)
     out_d = torch.zeros(R, max_samples, dtype=ts.dtype)
+    out_fa = torch.zeros(R, max_samples, dtype=ts.dtype)
+    out_fb = torch.zeros(R, max_samples, dtype=ts.dtype)
     out_g = torch.zeros(R, max_samples, dtype=torch.int32)
+    out_e = torch.zeros(R, max_samples, dtype=torch.int32)
     count = torch.zeros(R, dtype=torch.int32)
+    one = bool(one_sample_crossings) and fh is not None
     for r in range(R):
         ks = [int(k) for k in kind[r] if k > 0]
         tr = ts[r, :len(ks)]
         full = len(ks) == K
         in_out = (ks.count(1) % 2 == 1) and not full
         in_in = (ks.count(2) % 2 == 1) and not full
-        prev, surf, cnt, n_iv = ts.new_zeros(()), None, 0, 0
-        for tj, kj in zip(tr, ks):
+        prev, prev_kind, prev_f, surf, cnt, n_iv = ts.new_zeros(()), 0, 0.0, None, 0, 0
+        for j, (tj, kj) in enumerate(zip(tr, ks)):
             band = in_out and not in_in
             if kj == 3:
                 if band and surf is None:
@@ -203,17 +243,27 @@ def band_samples_reference(ts, kind, step: float, max_per_interval: int, max_sam
             if band:
                 length = (tj - prev).clamp_min(0)
                 n = int(min(max(math.ceil(float(length / step)), 1), max_per_interval))
+                ends = one and {prev_kind, kj} == {1, 2}
+                if ends:
+                    n = 1
                 for k in range(n):
                     if cnt < max_samples:
                         out_t[r, cnt] = surf if (n == 1 and surf is not None) else prev + (k + 0.5) * length / n
                         out_d[r, cnt] = length / n
                         out_g[r, cnt] = n_iv
+                        if ends:
+                            out_e[r, cnt] = 1
+                            out_fa[r, cnt] = prev_f
+                            out_fb[r, cnt] = fh[r, j]
                         cnt += 1
                 n_iv += 1
             if kj == 1:
                 in_out = not in_out
             else:
                 in_in = not in_in
-            prev, surf = tj, None
+            prev, prev_kind, surf = tj, kj, None
+            prev_f = 0.0 if fh is None else fh[r, j]
         count[r] = cnt
-    return out_t, out_d, out_g, count
+    if fh is None:
+        return out_t, out_d, out_g, count
+    return out_t, out_d, out_g, count, out_fa, out_fb, out_e

@@ -36,7 +36,7 @@ def _psnr(a, b) -> float:
 
 
 def bench_run(run: Path, views: int, grid_res: int | None, target_faces: int | None, out_dir: Path | None,
-              shell_steps: list[float] | None = None, reextract: bool = False) -> dict:
+              shell_steps: list[float] | None = None, reextract: bool = False, crossings: str = "both") -> dict:
     import torch
 
     import engine
@@ -68,18 +68,38 @@ def bench_run(run: Path, views: int, grid_res: int | None, target_faces: int | N
         write_shells(shells, out_dir)
 
     steps = list(shell_steps or [model.cfg.shell_step])
-    modes = ["volume"] + [f"shells@{st:g}" for st in steps]
+    ones = {"off": [False], "on": [True], "both": [False, True]}[crossings]
+    modes = ["volume"] + [f"shells{'1' if one else ''}@{st:g}" for one in ones for st in steps]
     rows = {m: [] for m in modes}
+
+    renderers = {}
+
+    def set_mode(mode: str) -> str:
+        """``volume``, ``shells@STEP`` or ``shells1@STEP`` (one sample per crossing) -> render mode."""
+        if mode == "volume":
+            return mode
+        kind, st = mode.split("@")
+        one = kind == "shells1"
+        model.cfg.shell_step = float(st)
+        model.cfg.shell_one_sample_crossings = one
+        if one not in renderers:                 # built here, outside the timings
+            model._renderer = None
+            renderers[one] = model.renderer
+        model._renderer = renderers[one]
+        return "shells"
+
+    # warm-up outside the timings: Taichi compiles its kernels and the shells' BVH is built on first use
+    for mode in modes:
+        model.render(split.cameras, idx[0], background=bg, mode=set_mode(mode))
     for i in idx:
         gt = split.images[i]
         if split.masks is not None:
             m = split.masks[i].float()[..., None]
             gt = gt * m + bg * (1 - m)
         for mode in modes:                     # interleaved: all modes see the same machine load
-            if mode != "volume":
-                model.cfg.shell_step = float(mode.split("@")[1])
+            rmode = set_mode(mode)
             t = time.perf_counter()
-            out = model.render(split.cameras, i, background=bg, mode=mode.split("@")[0])
+            out = model.render(split.cameras, i, background=bg, mode=rmode)
             dt = time.perf_counter() - t
             hit = out["alpha"] > 0.5
             rows[mode].append({"view": i, "psnr": _psnr(out["rgb"], gt), "time_s": dt,
@@ -119,6 +139,9 @@ def main(argv=None) -> int:
     ap.add_argument("--export", default=None, help="also write the shells under this folder (one per run)")
     ap.add_argument("--shell-steps", type=float, nargs="+", default=None,
                     help="sample spacings inside the band to compare (times the box half-size; default: config)")
+    ap.add_argument("--crossings", choices=("off", "on", "both"), default="both",
+                    help="shell modes without (shells@STEP) and/or with (shells1@STEP) one sample per surface "
+                         "crossing (shell_one_sample_crossings)")
     ap.add_argument("--reextract", action="store_true",
                     help="extract new shells even when the run has some (runs fine-tuned inside their shells)")
     ap.add_argument("--out", default="bench_shells.json")
@@ -133,9 +156,9 @@ def main(argv=None) -> int:
     for r in args.runs:
         exp = Path(args.export) / Path(r).parts[-3] if args.export else None
         results.append(bench_run(Path(r), args.views, args.grid_res, args.target_faces, exp, args.shell_steps,
-                                 args.reextract))
+                                 args.reextract, args.crossings))
         atomic_write_text(args.out, json.dumps({"results": results}, indent=2))
-    hdr = (f"{'scene':<12}{'mode':<13}{'PSNR':>7}{'spp':>7}{'spp(hit)':>9}{'s/img':>7}"
+    hdr = (f"{'scene':<12}{'mode':<14}{'PSNR':>7}{'spp':>7}{'spp(hit)':>9}{'s/img':>7}"
            f"{'fewer spp':>10}{'speedup':>8}{'dPSNR':>7}")
     print(hdr)
     for r in results:
@@ -143,7 +166,7 @@ def main(argv=None) -> int:
             m = r[mode]
             extra = (f"{m['samples_ratio']:9.1f}x{m['speedup']:7.2f}x{m['psnr_diff_db']:+7.2f}"
                      if mode != "volume" else "")
-            print(f"{r['scene']:<12}{mode:<13}{m['psnr']:7.2f}{m['samples_per_ray']:7.2f}"
+            print(f"{r['scene']:<12}{mode:<14}{m['psnr']:7.2f}{m['samples_per_ray']:7.2f}"
                   f"{m['samples_per_hit_ray']:9.2f}{m['time_s']:7.2f}{extra}")
         print(f"{'':<12}step {r['step']}, train {r['train_time_s'] or 0:.0f} s, shell faces {r['shell_faces']}, "
               f"extraction {'(stored shells)' if r['extract_time_s'] is None else format(r['extract_time_s'], '.1f') + ' s'}")

@@ -61,6 +61,7 @@ class ShellsConfig:
     shell_max_samples: int = 32        # per ray
     shell_max_hits: int = 12           # ray/mesh crossings gathered per ray
     shell_surface_samples: bool = False  # 1-sample intervals sample where the ray crosses the surface mesh
+    shell_one_sample_crossings: bool = False  # outer->inner intervals: 1 sample, opacity from the SDF at both ends
     shell_finetune_from: int = 0       # extract shells at this step and fine-tune inside them (0 = off)
     render_mode: str = "auto"          # auto (shells when extracted) | shells | volume
     # ---- bookkeeping -------------------------------------------------------------------------

@@ -54,6 +54,11 @@ def neus_alpha(sdf: torch.Tensor, cos: torch.Tensor, delta: torch.Tensor, s: tor
         icos = -(Fn.relu(-cos * 0.5 + 0.5) * (1.0 - anneal) + Fn.relu(-cos) * anneal)
     f_next = sdf + icos * delta * 0.5
     f_prev = sdf - icos * delta * 0.5
+    return neus_alpha_ends(f_prev, f_next, s)
+
+
+def neus_alpha_ends(f_prev: torch.Tensor, f_next: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """NeuS opacity of an interval from the SDF at its two ends: ``max(0, 1 - Phi(s f_next) / Phi(s f_prev))``."""
     log_ratio = Fn.logsigmoid(s * f_next) - Fn.logsigmoid(s * f_prev)
     return -torch.expm1(torch.clamp(log_ratio, max=0.0))
 

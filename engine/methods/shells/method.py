@@ -155,6 +155,9 @@ class ShellsMethod:
         if s >= c.occ_warmup and s % c.occ_update_every == 0 and self.shells is None:
             frac = self.occ.update(self.field, c.occ_eps, self.gen)
             res = {"occupied": round(frac, 4)}
+        if (self.shells is not None and self._renderer is not None and c.shell_one_sample_crossings
+                and s % (4 * c.occ_update_every) == 0):
+            self._renderer.update_vertex_sdf()    # the SDF at the shells' vertices follows the fine-tuned field
         if c.shell_finetune_from > 0 and s == c.shell_finetune_from and self.shells is None:
             self.extract_shells()
             res = dict(res or {})

@@ -13,6 +13,12 @@
    gets exactly one sample, whose NeuS interval spans the whole band and gives opacity ~1), at
    most ``max_samples`` per ray, front first. With ``shell_surface_samples`` the surface mesh is in
    the BVH too, and the single sample of a thin interval sits where the ray crosses the surface.
+   With ``shell_one_sample_crossings`` an interval from the outer to the inner shell (one
+   crossing of a solid surface) gets one sample, and its NeuS opacity uses the SDF at the
+   interval's two ends -- interpolated from the SDF at the shells' vertices
+   (:meth:`ShellMeshes.update_vertex_sdf`) -- instead of extrapolating the SDF linearly from the
+   sample: inside a band the SDF along a ray is often far from linear (nearby parts, grazing
+   angles), and the extrapolation then misses the crossing.
 4. The field's NeuS opacity and colour at those samples (interval lengths ``len / n``),
    composited front to back interval by interval, and a ray stops once its transmittance is below
    ``t_stop`` (:func:`.volume.shade_and_composite`): behind a solid surface nothing is evaluated. Gradients flow into the field, so the
@@ -51,36 +57,60 @@ class ShellMeshes:
             raise ValueError("the outer shell is empty: nothing to render (is the field trained?)")
         self.n_outer = int(Fs[0].shape[0])
         self.n_inner = int(Fs[1].shape[0])
-        self.bvh = build_triangle_bvh(torch.cat(Vs, 0), torch.cat(Fs, 0))
+        self.vertices = torch.cat(Vs, 0)
+        self.faces = torch.cat(Fs, 0)
+        self.n_shell_vertices = int(Vs[0].shape[0] + Vs[1].shape[0])
+        self.vertex_sdf = torch.zeros(self.vertices.shape[0])
+        self.has_vertex_sdf = False
+        self.bvh = build_triangle_bvh(self.vertices, self.faces)
+
+    @torch.no_grad()
+    def update_vertex_sdf(self, field: ShellField, chunk: int = 65536) -> None:
+        """Evaluate the field's SDF at the shells' vertices (the surface mesh, if any, keeps 0)."""
+        n = self.n_shell_vertices
+        vals = [field.sdf(self.vertices[i:min(i + chunk, n)]) for i in range(0, n, chunk)]
+        if vals:
+            self.vertex_sdf[:n] = torch.cat(vals).to(self.vertex_sdf)
+        self.has_vertex_sdf = True
 
 
 def shell_hits(meshes: ShellMeshes, o: torch.Tensor, d: torch.Tensor, max_hits: int = 8,
-               eps: float = 1e-5):
+               eps: float = 1e-5, sdf: bool = False):
     """First ``max_hits`` crossings of rays (R, 3) with the meshes: ``ts (R, K)`` (inf when none) and
-    ``kind (R, K)`` int32 (1 outer, 2 inner, 3 surface, 0 none), by repeated closest-hit queries."""
+    ``kind (R, K)`` int32 (1 outer, 2 inner, 3 surface, 0 none), by repeated closest-hit queries.
+
+    With ``sdf=True`` also ``fh (R, K)``: the SDF at each crossing, interpolated (barycentric) from
+    :attr:`ShellMeshes.vertex_sdf`.
+    """
     from shaders.bvh import closest_hit
 
     R = o.shape[0]
     K = int(max_hits)
     ts = torch.full((R, K), math.inf)
     kind = torch.zeros(R, K, dtype=torch.int32)
+    fh = torch.zeros(R, K) if sdf else None
     active = torch.arange(R)
     t_prev = torch.zeros(R)
     for k in range(K):
         if active.numel() == 0:
             break
         start = t_prev[active] + (eps if k > 0 else 0.0)
-        t, face, _ = closest_hit(meshes.bvh, o[active] + start[:, None] * d[active], d[active])
+        t, face, uv = closest_hit(meshes.bvh, o[active] + start[:, None] * d[active], d[active])
         h = face >= 0
         idx = active[h]
         th = start[h] + t[h]
         ts[idx, k] = th
-        fh = face[h]
-        kind[idx, k] = torch.where(fh < meshes.n_outer, 1, torch.where(fh < meshes.n_outer + meshes.n_inner, 2, 3)
+        fc = face[h].long()
+        kind[idx, k] = torch.where(fc < meshes.n_outer, 1, torch.where(fc < meshes.n_outer + meshes.n_inner, 2, 3)
                                    ).to(torch.int32)
+        if fh is not None:
+            tri = meshes.faces[fc]
+            u, v = uv[h, 0], uv[h, 1]
+            vs = meshes.vertex_sdf
+            fh[idx, k] = (1 - u - v) * vs[tri[:, 0]] + u * vs[tri[:, 1]] + v * vs[tri[:, 2]]
         t_prev[idx] = th
         active = idx
-    return ts, kind
+    return (ts, kind, fh) if sdf else (ts, kind)
 
 
 def band_intervals(meshes: ShellMeshes, o: torch.Tensor, d: torch.Tensor, max_hits: int = 8):
@@ -98,17 +128,27 @@ class ShellRenderer:
     def __init__(self, field: ShellField, shells, cfg):
         self.field = field
         self.cfg = cfg
-        self.meshes = ShellMeshes(shells.outer, shells.inner,
-                                  shells.surface if cfg.shell_surface_samples else None)
+        surface = cfg.shell_surface_samples or cfg.shell_one_sample_crossings
+        self.meshes = ShellMeshes(shells.outer, shells.inner, shells.surface if surface else None)
+
+    def update_vertex_sdf(self) -> None:
+        """Re-evaluate the SDF at the shell vertices (after the field changed: fine-tuning)."""
+        self.meshes.update_vertex_sdf(self.field)
 
     def render_rays(self, o, d, view_enc, background=None, anneal: float = 1.0) -> dict:
         """Render rays (R, 3) (unit ``d``): the outputs of :func:`.volume.shade_and_composite`."""
         c = self.cfg
         a = float(self.field.half_size)
-        ts, kind = shell_hits(self.meshes, o, d, c.shell_max_hits)
-        t, delta, group, count = band_samples(ts, kind, c.shell_step * a, c.shell_max_samples, c.shell_max_samples)
+        one = bool(c.shell_one_sample_crossings)
+        if one and not self.meshes.has_vertex_sdf:
+            self.meshes.update_vertex_sdf(self.field)
+        ts, kind, fh = shell_hits(self.meshes, o, d, c.shell_max_hits, sdf=True) if one else \
+            (*shell_hits(self.meshes, o, d, c.shell_max_hits), None)
+        out = band_samples(ts, kind, c.shell_step * a, c.shell_max_samples, c.shell_max_samples, fh, one)
+        t, delta, group, count = out[:4]
         S = int(count.max()) if count.numel() else 0
         t, delta, group = t[:, :S], delta[:, :S], group[:, :S].long()
+        ends = tuple(x[:, :S] for x in out[4:]) if one else None
         valid = torch.arange(S)[None] < count[:, None]
         return shade_and_composite(self.field, o, d, view_enc, t, delta, valid, group, background, anneal,
-                                   c.t_stop)
+                                   c.t_stop, ends)

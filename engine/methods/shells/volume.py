@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from .field import ShellField, composite
+from .field import ShellField, composite, neus_alpha_ends
 
 
 def ray_box(o: torch.Tensor, d: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor):
@@ -94,13 +94,16 @@ def march(o, d, occ: OccupancyGrid, step: float, max_samples: int, generator=Non
 
 
 def shade_and_composite(field: ShellField, o, d, view_enc, t, delta, valid, group, background=None,
-                        anneal: float = 1.0, t_stop: float = 1e-3) -> dict:
+                        anneal: float = 1.0, t_stop: float = 1e-3, ends=None) -> dict:
     """Evaluate and composite padded samples group by group, front to back, with early termination.
 
     t, delta (R, S) sample depths and interval lengths, valid (R, S) bool, group (R, S) int: the
     samples of group ``g`` lie before those of ``g + 1`` on every ray. Group ``g`` is evaluated only
     for rays whose transmittance is still above ``t_stop`` (the rest cannot change the pixel by more
-    than ``t_stop``). Returns rgb (R, 3) (with background), opacity, depth (expected, normalised),
+    than ``t_stop``). ``ends = (f_a, f_b, e)`` (R, S) optional: where ``e`` is set the sample's
+    opacity is the NeuS opacity of its interval from the SDF at the interval's ends, ``f_a`` and
+    ``f_b`` (:func:`~.field.neus_alpha_ends`, with the kernel size at the sample; see
+    :func:`shaders.volume.band_samples`). Returns rgb (R, 3) (with background), opacity, depth (expected, normalised),
     normal (R, 3) (weighted), samples (R,) (evaluated), and grad (M, 3) / log_s (M,) at the M
     evaluated samples (for losses).
     """
@@ -123,8 +126,15 @@ def shade_and_composite(field: ShellField, o, d, view_enc, t, delta, valid, grou
         ri = rows[li]
         x = o[ri] + tt[li, si, None] * d[ri]
         sh = field.shade_samples(x, d[ri], dd[li, si], view_enc[ri], anneal)
+        al = sh["alpha"]
+        if ends is not None:
+            ci = cols[si]
+            e = ends[2][ri, ci] != 0
+            if bool(e.any()):
+                al_e = neus_alpha_ends(ends[0][ri, ci].to(al), ends[1][ri, ci].to(al), sh["s"])
+                al = torch.where(e, al_e, al)
         shape = sub.shape
-        alpha = torch.zeros(shape).index_put((li, si), sh["alpha"])
+        alpha = torch.zeros(shape).index_put((li, si), al)
         col = torch.zeros(*shape, 3).index_put((li, si), sh["rgb"])
         nn_ = torch.zeros(*shape, 3).index_put((li, si), sh["grad"])
         out = composite(alpha, col, tt, sub, None, nn_)

@@ -94,10 +94,12 @@ def test_place_samples():
     assert valid.sum(1).tolist() == [3, 0] and t.shape[1] == 3
 
 
-def test_solid_sphere_one_sample_matches_volume():
+@pytest.mark.parametrize("one_crossing", [False, True])
+def test_solid_sphere_one_sample_matches_volume(one_crossing):
     cfg = ShellsConfig(hash_levels=4, hash_log2_size=12, hash_max_res=64, shell_grid_res=64,
                        shell_dilate_voxels=0, shell_min_halfwidth=0.01, shell_step=0.05,
-                       shell_target_faces=0, march_steps=512, max_samples=512, render_chunk=4096)
+                       shell_target_faces=0, march_steps=512, max_samples=512, render_chunk=4096,
+                       shell_one_sample_crossings=one_crossing)
     field = ShellField(torch.tensor([[-1.0] * 3, [1.0] * 3]), cfg)      # SDF = sphere of radius 0.5
     with torch.no_grad():
         field.log_s.fill_(math.log(2000.0))
@@ -135,12 +137,21 @@ def test_band_samples_kernel_matches_reference():
     cols = torch.arange(K)[None]
     kind[cols >= nh[:, None]] = 0
     ts[cols >= nh[:, None]] = math.inf
+    fh = torch.randn(R, K, generator=g)
     for step, mp, ms in ((0.3, 4, 10), (5.0, 1, 3), (0.05, 32, 32)):
         t, d, gr, c = band_samples(ts, kind, step, mp, ms)
         rt, rd, rg, rc = band_samples_reference(ts, kind, step, mp, ms)
         assert torch.equal(c, rc) and c.sum() > 0 and torch.equal(gr, rg)
         torch.testing.assert_close(t, rt, atol=1e-5, rtol=0)
         torch.testing.assert_close(d, rd, atol=1e-5, rtol=0)
+        for one in (False, True):
+            out = band_samples(ts, kind, step, mp, ms, fh, one)
+            ref = band_samples_reference(ts, kind, step, mp, ms, fh, one)
+            for a, b in zip(out, ref):
+                torch.testing.assert_close(a, b.to(a.dtype), atol=1e-5, rtol=0)
+            assert bool(out[6].sum() > 0) == one      # crossings exist; flagged only when asked
+            if not one:
+                assert torch.equal(out[3], c) and torch.equal(out[0], t)
     # a single-sample interval that contains a surface crossing samples at that crossing
     ts1 = torch.tensor([[1.0, 1.03, 1.05, 2.0, 2.1, math.inf]])
     k1 = torch.tensor([[1, 3, 2, 2, 1, 0]], dtype=torch.int32)
@@ -149,5 +160,75 @@ def test_band_samples_kernel_matches_reference():
     assert abs(float(t[0, 1]) - 2.05) < 1e-6                    # no surface crossing: the centre
     t, _, _, c = band_samples(ts1, k1, 0.01, 8, 16)             # several samples: uniform, no snapping
     assert c.tolist() == [5 + 8] and abs(float(t[0, 0]) - 1.005) < 1e-6  # 8 = max per interval
+    # one sample per crossing: outer -> (surface) -> inner is one interval, one sample, with the
+    # SDF at its two ends; the inner -> outer interval at the back too; steps elsewhere unchanged
+    fh1 = torch.tensor([[0.02, 0.0, -0.03, -0.02, 0.025, 0.0]])
+    t, d, gr, c, fa, fb, e = band_samples(ts1, k1, 0.01, 8, 16, fh1, True)
+    assert c.tolist() == [2] and e[0, :2].tolist() == [1, 1]
+    assert abs(float(t[0, 0]) - 1.03) < 1e-6 and abs(float(d[0, 0]) - 0.05) < 1e-6
+    torch.testing.assert_close(fa[0, :2], torch.tensor([0.02, -0.02]))
+    torch.testing.assert_close(fb[0, :2], torch.tensor([-0.03, 0.025]))
     with pytest.raises(ValueError, match="same"):
         band_samples(ts, kind[:, :2], 0.1, 1, 1)
+    with pytest.raises(ValueError, match="fh"):
+        band_samples(ts, kind, 0.1, 1, 1, fh[:, :2], True)
+
+
+def test_sdf_at_crossings_interpolates_vertex_values(sphere_meshes):
+    from engine.methods.shells.render import shell_hits
+
+    cfg = ShellsConfig(hash_levels=4, hash_log2_size=12, hash_max_res=64)
+    field = ShellField(torch.tensor([[-1.0] * 3, [1.0] * 3]), cfg)       # SDF = |x| - 0.5
+    sphere_meshes.update_vertex_sdf(field)
+    nv = sphere_meshes.n_shell_vertices
+    assert sphere_meshes.vertex_sdf[:nv].abs().max() < 1.2 * H and sphere_meshes.vertex_sdf[:nv].abs().min() > 0.8 * H
+    g = torch.Generator().manual_seed(1)
+    o = torch.tensor([0.0, 0.0, -3.0]).expand(200, 3) + torch.randn(200, 3, generator=g) * 0.02
+    tgt = torch.cat([torch.rand(200, 2, generator=g) * 0.8 - 0.4, torch.zeros(200, 1)], 1)
+    d = torch.nn.functional.normalize(tgt - o, dim=-1)
+    ts, kind, fh = shell_hits(sphere_meshes, o, d, 4, sdf=True)
+    hit = kind > 0
+    assert hit[:, 0].all()
+    x = o[:, None] + ts.clamp(max=10)[..., None] * d[:, None]
+    with torch.no_grad():
+        exact = field.sdf(x[hit])
+    # outer crossings at +h, inner at -h, and the interpolation agrees with the field at the hit
+    assert ((fh[kind == 1] - H).abs() < 0.2 * H).all() and ((fh[kind == 2] + H).abs() < 0.2 * H).all()
+    torch.testing.assert_close(fh[hit], exact, atol=0.1 * H, rtol=0)
+    # barycentric interpolation is exact for a linear function of the vertex positions
+    lin = sphere_meshes.vertices @ torch.tensor([0.3, -0.7, 0.2]) + 0.1
+    sphere_meshes.vertex_sdf = lin
+    ts, kind, fh = shell_hits(sphere_meshes, o, d, 4, sdf=True)
+    hit = kind > 0
+    x = o[:, None] + ts.clamp(max=10)[..., None] * d[:, None]
+    torch.testing.assert_close(fh[hit], x[hit] @ torch.tensor([0.3, -0.7, 0.2]) + 0.1, atol=1e-4, rtol=0)
+    sphere_meshes.update_vertex_sdf(field)
+
+
+def test_crossing_opacity_uses_interval_ends():
+    """A ray that grazes a sphere's surface: at the sample the ray is tangent (cos = 0), so the
+    linear extrapolation gives no opacity; with the SDF at the interval's ends it is ~opaque."""
+    from engine.methods.shells.field import neus_alpha_ends
+    from engine.methods.shells.volume import shade_and_composite
+
+    cfg = ShellsConfig(hash_levels=4, hash_log2_size=12, hash_max_res=64)
+    field = ShellField(torch.tensor([[-1.0] * 3, [1.0] * 3]), cfg)
+    with torch.no_grad():
+        field.log_s.fill_(math.log(1000.0))
+    o = torch.tensor([[0.5, 0.0, -1.0]])
+    d = torch.tensor([[0.0, 0.0, 1.0]])                      # tangent to |x| = 0.5 at z = 0
+    t = torch.tensor([[1.0]])
+    delta = torch.tensor([[0.1]])
+    valid = torch.ones(1, 1, dtype=torch.bool)
+    grp = torch.zeros(1, 1, dtype=torch.long)
+    view = field.view_encoding(d)
+    with torch.no_grad():
+        plain = shade_and_composite(field, o, d, view, t, delta, valid, grp)
+        fa, fb = torch.tensor([[0.02]]), torch.tensor([[-0.02]])
+        ends = shade_and_composite(field, o, d, view, t, delta, valid, grp, ends=(fa, fb, torch.ones(1, 1)))
+        off = shade_and_composite(field, o, d, view, t, delta, valid, grp, ends=(fa, fb, torch.zeros(1, 1)))
+    assert float(plain["opacity"]) < 0.05
+    expect = neus_alpha_ends(fa[0], fb[0], torch.tensor([1000.0]))
+    torch.testing.assert_close(ends["opacity"], expect, atol=1e-4, rtol=0)
+    assert float(ends["opacity"]) > 0.99
+    torch.testing.assert_close(off["opacity"], plain["opacity"])
