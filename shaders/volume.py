@@ -19,11 +19,12 @@ Semantics (the kernel :func:`band_samples` and the pure-torch reference
   of the centre (``delta = len``): on a solid surface the field is then evaluated on the surface.
   Surface crossings do not change the inside/outside state. At most ``max_samples`` per ray,
   front first.
-* One sample per surface crossing (``one_sample_crossings``, needs the SDF ``fh`` at each
-  crossing): an interval that runs from the outer to the inner shell, or back, crosses the surface
-  once; it gets one sample (as above: the centre, or the surface crossing) flagged ``ends = 1``,
-  with ``f_a, f_b`` the SDF at the interval's start and end, so the NeuS opacity of the whole
-  interval can use the SDF at its true ends instead of a linear extrapolation from one point.
+* One sample per surface crossing (``one_sample_crossings``, needs a value ``fh`` at each
+  crossing -- the renderer passes the NeuS logit ``s f``): an interval that runs from the outer
+  to the inner shell, or back, crosses the surface once; it gets one sample (as above: the
+  centre, or the surface crossing) flagged ``ends = 1``, with ``f_a, f_b`` the values at the
+  interval's start and end, so the opacity of the whole interval can come from its true ends
+  instead of an extrapolation from one point.
   Other intervals (those entering and leaving through the outer shell: thin parts, grazing rays)
   keep the step rule.
 
@@ -123,10 +124,11 @@ def band_samples(ts: torch.Tensor, kind: torch.Tensor, step: float, max_per_inte
                  max_samples: int, fh: torch.Tensor | None = None, one_sample_crossings: bool = False):
     """Samples in the band (see the module docstring): ``t, delta, interval (R, M)``, ``count (R,)``.
 
-    With ``fh (R, K)`` (the SDF at each crossing) it also returns ``f_a, f_b (R, M)`` and ``ends
-    (R, M)`` int32: with ``one_sample_crossings`` an interval from the outer to the inner shell (or
-    back) -- one crossing of the surface -- gets exactly one sample whose ``ends`` is 1 and whose
-    ``f_a, f_b`` are the SDF at the interval's start and end (0 elsewhere).
+    With ``fh (R, K)`` (a value at each crossing: the renderer passes the NeuS logit ``s f``) it
+    also returns ``f_a, f_b (R, M)`` and ``ends (R, M)`` int32: with ``one_sample_crossings`` an
+    interval from the outer to the inner shell (or back) -- one crossing of the surface -- gets
+    exactly one sample whose ``ends`` is 1 and whose ``f_a, f_b`` are the values at the interval's
+    start and end (0 elsewhere).
     """
     if ts.ndim != 2 or kind.shape != ts.shape:
         raise ValueError(f"band_samples: ts and kind must be the same (R, K) shape, got {tuple(ts.shape)} "

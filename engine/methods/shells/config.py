@@ -40,9 +40,9 @@ class ShellsConfig:
     # ---- losses ------------------------------------------------------------------------------
     eikonal_weight: float = 0.1
     mask_weight: float = 0.1           # BCE of opacity vs mask / alpha where the data has them
-    kernel_reg_weight: float = 0.01    # mean(1 / (a s(x))): pushes s up (solid) unless colour needs it wide
+    kernel_reg_weight: float = 0.3     # mean(1 / (a s(x))): pushes s up (solid) unless colour needs it wide
     # ---- optimisation ------------------------------------------------------------------------
-    max_steps: int = 2000
+    max_steps: int = 12000
     seed: int = 0
     rays_per_batch: int = 256
     lr_encoding: float = 1e-2
@@ -54,15 +54,16 @@ class ShellsConfig:
     shell_eps: float = 0.01            # band edge: logistic density below eps * peak, |f| = ln(4/eps)/s
     shell_min_halfwidth: float = 0.01  # clamp of the band half-width (times a)
     shell_max_halfwidth: float = 0.25
-    shell_grid_res: int = 128          # marching-cubes grid
+    shell_grid_res: int = 256          # marching-cubes grid (the dilation margin is one cell of it)
     shell_dilate_voxels: int = 1       # outer shell dilated / inner shell eroded by this many voxels
     shell_target_faces: int = 40000    # decimation target per shell (0 = no decimation)
-    shell_step: float = 0.02           # sample spacing inside the band (times a); 1 sample if shorter
+    shell_step: float = 0.05           # sample spacing inside the band (times a); 1 sample if shorter
     shell_max_samples: int = 32        # per ray
     shell_max_hits: int = 12           # ray/mesh crossings gathered per ray
     shell_surface_samples: bool = False  # 1-sample intervals sample where the ray crosses the surface mesh
-    shell_one_sample_crossings: bool = False  # outer->inner intervals: 1 sample, opacity from the SDF at both ends
-    shell_finetune_from: int = 0       # extract shells at this step and fine-tune inside them (0 = off)
+    shell_one_sample_crossings: bool = True  # outer<->inner intervals: 1 sample on the surface, opacity from both ends
+    shell_finetune_from: float = 0.8333  # extract the shells here and fine-tune inside them: a fraction of
+                                         # max_steps (< 1) or a step (>= 1); 0 = never (volumetric only)
     render_mode: str = "auto"          # auto (shells when extracted) | shells | volume
     # ---- bookkeeping -------------------------------------------------------------------------
     eval_every: int = 500
@@ -71,6 +72,14 @@ class ShellsConfig:
     log_every: int = 25
     time_budget_s: float = 0.0
     render_chunk: int = 8192           # rays per chunk when rendering whole images
+
+    @property
+    def finetune_step(self) -> int:
+        """The step after which the shells are extracted (0 = never): see ``shell_finetune_from``."""
+        v = float(self.shell_finetune_from)
+        if v <= 0:
+            return 0
+        return max(1, round(v * self.max_steps)) if v < 1 else int(round(v))
 
     @classmethod
     def field_names(cls) -> list[str]:

@@ -2,9 +2,11 @@
 
 Training: random ray batches (``batch_mode = "rays"``), volumetric rendering with an occupancy
 grid (:mod:`.volume`), loss ``L1(rgb) + eikonal_weight * eikonal + mask_weight * BCE(opacity,
-mask or alpha) + kernel_reg_weight * mean(1 / (a s(x)))``. With ``shell_finetune_from = k > 0``
-the shells are extracted at step ``k`` (:mod:`.extract`) and later steps render, and so train the
-field, only inside the band (:mod:`.render`).
+mask or alpha) + kernel_reg_weight * mean(1 / (a s(x)))``. After step ``k`` of
+``shell_finetune_from`` (by default the last sixth of training; 0 = never) the shells are
+extracted (:mod:`.extract`) and later steps render, and so train the field, only inside the band
+(:mod:`.render`), exactly as the shells will be rendered (one sample per surface crossing by
+default).
 
 Rendering (:meth:`ShellsMethod.render`): ``render_mode`` ``auto`` uses the shells when they exist,
 else full volumetric rendering. Outputs: ``rgb (H,W,3)``, ``alpha``, ``depth`` (expected depth
@@ -158,7 +160,7 @@ class ShellsMethod:
         if (self.shells is not None and self._renderer is not None and c.shell_one_sample_crossings
                 and s % (4 * c.occ_update_every) == 0):
             self._renderer.update_vertex_sdf()    # the SDF at the shells' vertices follows the fine-tuned field
-        if c.shell_finetune_from > 0 and s == c.shell_finetune_from and self.shells is None:
+        if c.finetune_step > 0 and s == c.finetune_step and self.shells is None:
             self.extract_shells()
             res = dict(res or {})
             res.update({"shell_faces_outer": int(self.shells.outer[1].shape[0]),

@@ -14,11 +14,14 @@
    most ``max_samples`` per ray, front first. With ``shell_surface_samples`` the surface mesh is in
    the BVH too, and the single sample of a thin interval sits where the ray crosses the surface.
    With ``shell_one_sample_crossings`` an interval from the outer to the inner shell (one
-   crossing of a solid surface) gets one sample, and its NeuS opacity uses the SDF at the
-   interval's two ends -- interpolated from the SDF at the shells' vertices
-   (:meth:`ShellMeshes.update_vertex_sdf`) -- instead of extrapolating the SDF linearly from the
-   sample: inside a band the SDF along a ray is often far from linear (nearby parts, grazing
-   angles), and the extrapolation then misses the crossing.
+   crossing of a solid surface) gets one sample, placed where the ray crosses the surface mesh
+   (which joins the BVH), and its opacity is the drop of the NeuS logistic CDF ``Phi(s(x) f(x))``
+   between the interval's two ends, with ``s f`` interpolated from its values at the shells'
+   vertices (:meth:`ShellMeshes.update_vertex_sdf`). Neither the SDF nor the kernel size at the
+   one sample would do: inside a band the SDF along a ray is often far from linear (nearby parts,
+   grazing angles), so extrapolating it from one point misses crossings, and the learned ``s(x)``
+   varies by orders of magnitude across a thin band (low exactly on textured surfaces, at its
+   clamp just inside), so the ``s`` at the sample can make a solid crossing half transparent.
 4. The field's NeuS opacity and colour at those samples (interval lengths ``len / n``),
    composited front to back interval by interval, and a ray stops once its transmittance is below
    ``t_stop`` (:func:`.volume.shade_and_composite`): behind a solid surface nothing is evaluated. Gradients flow into the field, so the
@@ -61,26 +64,31 @@ class ShellMeshes:
         self.faces = torch.cat(Fs, 0)
         self.n_shell_vertices = int(Vs[0].shape[0] + Vs[1].shape[0])
         self.vertex_sdf = torch.zeros(self.vertices.shape[0])
+        self.vertex_logit = torch.zeros(self.vertices.shape[0])
         self.has_vertex_sdf = False
         self.bvh = build_triangle_bvh(self.vertices, self.faces)
 
     @torch.no_grad()
     def update_vertex_sdf(self, field: ShellField, chunk: int = 65536) -> None:
-        """Evaluate the field's SDF at the shells' vertices (the surface mesh, if any, keeps 0)."""
+        """Evaluate the field at the shells' vertices: :attr:`vertex_sdf` (the SDF ``f``) and
+        :attr:`vertex_logit` (the NeuS logit ``s(x) f(x)``, the argument of the logistic CDF whose
+        drop along a ray is the opacity). The surface mesh, if any, keeps 0."""
         n = self.n_shell_vertices
-        vals = [field.sdf(self.vertices[i:min(i + chunk, n)]) for i in range(0, n, chunk)]
-        if vals:
-            self.vertex_sdf[:n] = torch.cat(vals).to(self.vertex_sdf)
+        for i in range(0, n, chunk):
+            j = min(i + chunk, n)
+            f, log_s, _ = field.geometry(self.vertices[i:j])
+            self.vertex_sdf[i:j] = f.to(self.vertex_sdf)
+            self.vertex_logit[i:j] = (f * torch.exp(log_s)).to(self.vertex_logit)
         self.has_vertex_sdf = True
 
 
 def shell_hits(meshes: ShellMeshes, o: torch.Tensor, d: torch.Tensor, max_hits: int = 8,
-               eps: float = 1e-5, sdf: bool = False):
+               eps: float = 1e-5, values: torch.Tensor | None = None):
     """First ``max_hits`` crossings of rays (R, 3) with the meshes: ``ts (R, K)`` (inf when none) and
     ``kind (R, K)`` int32 (1 outer, 2 inner, 3 surface, 0 none), by repeated closest-hit queries.
 
-    With ``sdf=True`` also ``fh (R, K)``: the SDF at each crossing, interpolated (barycentric) from
-    :attr:`ShellMeshes.vertex_sdf`.
+    With per-vertex ``values`` (e.g. :attr:`ShellMeshes.vertex_logit`) also ``vh (R, K)``: those
+    values at each crossing, interpolated with the hit's barycentric coordinates.
     """
     from shaders.bvh import closest_hit
 
@@ -88,7 +96,7 @@ def shell_hits(meshes: ShellMeshes, o: torch.Tensor, d: torch.Tensor, max_hits: 
     K = int(max_hits)
     ts = torch.full((R, K), math.inf)
     kind = torch.zeros(R, K, dtype=torch.int32)
-    fh = torch.zeros(R, K) if sdf else None
+    vh = None if values is None else torch.zeros(R, K)
     active = torch.arange(R)
     t_prev = torch.zeros(R)
     for k in range(K):
@@ -103,14 +111,13 @@ def shell_hits(meshes: ShellMeshes, o: torch.Tensor, d: torch.Tensor, max_hits: 
         fc = face[h].long()
         kind[idx, k] = torch.where(fc < meshes.n_outer, 1, torch.where(fc < meshes.n_outer + meshes.n_inner, 2, 3)
                                    ).to(torch.int32)
-        if fh is not None:
+        if vh is not None:
             tri = meshes.faces[fc]
             u, v = uv[h, 0], uv[h, 1]
-            vs = meshes.vertex_sdf
-            fh[idx, k] = (1 - u - v) * vs[tri[:, 0]] + u * vs[tri[:, 1]] + v * vs[tri[:, 2]]
+            vh[idx, k] = (1 - u - v) * values[tri[:, 0]] + u * values[tri[:, 1]] + v * values[tri[:, 2]]
         t_prev[idx] = th
         active = idx
-    return (ts, kind, fh) if sdf else (ts, kind)
+    return (ts, kind) if vh is None else (ts, kind, vh)
 
 
 def band_intervals(meshes: ShellMeshes, o: torch.Tensor, d: torch.Tensor, max_hits: int = 8):
@@ -142,9 +149,9 @@ class ShellRenderer:
         one = bool(c.shell_one_sample_crossings)
         if one and not self.meshes.has_vertex_sdf:
             self.meshes.update_vertex_sdf(self.field)
-        ts, kind, fh = shell_hits(self.meshes, o, d, c.shell_max_hits, sdf=True) if one else \
-            (*shell_hits(self.meshes, o, d, c.shell_max_hits), None)
-        out = band_samples(ts, kind, c.shell_step * a, c.shell_max_samples, c.shell_max_samples, fh, one)
+        ts, kind, zh = shell_hits(self.meshes, o, d, c.shell_max_hits, values=self.meshes.vertex_logit) if one \
+            else (*shell_hits(self.meshes, o, d, c.shell_max_hits), None)
+        out = band_samples(ts, kind, c.shell_step * a, c.shell_max_samples, c.shell_max_samples, zh, one)
         t, delta, group, count = out[:4]
         S = int(count.max()) if count.numel() else 0
         t, delta, group = t[:, :S], delta[:, :S], group[:, :S].long()

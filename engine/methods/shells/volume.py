@@ -100,10 +100,10 @@ def shade_and_composite(field: ShellField, o, d, view_enc, t, delta, valid, grou
     t, delta (R, S) sample depths and interval lengths, valid (R, S) bool, group (R, S) int: the
     samples of group ``g`` lie before those of ``g + 1`` on every ray. Group ``g`` is evaluated only
     for rays whose transmittance is still above ``t_stop`` (the rest cannot change the pixel by more
-    than ``t_stop``). ``ends = (f_a, f_b, e)`` (R, S) optional: where ``e`` is set the sample's
-    opacity is the NeuS opacity of its interval from the SDF at the interval's ends, ``f_a`` and
-    ``f_b`` (:func:`~.field.neus_alpha_ends`, with the kernel size at the sample; see
-    :func:`shaders.volume.band_samples`). Returns rgb (R, 3) (with background), opacity, depth (expected, normalised),
+    than ``t_stop``). ``ends = (z_a, z_b, e)`` (R, S) optional: where ``e`` is set the sample's
+    opacity is that of its whole interval from the NeuS logits ``z = s(x) f(x)`` at the
+    interval's ends, ``1 - Phi(z_b) / Phi(z_a)`` clamped to [0, 1] (see
+    :func:`shaders.volume.band_samples` and :mod:`.render`). Returns rgb (R, 3) (with background), opacity, depth (expected, normalised),
     normal (R, 3) (weighted), samples (R,) (evaluated), and grad (M, 3) / log_s (M,) at the M
     evaluated samples (for losses).
     """
@@ -131,7 +131,7 @@ def shade_and_composite(field: ShellField, o, d, view_enc, t, delta, valid, grou
             ci = cols[si]
             e = ends[2][ri, ci] != 0
             if bool(e.any()):
-                al_e = neus_alpha_ends(ends[0][ri, ci].to(al), ends[1][ri, ci].to(al), sh["s"])
+                al_e = neus_alpha_ends(ends[0][ri, ci].to(al), ends[1][ri, ci].to(al), torch.ones_like(al))
                 al = torch.where(e, al_e, al)
         shape = sub.shape
         alpha = torch.zeros(shape).index_put((li, si), al)

@@ -181,12 +181,16 @@ def test_sdf_at_crossings_interpolates_vertex_values(sphere_meshes):
     field = ShellField(torch.tensor([[-1.0] * 3, [1.0] * 3]), cfg)       # SDF = |x| - 0.5
     sphere_meshes.update_vertex_sdf(field)
     nv = sphere_meshes.n_shell_vertices
-    assert sphere_meshes.vertex_sdf[:nv].abs().max() < 1.2 * H and sphere_meshes.vertex_sdf[:nv].abs().min() > 0.8 * H
+    vs = sphere_meshes.vertex_sdf[:nv]
+    assert vs.abs().max() < 1.2 * H and vs.abs().min() > 0.8 * H
+    with torch.no_grad():
+        s_v = torch.exp(field.geometry(sphere_meshes.vertices[:nv])[1])
+    torch.testing.assert_close(sphere_meshes.vertex_logit[:nv], vs * s_v)
     g = torch.Generator().manual_seed(1)
     o = torch.tensor([0.0, 0.0, -3.0]).expand(200, 3) + torch.randn(200, 3, generator=g) * 0.02
     tgt = torch.cat([torch.rand(200, 2, generator=g) * 0.8 - 0.4, torch.zeros(200, 1)], 1)
     d = torch.nn.functional.normalize(tgt - o, dim=-1)
-    ts, kind, fh = shell_hits(sphere_meshes, o, d, 4, sdf=True)
+    ts, kind, fh = shell_hits(sphere_meshes, o, d, 4, values=sphere_meshes.vertex_sdf)
     hit = kind > 0
     assert hit[:, 0].all()
     x = o[:, None] + ts.clamp(max=10)[..., None] * d[:, None]
@@ -197,17 +201,15 @@ def test_sdf_at_crossings_interpolates_vertex_values(sphere_meshes):
     torch.testing.assert_close(fh[hit], exact, atol=0.1 * H, rtol=0)
     # barycentric interpolation is exact for a linear function of the vertex positions
     lin = sphere_meshes.vertices @ torch.tensor([0.3, -0.7, 0.2]) + 0.1
-    sphere_meshes.vertex_sdf = lin
-    ts, kind, fh = shell_hits(sphere_meshes, o, d, 4, sdf=True)
+    ts, kind, fh = shell_hits(sphere_meshes, o, d, 4, values=lin)
     hit = kind > 0
     x = o[:, None] + ts.clamp(max=10)[..., None] * d[:, None]
     torch.testing.assert_close(fh[hit], x[hit] @ torch.tensor([0.3, -0.7, 0.2]) + 0.1, atol=1e-4, rtol=0)
-    sphere_meshes.update_vertex_sdf(field)
 
 
 def test_crossing_opacity_uses_interval_ends():
     """A ray that grazes a sphere's surface: at the sample the ray is tangent (cos = 0), so the
-    linear extrapolation gives no opacity; with the SDF at the interval's ends it is ~opaque."""
+    linear extrapolation gives no opacity; from the NeuS logits at the interval's ends it is opaque."""
     from engine.methods.shells.field import neus_alpha_ends
     from engine.methods.shells.volume import shade_and_composite
 
@@ -224,11 +226,11 @@ def test_crossing_opacity_uses_interval_ends():
     view = field.view_encoding(d)
     with torch.no_grad():
         plain = shade_and_composite(field, o, d, view, t, delta, valid, grp)
-        fa, fb = torch.tensor([[0.02]]), torch.tensor([[-0.02]])
+        fa, fb = torch.tensor([[6.0]]), torch.tensor([[-5.0]])          # s f at the interval's ends
         ends = shade_and_composite(field, o, d, view, t, delta, valid, grp, ends=(fa, fb, torch.ones(1, 1)))
         off = shade_and_composite(field, o, d, view, t, delta, valid, grp, ends=(fa, fb, torch.zeros(1, 1)))
     assert float(plain["opacity"]) < 0.05
-    expect = neus_alpha_ends(fa[0], fb[0], torch.tensor([1000.0]))
+    expect = neus_alpha_ends(fa[0], fb[0], torch.ones(1))
     torch.testing.assert_close(ends["opacity"], expect, atol=1e-4, rtol=0)
     assert float(ends["opacity"]) > 0.99
     torch.testing.assert_close(off["opacity"], plain["opacity"])

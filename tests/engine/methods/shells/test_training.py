@@ -46,7 +46,7 @@ def _cfg(**kw):
     base = dict(hash_levels=4, hash_log2_size=12, hash_base_res=4, hash_max_res=32, sdf_hidden=32,
                 color_hidden=32, view_sh_degree=1, march_steps=64, max_samples=24, rays_per_batch=96,
                 occ_res=16, occ_warmup=10, occ_update_every=5, max_steps=30, lr_warmup=5,
-                shell_grid_res=32, shell_target_faces=0, render_chunk=4096)
+                shell_grid_res=32, shell_target_faces=0, render_chunk=4096, shell_finetune_from=0)
     base.update(kw)
     return ShellsConfig(**base)
 
@@ -111,3 +111,19 @@ def test_export_and_shell_finetune(trained, tmp_path):
     assert m3.shells is not None and m3.shells.face_counts() == m2.shells.face_counts()
     with pytest.raises(Exception, match="format shells"):
         m2.export("ply", tmp_path)
+
+
+def test_finetune_step_fraction_or_step():
+    assert ShellsConfig(max_steps=12000).finetune_step == 10000          # default: the last sixth
+    assert ShellsConfig(max_steps=300, shell_finetune_from=0.5).finetune_step == 150
+    assert ShellsConfig(max_steps=300, shell_finetune_from=120).finetune_step == 120
+    assert ShellsConfig(shell_finetune_from=0).finetune_step == 0
+
+
+def test_training_extracts_shells_at_the_finetune_fraction():
+    ds = _sphere_dataset()
+    m = ShellsMethod.create(_cfg(max_steps=20, shell_finetune_from=0.75), ds)
+    _train(m, ds, 14)
+    assert m.shells is None and m.active_mode == "volume"
+    _train(m, ds, 6, start=14)                      # after the 15th step (0-based 14) it extracts
+    assert m.shells is not None and m.active_mode == "shells"
