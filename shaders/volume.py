@@ -25,8 +25,12 @@ Semantics (the kernel :func:`band_samples` and the pure-torch reference
   centre, or the surface crossing) flagged ``ends = 1``, with ``f_a, f_b`` the values at the
   interval's start and end, so the opacity of the whole interval can come from its true ends
   instead of an extrapolation from one point.
-  Other intervals (those entering and leaving through the outer shell: thin parts, grazing rays)
-  keep the step rule.
+  An interval that enters and leaves through the outer shell and crosses the surface an even
+  number (>= 2) of times passes through thin parts (thinner than the band, so without an inner
+  shell): it gets one sample at each entering surface crossing (``ends = 2`` for the first, with
+  ``f_a`` the value at the interval's start; ``ends = 3`` for later ones, with ``f_a`` half the
+  gap since the previous leaving crossing) and ``f_b`` half the distance to the next (leaving)
+  crossing. Other intervals (grazing rays, odd crossing counts) keep the step rule.
 
 Outputs ``t (R, M)``, ``delta (R, M)``, ``interval (R, M)`` int32 (rank of the sample's band
 interval along its ray, 0 for the first; used for early ray termination), zero-padded to
@@ -76,14 +80,18 @@ def _kernel():
             n_iv = 0
             prev = 0.0
             prev_kind = 0
+            prev_j = -1
             prev_f = 0.0
             surf = -1.0
+            n_surf = 0
             for j in range(nh):
                 tj = ts[r, j]
                 kj = kind[r, j]
                 if kj == 3:
-                    if in_out == 1 and in_in == 0 and surf < 0.0:
-                        surf = tj
+                    if in_out == 1 and in_in == 0:
+                        n_surf += 1
+                        if surf < 0.0:
+                            surf = tj
                     continue
                 if in_out == 1 and in_in == 0:
                     length = ti.max(tj - prev, 0.0)
@@ -92,7 +100,31 @@ def _kernel():
                     if one_crossing != 0 and prev_kind + kj == 3 and prev_kind * kj == 2:
                         ends = 1         # outer -> inner or inner -> outer: one surface crossing
                         n = 1
-                    dl = length / ti.cast(n, ti.f32)
+                    elif one_crossing != 0 and prev_kind == 1 and kj == 1 and n_surf >= 2 and n_surf % 2 == 0:
+                        n = 0            # in and out through the outer shell across thin parts: one
+                        m = 0            # sample per entering surface crossing (ends 2, then 3)
+                        t_in = 0.0
+                        last_out = prev
+                        for q in range(prev_j + 1, j):
+                            if m % 2 == 0:
+                                t_in = ts[r, q]
+                            else:
+                                if cnt < M:
+                                    t_out = ts[r, q]
+                                    out_t[r, cnt] = t_in
+                                    out_d[r, cnt] = t_out - t_in
+                                    out_g[r, cnt] = n_iv
+                                    if m == 1:
+                                        out_e[r, cnt] = 2
+                                        out_fa[r, cnt] = prev_f
+                                    else:
+                                        out_e[r, cnt] = 3
+                                        out_fa[r, cnt] = 0.5 * (t_in - last_out)
+                                    out_fb[r, cnt] = 0.5 * (t_out - t_in)
+                                    cnt += 1
+                                last_out = ts[r, q]
+                            m += 1
+                    dl = length / ti.cast(ti.max(n, 1), ti.f32)
                     for k in range(n):
                         if cnt < M:
                             tk = prev + (ti.cast(k, ti.f32) + 0.5) * dl
@@ -112,8 +144,10 @@ def _kernel():
                     in_in = 1 - in_in
                 prev = tj
                 prev_kind = kj
+                prev_j = j
                 prev_f = fh[r, j]
                 surf = -1.0
+                n_surf = 0
             count[r] = cnt
 
     _K["k"] = band
@@ -236,11 +270,14 @@ def band_samples_reference(ts, kind, step: float, max_per_interval: int, max_sam
         in_out = (ks.count(1) % 2 == 1) and not full
         in_in = (ks.count(2) % 2 == 1) and not full
         prev, prev_kind, prev_f, surf, cnt, n_iv = ts.new_zeros(()), 0, 0.0, None, 0, 0
+        crossings = []
         for j, (tj, kj) in enumerate(zip(tr, ks)):
             band = in_out and not in_in
             if kj == 3:
-                if band and surf is None:
-                    surf = tj
+                if band:
+                    crossings.append(tj)
+                    if surf is None:
+                        surf = tj
                 continue
             if band:
                 length = (tj - prev).clamp_min(0)
@@ -248,6 +285,20 @@ def band_samples_reference(ts, kind, step: float, max_per_interval: int, max_sam
                 ends = one and {prev_kind, kj} == {1, 2}
                 if ends:
                     n = 1
+                elif one and prev_kind == 1 and kj == 1 and len(crossings) >= 2 and len(crossings) % 2 == 0:
+                    n = 0
+                    last_out = prev
+                    for p in range(0, len(crossings), 2):
+                        t_in, t_out = crossings[p], crossings[p + 1]
+                        if cnt < max_samples:
+                            out_t[r, cnt] = t_in
+                            out_d[r, cnt] = t_out - t_in
+                            out_g[r, cnt] = n_iv
+                            out_e[r, cnt] = 2 if p == 0 else 3
+                            out_fa[r, cnt] = prev_f if p == 0 else 0.5 * (t_in - last_out)
+                            out_fb[r, cnt] = 0.5 * (t_out - t_in)
+                            cnt += 1
+                        last_out = t_out
                 for k in range(n):
                     if cnt < max_samples:
                         out_t[r, cnt] = surf if (n == 1 and surf is not None) else prev + (k + 0.5) * length / n
@@ -263,7 +314,7 @@ def band_samples_reference(ts, kind, step: float, max_per_interval: int, max_sam
                 in_out = not in_out
             else:
                 in_in = not in_in
-            prev, prev_kind, surf = tj, kj, None
+            prev, prev_kind, surf, crossings = tj, kj, None, []
             prev_f = 0.0 if fh is None else fh[r, j]
         count[r] = cnt
     if fh is None:

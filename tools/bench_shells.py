@@ -8,14 +8,23 @@ face counts, extraction time and the run's training time. Writes JSON (``--out``
 PSNR is computed against the training target: the image, or for data with masks (DTU) the image
 inside the mask on the dataset background outside it (the field models the masked object only).
 
-Train and benchmark (the figures in the report were made with reduced settings, see there)::
+Modes: ``volume`` (occupancy grid, early termination), ``shells@STEP`` (samples every STEP times
+the box half-size inside every band interval) and ``shells1@STEP`` (one sample on the surface per
+outer-to-inner crossing, opacity from the interval's ends; STEP for the other intervals -- the
+default renderer). ``--crossings`` picks them.
 
-    kernelight train shells --data ../shared/data/nerf_synthetic/lego_200 --downscale 2 \\
-        --max-steps 700 --time-budget-s 2100 --eval-every 0 --output outputs --name lego_200
-    kernelight train shells --data ../shared/data/dtu/scan24_400 --downscale 2 \\
-        --max-steps 700 --time-budget-s 2100 --eval-every 0 --output outputs --name scan24_400
-    python tools/bench_shells.py outputs/lego_200/shells/<stamp> outputs/scan24_400/shells/<stamp> \\
-        --views 4 --out bench_shells.json
+Train with the defaults (12,000 steps; the shells are extracted after 10,000 and the field is
+fine-tuned inside them) and benchmark::
+
+    kernelight train shells --data ../shared/data/nerf_synthetic/lego_200 --eval-every 0 \
+        --output outputs --name lego_200
+    kernelight train shells --data ../shared/data/dtu/scan24_400 --eval-every 0 \
+        --output outputs --name scan24_400
+    python tools/bench_shells.py outputs/lego_200/shells/<stamp> outputs/scan24_400/shells/<stamp> \
+        --views 4 --shell-steps 0.05 --crossings on --out bench_shells.json
+
+For the volumetric-only baseline train with ``--shell-finetune-from 0`` and benchmark that run
+(its shells are extracted here, ``--grid-res 256``).
 """
 from __future__ import annotations
 
@@ -59,6 +68,9 @@ def bench_run(run: Path, views: int, grid_res: int | None, target_faces: int | N
     if model.shells is not None and not reextract:
         shells = model.shells              # fine-tuned runs: the field was trained for these shells
         t_extract = None
+        # the occupancy grid stops following the field once the shells exist: refresh it so that the
+        # volumetric rendering of the fine-tuned field is not cut by a stale grid
+        model.occ.update(model.field, model.cfg.occ_eps)
     else:
         shells = model.extract_shells(**overrides)
         t_extract = time.perf_counter() - t0

@@ -100,10 +100,13 @@ def shade_and_composite(field: ShellField, o, d, view_enc, t, delta, valid, grou
     t, delta (R, S) sample depths and interval lengths, valid (R, S) bool, group (R, S) int: the
     samples of group ``g`` lie before those of ``g + 1`` on every ray. Group ``g`` is evaluated only
     for rays whose transmittance is still above ``t_stop`` (the rest cannot change the pixel by more
-    than ``t_stop``). ``ends = (z_a, z_b, e)`` (R, S) optional: where ``e`` is set the sample's
+    than ``t_stop``). ``ends = (z_a, z_b, e)`` (R, S) optional: where ``e`` is 1 the sample's
     opacity is that of its whole interval from the NeuS logits ``z = s(x) f(x)`` at the
-    interval's ends, ``1 - Phi(z_b) / Phi(z_a)`` clamped to [0, 1] (see
-    :func:`shaders.volume.band_samples` and :mod:`.render`). Returns rgb (R, 3) (with background), opacity, depth (expected, normalised),
+    interval's ends, ``1 - Phi(z_b) / Phi(z_a)`` clamped to [0, 1]; where ``e`` is 2 or 3 the
+    sample sits where the ray enters a thin part (see :func:`shaders.volume.band_samples`) and
+    ``z_b = -s |d . grad f| h`` with ``h`` the half-thickness passed in the second slot, ``z_a`` the
+    logit at the interval's start (2) or ``s |d . grad f| g`` with ``g`` the half-gap since the
+    previous part (3). Returns rgb (R, 3) (with background), opacity, depth (expected, normalised),
     normal (R, 3) (weighted), samples (R,) (evaluated), and grad (M, 3) / log_s (M,) at the M
     evaluated samples (for losses).
     """
@@ -129,10 +132,16 @@ def shade_and_composite(field: ShellField, o, d, view_enc, t, delta, valid, grou
         al = sh["alpha"]
         if ends is not None:
             ci = cols[si]
-            e = ends[2][ri, ci] != 0
-            if bool(e.any()):
-                al_e = neus_alpha_ends(ends[0][ri, ci].to(al), ends[1][ri, ci].to(al), torch.ones_like(al))
-                al = torch.where(e, al_e, al)
+            e = ends[2][ri, ci]
+            if bool((e != 0).any()):
+                fa, fb = ends[0][ri, ci].to(al), ends[1][ri, ci].to(al)
+                # thin parts (e = 2, 3): fb is half the thickness between the entering and the leaving
+                # crossing, so the SDF reaches about -|cos| fb; e = 3 takes fa as half the gap since
+                # the previous part, the SDF there about +|cos| fa
+                sc = sh["s"] * (d[ri] * sh["grad"]).sum(-1).abs()
+                za = torch.where(e == 3, sc * fa, fa)
+                zb = torch.where(e >= 2, -sc * fb, fb)
+                al = torch.where(e != 0, neus_alpha_ends(za, zb, torch.ones_like(al)), al)
         shape = sub.shape
         alpha = torch.zeros(shape).index_put((li, si), al)
         col = torch.zeros(*shape, 3).index_put((li, si), sh["rgb"])

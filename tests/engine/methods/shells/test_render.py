@@ -150,6 +150,8 @@ def test_band_samples_kernel_matches_reference():
             for a, b in zip(out, ref):
                 torch.testing.assert_close(a, b.to(a.dtype), atol=1e-5, rtol=0)
             assert bool(out[6].sum() > 0) == one      # crossings exist; flagged only when asked
+            if one:
+                assert {1, 2} <= set(out[6].unique().tolist())      # crossings and thin parts occur
             if not one:
                 assert torch.equal(out[3], c) and torch.equal(out[0], t)
     # a single-sample interval that contains a surface crossing samples at that crossing
@@ -168,6 +170,21 @@ def test_band_samples_kernel_matches_reference():
     assert abs(float(t[0, 0]) - 1.03) < 1e-6 and abs(float(d[0, 0]) - 0.05) < 1e-6
     torch.testing.assert_close(fa[0, :2], torch.tensor([0.02, -0.02]))
     torch.testing.assert_close(fb[0, :2], torch.tensor([-0.03, 0.025]))
+    # thin parts: outer, in, out, in, out, outer -> one sample per entering crossing
+    ts2 = torch.tensor([[1.0, 1.02, 1.05, 1.09, 1.1, 1.2]])
+    k2 = torch.tensor([[1, 3, 3, 3, 3, 1]], dtype=torch.int32)
+    fh2 = torch.tensor([[7.0, 0.0, 0.0, 0.0, 0.0, 8.0]])
+    t, d, gr, c, fa, fb, e = band_samples(ts2, k2, 0.01, 8, 16, fh2, True)
+    assert c.tolist() == [2] and e[0, :2].tolist() == [2, 3] and gr[0, :2].tolist() == [0, 0]
+    torch.testing.assert_close(t[0, :2], torch.tensor([1.02, 1.09]))
+    torch.testing.assert_close(d[0, :2], torch.tensor([0.03, 0.01]))
+    torch.testing.assert_close(fa[0, :2], torch.tensor([7.0, 0.02]))
+    torch.testing.assert_close(fb[0, :2], torch.tensor([0.015, 0.005]))
+    t, _, _, c = band_samples(ts2, k2, 0.01, 8, 16)                    # off: the step rule
+    assert c.tolist() == [8]
+    k3 = torch.tensor([[1, 3, 3, 3, 1, 0]], dtype=torch.int32)        # odd count: the step rule
+    _, _, _, c, _, _, e = band_samples(ts2, k3, 0.06, 8, 16, fh2, True)
+    assert c.tolist() == [2] and e[0, :2].tolist() == [0, 0]
     with pytest.raises(ValueError, match="same"):
         band_samples(ts, kind[:, :2], 0.1, 1, 1)
     with pytest.raises(ValueError, match="fh"):
@@ -234,3 +251,45 @@ def test_crossing_opacity_uses_interval_ends():
     torch.testing.assert_close(ends["opacity"], expect, atol=1e-4, rtol=0)
     assert float(ends["opacity"]) > 0.99
     torch.testing.assert_close(off["opacity"], plain["opacity"])
+
+
+@pytest.mark.parametrize("half", [0.001, 0.004, 0.02])
+def test_thin_part_opacity_matches_dense_quadrature(half):
+    """A slab |z| < half (thinner than the band) crossed head-on: one sample at the entering
+    surface with ``ends = 2`` gives the opacity that dense NeuS quadrature of the slab's SDF gives."""
+    from engine.methods.shells.field import neus_alpha
+    from engine.methods.shells.volume import shade_and_composite
+
+    s_val = 300.0
+
+    class Slab(torch.nn.Module):                    # SDF |z| - half, constant s, grey
+        half_size = torch.tensor(1.0)
+
+        def shade_samples(self, x, dirs, delta, view_enc, anneal=1.0):
+            f = x[:, 2].abs() - half
+            g = torch.zeros_like(x)
+            g[:, 2] = torch.where(x[:, 2] >= 0, 1.0, -1.0)
+            s = torch.full_like(f, s_val)
+            cos = (dirs * g).sum(-1)
+            return {"alpha": neus_alpha(f, cos, delta, s), "rgb": torch.full_like(x, 0.5), "sdf": f,
+                    "grad": g, "log_s": torch.log(s), "s": s}
+
+    field = Slab()
+    o = torch.tensor([[0.0, 0.0, -1.0]])
+    d = torch.tensor([[0.0, 0.0, 1.0]])
+    h = 0.03                                             # band half-width (outer shell at |z| = half + h)
+    view = torch.zeros(1, 1)
+    # dense reference: 4000 samples across the outer band
+    n = 4000
+    t0, t1 = 1.0 - half - h, 1.0 + half + h
+    tt = (t0 + (torch.arange(n) + 0.5) * (t1 - t0) / n)[None]
+    ref = shade_and_composite(field, o, d, view, tt, torch.full_like(tt, (t1 - t0) / n),
+                              torch.ones_like(tt, dtype=torch.bool), torch.zeros_like(tt, dtype=torch.long),
+                              t_stop=0.0)
+    # one sample at the entering crossing, z_a = s (half + h) at the outer shell, f_b = half
+    one = torch.tensor([[1.0 - half]])
+    za = torch.tensor([[s_val * h]])
+    out = shade_and_composite(field, o, d, view, one, torch.tensor([[2 * half]]),
+                              torch.ones(1, 1, dtype=torch.bool), torch.zeros(1, 1, dtype=torch.long),
+                              ends=(za, torch.tensor([[half]]), torch.tensor([[2]])))
+    torch.testing.assert_close(out["opacity"], ref["opacity"], atol=2e-3, rtol=0)
