@@ -95,8 +95,9 @@ class RaySampler:
         return {"generator": self.generator.get_state(), "batch_size": self.batch_size}
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore the random stream. The batch size stays the one this sampler was made with: on
+        ``--resume`` that is the run's configuration, flags included (``--rays-per-batch``)."""
         self.generator.set_state(state["generator"])
-        self.batch_size = int(state.get("batch_size", self.batch_size))
 
 
 def iter_images(split: Split):

@@ -80,9 +80,13 @@ def test_sampler_targets_and_rays(dist):
     assert not torch.equal(RaySampler(split, 500, seed=4).sample().pixel, b.pixel)
     state = s.state_dict()
     nxt = s.sample()
-    s2 = RaySampler(split, 1, seed=99)
+    s2 = RaySampler(split, 500, seed=99)
     s2.load_state_dict(state)
     assert torch.equal(s2.sample().pixel, nxt.pixel)
+    # the batch size is the new sampler's (a resumed run's --rays-per-batch), not the saved one
+    s3 = RaySampler(split, 64, seed=99)
+    s3.load_state_dict(state)
+    assert len(s3.sample()) == 64
 
 
 def test_sampler_covers_images_uniformly_and_jitters_inside_pixels():
