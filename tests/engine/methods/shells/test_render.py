@@ -253,10 +253,12 @@ def test_crossing_opacity_uses_interval_ends():
     torch.testing.assert_close(off["opacity"], plain["opacity"])
 
 
+@pytest.mark.parametrize("cos", [1.0, 0.5])
 @pytest.mark.parametrize("half", [0.001, 0.004, 0.02])
-def test_thin_part_opacity_matches_dense_quadrature(half):
-    """A slab |z| < half (thinner than the band) crossed head-on: one sample at the entering
-    surface with ``ends = 2`` gives the opacity that dense NeuS quadrature of the slab's SDF gives."""
+def test_thin_part_opacity_matches_dense_quadrature(half, cos):
+    """A slab |z| < half (thinner than the band) crossed head-on or obliquely: one sample at the
+    entering surface with ``ends = 2`` gives the opacity that dense NeuS quadrature of the slab's
+    SDF gives (the half-thickness along the ray is ``half / cos``; the shading scales it by |cos|)."""
     from engine.methods.shells.field import neus_alpha
     from engine.methods.shells.volume import shade_and_composite
 
@@ -275,21 +277,22 @@ def test_thin_part_opacity_matches_dense_quadrature(half):
                     "grad": g, "log_s": torch.log(s), "s": s}
 
     field = Slab()
-    o = torch.tensor([[0.0, 0.0, -1.0]])
-    d = torch.tensor([[0.0, 0.0, 1.0]])
+    d = torch.tensor([[math.sqrt(1.0 - cos * cos), 0.0, cos]])
+    o = -d                                               # crosses z = 0 at t = 1
     h = 0.03                                             # band half-width (outer shell at |z| = half + h)
     view = torch.zeros(1, 1)
     # dense reference: 4000 samples across the outer band
     n = 4000
-    t0, t1 = 1.0 - half - h, 1.0 + half + h
+    t0, t1 = 1.0 - (half + h) / cos, 1.0 + (half + h) / cos
     tt = (t0 + (torch.arange(n) + 0.5) * (t1 - t0) / n)[None]
     ref = shade_and_composite(field, o, d, view, tt, torch.full_like(tt, (t1 - t0) / n),
                               torch.ones_like(tt, dtype=torch.bool), torch.zeros_like(tt, dtype=torch.long),
                               t_stop=0.0)
-    # one sample at the entering crossing, z_a = s (half + h) at the outer shell, f_b = half
-    one = torch.tensor([[1.0 - half]])
+    # one sample at the entering crossing; z_a = s h (f = h on the outer shell); f_b is half the
+    # distance along the ray to the leaving crossing
+    one = torch.tensor([[1.0 - half / cos]])
     za = torch.tensor([[s_val * h]])
-    out = shade_and_composite(field, o, d, view, one, torch.tensor([[2 * half]]),
+    out = shade_and_composite(field, o, d, view, one, torch.tensor([[2 * half / cos]]),
                               torch.ones(1, 1, dtype=torch.bool), torch.zeros(1, 1, dtype=torch.long),
-                              ends=(za, torch.tensor([[half]]), torch.tensor([[2]])))
+                              ends=(za, torch.tensor([[half / cos]]), torch.tensor([[2]])))
     torch.testing.assert_close(out["opacity"], ref["opacity"], atol=2e-3, rtol=0)
