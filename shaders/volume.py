@@ -31,6 +31,10 @@ Semantics (the kernel :func:`band_samples` and the pure-torch reference
   ``f_a`` the value at the interval's start; ``ends = 3`` for later ones, with ``f_a`` half the
   gap since the previous leaving crossing) and ``f_b`` half the distance to the next (leaving)
   crossing. Other intervals (grazing rays, odd crossing counts) keep the step rule.
+  Both rules apply only to intervals at most ``one_sample_max_len`` long (default: any length);
+  longer ones keep the step rule. A long interval means a grazing ray, which may also pass close
+  to the surface somewhere without crossing it (a near miss: partial NeuS opacity that one sample
+  at the crossing cannot see).
 
 Outputs ``t (R, M)``, ``delta (R, M)``, ``interval (R, M)`` int32 (rank of the sample's band
 interval along its ray, 0 for the first; used for early ray termination), zero-padded to
@@ -54,7 +58,8 @@ def _kernel():
 
     @ti.kernel
     def band(ts: ti.types.ndarray(), kind: ti.types.ndarray(), fh: ti.types.ndarray(), step: ti.f32,
-             max_per: ti.i32, one_crossing: ti.i32, out_t: ti.types.ndarray(), out_d: ti.types.ndarray(),
+             max_per: ti.i32, one_crossing: ti.i32, one_max_len: ti.f32, out_t: ti.types.ndarray(),
+             out_d: ti.types.ndarray(),
              out_g: ti.types.ndarray(), out_fa: ti.types.ndarray(), out_fb: ti.types.ndarray(),
              out_e: ti.types.ndarray(), count: ti.types.ndarray()):
         R = ts.shape[0]
@@ -97,10 +102,11 @@ def _kernel():
                     length = ti.max(tj - prev, 0.0)
                     n = ti.min(ti.max(ti.cast(ti.ceil(length / step), ti.i32), 1), max_per)
                     ends = 0
-                    if one_crossing != 0 and prev_kind + kj == 3 and prev_kind * kj == 2:
+                    one = one_crossing != 0 and length <= one_max_len
+                    if one and prev_kind + kj == 3 and prev_kind * kj == 2:
                         ends = 1         # outer -> inner or inner -> outer: one surface crossing
                         n = 1
-                    elif one_crossing != 0 and prev_kind == 1 and kj == 1 and n_surf >= 2 and n_surf % 2 == 0:
+                    elif one and prev_kind == 1 and kj == 1 and n_surf >= 2 and n_surf % 2 == 0:
                         n = 0            # in and out through the outer shell across thin parts: one
                         m = 0            # sample per entering surface crossing (ends 2, then 3)
                         t_in = 0.0
@@ -155,7 +161,8 @@ def _kernel():
 
 
 def band_samples(ts: torch.Tensor, kind: torch.Tensor, step: float, max_per_interval: int,
-                 max_samples: int, fh: torch.Tensor | None = None, one_sample_crossings: bool = False):
+                 max_samples: int, fh: torch.Tensor | None = None, one_sample_crossings: bool = False,
+                 one_sample_max_len: float = math.inf):
     """Samples in the band (see the module docstring): ``t, delta, interval (R, M)``, ``count (R,)``.
 
     With ``fh (R, K)`` (a value at each crossing: the renderer passes the NeuS logit ``s f``) it
@@ -188,7 +195,7 @@ def band_samples(ts: torch.Tensor, kind: torch.Tensor, step: float, max_per_inte
         one = int(bool(one_sample_crossings) and fh is not None)
         with runtime.runtime_lock:
             _kernel()(tsc, kind.to(dev, torch.int32).contiguous(), fhc, float(step), int(max_per_interval), one,
-                      t, d, g, fa, fb, e, count)
+                      float(min(one_sample_max_len, 3e38)), t, d, g, fa, fb, e, count)
     if fh is None:
         return t, d, g, count
     return t, d, g, count, fa, fb, e
@@ -252,7 +259,7 @@ def place_samples_reference(t0, t1, ok, step: float, max_per_interval: int, max_
 
 
 def band_samples_reference(ts, kind, step: float, max_per_interval: int, max_samples: int, fh=None,
-                           one_sample_crossings: bool = False):
+                           one_sample_crossings: bool = False, one_sample_max_len: float = math.inf):
     """Pure-torch twin of :func:`band_samples` (brute force, one ray at a time; small inputs)."""
     R, K = ts.shape
     out_t = torch.zeros(R, max_samples, dtype=ts.dtype)
@@ -282,10 +289,11 @@ def band_samples_reference(ts, kind, step: float, max_per_interval: int, max_sam
             if band:
                 length = (tj - prev).clamp_min(0)
                 n = int(min(max(math.ceil(float(length / step)), 1), max_per_interval))
-                ends = one and {prev_kind, kj} == {1, 2}
+                short = one and float(length) <= one_sample_max_len
+                ends = short and {prev_kind, kj} == {1, 2}
                 if ends:
                     n = 1
-                elif one and prev_kind == 1 and kj == 1 and len(crossings) >= 2 and len(crossings) % 2 == 0:
+                elif short and prev_kind == 1 and kj == 1 and len(crossings) >= 2 and len(crossings) % 2 == 0:
                     n = 0
                     last_out = prev
                     for p in range(0, len(crossings), 2):

@@ -11,7 +11,9 @@ inside the mask on the dataset background outside it (the field models the maske
 Modes: ``volume`` (occupancy grid, early termination), ``shells@STEP`` (samples every STEP times
 the box half-size inside every band interval) and ``shells1@STEP`` (one sample on the surface per
 outer-to-inner crossing, opacity from the interval's ends; STEP for the other intervals -- the
-default renderer). ``--crossings`` picks them.
+default renderer). ``--crossings`` picks them. ``--one-sample-max-lens`` adds ``shells1@STEP/LMAX``
+modes: the one-sample rules only for band intervals at most LMAX (times the half-size) long, the
+step rule for longer ones (``shell_one_sample_max_len``: grazing rays and near misses).
 
 Train with the defaults (12,000 steps; the shells are extracted after 10,000 and the field is
 fine-tuned inside them) and benchmark::
@@ -45,7 +47,8 @@ def _psnr(a, b) -> float:
 
 
 def bench_run(run: Path, views: int, grid_res: int | None, target_faces: int | None, out_dir: Path | None,
-              shell_steps: list[float] | None = None, reextract: bool = False, crossings: str = "both") -> dict:
+              shell_steps: list[float] | None = None, reextract: bool = False, crossings: str = "both",
+              max_lens: list[float] | None = None) -> dict:
     import torch
 
     import engine
@@ -81,18 +84,22 @@ def bench_run(run: Path, views: int, grid_res: int | None, target_faces: int | N
 
     steps = list(shell_steps or [model.cfg.shell_step])
     ones = {"off": [False], "on": [True], "both": [False, True]}[crossings]
-    modes = ["volume"] + [f"shells{'1' if one else ''}@{st:g}" for one in ones for st in steps]
+    lens = list(max_lens or [0.0])
+    modes = ["volume"] + [f"shells@{st:g}" for one in ones if not one for st in steps] + \
+        [f"shells1@{st:g}" + (f"/L{ln:g}" if ln > 0 else "") for one in ones if one for st in steps for ln in lens]
     rows = {m: [] for m in modes}
 
     renderers = {}
 
     def set_mode(mode: str) -> str:
-        """``volume``, ``shells@STEP`` or ``shells1@STEP`` (one sample per crossing) -> render mode."""
+        """``volume``, ``shells@STEP`` or ``shells1@STEP[/LMAX]`` (one sample per crossing) -> render mode."""
         if mode == "volume":
             return mode
         kind, st = mode.split("@")
+        st, _, ln = st.partition("/L")
         one = kind == "shells1"
         model.cfg.shell_step = float(st)
+        model.cfg.shell_one_sample_max_len = float(ln or 0.0)
         model.cfg.shell_one_sample_crossings = one
         if one not in renderers:                 # built here, outside the timings
             model._renderer = None
@@ -154,6 +161,9 @@ def main(argv=None) -> int:
     ap.add_argument("--crossings", choices=("off", "on", "both"), default="both",
                     help="shell modes without (shells@STEP) and/or with (shells1@STEP) one sample per surface "
                          "crossing (shell_one_sample_crossings)")
+    ap.add_argument("--one-sample-max-lens", type=float, nargs="+", default=None,
+                    help="shells1 modes also with shell_one_sample_max_len = each of these (times the half-size; "
+                         "0 = any length, the default renderer)")
     ap.add_argument("--reextract", action="store_true",
                     help="extract new shells even when the run has some (runs fine-tuned inside their shells)")
     ap.add_argument("--out", default="bench_shells.json")
@@ -168,9 +178,9 @@ def main(argv=None) -> int:
     for r in args.runs:
         exp = Path(args.export) / Path(r).parts[-3] if args.export else None
         results.append(bench_run(Path(r), args.views, args.grid_res, args.target_faces, exp, args.shell_steps,
-                                 args.reextract, args.crossings))
+                                 args.reextract, args.crossings, args.one_sample_max_lens))
         atomic_write_text(args.out, json.dumps({"results": results}, indent=2))
-    hdr = (f"{'scene':<12}{'mode':<14}{'PSNR':>7}{'spp':>7}{'spp(hit)':>9}{'s/img':>7}"
+    hdr = (f"{'scene':<12}{'mode':<20}{'PSNR':>7}{'spp':>7}{'spp(hit)':>9}{'s/img':>7}"
            f"{'fewer spp':>10}{'speedup':>8}{'dPSNR':>7}")
     print(hdr)
     for r in results:
@@ -178,7 +188,7 @@ def main(argv=None) -> int:
             m = r[mode]
             extra = (f"{m['samples_ratio']:9.1f}x{m['speedup']:7.2f}x{m['psnr_diff_db']:+7.2f}"
                      if mode != "volume" else "")
-            print(f"{r['scene']:<12}{mode:<14}{m['psnr']:7.2f}{m['samples_per_ray']:7.2f}"
+            print(f"{r['scene']:<12}{mode:<20}{m['psnr']:7.2f}{m['samples_per_ray']:7.2f}"
                   f"{m['samples_per_hit_ray']:9.2f}{m['time_s']:7.2f}{extra}")
         print(f"{'':<12}step {r['step']}, train {r['train_time_s'] or 0:.0f} s, shell faces {r['shell_faces']}, "
               f"extraction {'(stored shells)' if r['extract_time_s'] is None else format(r['extract_time_s'], '.1f') + ' s'}")

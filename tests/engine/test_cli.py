@@ -21,6 +21,11 @@ def test_help_lists_working_commands_only(capsys):
     assert e.value.code == 0
     out = capsys.readouterr().out
     assert "--max-steps" in out and "--preset" in out and "--resume" in out
+    flat = " ".join(out.split())
+    # method options are documented by their config comments; shared ones list each method's default
+    assert "--shell-one-sample-max-len FLOAT one-sample rules only for band intervals" in flat
+    assert "--t-stop FLOAT stop a ray when its transmittance falls below this (default: raygauss 0.003, shells 0.001)" \
+        in flat
 
 
 def test_info_json():

@@ -64,6 +64,9 @@ class ShellsConfig:
     shell_max_hits: int = 12           # ray/mesh crossings gathered per ray
     shell_surface_samples: bool = False  # 1-sample intervals sample where the ray crosses the surface mesh
     shell_one_sample_crossings: bool = True  # outer<->inner intervals: 1 sample on the surface, opacity from both ends
+    shell_one_sample_max_len: float = 0.0  # one-sample rules only for band intervals at most this long (times
+                                           # a; 0 = any length); longer ones (grazing rays, which can pass
+                                           # near the surface without crossing it) get a sample every shell_step
     shell_finetune_from: float = 0.8333  # extract the shells here and fine-tune inside them: a fraction of
                                          # max_steps (< 1) or a step (>= 1); 0 = never (volumetric only)
     render_mode: str = "auto"          # auto (shells when extracted) | shells | volume

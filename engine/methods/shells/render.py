@@ -22,6 +22,8 @@
    grazing angles), so extrapolating it from one point misses crossings, and the learned ``s(x)``
    varies by orders of magnitude across a thin band (low exactly on textured surfaces, at its
    clamp just inside), so the ``s`` at the sample can make a solid crossing half transparent.
+   ``shell_one_sample_max_len`` limits these rules to intervals up to that length; longer ones
+   (grazing rays, which can pass near the surface without crossing it) are sampled every step.
 4. The field's NeuS opacity and colour at those samples (interval lengths ``len / n``),
    composited front to back interval by interval, and a ray stops once its transmittance is below
    ``t_stop`` (:func:`.volume.shade_and_composite`): behind a solid surface nothing is evaluated. Gradients flow into the field, so the
@@ -151,7 +153,8 @@ class ShellRenderer:
             self.meshes.update_vertex_sdf(self.field)
         ts, kind, zh = shell_hits(self.meshes, o, d, c.shell_max_hits, values=self.meshes.vertex_logit) if one \
             else (*shell_hits(self.meshes, o, d, c.shell_max_hits), None)
-        out = band_samples(ts, kind, c.shell_step * a, c.shell_max_samples, c.shell_max_samples, zh, one)
+        max_len = float(c.shell_one_sample_max_len) * a if c.shell_one_sample_max_len > 0 else math.inf
+        out = band_samples(ts, kind, c.shell_step * a, c.shell_max_samples, c.shell_max_samples, zh, one, max_len)
         t, delta, group, count = out[:4]
         S = int(count.max()) if count.numel() else 0
         t, delta, group = t[:, :S], delta[:, :S], group[:, :S].long()

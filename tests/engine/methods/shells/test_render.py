@@ -154,6 +154,12 @@ def test_band_samples_kernel_matches_reference():
                 assert {1, 2} <= set(out[6].unique().tolist())      # crossings and thin parts occur
             if not one:
                 assert torch.equal(out[3], c) and torch.equal(out[0], t)
+        # one-sample rules only for intervals up to a length: longer ones fall back to the step rule
+        for max_len in (0.5, 1.2):
+            out = band_samples(ts, kind, step, mp, ms, fh, True, max_len)
+            ref = band_samples_reference(ts, kind, step, mp, ms, fh, True, max_len)
+            for a, b in zip(out, ref):
+                torch.testing.assert_close(a, b.to(a.dtype), atol=1e-5, rtol=0)
     # a single-sample interval that contains a surface crossing samples at that crossing
     ts1 = torch.tensor([[1.0, 1.03, 1.05, 2.0, 2.1, math.inf]])
     k1 = torch.tensor([[1, 3, 2, 2, 1, 0]], dtype=torch.int32)
@@ -185,6 +191,17 @@ def test_band_samples_kernel_matches_reference():
     k3 = torch.tensor([[1, 3, 3, 3, 1, 0]], dtype=torch.int32)        # odd count: the step rule
     _, _, _, c, _, _, e = band_samples(ts2, k3, 0.06, 8, 16, fh2, True)
     assert c.tolist() == [2] and e[0, :2].tolist() == [0, 0]
+    # ... unless an interval is longer than one_sample_max_len: then it is sampled every step
+    # (both intervals of ts1 are 0.05 and 0.1 long; the thin-part interval of ts2 0.2)
+    t, d, gr, c, fa, fb, e = band_samples(ts1, k1, 0.01, 8, 16, fh1, True, 0.07)
+    assert c.tolist() == [1 + 8] and e[0, :9].tolist() == [1] + [0] * 8
+    assert abs(float(t[0, 1]) - 2.0 - 0.1 / 16) < 1e-6 and float(fa[0, 1]) == 0.0
+    t, d, gr, c, fa, fb, e = band_samples(ts1, k1, 0.01, 8, 16, fh1, True, 0.1)    # at the limit: one sample
+    assert c.tolist() == [2]
+    _, _, _, c, _, _, e = band_samples(ts2, k2, 0.01, 8, 16, fh2, True, 0.19)
+    assert c.tolist() == [8] and int(e.abs().sum()) == 0
+    for fn in (band_samples, band_samples_reference):
+        assert fn(ts2, k2, 0.01, 8, 16, fh2, True, 0.201)[3].tolist() == [2]
     with pytest.raises(ValueError, match="same"):
         band_samples(ts, kind[:, :2], 0.1, 1, 1)
     with pytest.raises(ValueError, match="fh"):
