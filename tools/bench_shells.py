@@ -15,7 +15,7 @@ default renderer). ``--crossings`` picks them. ``--one-sample-max-lens`` adds ``
 modes: the one-sample rules only for band intervals at most LMAX (times the half-size) long, the
 step rule for longer ones (``shell_one_sample_max_len``: grazing rays and near misses).
 
-Train with the defaults (12,000 steps; the shells are extracted after 10,000 and the field is
+Train with the defaults (14,000 steps; the shells are extracted after 12,000 and the field is
 fine-tuned inside them) and benchmark::
 
     kernelight train shells --data ../shared/data/nerf_synthetic/lego_200 --eval-every 0 \
@@ -23,10 +23,12 @@ fine-tuned inside them) and benchmark::
     kernelight train shells --data ../shared/data/dtu/scan24_400 --eval-every 0 \
         --output outputs --name scan24_400
     python tools/bench_shells.py outputs/lego_200/shells/<stamp> outputs/scan24_400/shells/<stamp> \
-        --views 4 --shell-steps 0.05 --crossings on --out bench_shells.json
+        --views 4 --crossings on --out bench_shells.json
 
-For the volumetric-only baseline train with ``--shell-finetune-from 0`` and benchmark that run
-(its shells are extracted here, ``--grid-res 256``).
+For the volumetric-only baseline train with ``--shell-finetune-from 0 --max-steps 12000`` and
+benchmark that run (its shells are extracted here, ``--grid-res 256``). To fine-tune an existing
+volumetric run instead, copy its config and last checkpoint to a new folder and continue it with
+``kernelight train --resume NEW --max-steps 14000 --shell-finetune-from 12001``.
 """
 from __future__ import annotations
 

@@ -1,11 +1,12 @@
 """Configuration of the Adaptive Shells method (``kernelight train shells --data DIR ...``).
 
 Defaults are the recipe measured on a 2-core CPU at the datasets' full resolution (lego_200,
-scan24_400: about 22-25 minutes; README "Adaptive Shells"): 12,000 steps of 256 rays, the last
-sixth fine-tuned inside the shells, rendered with one sample per surface crossing. The paper
-trains on a GPU with much larger tables and batches. Every field can be set from the command line
-(``--max-steps 2000``) or a scene TOML's ``[method.options]``. Lengths are in units of the half-size ``a`` of the (cubic) scene box
-unless they say otherwise, so the same defaults fit DTU's unit sphere and NeRF-synthetic's box.
+scan24_400: about 25 minutes; README "Adaptive Shells"): 12,000 volumetric steps of 256 rays, then
+the shells are extracted and 2,000 steps fine-tune the field inside them, rendered with one sample
+per surface crossing. The paper trains on a GPU with much larger tables and batches. Every field can
+be set from the command line (``--max-steps 2000``) or a scene TOML's ``[method.options]``. Lengths
+are in units of the half-size ``a`` of the (cubic) scene box unless they say otherwise, so the same
+defaults fit DTU's unit sphere and NeRF-synthetic's box.
 """
 from __future__ import annotations
 
@@ -44,7 +45,7 @@ class ShellsConfig:
     mask_weight: float = 0.1           # BCE of opacity vs mask / alpha where the data has them
     kernel_reg_weight: float = 0.3     # mean(1 / (a s(x))): pushes s up (solid) unless colour needs it wide
     # ---- optimisation ------------------------------------------------------------------------
-    max_steps: int = 12000
+    max_steps: int = 14000
     seed: int = 0
     rays_per_batch: int = 256
     lr_encoding: float = 1e-2
@@ -59,7 +60,7 @@ class ShellsConfig:
     shell_grid_res: int = 256          # marching-cubes grid (the dilation margin is one cell of it)
     shell_dilate_voxels: int = 1       # outer shell dilated / inner shell eroded by this many voxels
     shell_target_faces: int = 40000    # decimation target per shell (0 = no decimation)
-    shell_step: float = 0.05           # sample spacing inside the band (times a); 1 sample if shorter
+    shell_step: float = 0.02           # sample spacing inside the band (times a); 1 sample if shorter
     shell_max_samples: int = 32        # per ray
     shell_max_hits: int = 12           # ray/mesh crossings gathered per ray
     shell_surface_samples: bool = False  # 1-sample intervals sample where the ray crosses the surface mesh
@@ -67,8 +68,8 @@ class ShellsConfig:
     shell_one_sample_max_len: float = 0.0  # one-sample rules only for band intervals at most this long (times
                                            # a; 0 = any length); longer ones (grazing rays, which can pass
                                            # near the surface without crossing it) get a sample every shell_step
-    shell_finetune_from: float = 0.8333  # extract the shells here and fine-tune inside them: a fraction of
-                                         # max_steps (< 1) or a step (>= 1); 0 = never (volumetric only)
+    shell_finetune_from: float = 0.857143  # extract the shells here and fine-tune inside them: a fraction of
+                                           # max_steps (< 1) or a step (>= 1); 0 = never (volumetric only)
     render_mode: str = "auto"          # auto (shells when extracted) | shells | volume
     # ---- bookkeeping -------------------------------------------------------------------------
     eval_every: int = 500

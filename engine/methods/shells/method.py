@@ -3,7 +3,7 @@
 Training: random ray batches (``batch_mode = "rays"``), volumetric rendering with an occupancy
 grid (:mod:`.volume`), loss ``L1(rgb) + eikonal_weight * eikonal + mask_weight * BCE(opacity,
 mask or alpha) + kernel_reg_weight * mean(1 / (a s(x)))``. After step ``k`` of
-``shell_finetune_from`` (by default the last sixth of training; 0 = never) the shells are
+``shell_finetune_from`` (by default the last seventh of training; 0 = never) the shells are
 extracted (:mod:`.extract`) and later steps render, and so train the field, only inside the band
 (:mod:`.render`), exactly as the shells will be rendered (one sample per surface crossing by
 default).

@@ -114,7 +114,8 @@ def test_export_and_shell_finetune(trained, tmp_path):
 
 
 def test_finetune_step_fraction_or_step():
-    assert ShellsConfig(max_steps=12000).finetune_step == 10000          # default: the last sixth
+    assert ShellsConfig().finetune_step == 12000                        # default: 12,000 + 2,000 steps
+    assert ShellsConfig(max_steps=7000).finetune_step == 6000
     assert ShellsConfig(max_steps=300, shell_finetune_from=0.5).finetune_step == 150
     assert ShellsConfig(max_steps=300, shell_finetune_from=120).finetune_step == 120
     assert ShellsConfig(shell_finetune_from=0).finetune_step == 0
