@@ -15,6 +15,9 @@ def register(sub) -> None:
     p.add_argument("--split", default="test")
     p.add_argument("--max-views", type=int, default=None, help="evaluate at most N views (evenly spaced)")
     p.add_argument("--out", default=None, help="output JSON (default: <run>/eval.json)")
+    from ._common import add_method_options
+
+    add_method_options(p)       # render-time overrides, e.g. --render-mode volume (recorded in eval.json)
     p.set_defaults(func=run)
 
 
@@ -34,7 +37,10 @@ def run(args) -> int:
     from ..train import metrics
     from ..train.trainer import eval_target
 
-    model = api.load(args.run)
+    from ._common import collect_method_options
+
+    options = collect_method_options(args)
+    model = api.load(args.run, **options)
     run_dir = getattr(model, "run_dir", None)
     if args.cameras:
         ds = load_dataset(args.cameras)
@@ -74,7 +80,7 @@ def run(args) -> int:
         "lpips_note": None if lp_ok else lp_why,
         "rays_per_sec": rays / total, "fps": len(idx) / total,
         "num_primitives": model.num_primitives, "num_gaussians": model.num_primitives,
-        "split": args.split, "num_views": len(idx), "step": getattr(model, "step", None),
+        "split": args.split, "num_views": len(idx), "step": getattr(model, "step", None), "options": options,
         "masked": bool(getattr(model, "masked_eval", False) and split.masks is not None),
         "resolution": [int(split.cameras.width[0]), int(split.cameras.height[0])],
         "device": "cuda" if torch.cuda.is_available() else "cpu",

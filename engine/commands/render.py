@@ -33,6 +33,9 @@ def register(sub) -> None:
     p.add_argument("--up", choices=["auto", "+z", "-y", "+y"], default="auto",
                    help="world up for orbits without a dataset (3DGS/COLMAP scenes are usually -y)")
     p.add_argument("--background", default=None, help="white | black | R,G,B (default: the dataset's, or black)")
+    from ._common import add_method_options
+
+    add_method_options(p)       # render-time overrides, e.g. --render-mode volume
     p.set_defaults(func=run)
 
 
@@ -64,7 +67,9 @@ def run(args) -> int:
     from ..io.images import colormap, write_image, write_video
 
     src = Path(args.source)
-    model = api.load(src)
+    from ._common import collect_method_options
+
+    model = api.load(src, **collect_method_options(args))
     for note in getattr(model, "notes", []):
         print(f"note: {note}")
     run_dir = getattr(model, "run_dir", None)

@@ -123,7 +123,13 @@ def test_cli_render_eval_export_and_api(trained, tmp_path):
     ev = json.loads((tmp_path / "eval.json").read_text())
     for key in ("psnr", "psnr_std", "ssim", "ssim_std", "lpips", "rays_per_sec", "fps", "num_gaussians"):
         assert key in ev
-    assert ev["num_views"] == 3 and 5 < ev["psnr"] < 60
+    assert ev["num_views"] == 3 and 5 < ev["psnr"] < 60 and ev["options"] == {}
+    # method options override the run's config at render time (recorded); another method's are refused
+    assert main(["eval", str(trained), "--max-views", "3", "--dt", "0.02", "--out", str(tmp_path / "e2.json")]) == 0
+    ev2 = json.loads((tmp_path / "e2.json").read_text())
+    assert ev2["options"] == {"dt": 0.02} and abs(ev2["psnr"] - ev["psnr"]) > 1e-3
+    assert main(["eval", str(trained), "--shell-step", "0.1", "--out", str(tmp_path / "e3.json")]) == 2
+    assert not (tmp_path / "e3.json").exists()
     assert main(["export", str(trained), "--out", str(tmp_path / "g.ply")]) == 0
     m = engine.load(trained)
     ply_model = engine.load(tmp_path / "g.ply")
