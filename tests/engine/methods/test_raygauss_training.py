@@ -112,8 +112,9 @@ def test_unknown_option_is_named(tmp_path):
         Trainer(_settings(tmp_path, max_stepz=3))
 
 
-def test_cli_render_eval_export_and_api(trained, tmp_path):
+def test_cli_render_eval_export_and_api(trained, tmp_path, monkeypatch):
     import engine
+    from engine import api
     from engine.cli import main
 
     assert main(["render", str(trained), "--max-views", "2", "--depth", "--alpha", "--frames", "3",
@@ -124,10 +125,18 @@ def test_cli_render_eval_export_and_api(trained, tmp_path):
     for key in ("psnr", "psnr_std", "ssim", "ssim_std", "lpips", "rays_per_sec", "fps", "num_gaussians"):
         assert key in ev
     assert ev["num_views"] == 3 and 5 < ev["psnr"] < 60 and ev["options"] == {}
+    m0 = engine.load(trained)
+    assert m0.cfg.dt != 0.02 and m0.cfg.t_stop != 0.05
     # method options override the run's config at render time (recorded); another method's are refused
-    assert main(["eval", str(trained), "--max-views", "3", "--dt", "0.02", "--out", str(tmp_path / "e2.json")]) == 0
-    ev2 = json.loads((tmp_path / "e2.json").read_text())
-    assert ev2["options"] == {"dt": 0.02} and abs(ev2["psnr"] - ev["psnr"]) > 1e-3
+    loaded = []
+    real_load = api.load
+    monkeypatch.setattr(api, "load", lambda path, **kw: loaded.append(real_load(path, **kw)) or loaded[-1])
+    assert main(["eval", str(trained), "--max-views", "1", "--dt", "0.02", "--out", str(tmp_path / "e2.json")]) == 0
+    assert main(["render", str(trained), "--max-views", "1", "--video", "none", "--t-stop", "0.05",
+                 "--out", str(tmp_path / "r2")]) == 0
+    assert [m.cfg.dt for m in loaded] == [0.02, m0.cfg.dt] and [m.cfg.t_stop for m in loaded][1] == 0.05
+    assert json.loads((tmp_path / "e2.json").read_text())["options"] == {"dt": 0.02}
+    monkeypatch.setattr(api, "load", real_load)
     assert main(["eval", str(trained), "--shell-step", "0.1", "--out", str(tmp_path / "e3.json")]) == 2
     assert not (tmp_path / "e3.json").exists()
     assert main(["export", str(trained), "--out", str(tmp_path / "g.ply")]) == 0
