@@ -312,6 +312,12 @@ def refit_triangle_bvh(tbvh: TriangleBVH, vertices) -> None:
         _traversal_tree(tbvh, lo, hi, rebuild=False)
 
 
+def _home(x) -> torch.device:
+    """The device query results go back to: the caller's (tensors), else the CPU. The BVH
+    structures themselves live on the Taichi device (:func:`shaders.runtime.torch_device`)."""
+    return x.device if isinstance(x, torch.Tensor) else torch.device("cpu")
+
+
 def _as_rays(origins, dirs):
     dev = runtime.torch_device()
     o = torch.as_tensor(origins)
@@ -332,18 +338,18 @@ def closest_hit(tbvh: TriangleBVH, origins, dirs, tmin: float = 0.0, tmax: float
     from .bvh_traverse import _closest_hit_kernel
 
     runtime.init()
+    home = _home(origins)
     o, d = _as_rays(origins, dirs)
     r = o.shape[0]
     t = torch.empty((r,), dtype=torch.float32, device=o.device)
     face = torch.empty((r,), dtype=torch.int32, device=o.device)
     uv = torch.empty((r, 2), dtype=torch.float32, device=o.device)
-    if r == 0:
-        return t, face, uv
-    tmax_f = min(float(tmax), _F32_MAX)
-    with runtime.runtime_lock:
-        _closest_hit_kernel(tbvh.root_lo, tbvh.root_hi, tbvh.packed, tbvh.root_code, tbvh.tri,
-                            tbvh.slot_face, o, d, float(tmin), tmax_f, math.inf, t, face, uv)
-    return t, face, uv
+    if r > 0:
+        tmax_f = min(float(tmax), _F32_MAX)
+        with runtime.runtime_lock:
+            _closest_hit_kernel(tbvh.root_lo, tbvh.root_hi, tbvh.packed, tbvh.root_code, tbvh.tri,
+                                tbvh.slot_face, o, d, float(tmin), tmax_f, math.inf, t, face, uv)
+    return t.to(home), face.to(home), uv.to(home)
 
 
 def segment_query(bvh: BVH, origins, dirs, t0, t1, cap: int):
@@ -356,6 +362,7 @@ def segment_query(bvh: BVH, origins, dirs, t0, t1, cap: int):
     from .bvh_traverse import _segment_query_kernel
 
     runtime.init()
+    home = _home(origins)
     o, d = _as_rays(origins, dirs)
     r = o.shape[0]
     cap = int(cap)
@@ -369,7 +376,7 @@ def segment_query(bvh: BVH, origins, dirs, t0, t1, cap: int):
         with runtime.runtime_lock:
             _segment_query_kernel(bvh.node_lo, bvh.node_hi, bvh.children, o, d, t0, t1, ids,
                                   counts)
-    return ids[:, :cap], counts
+    return ids[:, :cap].to(home), counts.to(home)
 
 
 def morton_order(points) -> torch.Tensor:
@@ -379,7 +386,8 @@ def morton_order(points) -> torch.Tensor:
     from .bvh_build import _centroid_bounds, _morton_codes
 
     runtime.init()
-    p = torch.as_tensor(points).detach().to(torch.float32).contiguous()
+    home = _home(points)
+    p = torch.as_tensor(points).detach().to(runtime.torch_device(), torch.float32).contiguous()
     if p.dim() != 2 or p.shape[1] != 3:
         raise ValueError(f"morton_order: points must be (N,3), got {tuple(p.shape)}")
     n = p.shape[0]
@@ -390,4 +398,4 @@ def morton_order(points) -> torch.Tensor:
         _centroid_bounds(p, p, bounds)
         codes = torch.empty((n,), dtype=torch.int32, device=p.device)
         _morton_codes(p, p, bounds, codes)
-    return torch.sort(codes, stable=True).indices
+    return torch.sort(codes, stable=True).indices.to(home)

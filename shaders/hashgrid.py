@@ -184,7 +184,8 @@ class HashEncodeFn(torch.autograd.Function):
             with runtime.runtime_lock:
                 fwd(xc, tc, rc, out)
         ctx.save_for_backward(xc, tc, rc)
-        return out
+        ctx.devices = (x.device, table.device)
+        return out.to(x.device)    # results live where the caller's tensors do (as torch ops)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -196,8 +197,10 @@ class HashEncodeFn(torch.autograd.Function):
         if xc.shape[0] > 0 and (want_x or want_t):
             _, bwd = _kernels(_REAL[xc.dtype], int(tc.shape[2]))
             with runtime.runtime_lock:
-                bwd(xc, tc, rc, grad_out.to(xc.dtype).contiguous(), gt, gx, int(want_t), int(want_x))
-        return (gx if want_x else None), (gt if want_t else None), None
+                bwd(xc, tc, rc, grad_out.to(xc.device, xc.dtype).contiguous(), gt, gx, int(want_t),
+                    int(want_x))
+        dx, dt = ctx.devices
+        return (gx.to(dx) if want_x else None), (gt.to(dt) if want_t else None), None
 
 
 def hash_encode(x: torch.Tensor, table: torch.Tensor, resolutions) -> torch.Tensor:

@@ -164,7 +164,7 @@ def gaussian_aabbs(means, log_scale, quat, response, mode: str = "density",
     radii = scale * k.unsqueeze(-1)                                # (N,3) along local axes
     half = torch.sqrt(((R * radii.unsqueeze(-2)) ** 2).sum(-1))    # (N,3) world half extents
     half = half * (1 + _BOX_PAD_REL)
-    inf = torch.tensor(float("inf"), dtype=torch.float32)
+    inf = torch.tensor(float("inf"), dtype=torch.float32, device=means.device)
     lo = torch.nextafter((means - half).float(), -inf)
     hi = torch.nextafter((means + half).float(), inf)
     m32 = means.float()
@@ -172,8 +172,7 @@ def gaussian_aabbs(means, log_scale, quat, response, mode: str = "density",
     if bool(empty.any()):
         lo[empty] = torch.nextafter(m32[empty], inf)
         hi[empty] = torch.nextafter(m32[empty], -inf)
-    dev = runtime.torch_device()
-    return lo.to(dev).contiguous(), hi.to(dev).contiguous()
+    return lo.contiguous(), hi.contiguous()    # on the caller's device, like means
 
 
 # --------------------------------------------------------------------------- kernels glue
@@ -209,12 +208,13 @@ class _Collect:
     """What the kernels scan per slab: BVH arrays, or the raw boxes for the brute-force collect."""
 
     def __init__(self, use_bvh: bool, node_lo, node_hi, children, box_lo, box_hi):
+        dev = runtime.torch_device()
         self.use_bvh = use_bvh
-        self.node_lo = node_lo.to(torch.float32).contiguous()
-        self.node_hi = node_hi.to(torch.float32).contiguous()
-        self.children = children.to(torch.int32).contiguous()
-        self.box_lo = box_lo.to(torch.float32).contiguous()
-        self.box_hi = box_hi.to(torch.float32).contiguous()
+        self.node_lo = node_lo.to(dev, torch.float32).contiguous()
+        self.node_hi = node_hi.to(dev, torch.float32).contiguous()
+        self.children = children.to(dev, torch.int32).contiguous()
+        self.box_lo = box_lo.to(dev, torch.float32).contiguous()
+        self.box_hi = box_hi.to(dev, torch.float32).contiguous()
 
 
 def _forward(means, M, resp, rgb, ro, rd, tn, tf, cfg: RayGaussConfig, col: _Collect):
@@ -254,7 +254,7 @@ def _backward(saved, grads, cfg: RayGaussConfig, col: _Collect):
     from shaders import raygauss_bwd
 
     means, M, resp, rgb, ro, rd, tn, tf, out_c, out_T, out_d, out_steps = saved
-    g_c, g_a, g_d = (g.to(means.dtype).contiguous() for g in grads)
+    g_c, g_a, g_d = (g.to(means.device, means.dtype).contiguous() for g in grads)
     dev = runtime.torch_device()
     N, R, dtype = means.shape[0], ro.shape[0], means.dtype
     gr_means = torch.zeros(N, 3, dtype=dtype, device=dev)
@@ -284,24 +284,30 @@ class RayGaussFunction(torch.autograd.Function):
 
     ``C (R,3)`` is the colour without background, ``alpha = 1 - T_final``. Differentiable w.r.t.
     ``means``, ``M``, ``response`` and ``rgb`` (not the rays); ``n_evals (R,)`` int32 and the
-    0-d int64 ``n_capped`` are not differentiable.
+    0-d int64 ``n_capped`` are not differentiable. The kernels run on the Taichi device; outputs
+    come back on the device of ``means`` and each gradient on the device of its input.
     """
 
     @staticmethod
     def forward(ctx, means, M, response, rgb, rays_o, rays_d, t_near, t_far, cfg, collect):
-        args = [t.detach().contiguous() for t in (means, M, response, rgb, rays_o, rays_d,
-                                                  t_near, t_far)]
+        dev = runtime.torch_device()
+        args = [t.detach().to(dev).contiguous() for t in (means, M, response, rgb, rays_o, rays_d,
+                                                          t_near, t_far)]
         out_c, out_T, out_d, out_ne, out_steps, n_capped = _forward(*args, cfg, collect)
         ctx.save_for_backward(*args, out_c, out_T, out_d, out_steps)
         ctx.cfg, ctx.collect = cfg, collect
+        ctx.homes = [t.device for t in (means, M, response, rgb)]
+        home = means.device
         n_capped_t = torch.tensor(n_capped, dtype=torch.int64)
+        out_ne = out_ne.to(home)
         ctx.mark_non_differentiable(out_ne, n_capped_t)
-        return out_c, 1.0 - out_T, out_d, out_ne, n_capped_t
+        return out_c.to(home), (1.0 - out_T).to(home), out_d.to(home), out_ne, n_capped_t
 
     @staticmethod
     def backward(ctx, g_c, g_a, g_d, _g_ne, _g_cap):
         saved = [t.detach() for t in ctx.saved_tensors]   # outputs saved here carry grad_fn
-        gm, gM, gr, gc = _backward(saved, (g_c, g_a, g_d), ctx.cfg, ctx.collect)
+        grads = _backward(saved, (g_c, g_a, g_d), ctx.cfg, ctx.collect)
+        gm, gM, gr, gc = (g.to(h) for g, h in zip(grads, ctx.homes))
         return gm, gM, gr, gc, None, None, None, None, None, None
 
 
@@ -376,10 +382,9 @@ def render_rays(means, log_scale, quat, response, rgb, rays_o, rays_d, t_near, t
                   background, "render_rays")
     response = response.reshape(-1)
     runtime.init()
-    dev = runtime.torch_device()
-    dtype = means.dtype
+    home, dtype = means.device, means.dtype     # results come back where the Gaussians live
     M = build_M(log_scale, quat)
-    rays = [t.to(device=dev, dtype=dtype) for t in (rays_o, rays_d, t_near, t_far)]
+    rays = [t.to(dtype=dtype) for t in (rays_o, rays_d, t_near, t_far)]
     if bvh is not None and not use_bvh:
         raise ValueError("render_rays: a bvh was given with use_bvh=False")
     lo, hi = gaussian_aabbs(means, log_scale, quat, response, cfg.mode, cfg)
@@ -395,13 +400,12 @@ def render_rays(means, log_scale, quat, response, rgb, rays_o, rays_d, t_near, t
                              f"are {means.shape[0]} Gaussians (rebuild it after densification)")
         collect = _Collect(True, bvh.node_lo, bvh.node_hi, bvh.children, lo, hi)
     else:
-        collect = _Collect(False, lo, hi, torch.zeros(1, 2, dtype=torch.int32, device=dev),
-                           lo, hi)
+        collect = _Collect(False, lo, hi, torch.zeros(1, 2, dtype=torch.int32), lo, hi)
     C, alpha, depth, n_evals, n_capped = RayGaussFunction.apply(
         means, M, response.reshape(-1), rgb, *rays, cfg, collect)
     out_rgb = C
     if background is not None:
-        bg = background.to(device=dev, dtype=dtype)
+        bg = background.to(device=home, dtype=dtype)
         out_rgb = C + (1.0 - alpha).unsqueeze(-1) * bg
     return dict(rgb=out_rgb, alpha=alpha, depth=depth, n_evals=n_evals,
                 n_capped=int(n_capped))

@@ -383,16 +383,17 @@ def pack_gaussians(means, M, resp, lim, box_lo, box_hi) -> torch.Tensor:
     """The packed records ``G (N, 24)`` float32 the tile kernels read (one Gaussian's data
     together, 96 bytes: one or two cache lines instead of six scattered loads): mean, M (N,3,3),
     response, q limit (:func:`prefilter_limits`), box; the view colour and near bound are filled
-    per view."""
+    per view. The records live on the Taichi device (:func:`shaders.runtime.torch_device`), like the
+    :class:`TileBins` made from them."""
     N = means.shape[0]
-    G = torch.zeros(N, _P_SIZE, dtype=torch.float32, device=means.device)
+    G = torch.zeros(N, _P_SIZE, dtype=torch.float32, device=runtime.torch_device())
     G[:, _P_MU:_P_MU + 3] = means.detach().float()
     G[:, _P_M:_P_M + 9] = M.detach().float().reshape(N, 9)
     G[:, _P_S] = resp.detach().float().reshape(N)
     G[:, _P_LIM] = lim.float().reshape(N)
     G[:, _P_LO:_P_LO + 3] = box_lo.float()
     G[:, _P_HI:_P_HI + 3] = box_hi.float()
-    return G
+    return G   # (assignments copy across devices)
 
 
 def ellipsoid_cov(log_scale: torch.Tensor, quat: torch.Tensor, lim: torch.Tensor) -> torch.Tensor:
@@ -425,14 +426,14 @@ def bin_gaussians(G, rho, cov, rays_o, rays_d, H: int, W: int, c2w_rot, B: int =
 
     runtime.init()
     dev = runtime.torch_device()
-    o = rays_o.float()
+    o = rays_o.to(dev, torch.float32)
     center = o[0]
     if not bool((o == center).all()):
         return None
     Rm = c2w_rot.to(device=o.device, dtype=torch.float32)
     if not torch.allclose(Rm.T @ Rm, torch.eye(3, device=o.device), atol=1e-4):
         return None
-    dc = rays_d.float() @ Rm                                       # camera-frame directions
+    dc = rays_d.to(dev, torch.float32) @ Rm                                       # camera-frame directions
     if not bool((dc[:, 2] > 1e-6).all()):
         return None
     mx = (dc[:, 0] / dc[:, 2]).reshape(H, W)
@@ -449,7 +450,7 @@ def bin_gaussians(G, rho, cov, rays_o, rays_d, H: int, W: int, c2w_rot, B: int =
     near = torch.empty(N, dtype=torch.float32, device=dev)
     counts = torch.zeros(TX * TY, dtype=torch.int32, device=dev)
     with runtime.runtime_lock:
-        k["bin_rects"](G, rho.contiguous(), cov.contiguous(), Rm.contiguous(),
+        k["bin_rects"](G, rho.to(dev).contiguous(), cov.to(dev).contiguous(), Rm.contiguous(),
                        center.contiguous(), col_lo, col_hi, row_lo, row_hi, rects, near, G,
                        counts)
         offsets = torch.zeros(TX * TY + 1, dtype=torch.int32, device=dev)
@@ -549,11 +550,13 @@ def render_tiles(G, rgb, bins: TileBins, rays_o, rays_d, t_near, t_far, W: int, 
     ``G``: the packed records the bins were made from; ``rgb (N,3)`` this view's colours, or
     None when :func:`view_colors` already wrote them into ``G``.
     Returns ``(C (R,3) without background, T_final (R,), depth (R,), n_evals (R,) int32,
-    overflow (R,) bool)``; rays flagged in ``overflow`` must be re-rendered on the BVH path.
+    overflow (R,) bool)`` on the device of ``rays_o``; rays flagged in ``overflow`` must be
+    re-rendered on the BVH path.
     """
     import taichi as ti
 
     dev = runtime.torch_device()
+    home = rays_o.device
     R = rays_o.shape[0]
     out_c = torch.zeros(R, 3, dtype=torch.float32, device=dev)
     out_T = torch.ones(R, dtype=torch.float32, device=dev)
@@ -561,7 +564,7 @@ def render_tiles(G, rgb, bins: TileBins, rays_o, rays_d, t_near, t_far, W: int, 
     out_ne = torch.zeros(R, dtype=torch.int32, device=dev)
     out_over = torch.zeros(R, dtype=torch.int32, device=dev)
     if R == 0 or G.shape[0] == 0:
-        return out_c, out_T, out_d, out_ne, out_over.bool()
+        return tuple(t.to(home) for t in (out_c, out_T, out_d, out_ne, out_over.bool()))
     if rgb is not None:
         G[:, _P_RGB:_P_RGB + 3] = rgb.detach().float()
     S, cap = int(cfg.samples_per_slab), min(int(cfg.cap), ACTIVE_CAP)
@@ -573,11 +576,11 @@ def render_tiles(G, rgb, bins: TileBins, rays_o, rays_d, t_near, t_far, W: int, 
     if act is None:
         _SCRATCH_BUF.clear()
         act = _SCRATCH_BUF[key] = torch.empty(chunk, cap, _FIELDS, dtype=torch.float32, device=dev)
-    rays = [t.detach().float().contiguous() for t in (rays_o, rays_d, t_near, t_far)]
+    rays = [t.detach().to(dev, torch.float32).contiguous() for t in (rays_o, rays_d, t_near, t_far)]
     with runtime.runtime_lock:
         for r0 in range(0, n_iter, chunk):
             n = min(chunk, n_iter - r0)
             k["render"](G, bins.offsets, bins.items, *rays, act, r0, n, int(W), int(bins.B),
                         int(bins.TX), float(cfg.dt), float(cfg.sigma_thr), float(cfg.t_stop),
                         cap, out_c, out_T, out_d, out_ne, out_over)
-    return out_c, out_T, out_d, out_ne, out_over.bool()
+    return tuple(t.to(home) for t in (out_c, out_T, out_d, out_ne, out_over.bool()))

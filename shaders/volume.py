@@ -9,7 +9,12 @@ Semantics (the kernel :func:`band_samples` and the pure-torch reference
 :func:`band_samples_reference` implement exactly this):
 
 * The ray starts inside the outer (inner) shell iff it crosses it an odd number of times, unless
-  its hit list is full (``K`` hits: possibly cut), in which case it is assumed to start outside.
+  its hit list is full (``K`` hits: possibly cut) or the caller knows it starts outside both
+  (``outside (R,)``: the renderer flags rays whose origin is outside the outer shell's bounding
+  box), in which case it is assumed to start outside. Without that flag, one crossing missed by
+  the float32 triangle test (a ray through a shared edge can slip between the two faces)
+  would turn a camera ray into one that starts in the band: an interval from the camera to its
+  first hit.
 * Each crossing toggles its shell's inside flag; the band is "inside outer and not inside inner".
 * Band intervals: ``[0, t_0]`` when the ray starts in the band (and has a hit), and
   ``[t_j, t_{j+1}]`` for every crossing ``j`` after which the ray is in the band and which has a
@@ -57,7 +62,8 @@ def _kernel():
         return _K["k"]
 
     @ti.kernel
-    def band(ts: ti.types.ndarray(), kind: ti.types.ndarray(), fh: ti.types.ndarray(), step: ti.f32,
+    def band(ts: ti.types.ndarray(), kind: ti.types.ndarray(), fh: ti.types.ndarray(),
+             outside: ti.types.ndarray(), step: ti.f32,
              max_per: ti.i32, one_crossing: ti.i32, one_max_len: ti.f32, out_t: ti.types.ndarray(),
              out_d: ti.types.ndarray(),
              out_g: ti.types.ndarray(), out_fa: ti.types.ndarray(), out_fb: ti.types.ndarray(),
@@ -78,7 +84,7 @@ def _kernel():
                         n_in += 1
             in_out = 0
             in_in = 0
-            if nh < K:
+            if nh < K and outside[r] == 0:
                 in_out = n_out % 2
                 in_in = n_in % 2
             cnt = 0
@@ -162,20 +168,23 @@ def _kernel():
 
 def band_samples(ts: torch.Tensor, kind: torch.Tensor, step: float, max_per_interval: int,
                  max_samples: int, fh: torch.Tensor | None = None, one_sample_crossings: bool = False,
-                 one_sample_max_len: float = math.inf):
+                 one_sample_max_len: float = math.inf, outside: torch.Tensor | None = None):
     """Samples in the band (see the module docstring): ``t, delta, interval (R, M)``, ``count (R,)``.
 
     With ``fh (R, K)`` (a value at each crossing: the renderer passes the NeuS logit ``s f``) it
     also returns ``f_a, f_b (R, M)`` and ``ends (R, M)`` int32: with ``one_sample_crossings`` an
     interval from the outer to the inner shell (or back) -- one crossing of the surface -- gets
     exactly one sample whose ``ends`` is 1 and whose ``f_a, f_b`` are the values at the interval's
-    start and end (0 elsewhere).
+    start and end (0 elsewhere). ``outside (R,)`` bool: rays known to start outside both shells
+    (None: none known). Results are on the device of ``ts``.
     """
     if ts.ndim != 2 or kind.shape != ts.shape:
         raise ValueError(f"band_samples: ts and kind must be the same (R, K) shape, got {tuple(ts.shape)} "
                          f"and {tuple(kind.shape)}")
     if fh is not None and fh.shape != ts.shape:
         raise ValueError(f"band_samples: fh must be the (R, K) shape of ts, got {tuple(fh.shape)}")
+    if outside is not None and tuple(outside.shape) != (ts.shape[0],):
+        raise ValueError(f"band_samples: outside must be (R,) = ({ts.shape[0]},), got {tuple(outside.shape)}")
     if step <= 0 or max_per_interval < 1 or max_samples < 1:
         raise ValueError(f"band_samples: need step > 0, max_per_interval >= 1, max_samples >= 1; got "
                          f"{step}, {max_per_interval}, {max_samples}")
@@ -193,26 +202,33 @@ def band_samples(ts: torch.Tensor, kind: torch.Tensor, step: float, max_per_inte
         tsc = torch.where(torch.isfinite(ts), ts, torch.full_like(ts, 3e38)).to(dev, torch.float32).contiguous()
         fhc = (torch.zeros_like(tsc) if fh is None else fh.to(dev, torch.float32).contiguous())
         one = int(bool(one_sample_crossings) and fh is not None)
+        outc = (torch.zeros(R, dtype=torch.int32, device=dev) if outside is None
+                else outside.to(dev, torch.int32).contiguous())
         with runtime.runtime_lock:
-            _kernel()(tsc, kind.to(dev, torch.int32).contiguous(), fhc, float(step), int(max_per_interval), one,
+            _kernel()(tsc, kind.to(dev, torch.int32).contiguous(), fhc, outc, float(step), int(max_per_interval),
+                      one,
                       float(min(one_sample_max_len, 3e38)), t, d, g, fa, fb, e, count)
+    home = ts.device
     if fh is None:
-        return t, d, g, count
-    return t, d, g, count, fa, fb, e
+        return tuple(x.to(home) for x in (t, d, g, count))
+    return tuple(x.to(home) for x in (t, d, g, count, fa, fb, e))
 
 
 # ------------------------------------------------------------------------------ torch reference
-def band_intervals_from_hits(ts: torch.Tensor, kind: torch.Tensor):
+def band_intervals_from_hits(ts: torch.Tensor, kind: torch.Tensor, outside: torch.Tensor | None = None):
     """Band intervals from crossings: ``t0 (R, K)``, ``t1 (R, K)``, ``ok (R, K)`` bool (vectorised torch).
 
     Column 0 is the interval from the ray origin to the first hit; column ``j + 1`` is ``[t_j,
-    t_{j+1}]`` (the last column can never be valid).
+    t_{j+1}]`` (the last column can never be valid). ``outside (R,)``: rays known to start
+    outside both shells (see the module docstring).
     """
     R, K = ts.shape
     hit = kind > 0
     outer = kind == 1
     inner = kind == 2
     truncated = hit[:, -1]
+    if outside is not None:
+        truncated = truncated | outside.to(truncated.device, torch.bool)
     in_outer0 = ((outer.sum(1) % 2) == 1) & ~truncated
     in_inner0 = ((inner.sum(1) % 2) == 1) & ~truncated
     c_out = torch.cumsum(outer.long(), 1) + in_outer0[:, None].long()
@@ -259,7 +275,8 @@ def place_samples_reference(t0, t1, ok, step: float, max_per_interval: int, max_
 
 
 def band_samples_reference(ts, kind, step: float, max_per_interval: int, max_samples: int, fh=None,
-                           one_sample_crossings: bool = False, one_sample_max_len: float = math.inf):
+                           one_sample_crossings: bool = False, one_sample_max_len: float = math.inf,
+                           outside=None):
     """Pure-torch twin of :func:`band_samples` (brute force, one ray at a time; small inputs)."""
     R, K = ts.shape
     out_t = torch.zeros(R, max_samples, dtype=ts.dtype)
@@ -273,7 +290,7 @@ def band_samples_reference(ts, kind, step: float, max_per_interval: int, max_sam
     for r in range(R):
         ks = [int(k) for k in kind[r] if k > 0]
         tr = ts[r, :len(ks)]
-        full = len(ks) == K
+        full = len(ks) == K or (outside is not None and bool(outside[r]))
         in_out = (ks.count(1) % 2 == 1) and not full
         in_in = (ks.count(2) % 2 == 1) and not full
         prev, prev_kind, prev_f, surf, cnt, n_iv = ts.new_zeros(()), 0, 0.0, None, 0, 0

@@ -6,6 +6,7 @@
 between float32 implementations; every other ray must agree exactly on hit/miss and face, and
 distances must agree within 1e-4 relative.
 """
+import copy
 import math
 
 import numpy as np
@@ -51,7 +52,18 @@ def _random_segments(r, gen, lo, hi):
     return o, d, t0, t1
 
 
+def _host(b):
+    """A shallow copy of a BVH object with its tensors on the CPU: the structures live on the
+    Taichi device (the GPU under KERNELIGHT_ARCH=cuda), the references on the CPU."""
+    c = copy.copy(b)
+    for k, v in vars(b).items():
+        if isinstance(v, torch.Tensor):
+            setattr(c, k, v.cpu())
+    return c
+
+
 def _check_structure(b, n):
+    b = _host(b)
     m = 2 * n - 1
     assert b.node_lo.shape == (m, 3) and b.node_hi.shape == (m, 3)
     assert b.children.shape == (m, 2) and b.parent.shape == (m,)
@@ -108,7 +120,7 @@ def test_duplicate_boxes_bounded_depth():
     hi = torch.cat([hi.repeat(75, 1), torch.full((1000, 3), 0.25)])
     b = bvh.build_aabb_bvh(lo, hi)
     _check_structure(b, lo.shape[0])
-    assert bvh_ref.tree_depth(b.parent) <= 30 + math.ceil(math.log2(lo.shape[0])) + 1
+    assert bvh_ref.tree_depth(b.parent.cpu()) <= 30 + math.ceil(math.log2(lo.shape[0])) + 1
     o, d, t0, t1 = _random_segments(200, gen, lo, hi)
     _check_segments(b, lo, hi, o, d, t0, t1)
 
@@ -119,7 +131,7 @@ def test_degenerate_scene_all_identical_centroids():
     hi = torch.ones(n, 3)
     b = bvh.build_aabb_bvh(lo, hi)
     _check_structure(b, n)
-    assert bvh_ref.tree_depth(b.parent) == math.ceil(math.log2(n))
+    assert bvh_ref.tree_depth(b.parent.cpu()) == math.ceil(math.log2(n))
     ids, counts = bvh.segment_query(b, torch.tensor([[0.5, 0.5, -1.0]]),
                                     torch.tensor([[0.0, 0.0, 1.0]]), 0.0, 10.0, cap=n)
     assert int(counts[0]) == n and sorted(ids[0].tolist()) == list(range(n))
@@ -145,21 +157,21 @@ def test_refit_matches_fresh_build():
     gen = torch.Generator().manual_seed(3)
     lo, hi = _random_boxes(400, gen)
     b = bvh.build_aabb_bvh(lo, hi)
-    children = b.children.clone()
+    children = b.children.cpu().clone()
     # move and resize every box
     shift = torch.randn(400, 3, generator=gen) * 0.3
     lo2 = lo + shift
     hi2 = hi + shift + torch.rand(400, 3, generator=gen) * 0.1
     bvh.refit_aabb_bvh(b, lo2, hi2)
-    assert torch.equal(b.children, children)  # topology kept
+    assert torch.equal(b.children.cpu(), children)  # topology kept
     _check_structure(b, 400)
     fresh = bvh.build_aabb_bvh(lo2, hi2)
     o, d, t0, t1 = _random_segments(400, gen, lo2, hi2)
     _check_segments(b, lo2, hi2, o, d, t0, t1)
     _check_segments(fresh, lo2, hi2, o, d, t0, t1)
     # root box is exactly the union of the new boxes
-    assert torch.equal(b.node_lo[0], lo2.min(0).values)
-    assert torch.equal(b.node_hi[0], hi2.max(0).values)
+    assert torch.equal(b.node_lo[0].cpu(), lo2.min(0).values)
+    assert torch.equal(b.node_hi[0].cpu(), hi2.max(0).values)
     with pytest.raises(ValueError, match="built over 400"):
         bvh.refit_aabb_bvh(b, lo2[:10], hi2[:10])
 
@@ -207,6 +219,7 @@ def test_bvh_segment_collect_inside_a_user_kernel():
 def _check_traversal_tree(tb):
     """The packed traversal tree: leaves partition the slots, child boxes contain their
     triangles, slot_face is a permutation and tri holds the slot's triangle."""
+    tb = _host(tb)
     nf = tb.num_faces
     assert sorted(tb.slot_face.tolist()) == list(range(nf))
     tri = tb.vertices[tb.faces[tb.slot_face.long()].long()]  # (F, 3, 3) in slot order

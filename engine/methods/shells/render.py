@@ -5,7 +5,8 @@
    closest-hit queries from just past the previous hit. Crossing parity gives the state after
    each crossing (inside the outer shell xor-toggled by outer hits, likewise for the inner shell;
    a ray starts inside a closed shell iff it crosses it an odd number of times -- assumed outside
-   when its hit list was cut at ``max_hits``); the band is inside the outer and outside the inner
+   when its hit list was cut at ``max_hits`` or its origin is outside the outer shell's bounding
+   box, so a crossing missed at a shared edge cannot make a camera ray start in the band); the band is inside the outer and outside the inner
    shell, so the intervals are the ``[t_j, t_{j+1}]`` whose state after ``t_j`` is "band".
 3. :func:`shaders.volume.band_samples` (Taichi; torch twin ``band_samples_reference``): an
    interval of length ``len`` gets ``n = clamp(ceil(len / step), 1,
@@ -65,6 +66,9 @@ class ShellMeshes:
         self.vertices = torch.cat(Vs, 0)
         self.faces = torch.cat(Fs, 0)
         self.n_shell_vertices = int(Vs[0].shape[0] + Vs[1].shape[0])
+        # the outer shell's bounding box: a ray starting outside it starts outside both shells,
+        # whatever the parity of its crossings (a crossing missed at a shared edge flips it)
+        self.box_lo, self.box_hi = Vs[0].amin(0), Vs[0].amax(0)
         self.vertex_sdf = torch.zeros(self.vertices.shape[0])
         self.vertex_logit = torch.zeros(self.vertices.shape[0])
         self.has_vertex_sdf = False
@@ -122,9 +126,14 @@ def shell_hits(meshes: ShellMeshes, o: torch.Tensor, d: torch.Tensor, max_hits: 
     return (ts, kind) if vh is None else (ts, kind, vh)
 
 
+def starts_outside(meshes: ShellMeshes, o: torch.Tensor) -> torch.Tensor:
+    """(R,) bool: ray origins outside the outer shell's bounding box (so outside both shells)."""
+    return ((o < meshes.box_lo.to(o)) | (o > meshes.box_hi.to(o))).any(-1)
+
+
 def band_intervals(meshes: ShellMeshes, o: torch.Tensor, d: torch.Tensor, max_hits: int = 8):
     """Band intervals of rays (R, 3): ``t0, t1, ok`` (R, K) (see :func:`shaders.volume.band_intervals_from_hits`)."""
-    return band_intervals_from_hits(*shell_hits(meshes, o, d, max_hits))
+    return band_intervals_from_hits(*shell_hits(meshes, o, d, max_hits), starts_outside(meshes, o))
 
 
 #: Samples in intervals, pure torch (the reference of the Taichi :func:`shaders.volume.band_samples`).
@@ -154,7 +163,8 @@ class ShellRenderer:
         ts, kind, zh = shell_hits(self.meshes, o, d, c.shell_max_hits, values=self.meshes.vertex_logit) if one \
             else (*shell_hits(self.meshes, o, d, c.shell_max_hits), None)
         max_len = float(c.shell_one_sample_max_len) * a if c.shell_one_sample_max_len > 0 else math.inf
-        out = band_samples(ts, kind, c.shell_step * a, c.shell_max_samples, c.shell_max_samples, zh, one, max_len)
+        out = band_samples(ts, kind, c.shell_step * a, c.shell_max_samples, c.shell_max_samples, zh, one, max_len,
+                           starts_outside(self.meshes, o))
         t, delta, group, count = out[:4]
         S = int(count.max()) if count.numel() else 0
         t, delta, group = t[:, :S], delta[:, :S], group[:, :S].long()

@@ -127,7 +127,7 @@ def test_solid_sphere_one_sample_matches_volume(one_crossing):
 
 
 def test_band_samples_kernel_matches_reference():
-    from shaders.volume import band_samples, band_samples_reference
+    from shaders.volume import band_intervals_from_hits, band_samples, band_samples_reference
 
     g = torch.Generator().manual_seed(4)
     R, K = 300, 6
@@ -154,6 +154,12 @@ def test_band_samples_kernel_matches_reference():
                 assert {1, 2} <= set(out[6].unique().tolist())      # crossings and thin parts occur
             if not one:
                 assert torch.equal(out[3], c) and torch.equal(out[0], t)
+        # rays known to start outside: odd crossing counts no longer open an interval at t = 0
+        outside = torch.rand(R, generator=g) < 0.5
+        out = band_samples(ts, kind, step, mp, ms, fh, True, math.inf, outside)
+        ref = band_samples_reference(ts, kind, step, mp, ms, fh, True, math.inf, outside)
+        for a, b in zip(out, ref):
+            torch.testing.assert_close(a, b.to(a.dtype), atol=1e-5, rtol=0)
         # one-sample rules only for intervals up to a length: longer ones fall back to the step rule
         for max_len in (0.5, 1.2):
             out = band_samples(ts, kind, step, mp, ms, fh, True, max_len)
@@ -202,6 +208,22 @@ def test_band_samples_kernel_matches_reference():
     assert c.tolist() == [8] and int(e.abs().sum()) == 0
     for fn in (band_samples, band_samples_reference):
         assert fn(ts2, k2, 0.01, 8, 16, fh2, True, 0.201)[3].tolist() == [2]
+    # a crossing missed at a shared edge: outer in, inner in, inner out, (outer out missed). By parity
+    # the ray starts in the band (an interval from t = 0, the camera, to 1.0); flagged as starting
+    # outside the outer shell's box, it gets exactly the two real band intervals
+    tsm = torch.tensor([[1.0, 1.02, 1.5, math.inf]])
+    km = torch.tensor([[1, 2, 2, 0]], dtype=torch.int32)
+    for fn in (band_samples, band_samples_reference):
+        t, _, _, c = fn(tsm, km, 0.01, 32, 64)
+        assert float(t[0, 0]) < 0.5 and c.tolist() == [32]
+        t, d, _, c = fn(tsm, km, 0.01, 32, 64, outside=torch.tensor([True]))
+        assert c.tolist() == [2] and float(t[0, 0]) > 1.0
+    t0, t1, ok = band_intervals_from_hits(tsm, km)
+    assert bool(ok[0, 0])
+    t0, t1, ok = band_intervals_from_hits(tsm, km, torch.tensor([True]))
+    assert ok[0].tolist() == [False, True, False, False]
+    with pytest.raises(ValueError, match="outside"):
+        band_samples(tsm, km, 0.1, 1, 1, outside=torch.tensor([True, False]))
     with pytest.raises(ValueError, match="same"):
         band_samples(ts, kind[:, :2], 0.1, 1, 1)
     with pytest.raises(ValueError, match="fh"):
