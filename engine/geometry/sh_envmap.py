@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, DataError
+from ..io.hdr import read_hdr
 from .sh import _signs_for, check_convention, degree_of, legendre_table, lm_arrays, num_coeffs
 
 # ----------------------------------------------------------------------------------------------
@@ -69,8 +70,9 @@ def latlong_solid_angles(height: int, width: int, dtype=torch.float64) -> torch.
 def load_envmap(path) -> np.ndarray:
     """Load a lat-long environment map as linear float32 ``(H, W, 3)``.
 
-    Supported: ``.npy`` (float array ``(H, W, 3)`` or ``(H, W)``), ``.hdr`` (Radiance RGBE, linear),
-    ``.png``/``.jpg``/``.jpeg`` (8/16-bit sRGB, decoded to linear). Raises
+    Supported: ``.npy`` (float array ``(H, W, 3)`` or ``(H, W)``), ``.hdr`` (Radiance RGBE, linear,
+    read by :func:`engine.io.hdr.read_hdr`), ``.png``/``.jpg``/``.jpeg`` (8/16-bit sRGB through
+    imageio, decoded to linear). Raises
     :class:`engine.errors.DataError` naming the file otherwise.
     """
     p = Path(path)
@@ -83,16 +85,15 @@ def load_envmap(path) -> np.ndarray:
             if not np.issubdtype(arr.dtype, np.number):
                 raise DataError(p, f"expected a numeric array, got dtype {arr.dtype}")
             arr = arr.astype(np.float32)
-        elif ext in (".hdr", ".png", ".jpg", ".jpeg"):
+        elif ext == ".hdr":
+            arr = read_hdr(p)   # our own RGBE reader: imageio's .hdr support depends on the machine
+        elif ext in (".png", ".jpg", ".jpeg"):
             import imageio.v3 as iio
 
             raw = iio.imread(p)
-            if ext == ".hdr":
-                arr = np.asarray(raw, dtype=np.float32)
-            else:
-                scale = 65535.0 if raw.dtype == np.uint16 else 255.0
-                x = np.asarray(raw, dtype=np.float64) / scale
-                arr = np.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4).astype(np.float32)
+            scale = 65535.0 if raw.dtype == np.uint16 else 255.0
+            x = np.asarray(raw, dtype=np.float64) / scale
+            arr = np.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4).astype(np.float32)
         else:
             raise DataError(p, f"unsupported environment map format {ext!r} (use .npy, .hdr, .png or .jpg; "
                             "convert EXR to .hdr or .npy first)")

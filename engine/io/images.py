@@ -2,8 +2,8 @@
 
 Images in memory are float32 arrays/tensors in [0, 1], shape (H, W, C) (C = 1, 3 or 4) or (H, W).
 ``read_image`` returns exactly that; ``write_image`` accepts that (or uint8) and writes PNG/JPEG
-(8-bit, clipped), ``.npy`` (float32, lossless) or ``.exr``/``.hdr`` (float, where the imageio
-plugin exists). Videos: ``.mp4`` (H.264 via imageio-ffmpeg) or ``.gif`` (Pillow).
+(8-bit, clipped), ``.npy`` (float32, lossless), ``.hdr`` (Radiance RGBE, :mod:`.hdr`) or
+``.exr`` (float, where an imageio plugin for it exists). Videos: ``.mp4`` (H.264 via imageio-ffmpeg) or ``.gif`` (Pillow).
 """
 from __future__ import annotations
 
@@ -50,8 +50,14 @@ def read_image(path) -> np.ndarray:
     try:
         if path.suffix.lower() == ".npy":
             arr = np.load(path, allow_pickle=False)
+        elif path.suffix.lower() == ".hdr":
+            from .hdr import read_hdr   # not imageio: it has no Radiance reader without FreeImage,
+                                        # and its OpenCV plugin reads .hdr as 8-bit
+            return read_hdr(path)
         else:
             arr = iio.imread(path)
+    except DataError:
+        raise
     except Exception as exc:  # imageio raises many types
         raise DataError(path, f"cannot read image ({type(exc).__name__}: {exc})") from exc
     if arr.dtype == np.uint8:
@@ -79,6 +85,10 @@ def write_image(path, img) -> Path:
             if ext in (".jpg", ".jpeg") and data.ndim == 3 and data.shape[2] == 4:
                 data = data[..., :3]
             iio.imwrite(tmp, data, extension=ext)
+        elif ext == ".hdr":
+            from .hdr import encode_hdr
+
+            Path(tmp).write_bytes(encode_hdr(arr))
         elif ext in _FLOAT:
             import imageio.v3 as iio
 

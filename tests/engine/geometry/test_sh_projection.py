@@ -8,6 +8,7 @@ import torch
 from engine.errors import DataError
 from engine.geometry import sh
 from tests.conftest import require
+from tests.engine.io.test_hdr import assert_rgbe_close, write_rgbe
 
 MAPS = ("city", "courtyard", "forest", "interior", "night", "studio", "sunrise", "sunset")
 
@@ -114,9 +115,12 @@ def test_load_envmap_formats(tmp_path):
     hdr = (g.random((8, 16, 3)) * 4).astype(np.float32)
     np.save(tmp_path / "m.npy", hdr)
     assert np.array_equal(sh.load_envmap(tmp_path / "m.npy"), hdr)
-    iio.imwrite(tmp_path / "m.hdr", hdr)
+    write_rgbe(tmp_path / "m.hdr", hdr)  # a real Radiance RGBE file (RLE scanlines)
     back = sh.load_envmap(tmp_path / "m.hdr")
-    assert back.shape == (8, 16, 3) and np.allclose(back, hdr, rtol=2e-2)   # RGBE: 8-bit mantissa
+    assert_rgbe_close(back, hdr)  # RGBE: 8-bit mantissa, shared exponent
+    (tmp_path / "bad.hdr").write_bytes(b"not a radiance file\n")
+    with pytest.raises(DataError, match=r"bad\.hdr.*not a Radiance"):
+        sh.load_envmap(tmp_path / "bad.hdr")
     ldr = (g.random((8, 16, 3)) * 255).astype(np.uint8)
     iio.imwrite(tmp_path / "m.png", ldr)
     lin = sh.load_envmap(tmp_path / "m.png")
