@@ -183,16 +183,14 @@ def _triangle_boxes(vertices: ti.types.ndarray(), faces: ti.types.ndarray(),
 @ti.kernel
 def _triangle_leaf_data(vertices: ti.types.ndarray(), faces: ti.types.ndarray(),
                         order: ti.types.ndarray(), tri: ti.types.ndarray()):
-    """tri[slot] = (v0, v1 - v0, v2 - v0) of the face at sorted position ``slot``."""
+    """tri[slot] = (v0, v1, v2) of the face at sorted position ``slot`` (raw vertices: a vertex
+    shared by several faces is bit-identical in all of them, which the watertight test needs)."""
     for s in range(order.shape[0]):
         f = order[s]
         for k in ti.static(range(3)):
-            a = ti.cast(vertices[faces[f, 0], k], ti.f32)
-            b = ti.cast(vertices[faces[f, 1], k], ti.f32)
-            c = ti.cast(vertices[faces[f, 2], k], ti.f32)
-            tri[s, k] = a
-            tri[s, 3 + k] = b - a
-            tri[s, 6 + k] = c - a
+            tri[s, k] = ti.cast(vertices[faces[f, 0], k], ti.f32)
+            tri[s, 3 + k] = ti.cast(vertices[faces[f, 1], k], ti.f32)
+            tri[s, 6 + k] = ti.cast(vertices[faces[f, 2], k], ti.f32)
 
 
 @ti.func

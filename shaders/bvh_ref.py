@@ -1,7 +1,7 @@
 """Pure-torch brute-force references for :mod:`shaders.bvh` (small inputs: O(R * N) memory).
 
 They implement the same math as the Taichi traversals (see :mod:`shaders.bvh_traverse` for the
-slab and Moller-Trumbore conventions) without any hierarchy, so BVH results can be checked
+slab and watertight triangle conventions) without any hierarchy, so BVH results can be checked
 against them: :func:`segment_query_ref` reproduces the segment slab test bit for bit in float32,
 :func:`closest_hit_ref` tests every ray against every triangle.
 """
@@ -48,28 +48,45 @@ def segment_query_ref(lo, hi, origins, dirs, t0, t1) -> list[set[int]]:
 
 
 def ray_triangle_ref(vertices, faces, origins, dirs, tmin=0.0, tmax=math.inf):
-    """All ray/triangle hits by Moller-Trumbore (two-sided, inclusive edges, det == 0 misses).
+    """All ray/triangle hits by the watertight test of :mod:`shaders.bvh_traverse` (two-sided,
+    shear onto the dominant axis, edge functions in float64 from values in the dtype of
+    ``vertices``; ``det == 0`` misses).
 
-    Returns ``t`` (R, F) with inf where there is no hit in ``[tmin, tmax)``, and ``u, v`` (R, F).
-    Works in the dtype of ``vertices`` (use float64 for a high-precision reference).
+    Returns ``t`` (R, F) with inf where there is no hit in ``[tmin, tmax)``, and ``u, v`` (R, F)
+    (weights of the face's second and third vertex). Use float64 vertices for a high-precision
+    reference.
     """
     dt = vertices.dtype
     tri = vertices[faces.long()]                       # (F, 3, 3)
-    v0 = tri[:, 0][None]
-    e1 = (tri[:, 1] - tri[:, 0])[None]
-    e2 = (tri[:, 2] - tri[:, 0])[None]
-    o = origins.to(dt)[:, None]
-    d = dirs.to(dt)[:, None]
-    p = torch.linalg.cross(d, e2)
-    det = (e1 * p).sum(-1)
-    ok_det = det != 0
-    inv_det = 1.0 / torch.where(ok_det, det, torch.ones_like(det))
-    s = o - v0
-    u = (s * p).sum(-1) * inv_det
-    q = torch.linalg.cross(s, e1)
-    v = (d * q).sum(-1) * inv_det
-    t = (e2 * q).sum(-1) * inv_det
-    hit = ok_det & (u >= 0) & (v >= 0) & (u + v <= 1) & (t >= tmin) & (t < tmax)
+    o = origins.to(dt)
+    d = dirs.to(dt)
+    R = o.shape[0]
+    kz = d.abs().argmax(-1)                            # first of equal maxima, like the kernel
+    kx = (kz + 1) % 3
+    ky = (kx + 1) % 3
+    pick = lambda a, k: torch.take_along_dim(a, k[:, None], -1)[:, 0]      # noqa: E731
+    dz = pick(d, kz)
+    dz = torch.where(dz == 0, torch.full_like(dz, 1e-30), dz)
+    sz = 1.0 / dz
+    sx, sy = pick(d, kx) * sz, pick(d, ky) * sz
+    p = tri[None] - o[:, None, None, :]                # (R, F, 3 vertices, 3)
+    idx = lambda k: k.view(R, 1, 1, 1).expand(R, p.shape[1], 3, 1)        # noqa: E731
+    pz = torch.take_along_dim(p, idx(kz), -1)[..., 0]  # (R, F, 3)
+    x = torch.take_along_dim(p, idx(kx), -1)[..., 0] - sx[:, None, None] * pz
+    y = torch.take_along_dim(p, idx(ky), -1)[..., 0] - sy[:, None, None] * pz
+    z = sz[:, None, None] * pz
+    x, y, z = (a.to(torch.float64) for a in (x, y, z))
+    eu = x[..., 2] * y[..., 1] - y[..., 2] * x[..., 1]
+    ev = x[..., 0] * y[..., 2] - y[..., 0] * x[..., 2]
+    ew = x[..., 1] * y[..., 0] - y[..., 1] * x[..., 0]
+    neg = (eu < 0) | (ev < 0) | (ew < 0)
+    pos = (eu > 0) | (ev > 0) | (ew > 0)
+    det = eu + ev + ew
+    ok = ~(neg & pos) & (det != 0)
+    rdet = 1.0 / torch.where(ok, det, torch.ones_like(det))
+    t = ((eu * z[..., 0] + ev * z[..., 1] + ew * z[..., 2]) * rdet).to(dt)
+    u, v = (ev * rdet).to(dt), (ew * rdet).to(dt)
+    hit = ok & (t >= tmin) & (t < tmax)
     t = torch.where(hit, t, torch.full_like(t, math.inf))
     return t, u, v
 
