@@ -3,7 +3,7 @@
 Images in memory are float32 arrays/tensors in [0, 1], shape (H, W, C) (C = 1, 3 or 4) or (H, W).
 ``read_image`` returns exactly that; ``write_image`` accepts that (or uint8) and writes PNG/JPEG
 (8-bit, clipped), ``.npy`` (float32, lossless), ``.hdr`` (Radiance RGBE, :mod:`.hdr`) or
-``.exr`` (float, where an imageio plugin for it exists). Videos: ``.mp4`` (H.264 via imageio-ffmpeg) or ``.gif`` (Pillow).
+``.exr`` (float; only where imageio has a real OpenEXR plugin, else a clear error). Videos: ``.mp4`` (H.264 via imageio-ffmpeg) or ``.gif`` (Pillow).
 """
 from __future__ import annotations
 
@@ -89,10 +89,16 @@ def write_image(path, img) -> Path:
             from .hdr import encode_hdr
 
             Path(tmp).write_bytes(encode_hdr(arr))
-        elif ext in _FLOAT:
+        elif ext == ".exr":
             import imageio.v3 as iio
 
             iio.imwrite(tmp, arr.astype(np.float32), extension=ext)
+            # without an OpenEXR plugin (FreeImage, OpenCV) imageio falls back to a TIFF writer and
+            # would leave a TIFF under the .exr name: refuse instead (the temp file is removed)
+            with open(tmp, "rb") as f:
+                if f.read(4) != b"\x76\x2f\x31\x01":
+                    raise ValueError(f"{path}: no OpenEXR writer is installed (imageio would write a TIFF "
+                                     "under this name); use .hdr (Radiance) or .npy for float images")
         else:
             raise ValueError(f"{path}: unsupported image extension {ext!r} (use .png, .jpg, .npy, .exr, .hdr)")
     return path

@@ -253,3 +253,19 @@ def test_write_hdr_roundtrip_and_images_io(tmp_path):
         read_image(tmp_path / "bad.hdr")
     with pytest.raises(ValueError, match="encode_hdr"):
         encode_hdr(np.zeros((2, 2, 4)))
+
+
+def test_exr_is_written_for_real_or_refused(tmp_path):
+    """imageio without an OpenEXR plugin writes a TIFF under a .exr name: write_image refuses that
+    and leaves nothing behind."""
+    from engine.io.images import write_image
+
+    img = np.random.default_rng(1).random((4, 5, 3)).astype(np.float32)
+    p = tmp_path / "x.exr"
+    try:
+        write_image(p, img)
+    except ValueError as exc:
+        assert "OpenEXR" in str(exc) and "x.exr" in str(exc)
+        assert list(tmp_path.iterdir()) == []
+    else:
+        assert p.read_bytes()[:4] == b"\x76\x2f\x31\x01"      # the OpenEXR magic number
