@@ -15,7 +15,6 @@ from ..errors import DataError
 from .atomic import atomic_path
 
 _LDR = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
-_FLOAT = {".exr", ".hdr"}
 
 
 def _to_numpy(img) -> np.ndarray:
