@@ -387,13 +387,14 @@ def pack_gaussians(means, M, resp, lim, box_lo, box_hi) -> torch.Tensor:
     :class:`TileBins` made from them."""
     N = means.shape[0]
     G = torch.zeros(N, _P_SIZE, dtype=torch.float32, device=runtime.torch_device())
+    # slice assignments copy from the inputs' device
     G[:, _P_MU:_P_MU + 3] = means.detach().float()
     G[:, _P_M:_P_M + 9] = M.detach().float().reshape(N, 9)
     G[:, _P_S] = resp.detach().float().reshape(N)
     G[:, _P_LIM] = lim.float().reshape(N)
     G[:, _P_LO:_P_LO + 3] = box_lo.float()
     G[:, _P_HI:_P_HI + 3] = box_hi.float()
-    return G   # (assignments copy across devices)
+    return G
 
 
 def ellipsoid_cov(log_scale: torch.Tensor, quat: torch.Tensor, lim: torch.Tensor) -> torch.Tensor:
@@ -433,7 +434,7 @@ def bin_gaussians(G, rho, cov, rays_o, rays_d, H: int, W: int, c2w_rot, B: int =
     Rm = c2w_rot.to(device=o.device, dtype=torch.float32)
     if not torch.allclose(Rm.T @ Rm, torch.eye(3, device=o.device), atol=1e-4):
         return None
-    dc = rays_d.to(dev, torch.float32) @ Rm                                       # camera-frame directions
+    dc = rays_d.to(dev, torch.float32) @ Rm                        # camera-frame directions
     if not bool((dc[:, 2] > 1e-6).all()):
         return None
     mx = (dc[:, 0] / dc[:, 2]).reshape(H, W)
