@@ -11,10 +11,10 @@ Semantics (the kernel :func:`band_samples` and the pure-torch reference
 * The ray starts inside the outer (inner) shell iff it crosses it an odd number of times, unless
   its hit list is full (``K`` hits: possibly cut) or the caller knows it starts outside both
   (``outside (R,)``: the renderer flags rays whose origin is outside the outer shell's bounding
-  box), in which case it is assumed to start outside. Without that flag, one crossing missed by
-  the float32 triangle test (a ray through a shared edge can slip between the two faces)
-  would turn a camera ray into one that starts in the band: an interval from the camera to its
-  first hit.
+  box), in which case it is assumed to start outside. Without that flag, one missed crossing
+  (the triangle test was not watertight before; a GPU run still showed one such ray, cause
+  unknown) would turn a camera ray into one that starts in the band: an interval from the camera
+  to its first hit.
 * Each crossing toggles its shell's inside flag; the band is "inside outer and not inside inner".
 * Band intervals: ``[0, t_0]`` when the ray starts in the band (and has a hit), and
   ``[t_j, t_{j+1}]`` for every crossing ``j`` after which the ray is in the band and which has a

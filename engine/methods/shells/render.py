@@ -6,8 +6,9 @@
    each crossing (inside the outer shell xor-toggled by outer hits, likewise for the inner shell;
    a ray starts inside a closed shell iff it crosses it an odd number of times -- assumed outside
    when its hit list was cut at ``max_hits`` or its origin is outside the outer shell's bounding
-   box, so a crossing missed at a shared edge cannot make a camera ray start in the band); the band is inside the outer and outside the inner
-   shell, so the intervals are the ``[t_j, t_{j+1}]`` whose state after ``t_j`` is "band".
+   box, so one missed crossing cannot make a camera ray start in the band); the band is inside
+   the outer and outside the inner shell, so the intervals are the ``[t_j, t_{j+1}]`` whose state
+   after ``t_j`` is "band".
 3. :func:`shaders.volume.band_samples` (Taichi; torch twin ``band_samples_reference``): an
    interval of length ``len`` gets ``n = clamp(ceil(len / step), 1,
    max)`` samples at the centres of ``n`` equal sub-intervals (so a thin band on a solid surface
