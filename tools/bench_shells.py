@@ -11,7 +11,10 @@ inside the mask on the dataset background outside it (the field models the maske
 Modes: ``volume`` (occupancy grid, early termination), ``shells@STEP`` (samples every STEP times
 the box half-size inside every band interval) and ``shells1@STEP`` (one sample on the surface per
 outer-to-inner crossing, opacity from the interval's ends; STEP for the other intervals -- the
-default renderer). ``--crossings`` picks them. ``--one-sample-max-lens`` adds ``shells1@STEP/LMAX``
+renderer before the probe sampler) and ``probe`` (the default renderer: the probe sampler of
+``shaders/band_probe.py``, one sample per descent through the surface with its opacity from an
+SDF grid, near misses sampled where the grid says they have opacity). ``--crossings`` picks the
+shells modes, ``--probe off`` drops the probe mode. ``--one-sample-max-lens`` adds ``shells1@STEP/LMAX``
 modes: the one-sample rules only for band intervals at most LMAX (times the half-size) long, the
 step rule for longer ones (``shell_one_sample_max_len``: grazing rays and near misses).
 
@@ -50,7 +53,7 @@ def _psnr(a, b) -> float:
 
 def bench_run(run: Path, views: int, grid_res: int | None, target_faces: int | None, out_dir: Path | None,
               shell_steps: list[float] | None = None, reextract: bool = False, crossings: str = "both",
-              max_lens: list[float] | None = None) -> dict:
+              max_lens: list[float] | None = None, probe: bool = True) -> dict:
     import torch
 
     import engine
@@ -88,15 +91,30 @@ def bench_run(run: Path, views: int, grid_res: int | None, target_faces: int | N
     ones = {"off": [False], "on": [True], "both": [False, True]}[crossings]
     lens = list(max_lens or [0.0])
     modes = ["volume"] + [f"shells@{st:g}" for one in ones if not one for st in steps] + \
-        [f"shells1@{st:g}" + (f"/L{ln:g}" if ln > 0 else "") for one in ones if one for st in steps for ln in lens]
+        [f"shells1@{st:g}" + (f"/L{ln:g}" if ln > 0 else "") for one in ones if one for st in steps for ln in lens] + \
+        (["probe"] if probe else [])
     rows = {m: [] for m in modes}
 
     renderers = {}
+    probe_res = int(model.cfg.shell_probe_grid) or 256
+    t_probe = None
 
     def set_mode(mode: str) -> str:
         """``volume``, ``shells@STEP`` or ``shells1@STEP[/LMAX]`` (one sample per crossing) -> render mode."""
+        nonlocal t_probe
         if mode == "volume":
             return mode
+        if mode == "probe":
+            model.cfg.shell_probe_grid = probe_res
+            if "probe" not in renderers:
+                model._renderer = None
+                renderers["probe"] = model.renderer
+                t = time.perf_counter()
+                renderers["probe"].probe_grid()
+                t_probe = time.perf_counter() - t
+            model._renderer = renderers["probe"]
+            return "shells"
+        model.cfg.shell_probe_grid = 0
         kind, st = mode.split("@")
         st, _, ln = st.partition("/L")
         one = kind == "shells1"
@@ -135,6 +153,7 @@ def bench_run(run: Path, views: int, grid_res: int | None, target_faces: int | N
            "train_time_s": last[-1]["train_time_s"] if last else None,
            "image_size": [split.width, split.height], "views": idx,
            "shell_faces": shells.face_counts(), "extract_time_s": t_extract,
+           "probe_grid": probe_res if probe else None, "probe_grid_time_s": t_probe,
            "shell_halfwidth_mean": shells.info.get("halfwidth_mean_near_surface")}
     for mode, rs in rows.items():
         k = len(rs)
@@ -166,6 +185,8 @@ def main(argv=None) -> int:
     ap.add_argument("--one-sample-max-lens", type=float, nargs="+", default=None,
                     help="shells1 modes also with shell_one_sample_max_len = each of these (times the half-size; "
                          "0 = any length, the default renderer)")
+    ap.add_argument("--probe", choices=("on", "off"), default="on",
+                    help="also the probe mode (the default renderer; shell_probe_grid, or 256 if the run has it off)")
     ap.add_argument("--reextract", action="store_true",
                     help="extract new shells even when the run has some (runs fine-tuned inside their shells)")
     ap.add_argument("--out", default="bench_shells.json")
@@ -180,7 +201,7 @@ def main(argv=None) -> int:
     for r in args.runs:
         exp = Path(args.export) / Path(r).parts[-3] if args.export else None
         results.append(bench_run(Path(r), args.views, args.grid_res, args.target_faces, exp, args.shell_steps,
-                                 args.reextract, args.crossings, args.one_sample_max_lens))
+                                 args.reextract, args.crossings, args.one_sample_max_lens, args.probe == "on"))
         atomic_write_text(args.out, json.dumps({"results": results}, indent=2))
     hdr = (f"{'scene':<12}{'mode':<20}{'PSNR':>7}{'spp':>7}{'spp(hit)':>9}{'s/img':>7}"
            f"{'fewer spp':>10}{'speedup':>8}{'dPSNR':>7}")
@@ -193,7 +214,9 @@ def main(argv=None) -> int:
             print(f"{r['scene']:<12}{mode:<20}{m['psnr']:7.2f}{m['samples_per_ray']:7.2f}"
                   f"{m['samples_per_hit_ray']:9.2f}{m['time_s']:7.2f}{extra}")
         print(f"{'':<12}step {r['step']}, train {r['train_time_s'] or 0:.0f} s, shell faces {r['shell_faces']}, "
-              f"extraction {'(stored shells)' if r['extract_time_s'] is None else format(r['extract_time_s'], '.1f') + ' s'}")
+              f"extraction {'(stored shells)' if r['extract_time_s'] is None else format(r['extract_time_s'], '.1f') + ' s'}"
+              + (f", probe grid {r['probe_grid']}^3 built in {r['probe_grid_time_s']:.1f} s"
+                 if r.get("probe_grid_time_s") is not None else ""))
     print(f"wrote {args.out}")
     return 0
 

@@ -68,6 +68,13 @@ class ShellsConfig:
     shell_one_sample_max_len: float = 0.0  # one-sample rules only for band intervals at most this long (times
                                            # a; 0 = any length); longer ones (grazing rays, which can pass
                                            # near the surface without crossing it) get a sample every shell_step
+    shell_probe_grid: int = 256        # probe sampler: SDF / kernel-size grid this fine, probed along band
+                                       # intervals (0 = off: the one-sample rules above place samples)
+    shell_probe_step: float = 0.01     # probe spacing along band intervals (times a)
+    shell_probe_tau: float = 0.01      # near misses: a sample where a probe segment's opacity exceeds this
+    shell_finetune_params: str = "auto"  # what fine-tuning in the band trains: color (the colour network; the
+                                       # geometry stays as volume rendering left it), all, or auto (color with
+                                       # the probe sampler, all with the one-sample rules)
     shell_finetune_from: float = 0.857143  # extract the shells here and fine-tune inside them: a fraction of
                                            # max_steps (< 1) or a step (>= 1); 0 = never (volumetric only)
     render_mode: str = "auto"          # auto (shells when extracted) | shells | volume

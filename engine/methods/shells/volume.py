@@ -94,7 +94,7 @@ def march(o, d, occ: OccupancyGrid, step: float, max_samples: int, generator=Non
 
 
 def shade_and_composite(field: ShellField, o, d, view_enc, t, delta, valid, group, background=None,
-                        anneal: float = 1.0, t_stop: float = 1e-3, ends=None) -> dict:
+                        anneal: float = 1.0, t_stop: float = 1e-3, ends=None, fixed_alpha=None) -> dict:
     """Evaluate and composite padded samples group by group, front to back, with early termination.
 
     t, delta (R, S) sample depths and interval lengths, valid (R, S) bool, group (R, S) int: the
@@ -106,9 +106,10 @@ def shade_and_composite(field: ShellField, o, d, view_enc, t, delta, valid, grou
     sample sits where the ray enters a thin part (see :func:`shaders.volume.band_samples`) and
     ``z_b = -s |d . grad f| h`` with ``h`` the half-thickness passed in the second slot, ``z_a`` the
     logit at the interval's start (2) or ``s |d . grad f| g`` with ``g`` the half-gap since the
-    previous part (3). Returns rgb (R, 3) (with background), opacity, depth (expected, normalised),
-    normal (R, 3) (weighted), samples (R,) (evaluated), and grad (M, 3) / log_s (M,) at the M
-    evaluated samples (for losses).
+    previous part (3). ``fixed_alpha (R, S)`` optional: where it is >= 0 it replaces the sample's
+    opacity (the probe sampler's crossing samples; :mod:`shaders.band_probe`). Returns rgb (R, 3) (with background), opacity, depth (expected, normalised),
+    normal (R, 3) (weighted), samples (R,) (evaluated), and grad (M, 3) / log_s at the M
+    evaluated samples (for losses; log_s without those whose opacity ``fixed_alpha`` gives).
     """
     R = o.shape[0]
     T = torch.ones(R)
@@ -142,6 +143,11 @@ def shade_and_composite(field: ShellField, o, d, view_enc, t, delta, valid, grou
                 za = torch.where(e == 3, sc * fa, fa)
                 zb = torch.where(e >= 2, -sc * fb, fb)
                 al = torch.where(e != 0, neus_alpha_ends(za, zb, torch.ones_like(al)), al)
+        free = None
+        if fixed_alpha is not None:
+            fa_ = fixed_alpha[ri, cols[si]].to(al)
+            al = torch.where(fa_ >= 0, fa_, al)
+            free = fa_ < 0
         shape = sub.shape
         alpha = torch.zeros(shape).index_put((li, si), al)
         col = torch.zeros(*shape, 3).index_put((li, si), sh["rgb"])
@@ -154,7 +160,9 @@ def shade_and_composite(field: ShellField, o, d, view_enc, t, delta, valid, grou
         T = T.index_put((rows,), Tr * (1.0 - out["opacity"]))
         samples = samples.index_put((rows,), samples[rows] + sub.sum(1).float())
         grads.append(sh["grad"])
-        logs.append(sh["log_s"])
+        # the kernel-size regulariser needs the image loss as its counterweight: samples whose
+        # opacity is given (fixed_alpha) do not pass that gradient to s, so they are left out
+        logs.append(sh["log_s"] if free is None else sh["log_s"][free])
     opacity = 1.0 - T
     if background is not None:
         rgb = rgb + T[:, None] * background

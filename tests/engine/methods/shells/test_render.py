@@ -94,12 +94,13 @@ def test_place_samples():
     assert valid.sum(1).tolist() == [3, 0] and t.shape[1] == 3
 
 
-@pytest.mark.parametrize("one_crossing", [False, True])
-def test_solid_sphere_one_sample_matches_volume(one_crossing):
+@pytest.mark.parametrize("sampler", ["step", "crossings", "probe"])
+def test_solid_sphere_one_sample_matches_volume(sampler):
     cfg = ShellsConfig(hash_levels=4, hash_log2_size=12, hash_max_res=64, shell_grid_res=64,
                        shell_dilate_voxels=0, shell_min_halfwidth=0.01, shell_step=0.05,
                        shell_target_faces=0, march_steps=512, max_samples=512, render_chunk=4096,
-                       shell_one_sample_crossings=one_crossing)
+                       shell_one_sample_crossings=sampler == "crossings",
+                       shell_probe_grid=128 if sampler == "probe" else 0)
     field = ShellField(torch.tensor([[-1.0] * 3, [1.0] * 3]), cfg)      # SDF = sphere of radius 0.5
     with torch.no_grad():
         field.log_s.fill_(math.log(2000.0))
@@ -335,3 +336,26 @@ def test_thin_part_opacity_matches_dense_quadrature(half, cos):
                               torch.ones(1, 1, dtype=torch.bool), torch.zeros(1, 1, dtype=torch.long),
                               ends=(za, torch.tensor([[half / cos]]), torch.tensor([[2]])))
     torch.testing.assert_close(out["opacity"], ref["opacity"], atol=2e-3, rtol=0)
+
+
+def test_fixed_alpha_replaces_the_opacity_and_leaves_the_kernel_regulariser():
+    from engine.methods.shells.volume import shade_and_composite
+
+    cfg = ShellsConfig(hash_levels=4, hash_log2_size=12, hash_max_res=64)
+    field = ShellField(torch.tensor([[-1.0] * 3, [1.0] * 3]), cfg)
+    o = torch.tensor([[0.0, 0.0, -2.0], [0.1, 0.0, -2.0]])
+    d = torch.tensor([[0.0, 0.0, 1.0], [0.0, 0.0, 1.0]])
+    t = torch.tensor([[1.2, 1.5], [1.2, 1.5]])
+    delta = torch.full_like(t, 0.05)
+    valid = torch.ones_like(t, dtype=torch.bool)
+    group = torch.zeros_like(t, dtype=torch.long)
+    fixed = torch.tensor([[0.25, -1.0], [-1.0, -1.0]])
+    view = field.view_encoding(d)
+    out = shade_and_composite(field, o, d, view, t, delta, valid, group, None, 1.0, 0.0, fixed_alpha=fixed)
+    ref = shade_and_composite(field, o, d, view, t, delta, valid, group, None, 1.0, 0.0)
+    assert out["log_s"].shape == (3,) and ref["log_s"].shape == (4,)
+    # ray 0: its first sample has opacity 0.25, whatever the field says there
+    x = o[:1] + t[0, 1] * d[:1]
+    a2 = field.shade_samples(x, d[:1], delta[0, 1:], view[:1])["alpha"]
+    torch.testing.assert_close(out["opacity"][0], 1 - 0.75 * (1 - a2[0]))
+    torch.testing.assert_close(out["opacity"][1], ref["opacity"][1])

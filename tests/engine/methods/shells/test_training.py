@@ -46,7 +46,8 @@ def _cfg(**kw):
     base = dict(hash_levels=4, hash_log2_size=12, hash_base_res=4, hash_max_res=32, sdf_hidden=32,
                 color_hidden=32, view_sh_degree=1, march_steps=64, max_samples=24, rays_per_batch=96,
                 occ_res=16, occ_warmup=10, occ_update_every=5, max_steps=30, lr_warmup=5,
-                shell_grid_res=32, shell_target_faces=0, render_chunk=4096, shell_finetune_from=0)
+                shell_grid_res=32, shell_target_faces=0, render_chunk=4096, shell_finetune_from=0,
+                shell_probe_grid=48)
     base.update(kw)
     return ShellsConfig(**base)
 
@@ -60,6 +61,7 @@ def _train(m, ds, steps, start=0):
         loss, stats = m.train_step_rays(step, smp.sample(), ds.background)
         assert math.isfinite(stats["psnr"])
         loss.backward()
+        m.after_backward()                             # as the trainer does
         m.update_learning_rates(opt, step)
         opt.step()
         m.post_step(opt, step)
@@ -111,6 +113,48 @@ def test_export_and_shell_finetune(trained, tmp_path):
     assert m3.shells is not None and m3.shells.face_counts() == m2.shells.face_counts()
     with pytest.raises(Exception, match="format shells"):
         m2.export("ply", tmp_path)
+
+
+@pytest.mark.parametrize("params", ["auto", "color", "all"])
+def test_finetune_trains_what_shell_finetune_params_says(trained, params):
+    ds, m, _ = trained
+    m.cfg.shell_finetune_params = params
+    m2 = ShellsMethod.from_state_dict(m.cfg, m.state_dict())
+    m2.extract_shells()
+    before = {n: p.detach().clone() for n, p in m2.field.named_parameters()}
+    grid_before = m2.renderer.probe_grid().f.clone()
+    _train(m2, ds, 20, start=30)                        # step 40 refreshes what follows the field
+    changed = {n for n, p in m2.field.named_parameters() if not torch.equal(p.detach(), before[n])}
+    colour = {n for n in before if n.startswith("col_")}
+    if params == "all":
+        assert changed == set(before)
+        assert not torch.equal(m2.renderer.probe.f, grid_before)   # the probe grid followed the field
+    else:                                               # auto = color with the probe sampler
+        assert changed == colour
+        assert torch.equal(m2.renderer.probe.f, grid_before)
+    with pytest.raises(Exception, match="shell_finetune_params"):
+        ShellsMethod.from_state_dict(_cfg(shell_finetune_params="sdf"), m.state_dict()).finetune_colour_only
+
+
+def test_probe_grid_refresh_follows_the_field_near_the_band(trained):
+    from engine.methods.shells.render import ProbeGrid
+
+    _, m, _ = trained
+    field = ShellsMethod.from_state_dict(m.cfg, m.state_dict()).field
+    g = ProbeGrid(field, m.cfg)
+    near = torch.zeros(g.f.numel(), dtype=torch.bool)
+    near[g.refresh_index] = True
+    assert 0 < near.sum() < near.numel()
+    with torch.no_grad():
+        field.sdf_l1.bias[0] += 0.01                    # shift the whole SDF by 0.01 a
+    old = g.f.clone()
+    g.refresh(field)
+    diff = (g.f - old).reshape(-1)
+    torch.testing.assert_close(diff[near], torch.full_like(diff[near], 0.01 * float(field.half_size)),
+                               atol=1e-5, rtol=0)
+    assert (diff[~near] == 0).all()                     # far from the band nothing is re-evaluated
+    f_full, _ = field.sdf_and_log_s_grid(g.lo, g.lo + g.cell * (g.res - 1), g.res)
+    torch.testing.assert_close(g.f.reshape(-1)[near], f_full.reshape(-1)[near])
 
 
 def test_finetune_step_fraction_or_step():

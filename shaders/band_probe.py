@@ -1,0 +1,292 @@
+"""Probe-guided band sampling for shell rendering (Taichi kernel + pure-torch twin).
+
+The one-sample rules of :mod:`shaders.volume` decide where to sample from the shells alone. This
+sampler also looks at the field, through a cheap stand-in: the SDF ``f`` and the log kernel size
+``log s`` sampled on a regular grid (trilinear lookups, no network). Along each band interval it
+probes every ``probe_step`` and reproduces what fine volumetric sampling would see, with few
+network evaluations:
+
+* The interval ``[t0, t1]`` is cut into ``n = clamp(ceil(len / probe_step), 1, max_segments)``
+  equal segments; the grid is probed at their ``n + 1`` ends. A segment ``k`` has the NeuS opacity
+  ``alpha_k = max(0, 1 - Phi(s_k f_{k+1}) / Phi(s_k f_k))`` (``s_k`` the kernel size at its start,
+  ``Phi`` the logistic), which is 0 unless ``f`` decreases along it.
+* A *descent* is a maximal run of consecutive segments along which ``f`` decreases. A descent that
+  crosses ``f = 0`` (the ray enters the surface) gets **one** sample, at the crossing (``f``
+  interpolated linearly in its segment), whose opacity is the descent's whole opacity
+  ``1 - prod_k (1 - alpha_k)``, returned in ``alpha``. With a constant ``s`` the product
+  telescopes to ``1 - Phi(s f_end) / Phi(s f_start)``, the exact NeuS opacity of the descent.
+* A descent that does not cross (the ray passes near the surface: a *near miss*) gets one sample
+  at the centre of each of its segments whose ``alpha_k`` exceeds ``tau``; ``alpha`` is -1 there:
+  the caller evaluates the field's own NeuS opacity over the segment (``delta`` its length).
+* Segments where ``f`` does not decrease have no opacity and get no sample.
+
+The threshold ``tau`` drops the faint tail of a near miss: a grazing ray whose SDF falls slowly
+spreads its opacity over many segments each under ``tau`` (``tests/shaders/test_band_probe.py``
+has one that keeps 0.02 of its 0.12). On the lego field, ``tau`` 0.003 instead of 0.01 changes the
+test PSNR by +0.01 dB for 6 % more samples; one sample per near miss carrying the descent's whole
+opacity (like a crossing) lost 0.09 dB.
+
+Samples are emitted front to back, at most ``max_samples`` per ray; ``interval`` is the rank of
+the sample's band interval along the ray (for early ray termination). Lookups outside the grid
+clamp to its border.
+"""
+import math
+
+import taichi as ti
+import torch
+
+from . import runtime
+
+__all__ = ["probe_samples", "probe_samples_reference", "trilinear_reference"]
+
+_K = {}
+
+
+def _kernel():
+    if "k" in _K:
+        return _K["k"]
+
+    @ti.func
+    def lookup(gf: ti.template(), gl: ti.template(), x0: ti.f32, x1: ti.f32, x2: ti.f32,
+               lo0: ti.f32, lo1: ti.f32, lo2: ti.f32, inv_cell: ti.f32, G: ti.i32):
+        top = ti.cast(G - 1, ti.f32)
+        u0 = ti.min(ti.max((x0 - lo0) * inv_cell, 0.0), top)
+        u1 = ti.min(ti.max((x1 - lo1) * inv_cell, 0.0), top)
+        u2 = ti.min(ti.max((x2 - lo2) * inv_cell, 0.0), top)
+        i0 = ti.min(ti.cast(ti.floor(u0), ti.i32), G - 2)
+        i1 = ti.min(ti.cast(ti.floor(u1), ti.i32), G - 2)
+        i2 = ti.min(ti.cast(ti.floor(u2), ti.i32), G - 2)
+        w0 = u0 - ti.cast(i0, ti.f32)
+        w1 = u1 - ti.cast(i1, ti.f32)
+        w2 = u2 - ti.cast(i2, ti.f32)
+        vf = 0.0
+        vl = 0.0
+        for c in ti.static(range(8)):
+            a = ti.static(c // 4)
+            b = ti.static((c // 2) % 2)
+            e = ti.static(c % 2)
+            w = (w0 * a + (1.0 - w0) * (1 - a)) * (w1 * b + (1.0 - w1) * (1 - b)) * (w2 * e + (1.0 - w2) * (1 - e))
+            vf += w * gf[i0 + a, i1 + b, i2 + e]
+            vl += w * gl[i0 + a, i1 + b, i2 + e]
+        return vf, vl
+
+    @ti.func
+    def seg_alpha(fa: ti.f32, fb: ti.f32, ls: ti.f32) -> ti.f32:
+        s = ti.exp(ls)
+        za = s * fa
+        zb = s * fb
+        # log Phi(z) = -softplus(-z), computed stably
+        lpa = -(ti.max(-za, 0.0) + ti.log(1.0 + ti.exp(-ti.abs(za))))
+        lpb = -(ti.max(-zb, 0.0) + ti.log(1.0 + ti.exp(-ti.abs(zb))))
+        return 1.0 - ti.exp(ti.min(lpb - lpa, 0.0))
+
+    @ti.kernel
+    def probe(o: ti.types.ndarray(), d: ti.types.ndarray(), t0: ti.types.ndarray(), t1: ti.types.ndarray(),
+              ok: ti.types.ndarray(), gf: ti.types.ndarray(), gl: ti.types.ndarray(),
+              lo0: ti.f32, lo1: ti.f32, lo2: ti.f32, inv_cell: ti.f32, step: ti.f32, max_seg: ti.i32,
+              tau: ti.f32, out_t: ti.types.ndarray(), out_d: ti.types.ndarray(), out_g: ti.types.ndarray(),
+              out_a: ti.types.ndarray(), count: ti.types.ndarray()):
+        R = t0.shape[0]
+        K = t0.shape[1]
+        M = out_t.shape[1]
+        G = gf.shape[0]
+        for r in range(R):
+            cnt = 0
+            rank = 0
+            ox, oy, oz = o[r, 0], o[r, 1], o[r, 2]
+            dx, dy, dz = d[r, 0], d[r, 1], d[r, 2]
+            for j in range(K):
+                if ok[r, j] != 0:
+                    a = t0[r, j]
+                    length = ti.max(t1[r, j] - a, 0.0)
+                    n = ti.min(ti.max(ti.cast(ti.ceil(length / step), ti.i32), 1), max_seg)
+                    dl = length / ti.cast(n, ti.f32)
+                    fp, lp = lookup(gf, gl, ox + a * dx, oy + a * dy, oz + a * dz, lo0, lo1, lo2, inv_cell, G)
+                    in_run = 0
+                    run_k = 0
+                    run_cross = 0
+                    run_log = 0.0
+                    run_tc = 0.0
+                    for k in range(n + 1):
+                        desc = 0
+                        fn = fp
+                        ln = lp
+                        if k < n:
+                            tk = a + ti.cast(k + 1, ti.f32) * dl
+                            fn, ln = lookup(gf, gl, ox + tk * dx, oy + tk * dy, oz + tk * dz, lo0, lo1, lo2,
+                                            inv_cell, G)
+                            if fp > fn:
+                                desc = 1
+                        if desc == 1:
+                            if in_run == 0:
+                                in_run = 1
+                                run_k = k
+                                run_cross = 0
+                                run_log = 0.0
+                            al = seg_alpha(fp, fn, lp)
+                            run_log += ti.log(ti.max(1.0 - al, 1e-30))
+                            if run_cross == 0 and fp > 0.0 and fn <= 0.0:
+                                run_cross = 1
+                                run_tc = a + (ti.cast(k, ti.f32) + fp / (fp - fn)) * dl
+                        elif in_run == 1:
+                            in_run = 0
+                            if run_cross == 1:
+                                if cnt < M:
+                                    out_t[r, cnt] = run_tc
+                                    out_d[r, cnt] = dl
+                                    out_g[r, cnt] = rank
+                                    out_a[r, cnt] = 1.0 - ti.exp(run_log)
+                                    cnt += 1
+                            else:
+                                # a near miss: walk the descent again, one sample per opaque segment
+                                ta = a + ti.cast(run_k, ti.f32) * dl
+                                qf, ql = lookup(gf, gl, ox + ta * dx, oy + ta * dy, oz + ta * dz, lo0, lo1,
+                                                lo2, inv_cell, G)
+                                for q in range(run_k, k):
+                                    tq = a + ti.cast(q + 1, ti.f32) * dl
+                                    qn, qln = lookup(gf, gl, ox + tq * dx, oy + tq * dy, oz + tq * dz, lo0,
+                                                     lo1, lo2, inv_cell, G)
+                                    if seg_alpha(qf, qn, ql) > tau and cnt < M:
+                                        out_t[r, cnt] = a + (ti.cast(q, ti.f32) + 0.5) * dl
+                                        out_d[r, cnt] = dl
+                                        out_g[r, cnt] = rank
+                                        out_a[r, cnt] = -1.0
+                                        cnt += 1
+                                    qf = qn
+                                    ql = qln
+                        fp = fn
+                        lp = ln
+                    rank += 1
+            count[r] = cnt
+
+    _K["k"] = probe
+    return probe
+
+
+def _check(o, d, t0, t1, ok, grid_f, grid_log_s, step, max_segments, max_samples):
+    R = o.shape[0]
+    if o.shape != (R, 3) or d.shape != (R, 3):
+        raise ValueError(f"probe_samples: o and d must be (R, 3), got {tuple(o.shape)} and {tuple(d.shape)}")
+    if t0.ndim != 2 or t0.shape[0] != R or t1.shape != t0.shape or ok.shape != t0.shape:
+        raise ValueError(f"probe_samples: t0, t1, ok must be the same (R, K) shape with R = {R}, got "
+                         f"{tuple(t0.shape)}, {tuple(t1.shape)}, {tuple(ok.shape)}")
+    G = grid_f.shape[0]
+    if grid_f.ndim != 3 or grid_f.shape != (G, G, G) or grid_log_s.shape != grid_f.shape or G < 2:
+        raise ValueError(f"probe_samples: the grids must be the same (G, G, G) shape with G >= 2, got "
+                         f"{tuple(grid_f.shape)} and {tuple(grid_log_s.shape)}")
+    if not step > 0 or max_segments < 1 or max_samples < 1:
+        raise ValueError(f"probe_samples: need probe_step > 0, max_segments >= 1, max_samples >= 1; got "
+                         f"{step}, {max_segments}, {max_samples}")
+
+
+def probe_samples(o, d, t0, t1, ok, grid_f, grid_log_s, lo, cell: float, probe_step: float,
+                  max_segments: int = 64, tau: float = 0.01, max_samples: int = 32):
+    """Samples in band intervals guided by grid probes (see the module docstring).
+
+    o, d (R, 3) rays; t0, t1, ok (R, K) band intervals (:func:`shaders.volume.band_intervals_from_hits`);
+    grid_f, grid_log_s (G, G, G) the SDF and log kernel size at ``lo + (i, j, k) * cell``.
+    Returns ``t, delta (R, M)``, ``interval (R, M)`` int32, ``alpha (R, M)`` (the opacity of a
+    crossing sample, -1 where the field's own opacity is to be used) and ``count (R,)`` int32, on
+    the device of ``o``.
+    """
+    _check(o, d, t0, t1, ok, grid_f, grid_log_s, probe_step, max_segments, max_samples)
+    runtime.init()
+    dev = runtime.torch_device()
+    R = o.shape[0]
+    t = torch.zeros(R, max_samples, dtype=torch.float32, device=dev)
+    dl = torch.zeros_like(t)
+    al = torch.zeros_like(t)
+    g = torch.zeros(R, max_samples, dtype=torch.int32, device=dev)
+    count = torch.zeros(R, dtype=torch.int32, device=dev)
+    if R and t0.shape[1]:
+        f32 = dict(device=dev, dtype=torch.float32)
+        t0c = torch.where(torch.isfinite(t0), t0, torch.zeros_like(t0)).to(**f32).contiguous()
+        t1c = torch.where(torch.isfinite(t1), t1, torch.zeros_like(t1)).to(**f32).contiguous()
+        okc = (ok.bool() & torch.isfinite(t0) & torch.isfinite(t1)).to(dev, torch.int32).contiguous()
+        lo = [float(v) for v in torch.as_tensor(lo).reshape(3)]
+        with runtime.runtime_lock:
+            _kernel()(o.to(**f32).contiguous(), d.to(**f32).contiguous(), t0c, t1c, okc,
+                      grid_f.to(**f32).contiguous(), grid_log_s.to(**f32).contiguous(), lo[0], lo[1], lo[2],
+                      1.0 / float(cell), float(probe_step), int(max_segments), float(tau), t, dl, g, al, count)
+    home = o.device
+    return tuple(x.to(home) for x in (t, dl, g, al, count))
+
+
+# ------------------------------------------------------------------------------ torch reference
+def trilinear_reference(grid: torch.Tensor, x: torch.Tensor, lo, cell: float) -> torch.Tensor:
+    """Trilinear lookup of ``grid (G, G, G)`` at points ``x (N, 3)`` (border-clamped), pure torch."""
+    G = grid.shape[0]
+    u = ((x - torch.as_tensor(lo, dtype=x.dtype)) / cell).clamp(0.0, G - 1)
+    i = torch.floor(u).long().clamp(max=G - 2)
+    w = u - i.to(u.dtype)
+    out = torch.zeros(x.shape[0], dtype=x.dtype)
+    for a in (0, 1):
+        for b in (0, 1):
+            for e in (0, 1):
+                wt = ((w[:, 0] if a else 1 - w[:, 0]) * (w[:, 1] if b else 1 - w[:, 1])
+                      * (w[:, 2] if e else 1 - w[:, 2]))
+                out = out + wt * grid[i[:, 0] + a, i[:, 1] + b, i[:, 2] + e].to(x.dtype)
+    return out
+
+
+def _seg_alpha_ref(fa, fb, ls):
+    s = torch.exp(ls)
+    return -torch.expm1(torch.clamp(torch.nn.functional.logsigmoid(s * fb)
+                                    - torch.nn.functional.logsigmoid(s * fa), max=0.0))
+
+
+def probe_samples_reference(o, d, t0, t1, ok, grid_f, grid_log_s, lo, cell: float, probe_step: float,
+                            max_segments: int = 64, tau: float = 0.01, max_samples: int = 32):
+    """Pure-torch twin of :func:`probe_samples` (one ray and interval at a time; small inputs)."""
+    _check(o, d, t0, t1, ok, grid_f, grid_log_s, probe_step, max_segments, max_samples)
+    R, K = t0.shape
+    dt = o.dtype
+    out_t = torch.zeros(R, max_samples, dtype=dt)
+    out_d = torch.zeros(R, max_samples, dtype=dt)
+    out_a = torch.zeros(R, max_samples, dtype=dt)
+    out_g = torch.zeros(R, max_samples, dtype=torch.int32)
+    count = torch.zeros(R, dtype=torch.int32)
+    for r in range(R):
+        cnt, rank = 0, 0
+
+        def emit(t, dl, alpha):
+            nonlocal cnt
+            if cnt < max_samples:
+                out_t[r, cnt], out_d[r, cnt], out_g[r, cnt], out_a[r, cnt] = t, dl, rank, alpha
+                cnt += 1
+
+        for j in range(K):
+            if not (bool(ok[r, j]) and math.isfinite(float(t0[r, j])) and math.isfinite(float(t1[r, j]))):
+                continue
+            a = t0[r, j]
+            length = (t1[r, j] - a).clamp_min(0)
+            n = int(min(max(math.ceil(float(length / probe_step)), 1), max_segments))
+            dl = length / n
+            tk = a + torch.arange(n + 1, dtype=dt) * dl
+            x = o[r][None] + tk[:, None] * d[r][None]
+            f = trilinear_reference(grid_f, x, lo, cell)
+            ls = trilinear_reference(grid_log_s, x, lo, cell)
+            alpha = _seg_alpha_ref(f[:-1], f[1:], ls[:-1])
+            desc = (f[:-1] > f[1:]).tolist()
+            k = 0
+            while k < n:
+                if not desc[k]:
+                    k += 1
+                    continue
+                e = k
+                while e < n and desc[e]:
+                    e += 1
+                seg = range(k, e)
+                cross = [q for q in seg if f[q] > 0 and f[q + 1] <= 0]
+                if cross:
+                    q = cross[0]
+                    tc = a + (q + f[q] / (f[q] - f[q + 1])) * dl
+                    emit(tc, dl, 1 - torch.prod(1 - alpha[k:e]))
+                else:
+                    for q in seg:
+                        if alpha[q] > tau:
+                            emit(a + (q + 0.5) * dl, dl, -1.0)
+                k = e
+            rank += 1
+        count[r] = cnt
+    return out_t, out_d, out_g, out_a, count

@@ -1,0 +1,127 @@
+"""Probe-guided band sampling (shaders/band_probe.py): kernel vs the torch twin, and exact cases."""
+import math
+
+import pytest
+import torch
+
+from shaders import runtime
+from shaders.band_probe import probe_samples, probe_samples_reference, trilinear_reference
+
+runtime.init()
+
+G = 33
+LO = torch.tensor([-1.0, -1.0, -1.0])
+CELL = 2.0 / (G - 1)
+
+
+def _grid(fn):
+    ax = LO[0] + torch.arange(G, dtype=torch.float64) * CELL
+    X, Y, Z = torch.meshgrid(ax, ax, ax, indexing="ij")
+    return fn(X, Y, Z)
+
+
+def _logphi(z):
+    return torch.nn.functional.logsigmoid(torch.as_tensor(z, dtype=torch.float64))
+
+
+def test_trilinear_reproduces_linear_functions():
+    g = _grid(lambda X, Y, Z: 0.3 * X - 0.7 * Y + 0.2 * Z + 0.1)
+    x = (torch.rand(200, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 2 - 1) * 0.99
+    want = 0.3 * x[:, 0] - 0.7 * x[:, 1] + 0.2 * x[:, 2] + 0.1
+    torch.testing.assert_close(trilinear_reference(g, x, LO.double(), CELL), want)
+
+
+def test_kernel_matches_reference():
+    gen = torch.Generator().manual_seed(1)
+    # a bumpy sphere: crossings, near misses and thin parts; a kernel size that varies in space
+    gf = _grid(lambda X, Y, Z: (X * X + Y * Y + Z * Z).sqrt() - 0.6 + 0.05 * torch.sin(7 * X) * torch.cos(5 * Y))
+    gl = _grid(lambda X, Y, Z: math.log(20.0) + 0.5 * torch.sin(3 * Z))
+    R, K = 300, 4
+    o = torch.nn.functional.normalize(torch.randn(R, 3, generator=gen), dim=-1) * 2.0
+    d = torch.nn.functional.normalize(torch.randn(R, 3, generator=gen) * 0.4 - o, dim=-1)
+    t0 = torch.sort(torch.rand(R, K, generator=gen) * 3.0, 1).values
+    t1 = t0 + torch.rand(R, K, generator=gen) * 0.6
+    t1[:, :-1] = torch.minimum(t1[:, :-1], t0[:, 1:])
+    ok = torch.rand(R, K, generator=gen) > 0.3
+    ok[0] = False                                     # a ray with no interval
+    t1[1, 0] = math.inf                               # an open interval is ignored
+    args = (0.05, 16, 0.01, 12)
+    got = probe_samples(o, d, t0, t1, ok, gf.float(), gl.float(), LO, CELL, *args)
+    want = probe_samples_reference(o.double(), d.double(), t0.double(), t1.double(), ok, gf, gl, LO.double(),
+                                   CELL, *args)
+    assert torch.equal(got[4], want[4])
+    assert got[4][0] == 0
+    m = torch.arange(12)[None] < got[4][:, None]
+    crossing, near = (got[3] >= 0) & m, (got[3] < 0) & m
+    assert crossing.sum() > 30 and near.sum() > 30       # both kinds of sample occur
+    assert torch.equal(got[2][m], want[2].int()[m])
+    for i in (0, 1, 3):
+        torch.testing.assert_close(got[i][m].double(), want[i][m], atol=2e-5, rtol=0)
+    # samples are front to back along each ray
+    t = torch.where(m, got[0], torch.full_like(got[0], math.inf))
+    assert (t[:, 1:] >= t[:, :-1]).all()
+
+
+def test_plane_crossing_is_one_sample_with_the_exact_opacity():
+    # f = x - 0.1 is reproduced exactly by trilinear lookups; rays travelling along -x descend
+    gf = _grid(lambda X, Y, Z: X - 0.1)
+    s = 30.0
+    gl = _grid(lambda X, Y, Z: torch.full_like(X, math.log(s)))
+    o = torch.tensor([[0.9, 0.0, 0.0], [0.9, 0.3, -0.2], [-0.9, 0.1, 0.1]])
+    d = torch.tensor([[-1.0, 0.0, 0.0], [-1.0, 0.0, 0.0], [1.0, 0.0, 0.0]])
+    t0 = torch.tensor([[0.5], [0.63], [0.5]])          # the third ray climbs: no opacity, no sample
+    t1 = torch.tensor([[1.1], [0.97], [1.1]])
+    ok = torch.ones(3, 1, dtype=torch.bool)
+    for fn in (probe_samples, probe_samples_reference):
+        t, dl, g, alpha, count = fn(o, d, t0, t1, ok, gf.float(), gl.float(), LO, CELL, 0.01)
+        assert count.tolist() == [1, 1, 0]
+        for r in range(2):
+            fa = 0.9 - float(t0[r, 0]) - 0.1
+            fb = 0.9 - float(t1[r, 0]) - 0.1
+            # the opacities of the segments telescope to that of the whole descent
+            want = 1 - math.exp(float(_logphi(s * fb) - _logphi(s * fa)))
+            assert abs(float(t[r, 0]) - 0.8) < 1e-5                  # on the plane
+            assert abs(float(alpha[r, 0]) - want) < 1e-5
+            assert abs(float(dl[r, 0]) - (float(t1[r, 0] - t0[r, 0]) / math.ceil((t1[r, 0] - t0[r, 0]) / 0.01))) < 1e-6
+
+
+def test_near_miss_gets_samples_on_its_descent_only():
+    # a sphere of radius 0.5 and a ray passing 0.52 from its centre: the SDF dips to 0.02
+    s = 100.0
+    gf = _grid(lambda X, Y, Z: (X * X + Y * Y + Z * Z).sqrt() - 0.5)
+    gl = _grid(lambda X, Y, Z: torch.full_like(X, math.log(s)))
+    o = torch.tensor([[-0.8, 0.52, 0.0], [-0.8, 0.8, 0.0]])
+    d = torch.tensor([[1.0, 0.0, 0.0], [1.0, 0.0, 0.0]])
+    t0 = torch.tensor([[0.5], [0.5]])
+    t1 = torch.tensor([[1.1], [1.1]])                 # symmetric about the closest point t = 0.8
+    ok = torch.ones(2, 1, dtype=torch.bool)
+    t, dl, g, alpha, count = probe_samples(o, d, t0, t1, ok, gf.float(), gl.float(), LO, CELL, 0.01, tau=0.01)
+    n = int(count[0])
+    assert n >= 2 and count[1] == 0                   # the far ray: opacity under tau everywhere
+    assert (alpha[0, :n] == -1).all()                 # the field's own opacity is used
+    assert (t[0, :n] < 0.8).all() and (t[0, :n] > 0.5).all()   # only where the SDF decreases
+    # the samples carry exactly the segments whose opacity (from the grid's SDF, within 2e-3 of
+    # the sphere's here) exceeds tau; the rest of the descent is left out (here the long logistic
+    # tail of a grazing ray: many segments under tau, about 0.1 of opacity in all)
+    nseg = round(0.6 / float(dl[0, 0]))               # ceil(0.6 / 0.01) in float32
+    tt = 0.5 + torch.arange(nseg + 1, dtype=torch.float64) * (0.6 / nseg)
+    x = o[0].double() + tt[:, None] * d[0].double()
+    f = trilinear_reference(gf, x, LO.double(), CELL)
+    assert (f - (x.norm(dim=-1) - 0.5)).abs().max() < 2e-3
+    seg = -torch.expm1((_logphi(s * f[1:]) - _logphi(s * f[:-1])).clamp(max=0))
+    kept = (seg > 0.01) & (f[1:] < f[:-1])
+    assert int(kept.sum()) == n
+    assert float(seg[~kept].max()) <= 0.01 and float(seg[kept].min()) > 0.01
+
+
+def test_bad_arguments_name_the_problem():
+    gf = torch.zeros(G, G, G)
+    o = torch.zeros(2, 3)
+    t = torch.zeros(2, 1)
+    ok = torch.ones(2, 1, dtype=torch.bool)
+    with pytest.raises(ValueError, match="grids"):
+        probe_samples(o, o, t, t, ok, gf, torch.zeros(G, G, G - 1), LO, CELL, 0.01)
+    with pytest.raises(ValueError, match="probe_step"):
+        probe_samples(o, o, t, t, ok, gf, gf, LO, CELL, 0.0)
+    with pytest.raises(ValueError, match="t0, t1, ok"):
+        probe_samples(o, o, t, torch.zeros(3, 1), ok, gf, gf, LO, CELL, 0.01)
