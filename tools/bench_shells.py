@@ -18,8 +18,8 @@ shells modes, ``--probe off`` drops the probe mode. ``--one-sample-max-lens`` ad
 modes: the one-sample rules only for band intervals at most LMAX (times the half-size) long, the
 step rule for longer ones (``shell_one_sample_max_len``: grazing rays and near misses).
 
-Train with the defaults (14,000 steps; the shells are extracted after 12,000 and the field is
-fine-tuned inside them) and benchmark::
+Train with the defaults (14,000 steps; the shells are extracted after 12,000 and the colour network
+is fine-tuned inside them) and benchmark::
 
     kernelight train shells --data ../shared/data/nerf_synthetic/lego_200 --eval-every 0 \
         --output outputs --name lego_200

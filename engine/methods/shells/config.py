@@ -2,9 +2,10 @@
 
 Defaults are the recipe measured on a 2-core CPU at the datasets' full resolution (lego_200,
 scan24_400: about 25 minutes; README "Adaptive Shells"): 12,000 volumetric steps of 256 rays, then
-the shells are extracted and 2,000 steps fine-tune the field inside them, rendered with one sample
-per surface crossing. The paper trains on a GPU with much larger tables and batches. Every field can
-be set from the command line (``--max-steps 2000``) or a scene TOML's ``[method.options]``. Lengths
+the shells are extracted and 2,000 steps fine-tune the colour network inside them, rendered with
+the probe sampler (one sample per descent through the surface). The paper trains on a GPU with
+much larger tables and batches. Every field can be set from the command line (``--max-steps
+2000``) or a scene TOML's ``[method.options]``. Lengths
 are in units of the half-size ``a`` of the (cubic) scene box unless they say otherwise, so the same
 defaults fit DTU's unit sphere and NeRF-synthetic's box.
 """

@@ -179,12 +179,24 @@ class ProbeGrid:
         slack = math.sqrt(3.0) * (max(int(cfg.shell_dilate_voxels), 0) * ext_cell + 2.0 * max(ext_cell, self.cell))
         near = (self.f.abs() < h + slack).reshape(-1)
         self.refresh_index = near.nonzero(as_tuple=True)[0]
+        self._dev = {}
+
+    def grids_on(self, device) -> tuple:
+        """``(f, log_s)`` on ``device`` (copies kept until the next :meth:`refresh`: on a GPU the
+        grids are not sent again for every chunk of rays)."""
+        device = torch.device(device)
+        if device.type == "cpu":
+            return self.f, self.log_s
+        if device not in self._dev:
+            self._dev[device] = (self.f.to(device), self.log_s.to(device))
+        return self._dev[device]
 
     @torch.no_grad()
     def refresh(self, field: ShellField, chunk: int = 65536) -> None:
         """Re-evaluate the field at the cells near the band."""
         r = self.res
         idx = self.refresh_index
+        self._dev = {}
         f, ls = self.f.view(-1), self.log_s.view(-1)
         for i in range(0, idx.numel(), chunk):
             j = idx[i:i + chunk]
@@ -223,12 +235,14 @@ class ShellRenderer:
         c = self.cfg
         a = float(self.field.half_size)
         if int(c.shell_probe_grid) > 0:
+            from shaders import runtime
             from shaders.band_probe import probe_samples
 
             g = self.probe_grid()
+            gf, gl = g.grids_on(runtime.torch_device())
             t0, t1, ok = band_intervals(self.meshes, o, d, c.shell_max_hits)
             t, delta, group, alpha, count = probe_samples(
-                o, d, t0, t1, ok, g.f, g.log_s, g.lo, g.cell, c.shell_probe_step * a,
+                o, d, t0, t1, ok, gf, gl, g.lo, g.cell, c.shell_probe_step * a,
                 tau=c.shell_probe_tau, max_samples=c.shell_max_samples)
             S = int(count.max()) if count.numel() else 0
             t, delta, group, alpha = t[:, :S], delta[:, :S], group[:, :S].long(), alpha[:, :S]
