@@ -13,8 +13,9 @@ the box half-size inside every band interval) and ``shells1@STEP`` (one sample o
 outer-to-inner crossing, opacity from the interval's ends; STEP for the other intervals -- the
 renderer before the probe sampler) and ``probe`` (the default renderer: the probe sampler of
 ``shaders/band_probe.py``, one sample per descent through the surface with its opacity from an
-SDF grid, near misses sampled where the grid says they have opacity). ``--crossings`` picks the
-shells modes, ``--probe off`` drops the probe mode. ``--one-sample-max-lens`` adds ``shells1@STEP/LMAX``
+SDF grid, near misses sampled where the grid says they have opacity; ``probe@STEP/TAU`` with
+``--probe-settings``). ``--crossings`` picks the shells modes, ``--probe off`` drops the probe
+modes. ``--one-sample-max-lens`` adds ``shells1@STEP/LMAX``
 modes: the one-sample rules only for band intervals at most LMAX (times the half-size) long, the
 step rule for longer ones (``shell_one_sample_max_len``: grazing rays and near misses).
 
@@ -53,7 +54,8 @@ def _psnr(a, b) -> float:
 
 def bench_run(run: Path, views: int, grid_res: int | None, target_faces: int | None, out_dir: Path | None,
               shell_steps: list[float] | None = None, reextract: bool = False, crossings: str = "both",
-              max_lens: list[float] | None = None, probe: bool = True) -> dict:
+              max_lens: list[float] | None = None, probe: bool = True,
+              probe_settings: list[str] | None = None) -> dict:
     import torch
 
     import engine
@@ -92,7 +94,7 @@ def bench_run(run: Path, views: int, grid_res: int | None, target_faces: int | N
     lens = list(max_lens or [0.0])
     modes = ["volume"] + [f"shells@{st:g}" for one in ones if not one for st in steps] + \
         [f"shells1@{st:g}" + (f"/L{ln:g}" if ln > 0 else "") for one in ones if one for st in steps for ln in lens] + \
-        (["probe"] if probe else [])
+        ([f"probe@{x}" for x in probe_settings] if probe and probe_settings else ["probe"] if probe else [])
     rows = {m: [] for m in modes}
 
     renderers = {}
@@ -104,8 +106,11 @@ def bench_run(run: Path, views: int, grid_res: int | None, target_faces: int | N
         nonlocal t_probe
         if mode == "volume":
             return mode
-        if mode == "probe":
+        if mode.startswith("probe"):
             model.cfg.shell_probe_grid = probe_res
+            if "@" in mode:
+                st, tau = mode.split("@")[1].split("/")
+                model.cfg.shell_probe_step, model.cfg.shell_probe_tau = float(st), float(tau)
             if "probe" not in renderers:
                 model._renderer = None
                 renderers["probe"] = model.renderer
@@ -187,6 +192,9 @@ def main(argv=None) -> int:
                          "0 = any length, the default renderer)")
     ap.add_argument("--probe", choices=("on", "off"), default="on",
                     help="also the probe mode (the default renderer; shell_probe_grid, or 256 if the run has it off)")
+    ap.add_argument("--probe-settings", nargs="+", default=None, metavar="STEP/TAU",
+                    help="probe modes with these shell_probe_step/shell_probe_tau pairs, e.g. 0.01/0.01 "
+                         "0.0075/0.003 (default: one probe mode with the run's settings)")
     ap.add_argument("--reextract", action="store_true",
                     help="extract new shells even when the run has some (runs fine-tuned inside their shells)")
     ap.add_argument("--out", default="bench_shells.json")
@@ -201,7 +209,8 @@ def main(argv=None) -> int:
     for r in args.runs:
         exp = Path(args.export) / Path(r).parts[-3] if args.export else None
         results.append(bench_run(Path(r), args.views, args.grid_res, args.target_faces, exp, args.shell_steps,
-                                 args.reextract, args.crossings, args.one_sample_max_lens, args.probe == "on"))
+                                 args.reextract, args.crossings, args.one_sample_max_lens, args.probe == "on",
+                                 args.probe_settings))
         atomic_write_text(args.out, json.dumps({"results": results}, indent=2))
     hdr = (f"{'scene':<12}{'mode':<20}{'PSNR':>7}{'spp':>7}{'spp(hit)':>9}{'s/img':>7}"
            f"{'fewer spp':>10}{'speedup':>8}{'dPSNR':>7}")

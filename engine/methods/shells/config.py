@@ -71,8 +71,8 @@ class ShellsConfig:
                                            # near the surface without crossing it) get a sample every shell_step
     shell_probe_grid: int = 256        # probe sampler: SDF / kernel-size grid this fine, probed along band
                                        # intervals (0 = off: the one-sample rules above place samples)
-    shell_probe_step: float = 0.01     # probe spacing along band intervals (times a)
-    shell_probe_tau: float = 0.01      # near misses: a sample where a probe segment's opacity exceeds this
+    shell_probe_step: float = 0.0075   # probe spacing along band intervals (times a)
+    shell_probe_tau: float = 0.003     # near misses: a sample where a probe segment's opacity exceeds this
     shell_finetune_params: str = "auto"  # what fine-tuning in the band trains: color (the colour network; the
                                        # geometry stays as volume rendering left it), all, or auto (color with
                                        # the probe sampler, all with the one-sample rules)
