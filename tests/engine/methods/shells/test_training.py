@@ -172,3 +172,17 @@ def test_training_extracts_shells_at_the_finetune_fraction():
     assert m.shells is None and m.active_mode == "volume"
     _train(m, ds, 6, start=14)                      # after the 15th step (0-based 14) it extracts
     assert m.shells is not None and m.active_mode == "shells"
+
+
+def test_volumetric_phase_decays_its_learning_rate_before_fine_tuning():
+    from engine.methods.shells.method import lr_factor
+
+    c = ShellsConfig(max_steps=1400, shell_finetune_from=1200, lr_warmup=10)
+    assert lr_factor(0, c) == pytest.approx(0.1)                         # warm-up
+    assert lr_factor(10, c) == pytest.approx(1.0)
+    assert lr_factor(1199, c) == pytest.approx(0.1, abs=1e-4)            # decayed when the shells come
+    # fine-tuning: the cosine over all of max_steps, from about 0.145 down to 0.1
+    assert lr_factor(1200, c) == pytest.approx(0.1 + 0.45 * (1 + math.cos(math.pi * 1190 / 1390)))
+    assert lr_factor(1399, c) == pytest.approx(0.1, abs=1e-4)
+    v = ShellsConfig(max_steps=1400, shell_finetune_from=0, lr_warmup=10)   # volume only: one cosine
+    assert lr_factor(700, v) == pytest.approx(0.1 + 0.45 * (1 + math.cos(math.pi * 690 / 1390)))
