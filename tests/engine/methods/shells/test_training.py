@@ -117,9 +117,10 @@ def test_export_and_shell_finetune(trained, tmp_path):
 
 @pytest.mark.parametrize("params", ["auto", "color", "all"])
 def test_finetune_trains_what_shell_finetune_params_says(trained, params):
+    import dataclasses
+
     ds, m, _ = trained
-    m.cfg.shell_finetune_params = params
-    m2 = ShellsMethod.from_state_dict(m.cfg, m.state_dict())
+    m2 = ShellsMethod.from_state_dict(dataclasses.replace(m.cfg, shell_finetune_params=params), m.state_dict())
     m2.extract_shells()
     before = {n: p.detach().clone() for n, p in m2.field.named_parameters()}
     grid_before = m2.renderer.probe_grid().f.clone()
