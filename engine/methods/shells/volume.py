@@ -107,9 +107,10 @@ def shade_and_composite(field: ShellField, o, d, view_enc, t, delta, valid, grou
     ``z_b = -s |d . grad f| h`` with ``h`` the half-thickness passed in the second slot, ``z_a`` the
     logit at the interval's start (2) or ``s |d . grad f| g`` with ``g`` the half-gap since the
     previous part (3). ``fixed_alpha (R, S)`` optional: where it is >= 0 it replaces the sample's
-    opacity (the probe sampler's crossing samples; :mod:`shaders.band_probe`). Returns rgb (R, 3) (with background), opacity, depth (expected, normalised),
-    normal (R, 3) (weighted), samples (R,) (evaluated), and grad (M, 3) / log_s at the M
-    evaluated samples (for losses; log_s without those whose opacity ``fixed_alpha`` gives).
+    opacity (the probe sampler's crossing samples; :mod:`shaders.band_probe`). Returns rgb (R, 3)
+    (with background), opacity, depth (expected, normalised), normal (R, 3) (weighted), samples
+    (R,) (evaluated), and grad (M, 3) / log_s at the M evaluated samples (for losses; log_s
+    without those whose opacity ``fixed_alpha`` gives).
     """
     R = o.shape[0]
     T = torch.ones(R)
