@@ -63,11 +63,14 @@ class ViewerApp:
 
         from shaders.thread_queue import default_queue
 
+        from .viser_threads import install as install_viser_thread_safety
+
         self.options = opts = options or ViewerOptions()
         self.scene = scene
         self.taichi = default_queue()
         if not port_available(opts.host, opts.port):
             raise ConfigError(f"--port {opts.port}: already in use on {opts.host}; pick another (or --port 0 for any)")
+        install_viser_thread_safety()  # render threads push frames; see viewer/viser_threads.py
         self.server = viser.ViserServer(host=opts.host, port=opts.port, label=opts.label, verbose=opts.verbose)
         srv = self.server
         srv.gui.configure_theme(control_width="medium", show_share_button=False)

@@ -38,6 +38,8 @@ class TrainingViewer:
 
         from shaders.thread_queue import default_queue
 
+        from .viser_threads import install as install_viser_thread_safety
+
         self.taichi = default_queue()
         if not port_available(host, port):
             raise ConfigError(f"--viewer-port {port}: already in use on {host}")
@@ -46,6 +48,7 @@ class TrainingViewer:
             cams = dataset.splits["train"].cameras
         self.scene = GaussianScene(method, name="training", train_cameras=cams)
         self.options = ViewerOptions(host=host, port=port, max_side=max_side, target_fps=target_fps)
+        install_viser_thread_safety()  # render threads push frames; see viewer/viser_threads.py
         self.server = viser.ViserServer(host=host, port=port, label="kernelight (training)", verbose=False)
         srv = self.server
         srv.gui.configure_theme(control_width="medium", show_share_button=False)
