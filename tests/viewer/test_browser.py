@@ -210,21 +210,37 @@ def test_geodesic_tool_click_colours_the_mesh(tiny_mesh, shared_data):
         try:
             b.open(app.url)
             wait_for(lambda: _one_client(app) is not None, 60, "the browser to connect")
-            time.sleep(3.0)                                        # mesh GLB loaded and drawn
             rect = b.canvas_rect()
-            before = b.screenshot()
-            cb, _ = centre_and_border(before, rect, frac=0.5)
+
+            def centre_of_shot():
+                shot = b.screenshot()
+                return shot, centre_and_border(shot, rect, frac=0.5)[0]
+
+            def mesh_drawn():                                      # the mesh GLB is loaded and drawn
+                shot, c = centre_of_shot()
+                return (shot, c) if c.mean() > 60 else None
+
+            try:
+                before, cb = wait_for(mesh_drawn, 60, "the mesh to be drawn", poll=0.5)
+            except AssertionError:
+                before, cb = centre_of_shot()
             assert (cb.max(1) - cb.min(1)).mean() < 20, "mesh should start uniformly grey"
             assert cb.mean() > 60, "the mesh is not visible before the click"
             b.click_at(rect["x"] + rect["w"] / 2, rect["y"] + rect["h"] / 2)
             wait_for(lambda: len(app.geodesic.sources) == 1, 30, "the click to add a geodesic source")
             wait_for(lambda: app.geodesic.distance is not None, 30, "the distance field")
-            time.sleep(3.0)
-            after = b.screenshot()
+            sat_before = (cb.max(1) - cb.min(1)).mean()
+
+            def coloured():                                        # the new vertex colours reached the page
+                shot, c = centre_of_shot()
+                return (shot, c) if (c.max(1) - c.min(1)).mean() > sat_before + 30 else None
+
+            try:
+                after, ca = wait_for(coloured, 30, "the mesh to take the distance colours", poll=0.5)
+            except AssertionError:
+                after, ca = centre_of_shot()
             maybe_save(before, "geodesic_before")
             maybe_save(after, "geodesic_after")
-            ca, _ = centre_and_border(after, rect, frac=0.5)
-            sat_before = (cb.max(1) - cb.min(1)).mean()
             sat_after = (ca.max(1) - ca.min(1)).mean()
             assert sat_after > sat_before + 30, (sat_before, sat_after)
             hues = len(np.unique((ca // 32).astype(int), axis=0))
@@ -251,15 +267,22 @@ def test_geodesic_tool_click_colours_the_mesh(tiny_mesh, shared_data):
             env_c = sh.last_colors["environment"].astype(float)
             irr_c = sh.last_colors["irradiance"].astype(float)
             assert env_c.std(0).mean() > irr_c.std(0).mean()         # irradiance is the smooth one
-            time.sleep(2.0)
-            shot = b.screenshot()
+
+            def sh_colourful(shot):
+                return (shot.max(2).astype(int) - shot.min(2)).mean() > (after.max(2).astype(int) - after.min(2)).mean() * 0.5
+
+            try:
+                (shot,) = wait_for(lambda: (lambda x: (x,) if sh_colourful(x) else None)(b.screenshot()), 30,
+                                   "the SH spheres to be drawn", poll=0.5)
+            except AssertionError:
+                shot = b.screenshot()
             maybe_save(shot, "sh_tool")
-            assert (shot.max(2).astype(int) - shot.min(2)).mean() > (after.max(2).astype(int) - after.min(2)).mean() * 0.5
+            assert sh_colourful(shot)
         finally:
             b.quit()
 
     try:
-        drive(app, scenario, 150)
+        drive(app, scenario, 200)
     finally:
         app.stop()
 
