@@ -158,6 +158,39 @@ def test_probe_grid_refresh_follows_the_field_near_the_band(trained):
     torch.testing.assert_close(g.f.reshape(-1)[near], f_full.reshape(-1)[near])
 
 
+def test_probe_grid_coarse_to_fine_matches_the_dense_grid_near_the_band(trained):
+    """Only cells near the band are evaluated; there the grid equals the dense one exactly."""
+    from engine.methods.shells.render import ProbeGrid
+
+    _, m, _ = trained
+    field = m.field
+    r = m.cfg.shell_probe_grid
+    dense = ProbeGrid(field, m.cfg, coarse=0)
+    assert dense.evaluated == r ** 3
+
+    def same_near(g):
+        if not torch.equal(g.refresh_index, dense.refresh_index):
+            return False
+        i = dense.refresh_index
+        return torch.equal(g.f.view(-1)[i], dense.f.view(-1)[i]) and torch.equal(g.log_s.view(-1)[i], dense.log_s.view(-1)[i])
+
+    g = ProbeGrid(field, m.cfg, coarse=12)
+    assert same_near(g)
+    assert g.evaluated < 0.8 * r ** 3
+    # the flood fill completes the near region from a single seed cell
+    j = int(dense.refresh_index[dense.refresh_index.numel() // 2])
+    ijk = torch.tensor([j // (r * r), (j // r) % r, j % r])
+    cell_c = (r - 1) * g.cell / 11
+    c = torch.clamp(torch.div(ijk * g.cell, cell_c, rounding_mode="floor").long(), 0, 10)
+    seed = torch.zeros(11, 11, 11, dtype=torch.bool)
+    seed[c[0], c[1], c[2]] = True
+    one = ProbeGrid(field, m.cfg, coarse=12, _seed_cells=seed)
+    assert same_near(one) and one.evaluated <= g.evaluated + 12 ** 3
+    # without seeds nothing is evaluated, and the check above notices
+    none = ProbeGrid(field, m.cfg, coarse=12, _seed_cells=torch.zeros(11, 11, 11, dtype=torch.bool))
+    assert none.evaluated == 12 ** 3 and not same_near(none)
+
+
 def test_finetune_step_fraction_or_step():
     assert ShellsConfig().finetune_step == 12000                        # default: 12,000 + 2,000 steps
     assert ShellsConfig(max_steps=7000).finetune_step == 6000
