@@ -12,12 +12,18 @@ From the SDF ``f`` and the kernel size ``s`` sampled on a grid over the cubic sc
 4. cleanup (trimesh: merged vertices, no degenerate faces) and quadric decimation (open3d) to
    ``target_faces`` per mesh.
 
+The grid is evaluated with the network only near the band (:func:`band_grids`: a coarse grid,
+then the fine nodes of the coarse cells that can reach the band); elsewhere only the sign of the
+fields matters. At 256^3 this halves extraction time (lego_200: 6.0 s against 11.8 s dense) and
+gives the same meshes.
+
 For a sphere ``f = |x| - R`` with constant ``s`` (and no dilation) the shells are the spheres of
 radius ``R + h`` and ``R - h`` (``tests/engine/methods/shells/test_extract.py``). Where the band
 is thicker than the object the inner shell is simply absent.
 """
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +64,84 @@ def band_halfwidth(log_s, eps: float, lo: float, hi: float):
     if torch.is_tensor(log_s):
         return torch.clamp(c * torch.exp(-log_s), lo, hi)
     return np.clip(c * np.exp(-np.asarray(log_s)), lo, hi)
+
+
+@torch.no_grad()
+def band_grids(field, res: int, *, eps: float, min_halfwidth: float, max_halfwidth: float, margin: float,
+               coarse: int = 64, seed_cells=None):
+    """The SDF and log kernel size of ``field`` on the ``res^3`` grid over its cubic box (nodes as in
+    :meth:`~.field.ShellField.sdf_and_log_s_grid`), evaluated with the network only near the band.
+
+    A node is *near* when ``|f| - h < margin`` (``h``: the band half-width from its kernel size,
+    :func:`band_halfwidth`; world units). A ``coarse``-node grid is evaluated first. Fine nodes are
+    evaluated in the coarse cells with a corner near the band within half the cell diagonal (all
+    cells that can hold a near node if the SDF is 1-Lipschitz), then, as long as evaluated near
+    nodes lie on a face of their cell, in the cell across that face (26-connected), and in the cell
+    of any node that looks near by the coarse grid's trilinear values alone: a flood fill, so a
+    near region is complete once one of its cells is seeded. The remaining nodes keep the coarse
+    grid's trilinear values, which are at least ``margin`` outside the band. ``coarse < 2`` (or
+    more than half of ``res``) evaluates every node.
+
+    Returns ``f``, ``log_s`` (res, res, res) float32, ``near`` (res, res, res) bool and the number of
+    network evaluations. ``seed_cells`` ((coarse-1)^3 bool) replaces the seeds (tests).
+    """
+    import torch.nn.functional as Fn
+
+    a = float(field.half_size)
+    lo, hi = field.center - a, field.center + a
+    r, rc = int(res), int(coarse)
+
+    def excess(f, ls):       # how far outside the band (negative: inside)
+        return f.abs() - band_halfwidth(ls, eps, min_halfwidth, max_halfwidth)
+
+    if rc < 2 or 2 * rc > r:
+        f, ls = field.sdf_and_log_s_grid(lo, hi, r)
+        return f, ls, excess(f, ls) < margin, r ** 3
+    axes = [torch.linspace(float(lo[i]), float(hi[i]), r) for i in range(3)]
+    fc, lc = field.sdf_and_log_s_grid(lo, hi, rc)
+    f = Fn.interpolate(fc[None, None], size=(r, r, r), mode="trilinear", align_corners=True)[0, 0].contiguous()
+    ls = Fn.interpolate(lc[None, None], size=(r, r, r), mode="trilinear", align_corners=True)[0, 0].contiguous()
+    if seed_cells is None:
+        m = -Fn.max_pool3d(-excess(fc, lc)[None, None], kernel_size=2, stride=1)[0, 0]
+        seed_cells = m < margin + 0.5 * math.sqrt(3.0) * (2.0 * a / (rc - 1))
+    # coarse cell of each fine index along an axis, and whether the index is its cell's first / last
+    ci = torch.clamp(torch.arange(r) * (rc - 1) // (r - 1), 0, rc - 2)
+    low_face = torch.ones(r, dtype=torch.bool)
+    low_face[1:] = ci[1:] != ci[:-1]
+    high_face = torch.ones(r, dtype=torch.bool)
+    high_face[:-1] = ci[1:] != ci[:-1]
+    active = torch.zeros(rc - 1, rc - 1, rc - 1, dtype=torch.bool)
+    done = torch.zeros(r, r, r, dtype=torch.bool)
+    fv, lv = f.view(-1), ls.view(-1)
+    todo, n_eval = seed_cells.clone(), rc ** 3
+    while todo.any():
+        active |= todo
+        want = active[ci][:, ci][:, :, ci] & ~done
+        idx = want.view(-1).nonzero(as_tuple=True)[0]
+        for s in range(0, idx.numel(), 65536):
+            j = idx[s:s + 65536]
+            x = torch.stack([axes[0][j // (r * r)], axes[1][(j // r) % r], axes[2][j % r]], -1)
+            fj, lj, _ = field.geometry(x)
+            fv[j] = fj.to(fv)
+            lv[j] = lj.to(lv)
+        n_eval += idx.numel()
+        done |= want
+        near = excess(f, ls) < margin
+        todo = torch.zeros_like(active)
+        nz = (near & ~done).nonzero(as_tuple=True)
+        todo[ci[nz[0]], ci[nz[1]], ci[nz[2]]] = True
+        nz = (near & done).nonzero(as_tuple=True)
+        for off in itertools.product((-1, 0, 1), repeat=3):
+            keep = torch.ones(nz[0].numel(), dtype=torch.bool)
+            for ax, o in enumerate(off):
+                if o:
+                    keep &= (low_face if o < 0 else high_face)[nz[ax]]
+            if keep.any():
+                c = torch.stack([ci[nz[ax][keep]] + o for ax, o in enumerate(off)], -1)
+                c = c[((c >= 0) & (c <= rc - 2)).all(-1)]
+                todo[c[:, 0], c[:, 1], c[:, 2]] = True
+        todo &= ~active
+    return f, ls, excess(f, ls) < margin, n_eval
 
 
 def _pad(vol: np.ndarray, lo, hi):
@@ -102,19 +186,25 @@ def extract_shells(field, cfg, **overrides) -> Shells:
     """Sample a trained :class:`~.field.ShellField` on a grid and extract its shells.
 
     ``overrides``: ``grid_res``, ``eps``, ``dilate_voxels``, ``target_faces``, ``min_halfwidth``,
-    ``max_halfwidth`` (fractions of the box half-size ``a``) replacing the config's ``shell_*``.
+    ``max_halfwidth`` (fractions of the box half-size ``a``) replacing the config's ``shell_*``;
+    ``coarse``: the coarse grid of :func:`band_grids` (0 = evaluate the whole grid).
     """
     a = float(field.half_size)
     res = int(overrides.get("grid_res", cfg.shell_grid_res))
     lo = (field.center - a).tolist()
     hi = (field.center + a).tolist()
-    f, ls = field.sdf_and_log_s_grid(lo, hi, res)
-    return extract_shells_from_grids(
-        f, ls, lo, hi, eps=float(overrides.get("eps", cfg.shell_eps)),
-        min_halfwidth=float(overrides.get("min_halfwidth", cfg.shell_min_halfwidth)) * a,
-        max_halfwidth=float(overrides.get("max_halfwidth", cfg.shell_max_halfwidth)) * a,
-        dilate_voxels=int(overrides.get("dilate_voxels", cfg.shell_dilate_voxels)),
-        target_faces=int(overrides.get("target_faces", cfg.shell_target_faces)))
+    band = dict(eps=float(overrides.get("eps", cfg.shell_eps)),
+                min_halfwidth=float(overrides.get("min_halfwidth", cfg.shell_min_halfwidth)) * a,
+                max_halfwidth=float(overrides.get("max_halfwidth", cfg.shell_max_halfwidth)) * a)
+    dilate = int(overrides.get("dilate_voxels", cfg.shell_dilate_voxels))
+    # exact values wherever marching cubes or the dilation can look: within (dilation + 2) cell
+    # diagonals of the band; elsewhere only the sign matters, and the coarse values are far from 0
+    margin = math.sqrt(3.0) * (max(dilate, 0) + 2) * 2.0 * a / (res - 1)
+    f, ls, _, n_eval = band_grids(field, res, margin=margin, coarse=int(overrides.get("coarse", 64)), **band)
+    shells = extract_shells_from_grids(f, ls, lo, hi, dilate_voxels=dilate,
+                                       target_faces=int(overrides.get("target_faces", cfg.shell_target_faces)), **band)
+    shells.info["evaluated"] = int(n_eval)
+    return shells
 
 
 def write_shells(shells: Shells, out_dir: Path) -> list[Path]:

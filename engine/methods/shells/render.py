@@ -43,7 +43,6 @@
 """
 from __future__ import annotations
 
-import itertools
 import math
 
 import torch
@@ -156,21 +155,17 @@ class ProbeGrid:
     """The SDF and log kernel size of a field on a ``res^3`` grid over its cubic box: the cheap
     stand-in that :func:`shaders.band_probe.probe_samples` probes along band intervals.
 
-    Band intervals only reach the cells near the band, so only those are evaluated with the
-    network (about 6 % of a trained lego_200 field's grid): a ``coarse``-node grid is evaluated
-    first; fine nodes are evaluated in the coarse cells with a corner near the band (SDF within
-    the local band half-width plus slack plus half the cell diagonal), and then, as long as evaluated
-    near-band nodes lie on the faces of cells not yet evaluated, in those neighbours too (a flood
-    fill, so the near region is complete even where the field is not 1-Lipschitz). The other nodes
-    hold the coarse grid's trilinear values; nothing probes them. At 256^3 on 2 CPU cores: 2.4 s
-    for lego_200 (13 % of the nodes evaluated), 4.1 s for scan24_400 (19 %), against 10-12 s
-    dense (``coarse=0``), and the near-band values are identical. Not saved with checkpoints.
+    Band intervals only reach the nodes near the band (about 6 % of a trained lego_200 field's
+    grid), so only the coarse cells around those are evaluated with the network
+    (:func:`.extract.band_grids`); nothing probes the others. At 256^3 on 2 CPU cores: 2.4 s for
+    lego_200 (13 % of the nodes evaluated), 4.1 s for scan24_400 (19 %), against 10-12 s dense
+    (``coarse=0``), and the near-band values are identical. Not saved with checkpoints.
     :meth:`refresh` re-evaluates the near-band cells, so the grid can follow a field that is being
     fine-tuned.
     """
 
     def __init__(self, field: ShellField, cfg, coarse: int = 64, _seed_cells=None):
-        from .extract import band_halfwidth
+        from .extract import band_grids
 
         res = int(cfg.shell_probe_grid)
         if res < 2:
@@ -179,92 +174,18 @@ class ProbeGrid:
         self.res = res
         self.lo = (field.center - a).float()
         self.cell = 2.0 * a / (self.res - 1)
-        hi = field.center + a
         # node coordinates exactly as ShellField.sdf_and_log_s_grid places them
-        self._axes = [torch.linspace(float(self.lo[i]), float(hi[i]), res) for i in range(3)]
+        self._axes = [torch.linspace(float(self.lo[i]), float(field.center[i] + a), res) for i in range(3)]
         # nodes that band intervals can reach: inside the band (half-width from the local kernel
         # size, as at extraction), plus the dilation margin and two cells of slack for the corners
         # of trilinear lookups and for extraction grids coarser than this one
-        h_lo, h_hi = cfg.shell_min_halfwidth * a, cfg.shell_max_halfwidth * a
         ext_cell = 2.0 * a / max(int(cfg.shell_grid_res) - 1, 1)
         slack = math.sqrt(3.0) * (max(int(cfg.shell_dilate_voxels), 0) * ext_cell + 2.0 * max(ext_cell, self.cell))
-
-        def excess(f, ls):       # how far outside the band (negative: inside)
-            return f.abs() - band_halfwidth(ls, cfg.shell_eps, h_lo, h_hi)
-
-        def near_of(f, ls):
-            return excess(f, ls) < slack
-
-        coarse = int(coarse)
-        if coarse < 2 or coarse * 2 > res:
-            self.f, self.log_s = field.sdf_and_log_s_grid(self.lo, hi, res)
-            self.evaluated = res ** 3
-        else:
-            self.f, self.log_s = self._coarse_to_fine(field, hi, coarse, near_of, excess, slack, _seed_cells)
-        self.refresh_index = near_of(self.f, self.log_s).reshape(-1).nonzero(as_tuple=True)[0]
+        self.f, self.log_s, near, self.evaluated = band_grids(
+            field, res, eps=cfg.shell_eps, min_halfwidth=cfg.shell_min_halfwidth * a,
+            max_halfwidth=cfg.shell_max_halfwidth * a, margin=slack, coarse=coarse, seed_cells=_seed_cells)
+        self.refresh_index = near.reshape(-1).nonzero(as_tuple=True)[0]
         self._dev = {}
-
-    @torch.no_grad()
-    def _coarse_to_fine(self, field, hi, rc: int, near_of, excess, slack: float, seed_cells=None):
-        import torch.nn.functional as Fn
-
-        r = self.res
-        fc, lc = field.sdf_and_log_s_grid(self.lo, hi, rc)
-        # fine grid from the coarse one (corners aligned): the values of nodes never evaluated
-        f = Fn.interpolate(fc[None, None], size=(r, r, r), mode="trilinear", align_corners=True)[0, 0].contiguous()
-        ls = Fn.interpolate(lc[None, None], size=(r, r, r), mode="trilinear", align_corners=True)[0, 0].contiguous()
-        cell_c = (r - 1) * self.cell / (rc - 1)
-        if seed_cells is None:   # coarse cells that can hold a near node if the SDF is 1-Lipschitz:
-            # every point of a cell is within half its diagonal of a corner
-            m = -Fn.max_pool3d(-excess(fc, lc)[None, None], kernel_size=2, stride=1)[0, 0]
-            seed_cells = m < slack + 0.5 * math.sqrt(3.0) * cell_c
-        active = torch.zeros(rc - 1, rc - 1, rc - 1, dtype=torch.bool)
-        todo = seed_cells.clone()
-        # coarse cell of each fine index along an axis
-        ci = torch.clamp(torch.div(torch.arange(r) * self.cell, cell_c, rounding_mode="floor").long(), 0, rc - 2)
-        low_face = torch.ones(r, dtype=torch.bool)          # first / last fine index of its coarse cell
-        low_face[1:] = ci[1:] != ci[:-1]
-        high_face = torch.ones(r, dtype=torch.bool)
-        high_face[:-1] = ci[1:] != ci[:-1]
-        done = torch.zeros(r, r, r, dtype=torch.bool)
-        fv, lv = f.view(-1), ls.view(-1)
-        n_eval = 0
-        while todo.any():
-            active |= todo
-            want = active[ci][:, ci][:, :, ci] & ~done
-            idx = want.view(-1).nonzero(as_tuple=True)[0]
-            for i in range(0, idx.numel(), 65536):
-                j = idx[i:i + 65536]
-                a_, b_, _ = field.geometry(self.node_points(j))
-                fv[j] = a_.to(fv)
-                lv[j] = b_.to(lv)
-            n_eval += idx.numel()
-            done |= want
-            # near nodes on the faces of their coarse cell: their fine neighbours across the face
-            # (26-connected) lie in the neighbouring cells, which join the evaluated set; so do the
-            # cells of nodes that look near by the coarse grid's interpolation alone
-            near = near_of(f, ls)
-            todo = torch.zeros_like(active)
-            nz = (near & ~done).nonzero(as_tuple=True)
-            todo[ci[nz[0]], ci[nz[1]], ci[nz[2]]] = True
-            nz = (near & done).nonzero(as_tuple=True)
-            for off in itertools.product((-1, 0, 1), repeat=3):
-                keep = torch.ones(nz[0].numel(), dtype=torch.bool)
-                cell = []
-                for ax, o in enumerate(off):
-                    i = nz[ax]
-                    if o == -1:
-                        keep &= low_face[i]
-                    elif o == 1:
-                        keep &= high_face[i]
-                    cell.append(ci[i] + o)
-                if keep.any():
-                    c = torch.stack(cell, -1)[keep]
-                    c = c[((c >= 0) & (c <= rc - 2)).all(-1)]
-                    todo[c[:, 0], c[:, 1], c[:, 2]] = True
-            todo &= ~active
-        self.evaluated = n_eval + rc ** 3
-        return f, ls
 
     def node_points(self, flat_index: torch.Tensor) -> torch.Tensor:
         """World positions (N, 3) of the grid nodes with flat indices ``i * res^2 + j * res + k``."""

@@ -180,8 +180,7 @@ def test_probe_grid_coarse_to_fine_matches_the_dense_grid_near_the_band(trained)
     # the flood fill completes the near region from a single seed cell
     j = int(dense.refresh_index[dense.refresh_index.numel() // 2])
     ijk = torch.tensor([j // (r * r), (j // r) % r, j % r])
-    cell_c = (r - 1) * g.cell / 11
-    c = torch.clamp(torch.div(ijk * g.cell, cell_c, rounding_mode="floor").long(), 0, 10)
+    c = torch.clamp(ijk * 11 // (r - 1), 0, 10)                 # its coarse cell
     seed = torch.zeros(11, 11, 11, dtype=torch.bool)
     seed[c[0], c[1], c[2]] = True
     one = ProbeGrid(field, m.cfg, coarse=12, _seed_cells=seed)
@@ -189,6 +188,23 @@ def test_probe_grid_coarse_to_fine_matches_the_dense_grid_near_the_band(trained)
     # without seeds nothing is evaluated, and the check above notices
     none = ProbeGrid(field, m.cfg, coarse=12, _seed_cells=torch.zeros(11, 11, 11, dtype=torch.bool))
     assert none.evaluated == 12 ** 3 and not same_near(none)
+
+
+def test_extraction_on_the_band_grid_equals_the_dense_extraction():
+    """A thin band (solid kernel) around the trained-from-scratch sphere prior with a bumpy hash
+    residual: about half the nodes are evaluated, and the meshes are those of the dense grid."""
+    from engine.methods.shells.extract import extract_shells
+
+    m = ShellsMethod.create(_cfg(shell_grid_res=48), _sphere_dataset())
+    with torch.no_grad():
+        m.field.log_s.fill_(m.field.max_log_s)                  # half-width at its minimum clamp
+        m.field.sdf_l1.weight[0].normal_(0.0, 0.05, generator=torch.Generator().manual_seed(0))
+    sparse = extract_shells(m.field, m.cfg, coarse=12)
+    dense = extract_shells(m.field, m.cfg, coarse=0)
+    assert sparse.info["evaluated"] < 0.7 * 48 ** 3 and dense.info["evaluated"] == 48 ** 3
+    for k in ("outer", "inner", "surface"):
+        (va, fa), (vb, fb) = getattr(sparse, k), getattr(dense, k)
+        assert va.shape[0] > 0 and torch.equal(va, vb) and torch.equal(fa, fb), k
 
 
 def test_finetune_step_fraction_or_step():
