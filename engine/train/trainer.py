@@ -149,6 +149,12 @@ class Trainer:
                 self.sampler.load_state_dict(ck["sampler"])
 
     # -------------------------------------------------------------------------- helpers
+    def _count(self) -> str:
+        """What the model is made of, for progress lines: the method's ``progress_label`` if it has
+        one (shells: the shells' face count, once extracted), else ``"<num_primitives> primitives"``."""
+        label = getattr(self.method, "progress_label", None)
+        return label() if callable(label) else f"{self.method.num_primitives} primitives"
+
     def _next_index(self) -> int:
         n = len(self.dataset.splits["train"].cameras)
         if not self._order:
@@ -226,7 +232,7 @@ class Trainer:
         console.print(f"run folder: {self.run_dir}")
         columns = [TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("{task.fields[ips]:>5.1f} it/s"), TextColumn("loss {task.fields[loss]:.4f}"),
-                   TextColumn("PSNR {task.fields[psnr]:5.2f}"), TextColumn("N {task.fields[n]}"),
+                   TextColumn("PSNR {task.fields[psnr]:5.2f}"), TextColumn("{task.fields[n]}"),
                    TimeElapsedColumn(), TimeRemainingColumn()]
         from shaders import runtime
 
@@ -240,7 +246,7 @@ class Trainer:
         ips = 0.0
         with Progress(*columns, console=console, disable=not self.settings.progress, transient=False) as prog:
             task = prog.add_task("train", total=c.max_steps, completed=self.step, ips=0.0, loss=0.0,
-                                 psnr=0.0, n=self.method.num_primitives)
+                                 psnr=0.0, n=self._count())
             try:
                 while self.step < c.max_steps:
                     if c.time_budget_s and self.train_time >= c.time_budget_s:
@@ -263,11 +269,11 @@ class Trainer:
                         ips = (self.step - s_last) / (now - t_last)
                         t_last, s_last = now, self.step
                     prog.update(task, completed=self.step, ips=ips, loss=ema_loss, psnr=ema_psnr,
-                                n=self.method.num_primitives)
+                                n=self._count())
                     if not console.is_terminal and now - t_print > 30.0:  # logs (CI, make demo | tee)
                         t_print = now
                         console.print(f"step {self.step}/{c.max_steps}  {ips:.2f} it/s  loss {ema_loss:.4f}  "
-                                      f"train PSNR {ema_psnr:.2f}  primitives {self.method.num_primitives}  "
+                                      f"train PSNR {ema_psnr:.2f}  {self._count()}  "
                                       f"{self.train_time:.0f} s")
                     rec = None
                     if self.step % c.log_every == 0 or "cloned" in stats:
@@ -279,7 +285,7 @@ class Trainer:
                         rec = rec or {"step": self.step, "train_time_s": round(self.train_time, 3)}
                         rec.update(self.evaluate(c.eval_views))
                         prog.console.print(f"step {self.step}: test PSNR {rec['test_psnr']:.2f} dB "
-                                           f"({rec['test_views']} views), {self.method.num_primitives} primitives")
+                                           f"({rec['test_views']} views), {self._count()}")
                     if rec:
                         self._log(rec)
                     if c.checkpoint_every and self.step % c.checkpoint_every == 0:

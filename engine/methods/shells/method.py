@@ -235,9 +235,15 @@ class ShellsMethod:
 
     @property
     def num_primitives(self) -> int:
+        """Faces of the outer and inner shells (0 before extraction)."""
         if self.shells is None:
             return 0
         return int(self.shells.outer[1].shape[0] + self.shells.inner[1].shape[0])
+
+    def progress_label(self) -> str:
+        if self.shells is None:
+            return "volumetric"
+        return f"shells {self.num_primitives} faces"
 
     # ---------------------------------------------------------------- state
     def state_dict(self) -> dict:
