@@ -157,9 +157,9 @@ class ProbeGrid:
 
     Band intervals only reach the nodes near the band (about 6 % of a trained lego_200 field's
     grid), so only the coarse cells around those are evaluated with the network
-    (:func:`.extract.band_grids`); nothing probes the others. At 256^3 on 2 CPU cores: 2.4 s for
-    lego_200 (13 % of the nodes evaluated), 4.1 s for scan24_400 (19 %), against 10-12 s dense
-    (``coarse=0``), and the near-band values are identical. Not saved with checkpoints.
+    (:func:`.extract.band_grids`); nothing probes the others. At 256^3 on 2 CPU cores: 2.4-3.0 s
+    for lego_200 (13 % of the nodes evaluated), 3.2-4.9 s for scan24_400 (19 %), against 10-12 s
+    dense (``coarse=0``), and the near-band values are identical. Not saved with checkpoints.
     :meth:`refresh` re-evaluates the near-band cells, so the grid can follow a field that is being
     fine-tuned.
     """
