@@ -19,6 +19,11 @@ network evaluations:
   at the centre of each of its segments whose ``alpha_k`` exceeds ``tau``; ``alpha`` is -1 there:
   the caller evaluates the field's own NeuS opacity over the segment (``delta`` its length).
 * Segments where ``f`` does not decrease have no opacity and get no sample.
+* ``solid`` > 0: a crossing descent whose opacity is below ``solid`` (a translucent or fuzzy
+  surface) is sampled like a near miss, one sample per segment above ``tau``, so its colour is
+  integrated over the descent instead of taken at the zero crossing. On the default lego_200 and
+  scan24_400 runs 0.8 gained 0.05-0.08 dB for 3-15 % more samples (README "Adaptive Shells"); the
+  renderer's default is 0.
 
 The threshold ``tau`` drops the faint tail of a near miss: a grazing ray whose SDF falls slowly
 spreads its opacity over many segments each under ``tau`` (``tests/shaders/test_band_probe.py``
@@ -86,7 +91,7 @@ def _kernel():
     def probe(o: ti.types.ndarray(), d: ti.types.ndarray(), t0: ti.types.ndarray(), t1: ti.types.ndarray(),
               ok: ti.types.ndarray(), gf: ti.types.ndarray(), gl: ti.types.ndarray(),
               lo0: ti.f32, lo1: ti.f32, lo2: ti.f32, inv_cell: ti.f32, step: ti.f32, max_seg: ti.i32,
-              tau: ti.f32, out_t: ti.types.ndarray(), out_d: ti.types.ndarray(), out_g: ti.types.ndarray(),
+              tau: ti.f32, solid: ti.f32, out_t: ti.types.ndarray(), out_d: ti.types.ndarray(), out_g: ti.types.ndarray(),
               out_a: ti.types.ndarray(), count: ti.types.ndarray()):
         R = t0.shape[0]
         K = t0.shape[1]
@@ -132,7 +137,7 @@ def _kernel():
                                 run_tc = a + (ti.cast(k, ti.f32) + fp / (fp - fn)) * dl
                         elif in_run == 1:
                             in_run = 0
-                            if run_cross == 1:
+                            if run_cross == 1 and 1.0 - ti.exp(run_log) >= solid:
                                 if cnt < M:
                                     out_t[r, cnt] = run_tc
                                     out_d[r, cnt] = dl
@@ -140,7 +145,8 @@ def _kernel():
                                     out_a[r, cnt] = 1.0 - ti.exp(run_log)
                                     cnt += 1
                             else:
-                                # a near miss: walk the descent again, one sample per opaque segment
+                                # a near miss (or a translucent crossing): walk the descent again,
+                                # one sample per opaque segment
                                 ta = a + ti.cast(run_k, ti.f32) * dl
                                 qf, ql = lookup(gf, gl, ox + ta * dx, oy + ta * dy, oz + ta * dz, lo0, lo1,
                                                 lo2, inv_cell, G)
@@ -182,7 +188,7 @@ def _check(o, d, t0, t1, ok, grid_f, grid_log_s, step, max_segments, max_samples
 
 
 def probe_samples(o, d, t0, t1, ok, grid_f, grid_log_s, lo, cell: float, probe_step: float,
-                  max_segments: int = 64, tau: float = 0.01, max_samples: int = 32):
+                  max_segments: int = 64, tau: float = 0.01, max_samples: int = 32, solid: float = 0.0):
     """Samples in band intervals guided by grid probes (see the module docstring).
 
     o, d (R, 3) rays; t0, t1, ok (R, K) band intervals (:func:`shaders.volume.band_intervals_from_hits`);
@@ -209,7 +215,8 @@ def probe_samples(o, d, t0, t1, ok, grid_f, grid_log_s, lo, cell: float, probe_s
         with runtime.runtime_lock:
             _kernel()(o.to(**f32).contiguous(), d.to(**f32).contiguous(), t0c, t1c, okc,
                       grid_f.to(**f32).contiguous(), grid_log_s.to(**f32).contiguous(), lo[0], lo[1], lo[2],
-                      1.0 / float(cell), float(probe_step), int(max_segments), float(tau), t, dl, g, al, count)
+                      1.0 / float(cell), float(probe_step), int(max_segments), float(tau), float(solid),
+                      t, dl, g, al, count)
     home = o.device
     return tuple(x.to(home) for x in (t, dl, g, al, count))
 
@@ -238,7 +245,8 @@ def _seg_alpha_ref(fa, fb, ls):
 
 
 def probe_samples_reference(o, d, t0, t1, ok, grid_f, grid_log_s, lo, cell: float, probe_step: float,
-                            max_segments: int = 64, tau: float = 0.01, max_samples: int = 32):
+                            max_segments: int = 64, tau: float = 0.01, max_samples: int = 32,
+                            solid: float = 0.0):
     """Pure-torch twin of :func:`probe_samples` (one ray and interval at a time; small inputs)."""
     _check(o, d, t0, t1, ok, grid_f, grid_log_s, probe_step, max_segments, max_samples)
     R, K = t0.shape
@@ -280,7 +288,7 @@ def probe_samples_reference(o, d, t0, t1, ok, grid_f, grid_log_s, lo, cell: floa
                     e += 1
                 seg = range(k, e)
                 cross = [q for q in seg if f[q] > 0 and f[q + 1] <= 0]
-                if cross:
+                if cross and 1 - torch.prod(1 - alpha[k:e]) >= solid:
                     q = cross[0]
                     tc = a + (q + f[q] / (f[q] - f[q + 1])) * dl
                     emit(tc, dl, 1 - torch.prod(1 - alpha[k:e]))

@@ -109,8 +109,9 @@ def bench_run(run: Path, views: int, grid_res: int | None, target_faces: int | N
         if mode.startswith("probe"):
             model.cfg.shell_probe_grid = probe_res
             if "@" in mode:
-                st, tau = mode.split("@")[1].split("/")
+                st, tau, *solid = mode.split("@")[1].split("/")
                 model.cfg.shell_probe_step, model.cfg.shell_probe_tau = float(st), float(tau)
+                model.cfg.shell_probe_solid = float(solid[0]) if solid else 0.0
             if "probe" not in renderers:
                 model._renderer = None
                 renderers["probe"] = model.renderer

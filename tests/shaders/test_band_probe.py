@@ -31,7 +31,8 @@ def test_trilinear_reproduces_linear_functions():
     torch.testing.assert_close(trilinear_reference(g, x, LO.double(), CELL), want)
 
 
-def test_kernel_matches_reference():
+@pytest.mark.parametrize("solid", [0.0, 0.9])
+def test_kernel_matches_reference(solid):
     gen = torch.Generator().manual_seed(1)
     # a bumpy sphere: crossings, near misses and thin parts; a kernel size that varies in space
     gf = _grid(lambda X, Y, Z: (X * X + Y * Y + Z * Z).sqrt() - 0.6 + 0.05 * torch.sin(7 * X) * torch.cos(5 * Y))
@@ -45,7 +46,7 @@ def test_kernel_matches_reference():
     ok = torch.rand(R, K, generator=gen) > 0.3
     ok[0] = False                                     # a ray with no interval
     t1[1, 0] = math.inf                               # an open interval is ignored
-    args = (0.05, 16, 0.01, 12)
+    args = (0.05, 16, 0.01, 12, solid)
     got = probe_samples(o, d, t0, t1, ok, gf.float(), gl.float(), LO, CELL, *args)
     want = probe_samples_reference(o.double(), d.double(), t0.double(), t1.double(), ok, gf, gl, LO.double(),
                                    CELL, *args)
@@ -53,7 +54,7 @@ def test_kernel_matches_reference():
     assert got[4][0] == 0
     m = torch.arange(12)[None] < got[4][:, None]
     crossing, near = (got[3] >= 0) & m, (got[3] < 0) & m
-    assert crossing.sum() > 30 and near.sum() > 30       # both kinds of sample occur
+    assert crossing.sum() > (30 if solid == 0 else 10) and near.sum() > 30       # both kinds of sample occur
     assert torch.equal(got[2][m], want[2].int()[m])
     for i in (0, 1, 3):
         torch.testing.assert_close(got[i][m].double(), want[i][m], atol=2e-5, rtol=0)
@@ -83,6 +84,33 @@ def test_plane_crossing_is_one_sample_with_the_exact_opacity():
             assert abs(float(t[r, 0]) - 0.8) < 1e-5                  # on the plane
             assert abs(float(alpha[r, 0]) - want) < 1e-5
             assert abs(float(dl[r, 0]) - (float(t1[r, 0] - t0[r, 0]) / math.ceil((t1[r, 0] - t0[r, 0]) / 0.01))) < 1e-6
+
+
+def test_translucent_crossing_is_sampled_like_a_near_miss_under_solid():
+    # the plane of the test above with a wide kernel: the crossing's opacity is about 0.8
+    gf = _grid(lambda X, Y, Z: X - 0.1)
+    s = 5.0
+    gl = _grid(lambda X, Y, Z: torch.full_like(X, math.log(s)))
+    o, d = torch.tensor([[0.9, 0.0, 0.0]]), torch.tensor([[-1.0, 0.0, 0.0]])
+    t0, t1, ok = torch.tensor([[0.5]]), torch.tensor([[1.1]]), torch.ones(1, 1, dtype=torch.bool)
+    whole = 1 - math.exp(float(_logphi(s * -0.3) - _logphi(s * 0.3)))  # f from 0.3 to -0.3
+    assert 0.5 < whole < 0.9
+    for fn in (probe_samples, probe_samples_reference):
+        one = fn(o, d, t0, t1, ok, gf.float(), gl.float(), LO, CELL, 0.01, tau=0.01, solid=0.5)
+        assert int(one[4][0]) == 1 and abs(float(one[3][0, 0]) - whole) < 1e-5   # opaque enough: one sample
+        t, dl, g, alpha, count = fn(o, d, t0, t1, ok, gf.float(), gl.float(), LO, CELL, 0.01, tau=0.01, solid=0.9,
+                                    max_samples=64)
+        n = int(count[0])
+        # one sample at the centre of each segment whose opacity exceeds tau, with the field's
+        # opacity (-1)
+        nseg = round(0.6 / float(dl[0, 0]))           # ceil(0.6 / 0.01) in float32
+        tt = 0.5 + torch.arange(nseg + 1, dtype=torch.float64) * (0.6 / nseg)
+        f = 0.8 - tt
+        seg = -torch.expm1((_logphi(s * f[1:]) - _logphi(s * f[:-1])).clamp(max=0))
+        assert n == int((seg > 0.01).sum()) and 10 < n < nseg
+        assert (alpha[0, :n] == -1).all()
+        centres = ((tt[:-1] + tt[1:]) / 2)[seg > 0.01]
+        torch.testing.assert_close(t[0, :n].double(), centres, atol=1e-5, rtol=0)
 
 
 def test_near_miss_gets_samples_on_its_descent_only():

@@ -73,6 +73,7 @@ class ShellsConfig:
                                        # intervals (0 = off: the one-sample rules above place samples)
     shell_probe_step: float = 0.0075   # probe spacing along band intervals (times a)
     shell_probe_tau: float = 0.003     # near misses: a sample where a probe segment's opacity exceeds this
+    shell_probe_solid: float = 0.0     # translucent crossings (opacity under this) get a sample per opaque probe segment, like near misses (0 = one sample per crossing; 0.8: +0.05-0.08 dB for 3-15 % more samples)
     shell_finetune_params: str = "auto"  # what fine-tuning in the band trains: color (the colour network; the
                                        # geometry stays as volume rendering left it), all, or auto (color with
                                        # the probe sampler, all with the one-sample rules)
