@@ -9,7 +9,10 @@ exactly as the shells will be rendered. With the probe sampler (the default) the
 colour network only (``shell_finetune_params``): its crossing samples take their opacity from the
 probe grid, so the image loss cannot hold the geometry in place: training everything gave 25.88 dB
 (lego_200) and 23.36 dB (scan24_400) on all test views, colour only 26.47 and 24.25 dB. The
-geometry then stays exactly as volume rendering left it.
+geometry then stays exactly as volume rendering left it. Giving the crossings a differentiable
+opacity (the descent's NeuS opacity recomputed from network evaluations at its probe points) did
+not rescue fine-tuning everything: from the default runs' step-12,000 checkpoints 26.25 and 23.22
+dB, against 26.52 and 24.03 colour only (so it was not kept).
 
 Rendering (:meth:`ShellsMethod.render`): ``render_mode`` ``auto`` uses the shells when they exist,
 else full volumetric rendering. Outputs: ``rgb (H,W,3)``, ``alpha``, ``depth`` (expected depth
