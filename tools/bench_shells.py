@@ -193,9 +193,9 @@ def main(argv=None) -> int:
                          "0 = any length, the default renderer)")
     ap.add_argument("--probe", choices=("on", "off"), default="on",
                     help="also the probe mode (the default renderer; shell_probe_grid, or 256 if the run has it off)")
-    ap.add_argument("--probe-settings", nargs="+", default=None, metavar="STEP/TAU",
-                    help="probe modes with these shell_probe_step/shell_probe_tau pairs, e.g. 0.01/0.01 "
-                         "0.0075/0.003 (default: one probe mode with the run's settings)")
+    ap.add_argument("--probe-settings", nargs="+", default=None, metavar="STEP/TAU[/SOLID]",
+                    help="probe modes with these shell_probe_step/shell_probe_tau (/shell_probe_solid, default 0) "
+                         "settings, e.g. 0.01/0.01 0.0075/0.003/0.8 (default: one probe mode with the run's settings)")
     ap.add_argument("--reextract", action="store_true",
                     help="extract new shells even when the run has some (runs fine-tuned inside their shells)")
     ap.add_argument("--out", default="bench_shells.json")

@@ -66,6 +66,21 @@ def band_halfwidth(log_s, eps: float, lo: float, hi: float):
     return np.clip(c * np.exp(-np.asarray(log_s)), lo, hi)
 
 
+def grid_axes(field, res: int) -> list:
+    """The node coordinates along x, y, z of the ``res^3`` grid over the field's cubic box, exactly as
+    :meth:`~.field.ShellField.sdf_and_log_s_grid` places them."""
+    a = float(field.half_size)
+    lo, hi = field.center - a, field.center + a
+    return [torch.linspace(float(lo[i]), float(hi[i]), res) for i in range(3)]
+
+
+def grid_points(axes, flat_index: torch.Tensor) -> torch.Tensor:
+    """World positions (N, 3) of the grid nodes with flat indices ``i * res^2 + j * res + k``."""
+    r = axes[0].numel()
+    j = flat_index
+    return torch.stack([axes[0][j // (r * r)], axes[1][(j // r) % r], axes[2][j % r]], -1)
+
+
 @torch.no_grad()
 def band_grids(field, res: int, *, eps: float, min_halfwidth: float, max_halfwidth: float, margin: float,
                coarse: int = 64, seed_cells=None):
@@ -97,7 +112,7 @@ def band_grids(field, res: int, *, eps: float, min_halfwidth: float, max_halfwid
     if rc < 2 or 2 * rc > r:
         f, ls = field.sdf_and_log_s_grid(lo, hi, r)
         return f, ls, excess(f, ls) < margin, r ** 3
-    axes = [torch.linspace(float(lo[i]), float(hi[i]), r) for i in range(3)]
+    axes = grid_axes(field, r)
     fc, lc = field.sdf_and_log_s_grid(lo, hi, rc)
     f = Fn.interpolate(fc[None, None], size=(r, r, r), mode="trilinear", align_corners=True)[0, 0].contiguous()
     ls = Fn.interpolate(lc[None, None], size=(r, r, r), mode="trilinear", align_corners=True)[0, 0].contiguous()
@@ -120,8 +135,7 @@ def band_grids(field, res: int, *, eps: float, min_halfwidth: float, max_halfwid
         idx = want.view(-1).nonzero(as_tuple=True)[0]
         for s in range(0, idx.numel(), 65536):
             j = idx[s:s + 65536]
-            x = torch.stack([axes[0][j // (r * r)], axes[1][(j // r) % r], axes[2][j % r]], -1)
-            fj, lj, _ = field.geometry(x)
+            fj, lj, _ = field.geometry(grid_points(axes, j))
             fv[j] = fj.to(fv)
             lv[j] = lj.to(lv)
         n_eval += idx.numel()

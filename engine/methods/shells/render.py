@@ -165,7 +165,7 @@ class ProbeGrid:
     """
 
     def __init__(self, field: ShellField, cfg, coarse: int = 64, _seed_cells=None):
-        from .extract import band_grids
+        from .extract import band_grids, grid_axes
 
         res = int(cfg.shell_probe_grid)
         if res < 2:
@@ -174,8 +174,7 @@ class ProbeGrid:
         self.res = res
         self.lo = (field.center - a).float()
         self.cell = 2.0 * a / (self.res - 1)
-        # node coordinates exactly as ShellField.sdf_and_log_s_grid places them
-        self._axes = [torch.linspace(float(self.lo[i]), float(field.center[i] + a), res) for i in range(3)]
+        self._axes = grid_axes(field, res)
         # nodes that band intervals can reach: inside the band (half-width from the local kernel
         # size, as at extraction), plus the dilation margin and two cells of slack for the corners
         # of trilinear lookups and for extraction grids coarser than this one
@@ -186,12 +185,6 @@ class ProbeGrid:
             max_halfwidth=cfg.shell_max_halfwidth * a, margin=slack, coarse=coarse, seed_cells=_seed_cells)
         self.refresh_index = near.reshape(-1).nonzero(as_tuple=True)[0]
         self._dev = {}
-
-    def node_points(self, flat_index: torch.Tensor) -> torch.Tensor:
-        """World positions (N, 3) of the grid nodes with flat indices ``i * res^2 + j * res + k``."""
-        r = self.res
-        j = flat_index
-        return torch.stack([self._axes[0][j // (r * r)], self._axes[1][(j // r) % r], self._axes[2][j % r]], -1)
 
     def grids_on(self, device) -> tuple:
         """``(f, log_s)`` on ``device`` (copies kept until the next :meth:`refresh`: on a GPU the
@@ -206,12 +199,14 @@ class ProbeGrid:
     @torch.no_grad()
     def refresh(self, field: ShellField, chunk: int = 65536) -> None:
         """Re-evaluate the field at the cells near the band."""
+        from .extract import grid_points
+
         idx = self.refresh_index
         self._dev = {}
         f, ls = self.f.view(-1), self.log_s.view(-1)
         for i in range(0, idx.numel(), chunk):
             j = idx[i:i + chunk]
-            a, b, _ = field.geometry(self.node_points(j))
+            a, b, _ = field.geometry(grid_points(self._axes, j))
             f[j] = a.to(f)
             ls[j] = b.to(ls)
 
