@@ -8,7 +8,7 @@
 * ``file_path`` gets ``.png`` appended when it has no extension.
 * RGBA images are composited on the background (white by default); alpha is kept.
 * Scene box: ``[-1.5, 1.5]^3`` (the synthetic objects sit inside it); near 2, far 6 (NeRF).
-* Points: ``points3d.ply`` in the folder, if present (e.g. mic), read with trimesh.
+* Points: ``points3d.ply`` in the folder, if present (e.g. mic), read by :mod:`engine.io.ply`.
 """
 from __future__ import annotations
 
@@ -127,18 +127,9 @@ def load(root, downscale: int = 1, background=None, **_) -> Dataset:
 
 
 def read_ply_points(path: Path):
-    """(P, 3) float32 points and (P, 3) float32 colours in [0, 1] (or None) from a PLY file."""
-    try:
-        import trimesh
+    """(P, 3) float32 points and (P, 3) float32 colours in [0, 1] (or None) from a PLY file, as
+    torch tensors (read by :func:`engine.io.ply.read_points_ply`, the engine's one PLY reader)."""
+    from ..io.ply import read_points_ply
 
-        pc = trimesh.load(path, process=False)
-        pts = np.asarray(pc.vertices, dtype=np.float32)
-    except Exception as exc:
-        raise DataError(path, f"cannot read point cloud ({exc.__class__.__name__}: {exc})") from None
-    colors = None
-    vc = getattr(pc, "colors", None)
-    if vc is None or len(vc) == 0:
-        vc = getattr(getattr(pc, "visual", None), "vertex_colors", None)
-    if vc is not None and len(vc) == len(pts):
-        colors = torch.from_numpy(np.asarray(vc, dtype=np.float32)[:, :3] / 255.0)
-    return torch.from_numpy(pts), colors
+    pts, cols = read_points_ply(path)
+    return torch.from_numpy(pts), (None if cols is None else torch.from_numpy(cols))

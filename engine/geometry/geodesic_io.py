@@ -1,8 +1,9 @@
 """Input/output around heat geodesics: loading meshes and point clouds, isolines, coloured PLY.
 
-- :func:`load_geometry`: OBJ/PLY/OFF/STL via trimesh (vertex order of the file kept, OBJ with
-  ``maintain_order``; STL is a triangle soup so its vertices are merged), a PLY without faces,
-  ``.xyz`` text (first three columns) or ``.npy`` ``(n, 3)`` is a point cloud.
+- :func:`load_geometry`: PLY through :mod:`engine.io.ply` (the engine's one PLY module), OBJ/OFF/STL
+  via trimesh (vertex order of the file kept, OBJ with ``maintain_order``; STL is a triangle soup
+  so its vertices are merged), a PLY without faces, ``.xyz`` text (first three columns) or ``.npy``
+  ``(n, 3)`` is a point cloud.
 - :func:`isolines`: marching triangles on a per-vertex scalar field.
 - :func:`write_colored_ply` / :func:`write_isolines_obj`: atomic writers.
 """
@@ -37,6 +38,10 @@ def load_geometry(path) -> tuple[np.ndarray, np.ndarray | None]:
             if P.shape[1] < 3:
                 raise DataError(path, f"expected at least 3 columns (x y z), got {P.shape[1]}")
             return P[:, :3].astype(np.float64), None
+        if sfx == ".ply":
+            from ..io.ply import read_ply_mesh
+
+            return read_ply_mesh(path)
         if sfx not in MESH_SUFFIXES:
             raise DataError(path, f"unsupported format {sfx!r} (use {', '.join(MESH_SUFFIXES)}, .xyz or .npy)")
         import trimesh
@@ -131,30 +136,14 @@ def distance_colors(d: np.ndarray, n_bands: int = 0, band_width: float = 0.08) -
 
 def write_colored_ply(path, V: np.ndarray, F: np.ndarray | None, colors: np.ndarray, distance: np.ndarray) -> Path:
     """Binary little-endian PLY: x y z (float32), red green blue (uchar), distance (float32;
-    ``inf`` where unreachable), and faces if given. Written atomically."""
-    n = len(V)
-    vdt = np.dtype([("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("red", "u1"), ("green", "u1"), ("blue", "u1"),
-                    ("distance", "<f4")])
-    va = np.empty(n, vdt)
-    va["x"], va["y"], va["z"] = V[:, 0], V[:, 1], V[:, 2]
-    va["red"], va["green"], va["blue"] = colors[:, 0], colors[:, 1], colors[:, 2]
-    va["distance"] = distance
-    header = ["ply", "format binary_little_endian 1.0", f"element vertex {n}",
-              "property float x", "property float y", "property float z",
-              "property uchar red", "property uchar green", "property uchar blue", "property float distance"]
-    nf = 0 if F is None else len(F)
-    if nf:
-        header += [f"element face {nf}", "property list uchar int vertex_indices"]
-    header.append("end_header")
-    with atomic_write(path, "wb") as fh:
-        fh.write(("\n".join(header) + "\n").encode("ascii"))
-        fh.write(va.tobytes())
-        if nf:
-            fdt = np.dtype([("n", "u1"), ("i", "<i4", (3,))])
-            fa = np.empty(nf, fdt)
-            fa["n"], fa["i"] = 3, F
-            fh.write(fa.tobytes())
-    return Path(path)
+    ``inf`` where unreachable), and faces if given. Written atomically by :func:`engine.io.ply.write_ply`."""
+    from ..io.ply import write_ply
+
+    V, colors = np.asarray(V), np.asarray(colors)
+    vertex = {"x": V[:, 0].astype(np.float32), "y": V[:, 1].astype(np.float32), "z": V[:, 2].astype(np.float32),
+              "red": colors[:, 0].astype(np.uint8), "green": colors[:, 1].astype(np.uint8),
+              "blue": colors[:, 2].astype(np.uint8), "distance": np.asarray(distance, dtype=np.float32)}
+    return write_ply(path, vertex, faces=None if F is None or len(F) == 0 else F)
 
 
 def write_isolines_obj(path, points: np.ndarray, segments: np.ndarray, levels=None, seg_level=None) -> Path:
