@@ -1,6 +1,9 @@
 """Atomic file writes: a temp file in the destination folder, then ``os.replace``.
 
 Readers never see a half-written file and an interrupted write leaves the old file intact.
+The file gets the permissions a plain ``open(path, "w")`` would give it: ``0o666 & ~umask``
+(``mkstemp`` alone creates 0600 files, which made every export, eval.json, config.toml,
+checkpoint and video private to its owner whatever the umask).
 
 >>> from engine.io.atomic import atomic_write
 >>> with atomic_write("out.json", "w") as f:   # doctest: +SKIP
@@ -14,6 +17,21 @@ import tempfile
 from pathlib import Path
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it where Linux allows (``/proc/self/status``);
+    elsewhere by setting and restoring it."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path, suffix: str | None = None):
     """Yield a temporary path next to ``path``; on success it is renamed onto ``path``.
@@ -25,7 +43,10 @@ def atomic_path(path, suffix: str | None = None):
     path.parent.mkdir(parents=True, exist_ok=True)
     sfx = suffix if suffix is not None else "".join(path.suffixes[-1:])
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{sfx}", dir=path.parent)
-    os.close(fd)
+    try:
+        os.fchmod(fd, 0o666 & ~current_umask())
+    finally:
+        os.close(fd)
     try:
         yield Path(tmp)
         os.replace(tmp, path)
