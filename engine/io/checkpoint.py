@@ -5,11 +5,22 @@ A checkpoint is a dict of tensors and plain Python values::
     {"format": "kernelight-checkpoint", "format_version": 1, "method": "raygauss",
      "kernelight_version": "0.1.0", "step": 1200, "model": {...}, "optimizer": {...}, ...}
 
-Files from elsewhere never run code: loading uses ``weights_only=True``.
+Files from elsewhere never run code: loading uses ``weights_only=True``, and only after the file
+was seen to be a complete PyTorch zip archive (a kernelight checkpoint is always one). Every load
+failure becomes one :class:`~engine.errors.CheckpointError` line naming the file and what is
+wrong (empty, truncated, not a PyTorch zip archive, corrupt, holds Python objects). torch's own
+text is never passed on: it suggests ``weights_only=False``, which must never be done for a file
+of unknown origin.
+
+:func:`load_latest_valid` is what ``--resume`` uses: it tries the checkpoints newest first and
+falls back past truncated or corrupt ones (a warning names each skipped file).
 """
 from __future__ import annotations
 
+import pickle
 import re
+import warnings
+import zipfile
 from pathlib import Path
 
 import torch
@@ -34,23 +45,82 @@ def save_checkpoint(path, payload: dict, *, method: str, step: int) -> Path:
     return path
 
 
+def _open_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be a complete PyTorch zip checkpoint (None if it looks complete)."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError as exc:
+        return f"cannot read file ({exc.strerror or exc})"
+    if size == 0:
+        return "empty file (0 bytes): the checkpoint is truncated or was never written"
+    if magic != b"PK\x03\x04":
+        return "not a kernelight checkpoint (not a PyTorch zip archive)"
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+        return f"truncated or corrupt checkpoint: the zip archive is incomplete ({size} bytes)"
+    if not any(n.endswith("/data.pkl") or n == "data.pkl" for n in names):
+        return "not a kernelight checkpoint (a zip archive without PyTorch data)"
+    return None
+
+
 def load_checkpoint(path, *, method: str | None = None, map_location="cpu") -> dict:
-    """Load and validate a checkpoint; errors name the file and what is wrong."""
+    """Load and validate a checkpoint; errors name the file and what is wrong (one line)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
+    problem = _open_problem(path)
+    if problem is not None:
+        raise CheckpointError(f"{path}: {problem}")
     try:
         data = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # pickle errors, truncated zip, unsafe globals
-        raise CheckpointError(f"{path}: cannot load checkpoint ({type(exc).__name__}: {exc})") from exc
+    except pickle.UnpicklingError:
+        raise CheckpointError(f"{path}: not loaded: it holds Python objects other than tensors and plain values "
+                              "(kernelight checkpoints never do; loading such a file could run code)") from None
+    except Exception as exc:  # CRC errors, damaged records, bad storages: torch's text is not passed on
+        raise CheckpointError(f"{path}: corrupt checkpoint (damaged PyTorch archive, {type(exc).__name__})") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not a kernelight checkpoint")
+        raise CheckpointError(f"{path}: not a kernelight checkpoint (a PyTorch file without the "
+                              f"'format': '{FORMAT}' entry)")
     if data.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{path}: checkpoint format version {data.get('format_version')} is not "
+        raise CheckpointError(f"{path}: checkpoint format version {data.get('format_version')!r} is not "
                               f"supported by this kernelight (expects {FORMAT_VERSION})")
     if method is not None and data.get("method") != method:
         raise CheckpointError(f"{path}: checkpoint is from method {data.get('method')!r}, not {method!r}")
     return data
+
+
+def load_latest_valid(folder, *, method: str | None = None, map_location="cpu") -> tuple[Path, dict]:
+    """The newest ``step-NNNNNN.pt`` in ``folder`` that loads: ``(path, data)``.
+
+    Checkpoints are tried newest first; one that fails (truncated by a crash, corrupt, not a
+    checkpoint) is skipped with a ``RuntimeWarning`` naming it and why. A checkpoint of another
+    method is not skipped: that is a wrong run folder, not damage, and raises at once. Raises
+    :class:`CheckpointError` when the folder has none or none loads.
+    """
+    folder = Path(folder)
+    cks = list_checkpoints(folder)
+    if not cks:
+        raise CheckpointError(f"{folder}: no checkpoint (step-NNNNNN.pt) to resume from")
+    skipped = []
+    for p in reversed(cks):
+        try:
+            data = load_checkpoint(p, map_location=map_location)
+        except CheckpointError as exc:
+            skipped.append(p.name)
+            warnings.warn(f"skipping unusable checkpoint {exc}", RuntimeWarning, stacklevel=2)
+            continue
+        if method is not None and data.get("method") != method:
+            raise CheckpointError(f"{p}: checkpoint is from method {data.get('method')!r}, not {method!r}")
+        if skipped:
+            warnings.warn(f"{folder}: resuming from {p.name}, the newest checkpoint that loads "
+                          f"(skipped {', '.join(skipped)})", RuntimeWarning, stacklevel=2)
+        return p, data
+    raise CheckpointError(f"{folder}: none of the {len(cks)} checkpoints loads (newest: {cks[-1].name}); "
+                          "see the warnings above")
 
 
 def list_checkpoints(folder) -> list[Path]:
