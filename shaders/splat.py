@@ -39,7 +39,7 @@ import torch
 from shaders import runtime
 
 __all__ = ["splat", "SplatFunction", "TILE", "NEAR_PLANE", "EPS2D", "ALPHA_MAX", "ALPHA_MIN",
-           "T_MIN", "EXTENT", "w2c_from_c2w"]
+           "T_MIN", "EXTENT", "BLOCK", "w2c_from_c2w"]
 
 TILE = 16            #: tile edge in pixels (3DGS)
 NEAR_PLANE = 0.01    #: camera-z cull
@@ -48,6 +48,7 @@ ALPHA_MAX = 0.99     #: alpha clamp
 ALPHA_MIN = 1.0 / 255.0  #: contributions below this alpha are skipped
 T_MIN = 1e-4         #: a pixel stops before its transmittance would drop below this
 EXTENT = 3.0         #: footprint half-size in standard deviations of the major axis
+BLOCK = 8            #: work-block edge in pixels (speed only, see ``project``)
 
 #: Packed per-Gaussian record ``P (N, 10)``: u, v, Q00, Q01, Q11, opacity, z, r, g, b.
 _NP = 10
@@ -102,15 +103,23 @@ def _kernels(real):
         tany = 0.5 * H / fy
         ux = t[0] / z
         uy = t[1] / z
-        rx = ti.min(ti.max(ux, -(cx / fx + 0.3 * tanx)), (W - cx) / fx + 0.3 * tanx)
-        ry = ti.min(ti.max(uy, -(cy / fy + 0.3 * tany)), (H - cy) / fy + 0.3 * tany)
+        rx = ti.min(ti.max(ux, -(cx / fx + real(0.3) * tanx)), (W - cx) / fx + real(0.3) * tanx)
+        ry = ti.min(ti.max(uy, -(cy / fy + real(0.3) * tany)), (H - cy) / fy + real(0.3) * tany)
         J = ti.Matrix([[fx / z, 0.0, -fx * rx / z], [0.0, fy / z, -fy * ry / z]], dt=real)
         return J, rx, ry, ti.cast(rx == ux, real), ti.cast(ry == uy, real)
 
+    @ti.func
+    def span(c, h, lo, hi):
+        """Pixels p in [lo, hi] whose centre p + 0.5 lies in [c - h, c + h] (empty: p0 > p1)."""
+        p0 = ti.cast(ti.ceil(ti.max(c - h - 0.5, lo - 1.0)), ti.i32)
+        p1 = ti.cast(ti.floor(ti.min(c + h - 0.5, hi + 1.0)), ti.i32)
+        return ti.max(p0, lo), ti.min(p1, hi)
+
     @ti.kernel
     def project(means: nd, quats: nd, log_scales: nd, logits: nd, colors: nd, w2c: nd,
-                fx: real, fy: real, cx: real, cy: real, W: ti.i32, H: ti.i32, B: ti.i32,
-                near: real, eps2d: real, P: nd, rect: nd, ntiles: nd):
+                fx: real, fy: real, cx: real, cy: real, W: ti.i32, H: ti.i32, T: ti.i32,
+                B: ti.i32, near: real, eps2d: real, P: nd, rect: nd, ntiles: nd):
+        """Footprint records P and block rectangles [x0, x1) x [y0, y1) (B-pixel blocks)."""
         Rw, tw = load_view(w2c)
         for l in range(means.shape[0]):
             t, qh, qn, R, s, M, V = gaussian_frame(l, means, quats, log_scales, Rw, tw)
@@ -128,23 +137,29 @@ def _kernels(real):
                     u = fx * t[0] / t[2] + cx
                     v = fy * t[1] / t[2] + cy
                     m = 0.5 * (a + c)
-                    lam = m + ti.sqrt(ti.max(0.1, m * m - det))
+                    lam = m + ti.sqrt(ti.max(real(0.1), m * m - det))
                     r = ti.ceil(EXTENT * ti.sqrt(lam))
-                    # pixels px whose centre px + 0.5 lies in [u - r, u + r] (clamped in float first)
-                    px0 = ti.cast(ti.ceil(ti.max(u - r - 0.5, -1.0)), ti.i32)
-                    px1 = ti.cast(ti.floor(ti.min(u + r - 0.5, ti.cast(W, real))), ti.i32)
-                    py0 = ti.cast(ti.ceil(ti.max(v - r - 0.5, -1.0)), ti.i32)
-                    py1 = ti.cast(ti.floor(ti.min(v + r - 0.5, ti.cast(H, real))), ti.i32)
-                    px0, py0 = ti.max(px0, 0), ti.max(py0, 0)
-                    px1, py1 = ti.min(px1, W - 1), ti.min(py1, H - 1)
-                    if px0 <= px1 and py0 <= py1:
-                        x0, x1, y0, y1 = px0 // B, px1 // B + 1, py0 // B, py1 // B + 1
+                    # 3DGS: every tile with a pixel centre in the 3-sigma square (pixel ranges)
+                    px0, px1 = span(u, r, 0, W - 1)
+                    py0, py1 = span(v, r, 0, H - 1)
+                    px0, px1 = (px0 // T) * T, ti.min((px1 // T + 1) * T, W) - 1
+                    py0, py1 = (py0 // T) * T, ti.min((py1 // T + 1) * T, H) - 1
+                    # ... but only the pixels that can reach alpha >= 1/255 are visited: those
+                    # inside the box of the ellipse d^T Q d <= 2 ln(255 opacity) (padded)
+                    op = 1.0 / (1.0 + ti.exp(-ti.cast(logits[l], real)))
+                    if op * 255.0 < real(0.999):
+                        px1 = -1
+                    m2 = 2.0 * ti.log(ti.max(op * 255.0, 1.0)) * (1.0 + 1e-3) + 1e-3
+                    qx0, qx1 = span(u, ti.sqrt(m2 * a) * (1.0 + 1e-4) + 1e-2, px0, px1)
+                    qy0, qy1 = span(v, ti.sqrt(m2 * c) * (1.0 + 1e-4) + 1e-2, py0, py1)
+                    if qx0 <= qx1 and qy0 <= qy1:
+                        x0, x1, y0, y1 = qx0 // B, qx1 // B + 1, qy0 // B, qy1 // B + 1
                         P[l, 0] = u
                         P[l, 1] = v
                         P[l, 2] = c / det
                         P[l, 3] = -b / det
                         P[l, 4] = a / det
-                        P[l, 5] = 1.0 / (1.0 + ti.exp(-ti.cast(logits[l], real)))
+                        P[l, 5] = op
                         P[l, 6] = t[2]
                         for k in ti.static(range(3)):
                             P[l, 7 + k] = colors[l, k]
@@ -203,10 +218,10 @@ def _kernels(real):
                     g = items[j]
                     dx, dy, power = footprint(P, g, fxp, fyp)
                     if power <= 0:
-                        al = ti.min(ALPHA_MAX, P[g, 5] * ti.exp(power))
-                        if al >= ALPHA_MIN:
+                        al = ti.min(real(ALPHA_MAX), P[g, 5] * ti.exp(power))
+                        if al >= real(ALPHA_MIN):
                             tt = T * (1 - al)
-                            if tt < T_MIN:
+                            if tt < real(T_MIN):
                                 break
                             w = al * T
                             for k in ti.static(range(3)):
@@ -248,8 +263,8 @@ def _kernels(real):
                     if power <= 0:
                         G = ti.exp(power)
                         og = P[g, 5] * G
-                        al = ti.min(ALPHA_MAX, og)
-                        if al >= ALPHA_MIN:
+                        al = ti.min(real(ALPHA_MAX), og)
+                        if al >= real(ALPHA_MIN):
                             T = T / (1 - al)
                             col = ti.Vector([P[g, 7 + k] for k in ti.static(range(3))], dt=real)
                             z = P[g, 6]
@@ -261,7 +276,7 @@ def _kernels(real):
                             Sc = al * col + (1 - al) * Sc
                             Sz = al * z + (1 - al) * Sz
                             Sa = al + (1 - al) * Sa
-                            if og <= ALPHA_MAX:
+                            if og <= real(ALPHA_MAX):
                                 ti.atomic_add(gP[g, 5], dal * G)
                                 dp = dal * og
                                 ti.atomic_add(gP[g, 0], -(P[g, 2] * dx + P[g, 3] * dy) * dp)
@@ -381,13 +396,13 @@ def _bin(K, rect, ntiles, z, TX, TY, dev):
 class SplatFunction(torch.autograd.Function):
     """``(means, quats, log_scales, logits, colors, w2c, cam, settings) -> (C (H,W,3), alpha
     (H,W), D (H,W), n_evals (H,W) int32)``; all tensors on the runtime's device, one float dtype.
-    ``cam = (fx, fy, cx, cy, W, H)``, ``settings = (tile, near_plane, eps2d)``. Differentiable
+    ``cam = (fx, fy, cx, cy, W, H)``, ``settings = (tile, block, near_plane, eps2d)``. Differentiable
     w.r.t. the first five inputs; C and D are not composited/normalised."""
 
     @staticmethod
     def forward(ctx, means, quats, log_scales, logits, colors, w2c, cam, settings):
         fx, fy, cx, cy, W, H = cam
-        B, near, eps2d = settings
+        T, B, near, eps2d = settings
         # detached views for Taichi (it inspects .grad of tensors that require grad)
         means, quats, log_scales, logits, colors = (
             x.detach() for x in (means, quats, log_scales, logits, colors))
@@ -406,7 +421,7 @@ class SplatFunction(torch.autograd.Function):
         with runtime.runtime_lock:
             if N > 0:
                 K["project"](means, quats, log_scales, logits, colors, w2c, fx, fy, cx, cy, W, H,
-                             B, near, eps2d, P, rect, ntiles)
+                             T, B, near, eps2d, P, rect, ntiles)
                 items, offsets = _bin(K, rect, ntiles, P[:, 6], TX, TY, dev)
             else:
                 items = torch.zeros(1, dtype=torch.int32, device=dev)
@@ -423,7 +438,7 @@ class SplatFunction(torch.autograd.Function):
     def backward(ctx, gC, gA, gD, _gN):
         means, quats, log_scales, w2c, P, items, offsets, ntiles, out_t, out_last = ctx.saved_tensors
         fx, fy, cx, cy, W, H = ctx.cam
-        B, _near, eps2d = ctx.settings
+        _T, B, _near, eps2d = ctx.settings
         dt, dev, N = means.dtype, means.device, means.shape[0]
         outs = [torch.zeros(N, 3, dtype=dt, device=dev), torch.zeros(N, 4, dtype=dt, device=dev),
                 torch.zeros(N, 3, dtype=dt, device=dev), torch.zeros(N, dtype=dt, device=dev),
@@ -440,8 +455,8 @@ class SplatFunction(torch.autograd.Function):
 
 
 def splat(means, quats, log_scales, opacity_logits, colors, c2w, fx, fy, cx, cy, width, height,
-          background=None, *, tile: int = TILE, near_plane: float = NEAR_PLANE,
-          eps2d: float = EPS2D) -> dict:
+          background=None, *, tile: int = TILE, block: int = BLOCK,
+          near_plane: float = NEAR_PLANE, eps2d: float = EPS2D) -> dict:
     """Splat opacity Gaussians into one pinhole image (3DGS rules, module docstring).
 
     Args:
@@ -454,7 +469,9 @@ def splat(means, quats, log_scales, opacity_logits, colors, c2w, fx, fy, cx, cy,
         c2w: (4,4) or (3,4) OpenCV camera-to-world (+x right, +y down, +z forward); no gradient.
         fx, fy, cx, cy: intrinsics in pixels, pixel centres at +0.5; width, height: image size.
         background: optional (3,) colour composited as ``rgb = C + (1 - alpha) background``.
-        tile: tile edge (pixels); near_plane: camera-z cull; eps2d: 2D low-pass dilation.
+        tile: 3DGS tile edge (pixels: which Gaussians a pixel may see); block: edge of the
+            work blocks (a speed setting: the image does not depend on it); near_plane:
+            camera-z cull; eps2d: 2D low-pass dilation.
 
     Returns:
         dict of tensors on ``means.device`` (computed on the Taichi runtime's device; inputs are
@@ -474,15 +491,16 @@ def splat(means, quats, log_scales, opacity_logits, colors, c2w, fx, fy, cx, cy,
         if tuple(x.shape) != shape:
             raise ValueError(f"{name} must be {shape}, got {tuple(x.shape)}")
     W, H = int(width), int(height)
-    if W <= 0 or H <= 0 or int(tile) <= 0:
-        raise ValueError(f"bad image size {W}x{H} or tile {tile}")
+    if W <= 0 or H <= 0 or int(tile) <= 0 or int(block) <= 0:
+        raise ValueError(f"bad image size {W}x{H}, tile {tile} or block {block}")
     runtime.init()
     dev = runtime.torch_device()
     prep = [x.to(dev, dt).contiguous() for x in
             (means, quats, log_scales, opacity_logits.reshape(N), colors)]
     w2c = w2c_from_c2w(c2w).to(dev, dt).contiguous()
     cam = (float(fx), float(fy), float(cx), float(cy), W, H)
-    C, A, D, n = SplatFunction.apply(*prep, w2c, cam, (int(tile), float(near_plane), float(eps2d)))
+    C, A, D, n = SplatFunction.apply(*prep, w2c, cam, (int(tile), int(block), float(near_plane),
+                                                      float(eps2d)))
     out_dev = means.device
     C, A, D, n = C.to(out_dev), A.to(out_dev), D.to(out_dev), n.to(out_dev)
     rgb = C
