@@ -30,14 +30,14 @@ class RayGaussConfig:
     # ---- optimisation ------------------------------------------------------------------------
     max_steps: int = 3000
     seed: int = 0
-    lr_means_init: float = 1.7e-4      # times scene extent; exponential decay to lr_means_final
-    lr_means_final: float = 1.0e-5
+    lr_means_init: float = 3.4e-5      # times scene extent, decays to lr_means_final (original x 2, presets.py)
+    lr_means_final: float = 2.0e-6
     lr_density_init: float = 0.5
     lr_density_final: float = 0.03
-    lr_log_scale: float = 5e-3
-    lr_quat: float = 1e-3
-    lr_sh_dc: float = 2.5e-3
-    lr_sg: float = 2.5e-3
+    lr_log_scale: float = 0.0115
+    lr_quat: float = 2.2e-4
+    lr_sh_dc: float = 1e-3             # all SH coefficients (original: DC 1e-3, higher orders 2.6e-4)
+    lr_sg: float = 3e-3                # SG amplitude, axis, sharpness (original 3.6e-4, 3e-3, 0.045)
     ssim_weight: float = 0.2           # loss = (1 - w) L1 + w D-SSIM
     # ---- densification (strategy) --------------------------------------------------------------
     densify_from: int = 300
