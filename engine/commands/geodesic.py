@@ -23,7 +23,9 @@ def register(subparsers) -> None:
     p.add_argument("--isolines", type=int, default=0, metavar="N", help="N evenly spaced isolines (bands in --ply, lines in --isolines-obj)")
     p.add_argument("--isolines-obj", metavar="LINES.obj", help="write isoline segments as an OBJ of lines (meshes only)")
     p.add_argument("--t-coef", type=float, default=1.0, help="diffusion time factor: t = t_coef * h^2 (default 1)")
-    p.add_argument("--robust", action="store_true", help="intrinsic Delaunay triangulation (meshes with obtuse/poor triangles)")
+    p.add_argument("--robust", action=argparse.BooleanOptionalAction, default=True,
+                   help="operators on the intrinsic Delaunay triangulation (default, as potpourri3d); "
+                        "--no-robust: the plain cotan Laplacian (wrong on meshes with many obtuse triangles)")
     p.set_defaults(func=run)
 
 

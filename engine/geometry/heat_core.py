@@ -97,10 +97,13 @@ class HeatCore:
         is the average of the Neumann solution and the Dirichlet one (u = u0 on the boundary,
         i.e. zero except at boundary sources), as recommended by Crane et al. 2013, Sec. 3.2.
     backend : factorisation backend for :class:`SPDFactor` (None: :func:`default_backend`).
+    poisson_shift : the Poisson system is ``L + poisson_shift * I`` when a number is given (what
+        geometry-central / potpourri3d do, see :class:`engine.geometry.geodesic.MeshHeatSolver`);
+        ``None`` (default) uses a negligible mass-relative shift that only fixes the constants.
     """
 
     def __init__(self, L: sp.spmatrix, mass: np.ndarray, t: float, boundary: np.ndarray | None = None,
-                 backend: str | None = None):
+                 backend: str | None = None, poisson_shift: float | None = None):
         L = sp.csr_matrix(L)
         self.n = L.shape[0]
         self.mass = np.asarray(mass, dtype=np.float64)
@@ -112,8 +115,12 @@ class HeatCore:
         # Poisson: L is singular (constants); a tiny mass shift makes it definite. The right-hand
         # side sums to zero on every component, so the shift only fixes the free constants
         # (removed afterwards) and perturbs other modes by ~1e-11 * (1/h^2) / lambda_1.
-        scale = float(L.diagonal().sum() / max(self.mass.sum(), 1e-300))
-        jobs["poisson"] = (L + 1e-11 * scale * Mdiag).tocsc()
+        if poisson_shift is None:
+            scale = float(L.diagonal().sum() / max(self.mass.sum(), 1e-300))
+            jobs["poisson"] = (L + 1e-11 * scale * Mdiag).tocsc()
+        else:
+            # L + eps I: a screened Poisson problem; it damps the lowest modes by ~eps / lambda_k
+            jobs["poisson"] = (L + float(poisson_shift) * sp.eye(self.n, format="csr")).tocsc()
         pattern = L.copy()
         pattern.data = np.ones_like(pattern.data)  # zero cotan weights still connect
         self.n_components, self.labels = connected_components(pattern, directed=False)

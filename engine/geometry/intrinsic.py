@@ -10,6 +10,13 @@ Representation: ``F`` ``(m, 3)`` vertex indices (a face may repeat a vertex intr
 ``lengths`` ``(m, 3)`` where ``lengths[f, c]`` is the length of the edge opposite corner ``c``,
 and ``twin`` ``(m, 3)``: ``3 * g + d`` for the face/corner across that edge, ``-1`` on boundary
 and non-manifold edges (those are never flipped).
+
+Meshes with a boundary, non-manifold edges or inconsistently oriented neighbours are first
+replaced by their *tufted cover* (:func:`tufted_cover`, Sharp & Crane 2020, Sec. 4): two copies
+of every face, one per orientation, glued so that every edge of the cover has exactly two
+consistently oriented faces. The cover is a closed oriented surface, so every edge of it can be
+flipped, including the ones on the input's boundary; operators built on it count each face twice
+and are halved. This is what potpourri3d / geometry-central's robust heat method does.
 """
 from __future__ import annotations
 
@@ -17,7 +24,7 @@ import numpy as np
 import scipy.sparse as sp
 
 __all__ = ["intrinsic_delaunay", "intrinsic_delaunay_reference", "lengths_from_positions", "cotan_from_lengths", "areas_from_lengths",
-           "gradient_from_lengths"]
+           "gradient_from_lengths", "tufted_cover", "needs_cover", "mean_intrinsic_edge_length", "mollify"]
 
 
 def lengths_from_positions(V: np.ndarray, F: np.ndarray) -> np.ndarray:
@@ -92,6 +99,80 @@ def _build_twins(F: np.ndarray) -> np.ndarray:
     return twin.reshape(m, 3)
 
 
+def _halfedge_keys(F: np.ndarray):
+    """Per halfedge (id ``3 f + c``, the edge opposite corner ``c``, running from corner ``c + 1``
+    to corner ``c + 2``): the undirected edge key and the direction (+1 when it runs from the
+    lower to the higher vertex index)."""
+    a = F[:, [1, 2, 0]].ravel()  # tail of halfedge 3 f + c is corner c + 1
+    b = F[:, [2, 0, 1]].ravel()
+    n = int(F.max()) + 1
+    key = np.minimum(a, b).astype(np.int64) * n + np.maximum(a, b)
+    return key, np.where(a < b, 1, -1)
+
+
+def needs_cover(F: np.ndarray) -> bool:
+    """True when the mesh has boundary edges, non-manifold edges or two neighbouring faces with
+    opposite orientations, i.e. when some edge cannot be flipped on the mesh itself."""
+    key, sign = _halfedge_keys(np.asarray(F, dtype=np.int64))
+    order = np.argsort(key, kind="stable")
+    ks = key[order]
+    start = np.r_[True, ks[1:] != ks[:-1]]
+    grp = np.cumsum(start) - 1
+    cnt = np.bincount(grp)
+    if (cnt != 2).any():
+        return True
+    return bool((np.bincount(grp, weights=sign[order]) != 0).any())  # two faces running the same way
+
+
+def tufted_cover(F: np.ndarray, lengths: np.ndarray):
+    """The tufted cover of a triangle mesh: ``(Fc (2m, 3), lc (2m, 3), twin (2m, 3))``.
+
+    Face ``f`` of the cover is the input face ``f`` (front sheet) and face ``m + f`` the same
+    triangle with the opposite orientation (back sheet, corners ``(0, 2, 1)``). Around every input
+    edge its ``k`` incident faces are taken in face order; the copy of face ``i`` that runs along
+    the edge from the lower to the higher vertex index is glued to the copy of face ``i + 1``
+    (cyclically) that runs the other way. So a boundary edge (``k = 1``) glues a face's front to
+    its back, an interior edge of a consistently oriented mesh glues fronts to fronts and backs to
+    backs, and a non-manifold edge becomes a cycle of ``k`` two-face edges. ``twin`` is the flat
+    halfedge table of :func:`intrinsic_delaunay` (never ``-1``): every edge of the cover has two
+    faces running along it in opposite directions.
+    """
+    F = np.asarray(F, dtype=np.int64)
+    lengths = np.asarray(lengths, dtype=np.float64)
+    m = len(F)
+    Fc = np.concatenate([F, F[:, [0, 2, 1]]])
+    lc = np.concatenate([lengths, lengths[:, [0, 2, 1]]])
+    key, sign = _halfedge_keys(F)  # front halfedges, ids 3 f + c
+    # back face m + f, corner c' in (0, 2, 1) order: its halfedge opposite corner c' is the front
+    # halfedge opposite corner perm[c'] reversed, id 3 (m + f) + c'
+    perm = np.array([0, 2, 1])
+    back_of_front = (3 * (m + np.arange(m)))[:, None] + perm[None, :]  # front (f, c) -> back halfedge id
+    back_of_front = back_of_front.ravel()
+    front = np.arange(3 * m)
+    up = np.where(sign > 0, front, back_of_front)  # the copy running low -> high
+    down = np.where(sign > 0, back_of_front, front)
+    order = np.lexsort((np.arange(3 * m) // 3, key))  # by edge, then by face
+    ks = key[order]
+    start = np.flatnonzero(np.r_[True, ks[1:] != ks[:-1]])
+    cnt = np.diff(np.r_[start, len(ks)])
+    grp_start = np.repeat(start, cnt)
+    pos = np.arange(len(ks)) - grp_start
+    nxt = order[grp_start + (pos + 1) % np.repeat(cnt, cnt)]
+    twin = np.empty(6 * m, np.int64)
+    twin[up[order]] = down[nxt]
+    twin[down[nxt]] = up[order]
+    return Fc, lc, twin.reshape(2 * m, 3)
+
+
+def mean_intrinsic_edge_length(lengths: np.ndarray, twin: np.ndarray) -> float:
+    """Mean length over the edges of an intrinsic triangulation: each halfedge pair counts once,
+    a halfedge without twin (``-1``) once."""
+    t = np.asarray(twin).ravel()
+    he = np.arange(len(t))
+    once = (t < 0) | (he < t)
+    return float(np.asarray(lengths).ravel()[once].mean())
+
+
 def _not_delaunay(lengths, f, c, g, d, tol):
     lf, lg = lengths[f], lengths[g]
     af, ag = _heron(lf), _heron(lg)
@@ -106,7 +187,7 @@ def _heron(l):
     return 0.25 * np.sqrt(max(s, 0.0))
 
 
-def mollify(lengths: np.ndarray, eps: float = 1e-6) -> np.ndarray:
+def mollify(lengths: np.ndarray, eps: float = 1e-5) -> np.ndarray:
     """Add one constant to all lengths so every triangle inequality holds with margin
     ``eps * mean length`` (Sharp & Crane 2020, Sec. 4.5)."""
     margin = eps * float(lengths.mean())
@@ -115,7 +196,7 @@ def mollify(lengths: np.ndarray, eps: float = 1e-6) -> np.ndarray:
 
 
 def intrinsic_delaunay_reference(F: np.ndarray, lengths: np.ndarray, tol: float = 1e-12,
-                                 max_flips: int | None = None):
+                                 max_flips: int | None = None, twin: np.ndarray | None = None):
     """Sequential (one flip at a time, stack-driven) version of :func:`intrinsic_delaunay`.
 
     Slow (a Python loop over flips: ~2 s on armadillo); kept as the reference that tests
@@ -124,7 +205,7 @@ def intrinsic_delaunay_reference(F: np.ndarray, lengths: np.ndarray, tol: float 
     F = np.array(F, dtype=np.int64)
     lengths = np.array(lengths, dtype=np.float64)
     m = len(F)
-    twin = _build_twins(F).ravel()
+    twin = (_build_twins(F) if twin is None else np.array(twin, dtype=np.int64)).ravel()
     max_flips = 50 * m if max_flips is None else max_flips
     # vectorised first pass: candidate halfedges whose edge is not Delaunay
     cots = _cots(lengths, areas_from_lengths(lengths)).ravel()
@@ -189,11 +270,14 @@ def _corner_cots(lengths: np.ndarray, c: np.ndarray) -> np.ndarray:
     return (l1 * l1 + l2 * l2 - l0 * l0) / (4.0 * areas_from_lengths(lengths))
 
 
-def intrinsic_delaunay(F: np.ndarray, lengths: np.ndarray, tol: float = 1e-12, max_flips: int | None = None):
+def intrinsic_delaunay(F: np.ndarray, lengths: np.ndarray, tol: float = 1e-12, max_flips: int | None = None,
+                       twin: np.ndarray | None = None, return_twin: bool = False):
     """Flip non-Delaunay interior manifold edges until none remain.
 
-    Returns ``(F, lengths, n_flips)`` (new arrays). Boundary and non-manifold edges are fixed,
-    and so are edges whose two faces are oriented inconsistently.
+    Returns ``(F, lengths, n_flips)`` (new arrays), and the final twin table as a fourth item
+    when ``return_twin``. Boundary and non-manifold edges are fixed, and so are edges whose two
+    faces are oriented inconsistently. ``twin`` (``(m, 3)``, see the module docstring) gives the
+    gluing explicitly (e.g. from :func:`tufted_cover`); by default it is found from ``F``.
 
     Batched: each round takes every edge still in question, keeps those that are not Delaunay
     (sum of the cotangents of the two opposite angles ``< -tol``), picks a set of them that
@@ -205,7 +289,7 @@ def intrinsic_delaunay(F: np.ndarray, lengths: np.ndarray, tol: float = 1e-12, m
     F = np.array(F, dtype=np.int64)
     lengths = np.array(lengths, dtype=np.float64)
     m = len(F)
-    T = _build_twins(F).ravel()  # flat twin table, indexed by halfedge id 3 * f + c
+    T = (_build_twins(F) if twin is None else np.array(twin, dtype=np.int64)).ravel()  # flat, id 3 * f + c
     max_flips = 50 * m if max_flips is None else max_flips
     he = np.flatnonzero(T >= 0)
     cand = he[he < T[he]]
@@ -263,4 +347,6 @@ def intrinsic_delaunay(F: np.ndarray, lengths: np.ndarray, tol: float = 1e-12, m
         nxt = np.concatenate([rest[(remap[rest] == rest)], new])
         nxt = nxt[T[nxt] >= 0]
         cand = np.unique(np.minimum(nxt, T[nxt]))
+    if return_twin:
+        return F, lengths, flips, T.reshape(m, 3)
     return F, lengths, flips
