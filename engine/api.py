@@ -1,63 +1,100 @@
-"""The Python API: load a trained model or a 3DGS file, render a camera, train from a config.
+"""The Python API: load a trained model or a file, make a camera, render it, train from a config.
 
 >>> import engine
 >>> model = engine.load("outputs/mic/raygauss/2026-11-27_120000")      # doctest: +SKIP
 >>> ds = engine.load_dataset("scenes/mic/mic_100")                      # doctest: +SKIP
->>> out = engine.render(model, ds.splits["test"].cameras[0])            # doctest: +SKIP
->>> out["rgb"].shape, out["alpha"].shape, out["depth"].shape            # doctest: +SKIP
-(torch.Size([100, 100, 3]), torch.Size([100, 100]), torch.Size([100, 100]))
+>>> out = engine.render(model, ds.splits["test"].cameras, 0)            # doctest: +SKIP
+>>> cam = engine.camera(eye=(0, -4, 1), target=(0, 0, 0), up=(0, 0, 1), width=200, height=200)
+>>> out = engine.render(model, cam)                                     # doctest: +SKIP
+>>> sorted(out)                                                         # doctest: +SKIP
+['alpha', 'cost', 'depth', 'depth_sum', 'rgb', ...]
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
 
 from .errors import ConfigError
 
+__all__ = ["load", "render", "camera", "train", "load_dataset", "find_run_checkpoint"]
 
-def load(path, **options):
-    """Load a run folder, a checkpoint (``.pt``) or a standard 3DGS ``.ply``.
 
-    Returns a method object (e.g. ``RayGaussMethod``) with ``.render(cameras, index)``,
-    ``.model`` and ``.num_primitives``. ``options`` override config fields (e.g. ``dt=0.005``).
-    """
-    from .commands._common import find_run_checkpoint
-    from .config import load_scene
-    from .io.checkpoint import load_checkpoint
-    from .methods import get_method
-    from .train.trainer import make_method_config
+def find_run_checkpoint(path):
+    """RUN folder | checkpoint .pt -> (run folder or None, checkpoint path)."""
+    from .io.checkpoint import latest_checkpoint
 
     path = Path(path)
-    if path.suffix.lower() == ".ply":
-        from .io.ply import read_gaussian_ply
-        from .methods.raygauss.method import RayGaussMethod
-        from .methods.raygauss.model import RayGaussModel
+    if path.is_file() and path.suffix == ".pt":
+        run = path.parent.parent if path.parent.name == "checkpoints" else None
+        return run, path
+    if path.is_dir():
+        ck = latest_checkpoint(path / "checkpoints") or latest_checkpoint(path)
+        if ck is None:
+            raise ConfigError(f"{path}: no checkpoints/step-*.pt found (is this a run folder?)")
+        return path, ck
+    if not path.exists():
+        raise ConfigError(f"{path}: no such file or folder")
+    raise ConfigError(f"{path}: not a run folder, a checkpoint .pt or a file a method reads")
 
-        ply = read_gaussian_ply(path)
-        cfg = make_method_config(RayGaussMethod, options)
-        m = RayGaussMethod(cfg, RayGaussModel.from_gaussian_ply(ply, cfg))
-        m.notes.extend(f"{path.name}: {r}" for r in ply.repairs)
-        return m
+
+def load(path, **options):
+    """Load a run folder, a checkpoint (``.pt``) or a file a registered method reads (a standard 3DGS
+    ``.ply``).
+
+    Returns the method object (a :class:`engine.methods.base.Method`): ``.render(cameras, index)``,
+    ``.num_primitives``, ``.export(format, out)``, ``.cfg``, ``.run_dir``, ``.step``. ``options``
+    override config fields (e.g. ``dt=0.005``).
+    """
+    from . import methods as registry
+    from .config import load_scene
+    from .io.checkpoint import load_checkpoint
+
+    path = Path(path)
+    if path.is_file() and path.suffix.lower() != ".pt":
+        spec = registry.reader_for(path)
+        if spec is None:
+            raise ConfigError(f"{path}: no method reads {path.suffix or 'this'} files "
+                              f"(expected a run folder, a checkpoint .pt or a 3DGS .ply)")
+        cls = spec.method_class()
+        return cls.from_file(path, cls.config_cls.from_options(options, spec.name))
     run_dir, ckpt = find_run_checkpoint(path)
     data = load_checkpoint(ckpt)
-    method_cls = get_method(data["method"])
+    spec = registry.get(data["method"])
     opts = {}
     if run_dir is not None and (run_dir / "config.toml").is_file():
         opts.update(load_scene(run_dir / "config.toml").method_options)
     opts.update(options)
-    cfg = make_method_config(method_cls, opts)
-    m = method_cls.from_state_dict(cfg, data["model"])
+    cls = spec.method_class()
+    m = cls.from_state_dict(cls.config_cls.from_options(opts, spec.name), data["model"])
     m.run_dir = run_dir
     m.step = data.get("step")
     return m
 
 
-def render(model, camera, index: int = 0, background=None) -> dict:
-    """Render one camera: ``camera`` is a ``Cameras`` batch (``index`` picks the view).
+def camera(eye, target, up=(0.0, 0.0, 1.0), width: int = 400, height: int = 300, fov_deg: float = 50.0):
+    """A one-view :class:`engine.cameras.Cameras` at ``eye`` looking at ``target`` (OpenCV axes),
+    horizontal field of view ``fov_deg``, pixel centres at +0.5."""
+    from .camera_paths import look_at
+    from .cameras import Cameras
 
-    Returns dict(rgb (H,W,3), alpha (H,W), depth (H,W)) as float32 torch tensors (plus
-    ``n_evals`` (H,W), Gaussian evaluations per ray). ``background`` (3,) composites rgb.
+    if width < 1 or height < 1:
+        raise ConfigError(f"camera: width and height must be >= 1, got {width}x{height}")
+    if not 0 < fov_deg < 180:
+        raise ConfigError(f"camera: fov_deg must be in (0, 180), got {fov_deg}")
+    f = 0.5 * width / math.tan(math.radians(fov_deg) / 2)
+    return Cameras(f, f, width / 2, height / 2, width, height, look_at(eye, target, up)[None])
+
+
+def render(model, camera, index: int = 0, background=None) -> dict:
+    """Render view ``index`` of a :class:`~engine.cameras.Cameras` batch (e.g. from :func:`camera`).
+
+    Returns float32 tensors: ``rgb (H,W,3)``, ``alpha (H,W)`` accumulated opacity, ``depth (H,W)``
+    expected depth normalised by alpha, ``depth_sum (H,W)`` the un-normalised one, ``cost (H,W)``
+    evaluations per ray (Gaussians or field samples), plus method-specific extras (RayGauss:
+    ``n_capped``, slabs whose Gaussians overflowed the collect cap; shells: ``normal``).
+    ``background`` (3,) composites rgb (default: black).
     """
     if background is not None:
         background = torch.as_tensor(background, dtype=torch.float32)
@@ -69,6 +106,7 @@ def train(config, **overrides) -> Path:
 
     Returns the run folder. ``overrides`` are method options (e.g. ``max_steps=200``).
     """
+    from . import methods as registry
     from .config import load_scene
     from .train.trainer import TrainSettings
     from .train.trainer import train as _train
@@ -77,23 +115,25 @@ def train(config, **overrides) -> Path:
         sc = load_scene(config)
         if not sc.method:
             raise ConfigError(f"{config}: [method] name is missing")
-        from .methods import get_preset
-
-        base = get_preset(sc.method, sc.preset) if sc.preset else {}
-        settings = TrainSettings(method=sc.method, data=sc.data, scene_name=sc.name, data_format=sc.format,
+        spec = registry.get(sc.method)
+        base = spec.preset(sc.preset) if sc.preset else {}
+        settings = TrainSettings(method=spec.method_class(), data=sc.data, scene_name=sc.name, data_format=sc.format,
                                  downscale=sc.downscale, background=sc.background,
                                  options={**base, **sc.method_options, **overrides})
     elif isinstance(config, dict):
         c = dict(config)
         opts = {**c.pop("options", {}), **overrides}
-        settings = TrainSettings(options=opts, **c)
+        method = c.pop("method", None)
+        if isinstance(method, str):
+            method = registry.get_method(method)
+        settings = TrainSettings(method=method, options=opts, **c)
     else:
         raise ConfigError("engine.train(config): config must be a scene TOML path or a dict")
     return _train(settings)
 
 
 def load_dataset(path, **kwargs):
-    """Load a dataset folder (format auto-detected); see ``engine.data.load_dataset``."""
+    """Load a dataset folder (format auto-detected); see :func:`engine.data.load_dataset`."""
     from .data import load_dataset as _ld
 
     return _ld(path, **kwargs)

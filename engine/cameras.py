@@ -161,14 +161,9 @@ def opencv_to_opengl_c2w(c2w) -> torch.Tensor:
 def qvec_to_rotmat(q) -> torch.Tensor:
     """Unit quaternions (..., 4) as ``w, x, y, z`` (normalised here) -> rotation matrices (..., 3, 3)."""
     q = _as_tensor(q, None)
-    q = q / q.norm(dim=-1, keepdim=True)
-    w, x, y, z = q.unbind(-1)
-    rows = [
-        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
-    ]
-    return torch.stack(rows, dim=-1).reshape(*q.shape[:-1], 3, 3)
+    from shaders.rotations import quat_to_rotmat
+
+    return quat_to_rotmat(q)
 
 
 def rotmat_to_qvec(R) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """Probe-guided band sampling for shell rendering (Taichi kernel + pure-torch twin).
 
-The one-sample rules of :mod:`shaders.volume` decide where to sample from the shells alone. This
+The one-sample rules of :mod:`shaders.band_sampler` decide where to sample from the shells alone. This
 sampler also looks at the field, through a cheap stand-in: the SDF ``f`` and the log kernel size
 ``log s`` sampled on a regular grid (trilinear lookups, no network). Along each band interval it
 probes every ``probe_step`` and reproduces what fine volumetric sampling would see, with few
@@ -191,7 +191,7 @@ def probe_samples(o, d, t0, t1, ok, grid_f, grid_log_s, lo, cell: float, probe_s
                   max_segments: int = 64, tau: float = 0.01, max_samples: int = 32, solid: float = 0.0):
     """Samples in band intervals guided by grid probes (see the module docstring).
 
-    o, d (R, 3) rays; t0, t1, ok (R, K) band intervals (:func:`shaders.volume.band_intervals_from_hits`);
+    o, d (R, 3) rays; t0, t1, ok (R, K) band intervals (:func:`shaders.band_sampler.band_intervals_from_hits`);
     grid_f, grid_log_s (G, G, G) the SDF and log kernel size at ``lo + (i, j, k) * cell``.
     Returns ``t, delta (R, M)``, ``interval (R, M)`` int32, ``alpha (R, M)`` (the opacity of a
     crossing sample, -1 where the field's own opacity is to be used) and ``count (R,)`` int32, on

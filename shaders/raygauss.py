@@ -67,6 +67,7 @@ from dataclasses import dataclass
 import torch
 
 from shaders import runtime
+from shaders.rotations import quat_to_rotmat  # noqa: F401 (re-exported: shaders.raygauss.quat_to_rotmat)
 
 __all__ = ["RayGaussConfig", "build_M", "gaussian_aabbs", "render_rays", "MODES"]
 
@@ -117,17 +118,6 @@ class RayGaussConfig:
 
 
 # --------------------------------------------------------------------------- torch helpers
-
-
-def quat_to_rotmat(quat: torch.Tensor) -> torch.Tensor:
-    """(N,4) wxyz quaternions (normalised here) -> (N,3,3) rotation matrices."""
-    q = quat / quat.norm(dim=-1, keepdim=True)
-    w, x, y, z = q.unbind(-1)
-    return torch.stack([
-        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
-    ], dim=-1).reshape(q.shape[:-1] + (3, 3))
 
 
 def build_M(log_scale: torch.Tensor, quat: torch.Tensor) -> torch.Tensor:

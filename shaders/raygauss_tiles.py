@@ -403,7 +403,7 @@ def ellipsoid_cov(log_scale: torch.Tensor, quat: torch.Tensor, lim: torch.Tensor
     1``; ``lim'`` is the ellipsoid clip's widened limit of ``lim`` (:func:`prefilter_limits`),
     times ``1 + 1e-3``."""
     from shaders import raygauss_fwd as fwd
-    from shaders.raygauss import quat_to_rotmat
+    from shaders.rotations import quat_to_rotmat
 
     R = quat_to_rotmat(quat.detach().double())
     s2 = torch.exp(2.0 * log_scale.detach().double())

@@ -46,6 +46,7 @@ def main(argv=None) -> int:
     from engine.io.atomic import atomic_write_text
     from engine.methods.raygauss.presets import PRESETS
     from engine.train import metrics
+    from engine.methods.raygauss.method import RayGaussMethod
     from engine.train.trainer import Trainer, TrainSettings
 
     con = Console()
@@ -60,7 +61,7 @@ def main(argv=None) -> int:
             opts[key] = val
     opts.update(max_steps=args.max_steps, time_budget_s=args.minutes * 60, eval_every=0, checkpoint_every=0,
                 log_every=50)
-    tr = Trainer(TrainSettings(method="raygauss", data=Path(args.data), output=Path(args.output), options=opts,
+    tr = Trainer(TrainSettings(method=RayGaussMethod, data=Path(args.data), output=Path(args.output), options=opts,
                                progress=False, quiet=True))
     test = tr.dataset.splits["test"]
     bg = tr.background
@@ -117,7 +118,7 @@ def main(argv=None) -> int:
             for i in range(nviews):
                 out = m.render_camera(cams, i * 7, background=bg)
                 rays += out["rgb"].shape[0] * out["rgb"].shape[1]
-                evals += float(out["n_evals"].float().sum())
+                evals += float(out["cost"].float().sum())
             ours = rays / (time.perf_counter() - t0)
             o, d = cams.generate_rays(0)
             sel = torch.randperm(o.shape[0] * o.shape[1], generator=torch.Generator().manual_seed(0))[:args.ref_rays]

@@ -61,7 +61,7 @@ def main(argv=None) -> int:
                 pred = out["rgb"].clamp(0, 1)
                 ps.append(float(metrics.psnr(pred, test.images[i])))
                 ss.append(float(metrics.ssim(pred, test.images[i])))
-                ev.append(float(out["n_evals"].float().mean()))
+                ev.append(float(out["cost"].float().mean()))
             result[path] = {"s_per_image": sorted(ts)[len(ts) // 2], "psnr": sum(ps) / len(ps),
                             "ssim": sum(ss) / len(ss), "gaussian_evals_per_ray": sum(ev) / len(ev)}
             con.print(f"{path:5s}: {result[path]['s_per_image'] * 1000:.1f} ms per image, "

@@ -148,8 +148,8 @@ def bench_run(run: Path, views: int, grid_res: int | None, target_faces: int | N
             dt = time.perf_counter() - t
             hit = out["alpha"] > 0.5
             rows[mode].append({"view": i, "psnr": _psnr(out["rgb"], gt), "time_s": dt,
-                               "samples_per_ray": float(out["samples"].mean()),
-                               "samples_per_hit_ray": float(out["samples"][hit].mean()) if hit.any() else 0.0})
+                               "samples_per_ray": float(out["cost"].mean()),
+                               "samples_per_hit_ray": float(out["cost"][hit].mean()) if hit.any() else 0.0})
     metrics = []
     mfile = Path(run) / "metrics.jsonl"
     if mfile.is_file():

@@ -29,11 +29,11 @@ def main(argv=None) -> int:
     from engine.train.trainer import TrainSettings, train
     from engine.config import load_scene
 
-    from engine.methods import get_preset
+    from engine.methods import get_method, get_preset
 
     sc = load_scene(scene)
     base = get_preset(sc.method, sc.preset) if sc.preset else {}
-    settings = TrainSettings(method=sc.method, data=sc.data, output=Path(args.output), scene_name=sc.name,
+    settings = TrainSettings(method=get_method(sc.method), data=sc.data, output=Path(args.output), scene_name=sc.name,
                              background=sc.background,
                              options={**base, **sc.method_options, "max_steps": args.max_steps,
                                       "time_budget_s": args.minutes * 60.0})

@@ -52,7 +52,7 @@ def port_available(host: str, port: int) -> bool:
 class ViewerApp:
     """Owns the viser server, the render panel (Gaussian scenes) and the tools.
 
-    Attributes: ``server``, ``scene`` (GaussianScene or MeshScene), ``render_panel`` (or None),
+    Attributes: ``server``, ``scene`` (MethodScene or MeshScene), ``render_panel`` (or None),
     ``frustums``, ``geodesic`` (mesh only), ``sh_tool``, ``camera_path`` (Gaussian scenes only).
     """
 
@@ -61,7 +61,7 @@ class ViewerApp:
 
         from engine.errors import ConfigError
 
-        from shaders.thread_queue import default_queue
+        from engine.kernels import queue as default_queue
 
         from .viser_threads import install as install_viser_thread_safety
 
@@ -83,7 +83,7 @@ class ViewerApp:
         self.render_panel = self.frustums = self.geodesic = self.camera_path = None
         with srv.gui.add_folder("Scene"):
             self.scene_md = srv.gui.add_markdown(self._scene_text())
-        if scene.kind == "gaussians":
+        if scene.kind == "method":
             settings = RenderSettings(max_side=opts.max_side, target_fps=opts.target_fps,
                                       background=tuple(opts.background))
             self.render_panel = RenderPanel(srv, scene, settings, taichi=self.taichi)
@@ -120,7 +120,7 @@ class ViewerApp:
 
     def _scene_text(self) -> str:
         s = self.scene
-        if s.kind == "gaussians":
+        if s.kind == "method":
             txt = f"**{s.name}** · {s.num_primitives:,} Gaussians"
             if s.train_cameras is not None:
                 txt += f" · {len(s.train_cameras)} training cameras"

@@ -97,7 +97,7 @@ class GeodesicTool:
     def __init__(self, server, vertices, faces, name: str = "/mesh", taichi=None):
         import trimesh
 
-        from shaders.thread_queue import default_queue
+        from engine.kernels import queue as default_queue
 
         self.taichi = taichi or default_queue()
         self.server = server

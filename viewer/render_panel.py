@@ -8,8 +8,8 @@ measured rays/s and the target frame rate; once the camera rests for ``rest_dela
 view is re-rendered at full size (``max_side`` pixels on the longer side). A disconnecting
 client stops its thread and its state is dropped.
 
-Renders run on the Taichi thread through :class:`shaders.thread_queue.TaichiQueue` (holding
-:data:`shaders.runtime.runtime_lock`), so viewer threads never race each other or a training loop.
+Renders run on the Taichi thread through the engine's kernel queue (:func:`engine.kernels.queue`,
+holding :func:`engine.kernels.lock`), so viewer threads never race each other or a training loop.
 """
 from __future__ import annotations
 
@@ -147,12 +147,12 @@ class ViewRequest:
 def colorize(out: dict, settings: RenderSettings) -> np.ndarray:
     """Renderer output -> (H, W, 3) uint8 image for the current mode.
 
-    ``out`` holds rgb (H,W,3) composited on the background, alpha (H,W) and depth (H,W) (expected
-    depth, i.e. sum of w t). Depth mode shows ``depth / alpha`` (turbo colour map between near and
-    far) where alpha > 0.05 and the background elsewhere; alpha mode maps [0, 1] through turbo.
-    Normal mode shows n * 0.5 + 0.5 where the method returns ``normal`` (shells); Samples mode is a
-    heat map of ``samples`` (shells: field samples per ray) or ``n_evals`` (RayGauss: Gaussian
-    evaluations per ray), 0 .. 99th percentile. Methods without those outputs show RGB.
+    ``out`` holds the rendering contract (:mod:`engine.methods.base`): rgb (H,W,3) composited on the
+    background, alpha (H,W), depth (H,W) (expected depth, normalised by alpha) and cost (H,W). Depth
+    mode shows depth (turbo colour map between near and far) where alpha > 0.05 and the background
+    elsewhere; alpha mode maps [0, 1] through turbo. Normal mode shows n * 0.5 + 0.5 where the
+    method returns ``normal`` (shells); Samples mode is a heat map of ``cost`` (field samples or
+    Gaussian evaluations per ray), 0 .. 99th percentile. Outputs without those keys show RGB.
     """
     from engine.io.images import colormap
 
@@ -167,7 +167,7 @@ def colorize(out: dict, settings: RenderSettings) -> np.ndarray:
         if mode == "Alpha":
             img = colormap(alpha, 0.0, 1.0)
         elif mode == "Depth":
-            depth = np_(out["depth"]).astype(np.float32) / np.maximum(alpha, 1e-6)
+            depth = np_(out["depth"]).astype(np.float32)     # expected depth, normalised by alpha
             valid = alpha > 0.05
             if settings.auto_range and valid.sum() >= 4:
                 near, far = np.percentile(depth[valid], [2, 98])
@@ -182,7 +182,7 @@ def colorize(out: dict, settings: RenderSettings) -> np.ndarray:
             img = (np_(out["normal"]).astype(np.float32) * 0.5 + 0.5) if "normal" in out else np_(out["rgb"]).astype(np.float32)
         elif mode == "Samples":
             # field samples per ray (shells) or Gaussian evaluations per ray (RayGauss) as a heat map
-            cnt = out.get("samples", out.get("n_evals"))
+            cnt = out.get("cost")
             if cnt is None:
                 img = np_(out["rgb"]).astype(np.float32)
             else:
@@ -198,7 +198,7 @@ class ClientRenderer:
     """Worker thread rendering the newest view request of one client (see module docstring)."""
 
     def __init__(self, client, source, settings: RenderSettings, on_frame=None, taichi=None):
-        from shaders.thread_queue import default_queue
+        from engine.kernels import queue as default_queue
 
         self.taichi = taichi or default_queue()
         self.client = client
@@ -305,11 +305,11 @@ class RenderPanel:
     """Registers client hooks on a viser server and owns one :class:`ClientRenderer` per client.
 
     ``source`` is any object with ``render(cameras, background) -> dict(rgb, alpha, depth)``
-    (see :class:`viewer.scene.GaussianScene`).
+    (see :class:`viewer.scene.MethodScene`).
     """
 
     def __init__(self, server, source, settings: RenderSettings | None = None, gui: bool = True, taichi=None):
-        from shaders.thread_queue import default_queue
+        from engine.kernels import queue as default_queue
 
         self.taichi = taichi or default_queue()
         self.server = server

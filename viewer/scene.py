@@ -1,8 +1,9 @@
-"""What the viewer shows: a renderable Gaussian scene (run folder, checkpoint, 3DGS .ply) or a mesh.
+"""What the viewer shows: a renderable scene (any method's run folder or checkpoint, or a file a
+registered method reads, such as a 3DGS .ply) or a mesh.
 
-:func:`open_source` decides from the path: a folder or ``.pt`` is a run/checkpoint, a ``.ply``
-whose vertex element has 3DGS properties (``f_dc_0``, ``opacity``) is a Gaussian file, a ``.ply``
-with faces or an ``.obj/.off/.stl/.glb/.gltf`` is a mesh.
+:func:`open_source` decides from the path: a folder or ``.pt`` is a run/checkpoint, a file some
+method reads (``engine.methods.reader_for``: a ``.ply`` with 3DGS properties) is loaded by that
+method, a ``.ply`` with faces or an ``.obj/.off/.stl/.glb/.gltf`` is a mesh.
 """
 from __future__ import annotations
 
@@ -17,14 +18,14 @@ from engine.errors import ConfigError, DataError
 MESH_SUFFIXES = (".obj", ".off", ".stl", ".glb", ".gltf", ".ply")
 
 
-class GaussianScene:
+class MethodScene:
     """A loaded method object (see ``engine.load``) made renderable from viewer threads.
 
     Attributes: ``method``, ``name``, ``train_cameras`` (Cameras or None), ``run_dir``,
     ``center`` (3,), ``radius`` (float), ``up`` (3,) world up, ``notes``.
     """
 
-    kind = "gaussians"
+    kind = "method"
 
     def __init__(self, method, name: str = "scene", train_cameras=None, up=None):
         self.method = method
@@ -38,7 +39,6 @@ class GaussianScene:
         self.up = np.asarray(up, dtype=np.float64) / max(np.linalg.norm(up), 1e-12)
 
     def _extent(self):
-        m = self.method.model
         with torch.no_grad():
             if self.train_cameras is not None and len(self.train_cameras) > 0:
                 # the point the training cameras look at; radius half their mean distance to it
@@ -48,10 +48,13 @@ class GaussianScene:
                 pos = self.train_cameras.c2w[:, :3, 3].double()
                 radius = float((pos - center).norm(dim=1).mean()) / 2
                 return center.numpy(), max(radius, 1e-3)
-            pts = m.means.detach()
-            if pts.shape[0] > 20000:
-                pts = pts[torch.linspace(0, pts.shape[0] - 1, 20000).long()]
-            lo, hi = torch.quantile(pts, 0.02, 0), torch.quantile(pts, 0.98, 0)
+            pts = self.method.points()
+            if pts is not None and pts.shape[0] > 0:
+                if pts.shape[0] > 20000:
+                    pts = pts[torch.linspace(0, pts.shape[0] - 1, 20000).long()]
+                lo, hi = torch.quantile(pts.float(), 0.02, 0), torch.quantile(pts.float(), 0.98, 0)
+            else:
+                lo, hi = self.method.bounds().float()
             return ((lo + hi) / 2).double().numpy(), max(float((hi - lo).norm()) / 2, 1e-3)
 
     def _default_up(self):
@@ -66,12 +69,13 @@ class GaussianScene:
         return int(self.method.num_primitives)
 
     def render(self, cameras, background) -> dict:
-        """Render camera 0 of ``cameras`` under the Taichi runtime lock (thread safe)."""
-        from shaders import runtime
+        """Render camera 0 of ``cameras`` under the kernel lock (thread safe): the rendering
+        contract's keys (rgb, alpha, depth, depth_sum, cost) plus ``normal`` where the method has it."""
+        from engine.kernels import lock
 
-        with runtime.runtime_lock, torch.no_grad():
+        with lock(), torch.no_grad():
             out = self.method.render(cameras, 0, background=background)
-            return {k: out[k].detach().clone() for k in ("rgb", "alpha", "depth")}
+            return {k: v.detach().clone() for k, v in out.items() if torch.is_tensor(v)}
 
 
 class MeshScene:
@@ -92,25 +96,18 @@ class MeshScene:
         self.up = np.asarray(up if up is not None else (0.0, 1.0, 0.0), dtype=np.float64)
 
 
-def _ply_header(path: Path) -> str:
+def _ply_has_faces(path: Path) -> bool:
+    """Whether a PLY header declares a non-empty face element (bad headers: a DataError naming the file)."""
     with open(path, "rb") as f:
         head = f.read(65536)
     end = head.find(b"end_header")
     if not head.startswith(b"ply") or end < 0:
         raise DataError(path, "not a PLY file (no 'ply' magic / 'end_header')")
-    return head[:end].decode("ascii", errors="replace")
-
-
-def _is_gaussian_ply(path: Path) -> bool:
-    header = _ply_header(path)
-    props = {ln.split()[-1] for ln in header.splitlines() if ln.startswith("property")}
-    if {"f_dc_0", "opacity"} <= props:
-        return True
-    faces = [ln for ln in header.splitlines() if ln.startswith("element face")]
-    if faces and int(faces[0].split()[-1]) > 0:
-        return False
-    raise DataError(path, "PLY has neither 3DGS properties (f_dc_0, opacity, ...) nor faces; "
-                    "kernelight view shows 3DGS files and meshes")
+    for ln in head[:end].decode("ascii", errors="replace").splitlines():
+        parts = ln.split()
+        if len(parts) == 3 and parts[0] == "element" and parts[1] == "face":
+            return parts[2].isdigit() and int(parts[2]) > 0
+    return False
 
 
 def load_mesh(path) -> MeshScene:
@@ -155,13 +152,18 @@ def parse_up(up: str | None):
 def open_source(path, up: str | None = None, **options):
     """Open what ``kernelight view PATH`` shows. ``options`` go to ``engine.load`` (e.g. dt=0.01)."""
     import engine
+    from engine import methods
 
     path = Path(path)
     if not path.exists():
         raise DataError(path, "no such file or folder")
     upv = parse_up(up)
     suffix = path.suffix.lower()
-    if path.is_file() and suffix in MESH_SUFFIXES and not (suffix == ".ply" and _is_gaussian_ply(path)):
+    reader = methods.reader_for(path) if path.is_file() else None
+    if path.is_file() and reader is None and suffix == ".ply" and not _ply_has_faces(path):
+        raise DataError(path, "PLY has neither 3DGS properties (f_dc_0, opacity, ...) nor faces; "
+                        "kernelight view shows 3DGS files and meshes")
+    if path.is_file() and reader is None and suffix in MESH_SUFFIXES:
         m = load_mesh(path)
         if upv is not None:
             m.up = upv
@@ -171,7 +173,7 @@ def open_source(path, up: str | None = None, **options):
                         f"a 3DGS .ply or a mesh ({', '.join(MESH_SUFFIXES)})")
     method = engine.load(path, **options)
     cams, note = _train_cameras_of(method)
-    scene = GaussianScene(method, name=path.stem if path.is_file() else path.name, train_cameras=cams, up=upv)
+    scene = MethodScene(method, name=path.stem if path.is_file() else path.name, train_cameras=cams, up=upv)
     if note:
         scene.notes.append(note)
     return scene

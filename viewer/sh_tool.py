@@ -106,7 +106,7 @@ class SHTool:
 
     def __init__(self, server, sh_data_dir=None, anchor=(0.0, 0.0, 0.0), radius: float = 0.3, taichi=None,
                  row_axis=(1.0, 0.0, 0.0)):
-        from shaders.thread_queue import default_queue
+        from engine.kernels import queue as default_queue
 
         self.row_axis = np.asarray(row_axis, dtype=np.float64) / max(np.linalg.norm(row_axis), 1e-12)
         self.taichi = taichi or default_queue()

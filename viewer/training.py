@@ -5,14 +5,14 @@ The trainer calls, from its own thread::
     viewer = TrainingViewer(method, dataset, port=7007)   # prints the URL
     ...
     viewer.wait_if_paused()                  # blocks while paused; runs queued viewer renders
-    with runtime.runtime_lock:               # training steps and viewer renders never overlap
+    with engine.kernels.lock():              # training steps and viewer renders never overlap
         loss, stats = step()
     viewer.update(step, loss, psnr, method.num_primitives)
     ...
     viewer.close()
 
-Viewer renders are queued (:mod:`shaders.thread_queue`) and run on the training thread inside
-``update`` / ``wait_if_paused``, holding :data:`shaders.runtime.runtime_lock`: a render only
+Viewer renders are queued (:func:`engine.kernels.queue`) and run on the training thread inside
+``update`` / ``wait_if_paused``, holding :func:`engine.kernels.lock`: a render only
 happens between two training steps and always sees a consistent model (parameters, BVH,
 densification). The trainer must run on the main thread (where Taichi was initialised). ``update`` is cheap: it stores numbers, refreshes the GUI at most
 ``gui_interval`` seconds apart and asks the clients for a new frame at most every
@@ -25,7 +25,7 @@ import time
 
 from .app import LOCALHOST, ViewerOptions, port_available
 from .render_panel import RenderPanel, RenderSettings
-from .scene import GaussianScene
+from .scene import MethodScene
 
 
 class TrainingViewer:
@@ -35,8 +35,7 @@ class TrainingViewer:
         import viser
 
         from engine.errors import ConfigError
-
-        from shaders.thread_queue import default_queue
+        from engine.kernels import queue as default_queue
 
         from .viser_threads import install as install_viser_thread_safety
 
@@ -46,7 +45,7 @@ class TrainingViewer:
         cams = None
         if dataset is not None and "train" in getattr(dataset, "splits", {}):
             cams = dataset.splits["train"].cameras
-        self.scene = GaussianScene(method, name="training", train_cameras=cams)
+        self.scene = MethodScene(method, name="training", train_cameras=cams)
         self.options = ViewerOptions(host=host, port=port, max_side=max_side, target_fps=target_fps)
         install_viser_thread_safety()  # render threads push frames; see viewer/viser_threads.py
         self.server = viser.ViserServer(host=host, port=port, label="kernelight (training)", verbose=False)

@@ -17,7 +17,7 @@ def register(sub) -> None:
     p.add_argument("--out", default=None, help="output JSON (default: <run>/eval.json)")
     from ._common import add_method_options
 
-    add_method_options(p)       # render-time overrides, e.g. --render-mode volume (recorded in eval.json)
+    add_method_options(p, render_only=True)       # render-time overrides (recorded in eval.json)
     p.set_defaults(func=run)
 
 

@@ -35,6 +35,7 @@ def collect() -> dict:
     from shaders import runtime
 
     from .. import __version__
+    from ..methods import specs
 
     arch = runtime.init()
     repo = Path(__file__).resolve().parents[2]
@@ -64,6 +65,9 @@ def collect() -> dict:
         "cpu_threads": torch.get_num_threads(),
         "kernel_cache": str(runtime.cache_dir()),
         "data_folder": data or "not found (set KERNELIGHT_DATA)",
+        "methods": {sp.name: {"description": sp.description, "presets": sorted(sp.preset_table()),
+                              "export_formats": sorted(sp.export_formats), "reads": sorted(sp.reads)}
+                    for sp in specs()},
     }
 
 
@@ -79,6 +83,17 @@ def run(args: argparse.Namespace) -> int:
 
     t = Table(title="kernelight info", show_header=False)
     for k, v in info.items():
+        if k == "methods":
+            continue
         t.add_row(k, str(v))
+    for name, m in info["methods"].items():
+        extra = []
+        if m["presets"]:
+            extra.append("presets " + ", ".join(m["presets"]))
+        if m["export_formats"]:
+            extra.append("exports " + ", ".join(m["export_formats"]))
+        if m["reads"]:
+            extra.append("reads " + ", ".join(m["reads"]))
+        t.add_row(f"method {name}", m["description"] + (f" ({'; '.join(extra)})" if extra else ""))
     Console().print(t)
     return 0

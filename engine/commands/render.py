@@ -31,11 +31,11 @@ def register(sub) -> None:
     p.add_argument("--fps", type=float, default=30.0)
     p.add_argument("--size", type=int, nargs=2, metavar=("W", "H"), default=None, help="video resolution")
     p.add_argument("--up", choices=["auto", "+z", "-y", "+y"], default="auto",
-                   help="world up for orbits without a dataset (3DGS/COLMAP scenes are usually -y)")
+                   help="world up for orbits without a dataset (3DGS/COLMAP scenes are usually -y: write --up=-y)")
     p.add_argument("--background", default=None, help="white | black | R,G,B (default: the dataset's, or black)")
     from ._common import add_method_options
 
-    add_method_options(p)       # render-time overrides, e.g. --render-mode volume
+    add_method_options(p, render_only=True)       # render-time overrides, e.g. --render-mode volume
     p.set_defaults(func=run)
 
 
@@ -96,10 +96,10 @@ def run(args) -> int:
             r = api.render(model, split.cameras, i, background=bg)
             write_image(folder / f"{i:04d}.png", r["rgb"])
             if args.depth:
-                d = r["depth"] / r["alpha"].clamp_min(1e-6)
+                d = r["depth"].clone()
                 d[r["alpha"] < 0.05] = float("nan")
                 write_image(folder / f"{i:04d}_depth.png", colormap(d))
-                write_image(folder / f"{i:04d}_depth.npy", r["depth"])
+                write_image(folder / f"{i:04d}_depth.npy", r["depth"])     # expected depth (normalised by alpha)
             if args.alpha:
                 write_image(folder / f"{i:04d}_alpha.png", r["alpha"])
             written += 1
@@ -132,12 +132,13 @@ def _orbit_around_model(model, args, look_at, Cameras):
 
     import torch
 
-    m = model.model
-    with torch.no_grad():
-        w = torch.sigmoid(m.density) if m.mode == "opacity" else m.density.clamp_min(0)
-        keep = w > (0.1 if m.mode == "opacity" else 1.0)
-        pts = m.means[keep] if keep.sum() > 10 else m.means
-        lo, hi = torch.quantile(pts, 0.02, 0), torch.quantile(pts, 0.98, 0)
+    pts = model.points()
+    if pts is not None and pts.shape[0] > 0:
+        if pts.shape[0] > 100000:
+            pts = pts[torch.linspace(0, pts.shape[0] - 1, 100000).long()]
+        lo, hi = torch.quantile(pts.float(), 0.02, 0), torch.quantile(pts.float(), 0.98, 0)
+    else:
+        lo, hi = model.bounds().float()
     center = (lo + hi) / 2
     radius = float((hi - lo).norm()) * 1.1
     up = {"auto": torch.tensor([0.0, -1.0, 0.0]), "-y": torch.tensor([0.0, -1.0, 0.0]),

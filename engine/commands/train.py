@@ -5,7 +5,8 @@ import argparse
 
 
 def register(sub) -> None:
-    from ._common import METHOD_CONFIGS, add_method_options
+    from ..methods import specs
+    from ._common import add_method_options
 
     p = sub.add_parser(
         "train",
@@ -14,7 +15,7 @@ def register(sub) -> None:
         "scene TOML file (data, method and options come from it; flags override). Writes "
         "<output>/<scene>/<method>/<timestamp>/ with config.toml, checkpoints/, metrics.jsonl. "
         "Ctrl-C saves a checkpoint; --resume RUN continues from the newest one. "
-        f"Methods: {', '.join(METHOD_CONFIGS)}.",
+        "Methods:\n" + "".join(f"  {sp.name:<10} {sp.description}\n" for sp in specs()),
         epilog="examples:\n  kernelight train raygauss --data ../shared/data/nerf_synthetic/lego_100 "
         "--max-steps 3000\n  kernelight train scenes/mic.toml\n  kernelight train --resume "
         "outputs/mic/raygauss/2026-01-01_120000",
@@ -28,8 +29,9 @@ def register(sub) -> None:
     p.add_argument("--output", default="outputs", help="root folder for runs (default: outputs)")
     p.add_argument("--name", default=None, help="scene name used in the run path (default: data folder name)")
     p.add_argument("--preset", default=None,
-                   help="named option set applied before the scene's options and flags "
-                        "(raygauss: 'paper' = the paper's defaults, 'cpu' = tuned for minutes on a CPU)")
+                   help="named option set applied before the scene's options and flags ("
+                        + "; ".join(f"{sp.name}: {', '.join(sorted(sp.preset_table()))}" for sp in specs()
+                                    if sp.presets is not None) + ")")
     p.add_argument("--resume", metavar="RUN", default=None, help="continue the run in this folder")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
     p.add_argument("--viewer", action="store_true",
@@ -42,10 +44,11 @@ def register(sub) -> None:
 def run(args) -> int:
     from pathlib import Path
 
+    from .. import methods
     from ..config import is_scene_file, load_scene, parse_background
     from ..errors import ConfigError
     from ..train.trainer import TrainSettings, train
-    from ._common import METHOD_CONFIGS, collect_method_options
+    from ._common import collect_method_options
 
     options = {}
     scene = None
@@ -57,7 +60,7 @@ def run(args) -> int:
     elif args.target and is_scene_file(args.target):
         scene = load_scene(args.target)
     if scene is not None:
-        method = scene.method or (args.target if args.target in METHOD_CONFIGS else None)
+        method = scene.method or (args.target if args.target in methods.available() else None)
         options.update(scene.method_options)
         data = Path(args.data) if args.data else scene.data
         name = args.name or scene.name
@@ -72,16 +75,14 @@ def run(args) -> int:
             raise ConfigError(f"--data is required with method {method!r}")
         data, name, fmt = Path(args.data), args.name, args.data_format
         downscale, background = args.downscale or 1, parse_background(args.background)
-    if method not in METHOD_CONFIGS:
-        raise ConfigError(f"unknown method {method!r}; available: {', '.join(METHOD_CONFIGS)}")
+    spec = methods.get(method)      # unknown name: ConfigError listing the registered methods
     if not Path(data).exists():
         raise ConfigError(f"{data}: dataset folder not found")
     preset = args.preset or (scene.preset if scene is not None else None)
     if preset:
-        from ..methods import get_preset
-
-        options = {**get_preset(method, preset), **options}
+        options = {**spec.preset(preset), **options}
     options.update(collect_method_options(args))
+    spec.config_class().from_options(options, method)   # bad options fail here, before any folder is made
     hooks = []
     if args.viewer:
         import sys
@@ -89,7 +90,7 @@ def run(args) -> int:
         from viewer.training import TrainingViewerHook  # lazy: engine never imports viewer at module level
 
         hooks.append(TrainingViewerHook(port=args.viewer_port, keep_open=sys.stdin.isatty()))
-    settings = TrainSettings(method=method, data=Path(data), output=Path(args.output), scene_name=name,
+    settings = TrainSettings(method=spec.method_class(), data=Path(data), output=Path(args.output), scene_name=name,
                              data_format=fmt, downscale=downscale, background=background, options=options,
                              run_dir=Path(args.resume) if args.resume else None,
                              progress=not args.no_progress, hooks=hooks)

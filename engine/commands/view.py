@@ -14,7 +14,7 @@ def register(sub) -> None:
         "there. Listens on 127.0.0.1 only, unless --host 0.0.0.0 is given. Over SSH: "
         "ssh -L 7007:127.0.0.1:7007 HOST, then open http://127.0.0.1:7007.",
         epilog="examples:\n  kernelight view outputs/mic/raygauss/<stamp>\n"
-        "  kernelight view ../shared/data/gaussians/playcanvas_guitar_decoded_inria_sh0.ply --up -y\n"
+        "  kernelight view ../shared/data/gaussians/playcanvas_guitar_decoded_inria_sh0.ply --up=-y\n"
         "  kernelight view ../shared/data/meshes/spot.obj --sh-data ../shared/data/sh",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -24,13 +24,15 @@ def register(sub) -> None:
                    help="interface to listen on (default 127.0.0.1; 0.0.0.0 exposes the viewer to the network)")
     p.add_argument("--max-res", type=int, default=512, help="full render size, longer side in pixels (default 512)")
     p.add_argument("--target-fps", type=float, default=10.0, help="frame rate aimed at while the camera moves")
-    p.add_argument("--up", default="auto", help="world up: auto (from training cameras, else +z), +z, -y, +y, ...")
+    p.add_argument("--up", default="auto", help="world up: auto (from training cameras, else +z), +z, -y, +y, ... (write a leading minus as --up=-y)")
     p.add_argument("--sh-data", metavar="DIR", default=None,
                    help="folder of lat-long env maps (.npy) for the SH tool (e.g. ../shared/data/sh)")
     p.add_argument("--output", metavar="DIR", default=None,
                    help="folder where camera_path.json is saved (default: the run folder, else the current folder)")
     p.add_argument("--background", default=None, help="black | white | R,G,B (default black)")
-    p.add_argument("--dt", type=float, default=None, help="override the ray-marching step of the loaded model")
+    from ._common import add_method_options
+
+    add_method_options(p, render_only=True)   # render-time overrides of the loaded model (e.g. --dt 0.01)
     p.add_argument("--timeout", type=float, default=None, help=argparse.SUPPRESS)  # tests: stop after N seconds
     p.set_defaults(func=run)
 
@@ -47,9 +49,9 @@ def run(args) -> int:
         raise ConfigError(f"--target-fps must be > 0, got {args.target_fps}")
     if not 0 <= args.port <= 65535:
         raise ConfigError(f"--port must be in 0..65535, got {args.port}")
-    from shaders import runtime
+    from .. import kernels
 
-    runtime.init()
+    kernels.init()
     import viewer.app as app  # lazy: the viewer is optional for every other command
 
     host = args.host
@@ -61,7 +63,9 @@ def run(args) -> int:
     opts = app.ViewerOptions(host=host, port=port, max_side=args.max_res, target_fps=args.target_fps,
                              up=None if args.up == "auto" else args.up, sh_data=args.sh_data,
                              output_dir=args.output, background=bg)
-    load_opts = {} if args.dt is None else {"dt": args.dt}
+    from ._common import collect_method_options
+
+    load_opts = collect_method_options(args)
     viewer = app.ViewerApp.open(args.path, opts, **load_opts)
     for note in viewer.scene.notes:
         print(f"note: {note}")

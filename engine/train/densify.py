@@ -19,15 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-
-def _quat_to_rot(q: torch.Tensor) -> torch.Tensor:
-    q = torch.nn.functional.normalize(q, dim=-1)
-    w, x, y, z = q.unbind(-1)
-    return torch.stack([
-        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
-    ], -1).reshape(q.shape[:-1] + (3, 3))
+from shaders.rotations import quat_to_rotmat as _quat_to_rot  # the one quaternion -> matrix
 
 
 def replace_params(model: nn.Module, optimizer: torch.optim.Optimizer, names, fn):

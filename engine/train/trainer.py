@@ -36,7 +36,11 @@ class TrainingError(KernelightError):
 
 @dataclass
 class TrainSettings:
-    method: str
+    """What a run needs besides the method's own options. ``method`` is the method class (a
+    :class:`engine.methods.base.Method` subclass; ``engine.methods.get_method(name)`` finds one by
+    name): the trainer never looks methods up itself."""
+
+    method: type
     data: Path
     output: Path = Path("outputs")
     scene_name: str | None = None
@@ -53,24 +57,13 @@ class TrainSettings:
 
 
 def make_method_config(method_cls, options: dict):
-    cfg = method_cls.config_cls()
-    names = set(cfg.field_names())
-    for k, v in options.items():
-        key = k.replace("-", "_")
-        if key not in names:
-            raise ConfigError(f"unknown option {k!r} for method {method_cls.name}; "
-                              f"valid options: {', '.join(sorted(names))}")
-        cur = getattr(cfg, key)
-        if isinstance(cur, tuple) and isinstance(v, list):
-            v = tuple(v)
-        elif isinstance(cur, bool):
-            v = bool(v)
-        elif isinstance(cur, int) and not isinstance(v, bool):
-            v = int(v)
-        elif isinstance(cur, float):
-            v = float(v)
-        setattr(cfg, key, v)
-    return cfg
+    """The method's config: defaults overridden by ``options`` (checked, coerced: see
+    :meth:`engine.methods.base.MethodConfig.from_options`)."""
+    return method_cls.config_cls.from_options(options, method_cls.name)
+
+
+def _method_name(method) -> str:
+    return method if isinstance(method, str) else method.name
 
 
 def write_run_config(run_dir: Path, settings: TrainSettings, cfg) -> None:
@@ -83,7 +76,7 @@ def write_run_config(run_dir: Path, settings: TrainSettings, cfg) -> None:
         scene["format"] = settings.data_format
     if settings.background is not None:
         scene["background"] = ",".join(f"{c:g}" for c in settings.background)
-    doc = {"scene": scene, "method": {"name": settings.method, "options": opts}}
+    doc = {"scene": scene, "method": {"name": _method_name(settings.method), "options": opts}}
     atomic_write_text(run_dir / "config.toml", "# written by kernelight train; "
                       "'kernelight train config.toml' reproduces this run\n" + tomli_w.dumps(doc))
 
@@ -91,10 +84,14 @@ def write_run_config(run_dir: Path, settings: TrainSettings, cfg) -> None:
 class Trainer:
     def __init__(self, settings: TrainSettings):
         from ..data import load_dataset
-        from ..methods import get_method
+        from ..methods.base import Method
 
         self.settings = settings
-        self.method_cls = get_method(settings.method)
+        if not (isinstance(settings.method, type) and issubclass(settings.method, Method)):
+            raise ConfigError(f"TrainSettings.method must be a Method subclass (engine.methods.get_method(name)), "
+                              f"got {settings.method!r}")
+        self.method_cls = settings.method
+        self.method_name = self.method_cls.name
         resume_ckpt = None
         if settings.run_dir is not None:
             self.run_dir = Path(settings.run_dir)
@@ -113,7 +110,7 @@ class Trainer:
         self.train_time = 0.0
         ck = None
         if resume_ckpt is not None:
-            ck = load_checkpoint(resume_ckpt, method=settings.method)
+            ck = load_checkpoint(resume_ckpt, method=self.method_name)
             self.method = self.method_cls.from_state_dict(self.cfg, ck["model"])
             self.optimizer = self.method.make_optimizer()
             self.optimizer.load_state_dict(ck["optimizer"])
@@ -128,18 +125,17 @@ class Trainer:
             self._order = None
             scene = settings.scene_name or Path(settings.data).name
             stamp = _dt.datetime.now().strftime("%Y-%m-%d_%H%M%S")
-            self.run_dir = Path(settings.output) / scene / settings.method / stamp
-            self.notes = list(getattr(self.method, "notes", []))
+            self.run_dir = Path(settings.output) / scene / self.method_name / stamp
+            self.notes = list(self.method.notes)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "checkpoints").mkdir(exist_ok=True)
         write_run_config(self.run_dir, settings, self.cfg)
         self.last_good_ckpt = resume_ckpt
         # "image": one whole training image per step (method.train_step); "rays": random rays across
         # all training images (method.train_step_rays, batch size cfg.rays_per_batch)
-        self.batch_mode = getattr(self.method, "batch_mode", "image")
-        import inspect
-
-        self._lr_takes_progress = "progress" in inspect.signature(self.method.update_learning_rates).parameters
+        self.batch_mode = self.method_cls.batch_mode
+        if self.batch_mode not in ("image", "rays"):
+            raise ConfigError(f"method {self.method_name}: batch_mode must be 'image' or 'rays', got {self.batch_mode!r}")
         self.sampler = None
         if self.batch_mode == "rays":
             from ..data.sampler import RaySampler
@@ -150,10 +146,8 @@ class Trainer:
 
     # -------------------------------------------------------------------------- helpers
     def _count(self) -> str:
-        """What the model is made of, for progress lines: the method's ``progress_label`` if it has
-        one (shells: the shells' face count, once extracted), else ``"<num_primitives> primitives"``."""
-        label = getattr(self.method, "progress_label", None)
-        return label() if callable(label) else f"{self.method.num_primitives} primitives"
+        """What the model is made of, for progress lines (the method's ``progress_label``)."""
+        return self.method.progress_label()
 
     def _next_index(self) -> int:
         n = len(self.dataset.splits["train"].cameras)
@@ -166,7 +160,7 @@ class Trainer:
         payload = {"model": self.method.state_dict(), "optimizer": self.optimizer.state_dict(),
                    "rng": self.gen.get_state(), "order": self._order, "train_time": self.train_time,
                    "sampler": self.sampler.state_dict() if self.sampler is not None else None}
-        save_checkpoint(path, payload, method=self.settings.method, step=self.step)
+        save_checkpoint(path, payload, method=self.method_name, step=self.step)
         self.last_good_ckpt = path
         return path
 
@@ -210,10 +204,7 @@ class Trainer:
                                 f"Last good checkpoint: {kept}")
         loss.backward()
         self.method.after_backward()
-        if self._lr_takes_progress:
-            self.method.update_learning_rates(self.optimizer, self.step, progress=self.progress())
-        else:
-            self.method.update_learning_rates(self.optimizer, self.step)
+        self.method.update_learning_rates(self.optimizer, self.step, progress=self.progress())
         self.optimizer.step()          # the one place where parameters change
         struct = self.method.post_step(self.optimizer, self.step)
         if struct:
@@ -313,7 +304,7 @@ def eval_target(method, split, index: int, background) -> torch.Tensor:
     with masks (DTU), the image inside the mask composited on the background outside it (the
     field does not model the background there)."""
     img = split.images[index]
-    if getattr(method, "masked_eval", False) and getattr(split, "masks", None) is not None:
+    if method.masked_eval and getattr(split, "masks", None) is not None:
         m = split.masks[index].to(img.dtype)[..., None]
         img = img * m + torch.as_tensor(background, dtype=img.dtype) * (1 - m)
     return img

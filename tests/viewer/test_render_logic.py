@@ -82,7 +82,7 @@ def test_colorize_modes():
     assert (n[..., 2] == 255).all() and (n[..., 0] == 128).all()
     evals = torch.zeros(4, 6)
     evals[:, :3] = 50.0
-    h = colorize({**out, "n_evals": evals}, RenderSettings(mode="Samples"))
+    h = colorize({**out, "cost": evals}, RenderSettings(mode="Samples"))
     assert not np.array_equal(h[0, 0], h[0, 5])
 
 

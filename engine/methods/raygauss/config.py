@@ -5,59 +5,50 @@ the command line (``--max-steps 3000``) or a scene TOML's ``[method.options]``.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
+
+from ..base import MethodConfig, option
 
 
 @dataclass
-class RayGaussConfig:
+class RayGaussConfig(MethodConfig):
     # ---- kernel (paper defaults) -------------------------------------------------------------
-    dt: float = 0.0025                 # sample spacing along rays
-    samples_per_slab: int = 8          # BUFFER_SIZE: samples per slab (slab length 8 * dt = 0.02)
-    cap: int = 1024                    # max Gaussians collected per slab (overflow is counted)
-    sigma_thr: float = 0.1             # density cut-off defining each Gaussian's ellipsoid
-    t_stop: float = 0.003              # stop a ray when its transmittance falls below this
+    dt: float = option(0.0025, 'sample spacing along rays', render=True)
+    samples_per_slab: int = option(8, 'BUFFER_SIZE: samples per slab (slab length 8 * dt = 0.02)', render=True)
+    cap: int = option(1024, 'max Gaussians collected per slab (overflow is counted)', render=True)
+    sigma_thr: float = option(0.1, "density cut-off defining each Gaussian's ellipsoid", render=True)
+    t_stop: float = option(0.003, 'stop a ray when its transmittance falls below this', render=True)
     # ---- representation ----------------------------------------------------------------------
-    sh_degree: int = 2                 # max SH degree (3DGS sign convention)
-    sg_lobes: int = 7                  # spherical-Gaussian lobes per Gaussian (0 disables)
-    sh_unlock_steps: tuple = (1000, 2000)  # step at which SH degree 1, 2, (3) become active
-    sg_unlock_step: int = 3000         # step at which SG lobes become active
-    init_density: float = 10.0         # initial s of every Gaussian
-    init_scale_mult: float = 1.0       # initial scale = this x RMS distance to the 3 nearest points
-    init: str = "auto"                 # auto | visual_hull | points | random (auto: visual hull
-                                       # when the images have alpha/masks, else dataset points, else random)
-    init_points: int = 20000           # at most this many initial Gaussians (random subsample)
-    init_random_points: int = 20000    # used when the dataset has no points
+    sh_degree: int = option(2, 'max SH degree (3DGS sign convention)')
+    sg_lobes: int = option(7, 'spherical-Gaussian lobes per Gaussian (0 disables)')
+    sh_unlock_steps: tuple = option((1000, 2000), 'step at which SH degree 1, 2, (3) become active')
+    sg_unlock_step: int = option(3000, 'step at which SG lobes become active')
+    init_density: float = option(10.0, 'initial s of every Gaussian')
+    init_scale_mult: float = option(1.0, 'initial scale = this x RMS distance to the 3 nearest points')
+    init: str = option("auto", 'auto | visual_hull | points | random (auto: visual hull when the images have '
+                       'alpha/masks, else dataset points, else random)',
+                       choices=("auto", "visual_hull", "points", "random"))
+    init_points: int = option(20000, 'at most this many initial Gaussians (random subsample)')
+    init_random_points: int = option(20000, 'used when the dataset has no points')
     # ---- optimisation ------------------------------------------------------------------------
-    max_steps: int = 3000
-    seed: int = 0
-    lr_means_init: float = 3.4e-5      # times scene extent, decays to lr_means_final (original x 2, presets.py)
-    lr_means_final: float = 2.0e-6
-    lr_density_init: float = 0.5
-    lr_density_final: float = 0.03
-    lr_log_scale: float = 0.0115
-    lr_quat: float = 2.2e-4
-    lr_sh_dc: float = 1e-3             # all SH coefficients (original: DC 1e-3, higher orders 2.6e-4)
-    lr_sg: float = 3e-3                # SG amplitude, axis, sharpness (original 3.6e-4, 3e-3, 0.045)
-    ssim_weight: float = 0.2           # loss = (1 - w) L1 + w D-SSIM
+    lr_means_init: float = option(3.4e-5, 'initial position learning rate, times the scene box half-diagonal; '
+                                  'exponential decay to lr_means_final (the original x 2: presets.py)')
+    lr_means_final: float = option(2.0e-6, 'final position learning rate (times scene extent)')
+    lr_density_init: float = option(0.5, 'initial density learning rate, exponential decay to lr_density_final')
+    lr_density_final: float = option(0.03, 'final density learning rate')
+    lr_log_scale: float = option(0.0115, 'log-scale learning rate (constant)')
+    lr_quat: float = option(2.2e-4, 'quaternion learning rate (constant)')
+    lr_sh_dc: float = option(1e-3, 'all SH coefficients (original: DC 1e-3, higher orders 2.6e-4)')
+    lr_sg: float = option(3e-3, 'SG amplitude, axis, sharpness (original 3.6e-4, 3e-3, 0.045)')
+    ssim_weight: float = option(0.2, 'loss = (1 - w) L1 + w D-SSIM')
     # ---- densification (strategy) --------------------------------------------------------------
-    densify_from: int = 300
-    densify_until: int = 2400
-    densify_every: int = 300
-    densify_grad_thr: float = 4e-5     # accumulated mean position-gradient norm
-    clone_scale_frac: float = 0.01     # clone if max scale <= frac * scene extent, else split
-    split_scale_div: float = 1.6
-    prune_density: float = 0.1         # prune s <= this
-    max_gaussians: int = 200000
-    morton_reorder: bool = True        # after each densify step, store Gaussians in Morton order (faster kernels)
-    # ---- bookkeeping -------------------------------------------------------------------------
-    eval_every: int = 500              # test PSNR on a few views every N steps (0 disables)
-    eval_views: int = 8
-    checkpoint_every: int = 1000
-    log_every: int = 25
-    time_budget_s: float = 0.0         # stop after this much training time (0 = steps only)
-
-    @classmethod
-    def field_names(cls) -> list[str]:
-        return [f.name for f in fields(cls)]
-
-
+    densify_from: int = option(300, 'first densification step')
+    densify_until: int = option(2400, 'last densification step')
+    densify_every: int = option(300, 'densify every N steps')
+    densify_grad_thr: float = option(4e-5, 'accumulated mean position-gradient norm')
+    clone_scale_frac: float = option(0.01, 'clone if max scale <= frac * scene extent, else split')
+    split_scale_div: float = option(1.6, 'split children get the parent scale divided by this')
+    prune_density: float = option(0.1, 'prune s <= this')
+    max_gaussians: int = option(200000, 'densification stops adding Gaussians beyond this count')
+    morton_reorder: bool = option(True, 'after each densify step, store Gaussians in Morton order (faster kernels)')
+    # ---- bookkeeping: max_steps, seed, eval/checkpoint/log intervals, time budget (MethodConfig) ----

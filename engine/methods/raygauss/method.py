@@ -1,16 +1,16 @@
-"""RayGauss as a trainable method: model creation, optimizer groups, one training step, state.
-
-The generic trainer (engine.train.trainer) drives any method through this small interface:
-``create``, ``make_optimizer``, ``update_learning_rates``, ``train_step``, ``post_step``,
-``render``, ``state_dict`` / ``from_state_dict`` and ``num_primitives``.
+"""RayGauss as a trainable method (the contract of :mod:`engine.methods.base`): model creation,
+optimizer groups, one training step, densification, rendering through the shared Gaussian renderer
+(:mod:`engine.render.gaussians`), export to the standard 3DGS ``.ply`` and import of such files.
 """
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 
 from ...train.densify import RayGaussDensifier
+from ..base import Method
 from ...train.metrics import dssim_loss
 from .config import RayGaussConfig
 from .model import RayGaussModel
@@ -22,15 +22,36 @@ def exp_lr(t: float, lr0: float, lr1: float) -> float:
     return math.exp((1 - t) * math.log(lr0) + t * math.log(lr1))
 
 
-class RayGaussMethod:
+def is_gaussian_ply(path) -> bool:
+    """Whether ``path`` is a PLY whose vertex element has the 3DGS properties (f_dc_0, opacity)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(65536)
+    except OSError:
+        return False
+    end = head.find(b"end_header")
+    if not head.startswith(b"ply") or end < 0:
+        return False
+    props = {ln.split()[-1] for ln in head[:end].decode("ascii", "replace").splitlines()
+             if ln.startswith("property") and ln.split()}
+    return {"f_dc_0", "opacity"} <= props
+
+
+class RayGaussMethod(Method):
+    """Volumetric Gaussians (RayGauss) or imported 3DGS Gaussians (``mode="opacity"``), ray cast.
+
+    ``model`` is the :class:`RayGaussModel` (its tensors are the parameters), ``strategy`` the
+    densification strategy (:class:`engine.train.densify.RayGaussDensifier`).
+    """
+
     name = "raygauss"
     config_cls = RayGaussConfig
+    export_formats = {"ply": "standard 3DGS .ply (density converted to opacity, SG lobes dropped)"}
 
     def __init__(self, cfg: RayGaussConfig, model: RayGaussModel):
-        self.cfg = cfg
+        super().__init__(cfg)
         self.model = model
         self.strategy = RayGaussDensifier(cfg, model.scene_extent, seed=cfg.seed)
-        self.notes: list[str] = []
 
     # ---------------------------------------------------------------- creation
     @classmethod
@@ -116,7 +137,7 @@ class RayGaussMethod:
         loss = (1 - w) * l1 + (w * dssim_loss(pred, image) if w > 0 else 0.0)
         mse = ((pred.detach() - image) ** 2).mean().clamp_min(1e-12)
         stats = {"l1": float(l1.detach()), "psnr": float(-10 * torch.log10(mse)), "n_capped": out["n_capped"],
-                 "evals_per_ray": float(out["n_evals"].float().mean())}
+                 "evals_per_ray": float(out["cost"].float().mean())}
         return loss, stats, pred
 
     def after_backward(self) -> None:
@@ -137,6 +158,42 @@ class RayGaussMethod:
     @property
     def num_primitives(self) -> int:
         return self.model.num_gaussians
+
+    def progress_label(self) -> str:
+        return f"{self.model.num_gaussians} Gaussians"
+
+    def bounds(self) -> torch.Tensor:
+        return self.model.scene_box.detach().clone()
+
+    def points(self) -> torch.Tensor:
+        """Centres of the Gaussians that matter (response above a small threshold)."""
+        m = self.model
+        with torch.no_grad():
+            keep = m.response() > (0.1 if m.mode == "opacity" else 1.0)
+            return (m.means[keep] if int(keep.sum()) > 10 else m.means).detach()
+
+    # ---------------------------------------------------------------- files
+    @classmethod
+    def from_file(cls, path, cfg: RayGaussConfig) -> "RayGaussMethod":
+        """A standard 3DGS ``.ply`` (opacity Gaussians, rendered by ray casting)."""
+        from ...io.ply import read_gaussian_ply
+
+        path = Path(path)
+        ply = read_gaussian_ply(path)
+        m = cls(cfg, RayGaussModel.from_gaussian_ply(ply, cfg))
+        m.notes.extend(f"{path.name}: {r}" for r in ply.repairs)
+        return m
+
+    def export(self, format: str, out) -> list:
+        if format != "ply":
+            return super().export(format, out)
+        out = Path(out)
+        if out.suffix.lower() != ".ply":
+            out = out / "point_cloud.ply"
+        return [self.model.export_ply(out)]
+
+    def default_export_path(self, format: str, run_dir) -> Path:
+        return Path(run_dir) / "export" / "point_cloud.ply"
 
     # ---------------------------------------------------------------- state
     def state_dict(self) -> dict:

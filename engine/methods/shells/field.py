@@ -42,6 +42,8 @@ import torch.nn.functional as Fn
 
 from shaders.hashgrid import hash_encode, level_resolutions
 
+from ...render.volume import composite  # noqa: F401 (the shared compositor; re-exported for tests)
+
 _TETRA = torch.tensor([[1.0, -1.0, -1.0], [-1.0, -1.0, 1.0], [-1.0, 1.0, -1.0], [1.0, 1.0, 1.0]])
 
 
@@ -61,30 +63,6 @@ def neus_alpha_ends(f_prev: torch.Tensor, f_next: torch.Tensor, s: torch.Tensor)
     """NeuS opacity of an interval from the SDF at its two ends: ``max(0, 1 - Phi(s f_next) / Phi(s f_prev))``."""
     log_ratio = Fn.logsigmoid(s * f_next) - Fn.logsigmoid(s * f_prev)
     return -torch.expm1(torch.clamp(log_ratio, max=0.0))
-
-
-def composite(alpha: torch.Tensor, rgb: torch.Tensor, t: torch.Tensor, valid: torch.Tensor | None = None,
-              background: torch.Tensor | None = None, normals: torch.Tensor | None = None) -> dict:
-    """Front-to-back compositing of padded samples.
-
-    alpha (R, S), rgb (R, S, 3), t (R, S) sample depths, valid (R, S) bool (padding is False).
-    Returns ``rgb (R, 3)`` (plus ``(1 - opacity) background``), ``opacity (R,)``, ``depth (R,)``
-    (expected depth, normalised by opacity where it is > 0), ``weights (R, S)`` and, when given,
-    ``normal (R, 3)`` (weighted sum of normals).
-    """
-    if valid is not None:
-        alpha = alpha * valid.to(alpha.dtype)
-    trans = torch.cumprod(torch.cat([torch.ones_like(alpha[:, :1]), 1.0 - alpha + 1e-10], 1), 1)[:, :-1]
-    w = alpha * trans
-    opacity = w.sum(1)
-    out = {"weights": w, "opacity": opacity,
-           "rgb": (w[..., None] * rgb).sum(1),
-           "depth": (w * t).sum(1) / opacity.clamp_min(1e-6)}
-    if normals is not None:
-        out["normal"] = (w[..., None] * normals).sum(1)
-    if background is not None:
-        out["rgb"] = out["rgb"] + (1.0 - opacity)[:, None] * background.to(alpha)
-    return out
 
 
 class ShellField(torch.nn.Module):

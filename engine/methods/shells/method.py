@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as Fn
 
 from ...errors import ConfigError
+from ..base import Method
 from .config import ShellsConfig
 from .field import ShellField
 from .volume import OccupancyGrid, render_rays_volume
@@ -50,23 +51,28 @@ def lr_factor(step: int, cfg: ShellsConfig) -> float:
     return cfg.lr_final_frac + (1 - cfg.lr_final_frac) * 0.5 * (1 + math.cos(math.pi * t))
 
 
-class ShellsMethod:
+class ShellsMethod(Method):
+    """Adaptive Shells: a NeuS field (hash-grid SDF, learned kernel size, colour network) trained
+    volumetrically, then rendered and fine-tuned inside an extracted mesh band (see the module
+    docstring). ``field`` is the :class:`ShellField`, ``occ`` its occupancy grid, ``shells`` the
+    extracted meshes (None before extraction)."""
+
     name = "shells"
     config_cls = ShellsConfig
     batch_mode = "rays"
     masked_eval = True  # on data with masks (DTU) evaluate inside the mask, background outside
+    export_formats = {"shells": "outer.ply, inner.ply and surface.ply (the SDF zero level set) in a folder"}
 
     def __init__(self, cfg: ShellsConfig, field: ShellField, occ: OccupancyGrid | None = None):
         if cfg.render_mode not in ("auto", "shells", "volume"):
             raise ConfigError(f"render_mode must be auto, shells or volume, got {cfg.render_mode!r}")
-        self.cfg = cfg
+        super().__init__(cfg)
         self.field = field
         self.model = field
         self.occ = occ or OccupancyGrid(field.center, float(field.half_size), cfg.occ_res)
         self.shells = None          # engine.methods.shells.extract.Shells once extracted
         self._renderer = None
         self.gen = torch.Generator().manual_seed(cfg.seed + 1)
-        self.notes: list[str] = []
         self.last_render_stats: dict = {}
 
     # ---------------------------------------------------------------- creation
@@ -88,12 +94,18 @@ class ShellsMethod:
                   {"name": "log_s", "params": [f.log_s], "lr": c.lr_s, "base_lr": c.lr_s}]
         return torch.optim.Adam(groups, lr=0.0, betas=(0.9, 0.99), eps=1e-15)
 
-    def update_learning_rates(self, optimizer, step: int) -> dict:
+    def update_learning_rates(self, optimizer, step: int, progress: float | None = None) -> dict:
         k = lr_factor(step, self.cfg)
         base = {"encoding": self.cfg.lr_encoding, "networks": self.cfg.lr_network, "log_s": self.cfg.lr_s}
         for g in optimizer.param_groups:
             g["lr"] = base[g["name"]] * k
         return {g["name"]: g["lr"] for g in optimizer.param_groups}
+
+    def _occupied(self, p: torch.Tensor, cell_radius: float) -> torch.Tensor:
+        """Occupancy predicate of the grid: ``|f(p)| < 2 r_cell + ln(4/eps) / s(p)`` (the logistic
+        density of NeuS is below ``eps`` of its peak elsewhere)."""
+        f, log_s, _ = self.field.geometry(p)
+        return f.abs() < 2.0 * cell_radius + math.log(4.0 / self.cfg.occ_eps) * torch.exp(-log_s)
 
     def _anneal(self, step: int) -> float:
         n = self.cfg.cos_anneal_steps
@@ -184,7 +196,7 @@ class ShellsMethod:
         s = step + 1
         res = None
         if s >= c.occ_warmup and s % c.occ_update_every == 0 and self.shells is None:
-            frac = self.occ.update(self.field, c.occ_eps, self.gen)
+            frac = self.occ.update(self._occupied, self.gen)
             res = {"occupied": round(frac, 4)}
         if (self.shells is not None and self._renderer is not None and not self.finetune_colour_only
                 and s % (4 * c.occ_update_every) == 0):
@@ -210,7 +222,7 @@ class ShellsMethod:
         from pathlib import Path
 
         if format != "shells":
-            raise ConfigError(f"the shells method exports --format shells, not {format!r}")
+            return super().export(format, out_dir)
         from .extract import write_shells
 
         if self.shells is None:
@@ -224,17 +236,17 @@ class ShellsMethod:
         H, W = o.shape[:2]
         o, d = o.reshape(-1, 3), d.reshape(-1, 3)
         bg = None if background is None else torch.as_tensor(background, dtype=torch.float32)
-        keys = ("rgb", "opacity", "depth", "normal", "samples")
+        keys = ("rgb", "alpha", "depth", "depth_sum", "normal", "cost")
         acc = {k: [] for k in keys}
         for i in range(0, o.shape[0], self.cfg.render_chunk):
             out = self.render_rays(o[i:i + self.cfg.render_chunk], d[i:i + self.cfg.render_chunk], bg, mode=mode)
             for k in keys:
                 acc[k].append(out[k])
         cat = {k: torch.cat(v, 0) for k, v in acc.items()}
-        normal = Fn.normalize(cat["normal"], dim=-1) * cat["opacity"][:, None]
-        return {"rgb": cat["rgb"].reshape(H, W, 3), "alpha": cat["opacity"].reshape(H, W),
-                "depth": cat["depth"].reshape(H, W), "normal": normal.reshape(H, W, 3),
-                "samples": cat["samples"].reshape(H, W)}
+        normal = Fn.normalize(cat["normal"], dim=-1) * cat["alpha"][:, None]
+        res = {k: cat[k].reshape(H, W) for k in ("alpha", "depth", "depth_sum", "cost")}
+        res.update(rgb=cat["rgb"].reshape(H, W, 3), normal=normal.reshape(H, W, 3))
+        return res
 
     @property
     def num_primitives(self) -> int:
@@ -242,6 +254,11 @@ class ShellsMethod:
         if self.shells is None:
             return 0
         return int(self.shells.outer[1].shape[0] + self.shells.inner[1].shape[0])
+
+    def bounds(self) -> torch.Tensor:
+        """The field's cubic box."""
+        c, a = self.field.center.detach().float(), float(self.field.half_size)
+        return torch.stack([c - a, c + a])
 
     def progress_label(self) -> str:
         if self.shells is None:

@@ -16,7 +16,7 @@
    the descent's whole NeuS opacity, and near misses (descents that do not cross) get a sample on
    each probe segment whose opacity exceeds ``shell_probe_tau``. The older rules
    (``shell_probe_grid 0``) decide from the meshes alone:
-   :func:`shaders.volume.band_samples` (Taichi; torch twin ``band_samples_reference``): an
+   :func:`shaders.band_sampler.band_samples` (Taichi; torch twin ``band_samples_reference``): an
    interval of length ``len`` gets ``n = clamp(ceil(len / step), 1,
    max)`` samples at the centres of ``n`` equal sub-intervals (so a thin band on a solid surface
    gets exactly one sample, whose NeuS interval spans the whole band and gives opacity ~1), at
@@ -47,7 +47,7 @@ import math
 
 import torch
 
-from shaders.volume import band_intervals_from_hits, band_samples, place_samples_reference
+from shaders.band_sampler import band_intervals_from_hits, band_samples, place_samples_reference
 
 from .field import ShellField
 from .volume import shade_and_composite
@@ -143,11 +143,11 @@ def starts_outside(meshes: ShellMeshes, o: torch.Tensor) -> torch.Tensor:
 
 
 def band_intervals(meshes: ShellMeshes, o: torch.Tensor, d: torch.Tensor, max_hits: int = 8):
-    """Band intervals of rays (R, 3): ``t0, t1, ok`` (R, K) (see :func:`shaders.volume.band_intervals_from_hits`)."""
+    """Band intervals of rays (R, 3): ``t0, t1, ok`` (R, K) (see :func:`shaders.band_sampler.band_intervals_from_hits`)."""
     return band_intervals_from_hits(*shell_hits(meshes, o, d, max_hits), starts_outside(meshes, o))
 
 
-#: Samples in intervals, pure torch (the reference of the Taichi :func:`shaders.volume.band_samples`).
+#: Samples in intervals, pure torch (the reference of the Taichi :func:`shaders.band_sampler.band_samples`).
 place_samples = place_samples_reference
 
 

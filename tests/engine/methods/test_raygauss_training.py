@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from engine.errors import ConfigError
+from engine.methods.raygauss.method import RayGaussMethod
 from engine.train.trainer import Trainer, TrainSettings, TrainingError
 
 REPO = Path(__file__).resolve().parents[3]
@@ -18,7 +19,7 @@ TINY = {"init_points": 400, "eval_every": 0, "log_every": 1, "checkpoint_every":
 
 
 def _settings(tmp_path, **opts):
-    return TrainSettings(method="raygauss", data=MIC, output=tmp_path / "out", scene_name="mic", downscale=4,
+    return TrainSettings(method=RayGaussMethod, data=MIC, output=tmp_path / "out", scene_name="mic", downscale=4,
                          options={**TINY, **opts}, progress=False, quiet=True)
 
 
@@ -92,18 +93,18 @@ def test_nan_loss_stops_with_step_and_keeps_checkpoint(tmp_path, monkeypatch):
 
 def test_random_init_without_points(shared_data, tmp_path):
     # fox: no points and no alpha -> random init in the box, and the note says so
-    s = TrainSettings(method="raygauss", data=shared_data / "real" / "fox_quarter", output=tmp_path,
+    s = TrainSettings(method=RayGaussMethod, data=shared_data / "real" / "fox_quarter", output=tmp_path,
                       downscale=8, options={**TINY, "max_steps": 1, "init_random_points": 300}, progress=False,
                       quiet=True)
     tr = Trainer(s)
     assert "no points" in tr.notes[0] and "random" in tr.notes[0] and tr.method.num_primitives == 300
     # lego has alpha: auto picks the visual hull; asking for dataset points is a clear error
     lego = shared_data / "nerf_synthetic" / "lego_100"
-    tr = Trainer(TrainSettings(method="raygauss", data=lego, output=tmp_path, downscale=4,
+    tr = Trainer(TrainSettings(method=RayGaussMethod, data=lego, output=tmp_path, downscale=4,
                                options={**TINY, "max_steps": 1}, progress=False, quiet=True))
     assert "visual hull" in tr.notes[0]
     with pytest.raises(ConfigError, match="no points"):
-        Trainer(TrainSettings(method="raygauss", data=lego, output=tmp_path, downscale=4,
+        Trainer(TrainSettings(method=RayGaussMethod, data=lego, output=tmp_path, downscale=4,
                               options={**TINY, "max_steps": 1, "init": "points"}, progress=False, quiet=True))
 
 

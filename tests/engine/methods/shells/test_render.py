@@ -116,8 +116,8 @@ def test_solid_sphere_one_sample_matches_volume(sampler):
     assert hit.sum() > 20 and (~hit).sum() > 20
     # one sample per band crossing on the solid surface (a band 2 h_min = 0.02 thick, step 0.05);
     # the back of the sphere is skipped by early termination (the front is opaque)
-    assert (shl["samples"][hit] == 1).all() and shl["samples"][~hit].max() == 0
-    assert vol["samples"][hit].float().mean() > 20
+    assert (shl["cost"][hit] == 1).all() and shl["cost"][~hit].max() == 0
+    assert vol["cost"][hit].float().mean() > 20
     torch.testing.assert_close(shl["alpha"], vol["alpha"], atol=2e-3, rtol=0)
     torch.testing.assert_close(shl["rgb"], vol["rgb"], atol=2e-2, rtol=0)
     torch.testing.assert_close(shl["depth"][hit], vol["depth"][hit], atol=0.02, rtol=0)
@@ -128,7 +128,7 @@ def test_solid_sphere_one_sample_matches_volume(sampler):
 
 
 def test_band_samples_kernel_matches_reference():
-    from shaders.volume import band_intervals_from_hits, band_samples, band_samples_reference
+    from shaders.band_sampler import band_intervals_from_hits, band_samples, band_samples_reference
 
     g = torch.Generator().manual_seed(4)
     R, K = 300, 6

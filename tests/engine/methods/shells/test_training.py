@@ -7,6 +7,7 @@ import torch
 from engine.cameras import Cameras
 from engine.data.dataset import Dataset, Split
 from engine.data.sampler import RaySampler
+from engine.methods.base import check_render_output
 from engine.methods.shells.config import ShellsConfig
 from engine.methods.shells.method import ShellsMethod
 from shaders import runtime
@@ -90,9 +91,10 @@ def test_state_roundtrip_and_render(trained):
     m2 = ShellsMethod.from_state_dict(m.cfg, m.state_dict())
     a = m.render(ds.train.cameras, 0, background=ds.background)
     b = m2.render(ds.train.cameras, 0, background=ds.background)
-    for k in ("rgb", "alpha", "depth", "normal", "samples"):
+    for k in ("rgb", "alpha", "depth", "depth_sum", "normal", "cost"):
         torch.testing.assert_close(a[k], b[k])
-    assert a["rgb"].shape == (16, 16, 3) and a["samples"].shape == (16, 16)
+    assert a["rgb"].shape == (16, 16, 3) and a["cost"].shape == (16, 16)
+    check_render_output(a, 16, 16)
     with pytest.raises(Exception, match="hash table"):
         ShellsMethod.from_state_dict(_cfg(hash_log2_size=10), m.state_dict())
 
@@ -105,13 +107,13 @@ def test_export_and_shell_finetune(trained, tmp_path):
     assert m2.active_mode == "shells" and m2.num_primitives > 0
     out = m2.render(ds.train.cameras, 1, background=ds.background)
     vol = m2.render(ds.train.cameras, 1, background=ds.background, mode="volume")
-    assert out["samples"].mean() < vol["samples"].mean()
+    assert out["cost"].mean() < vol["cost"].mean()
     # fine-tuning inside the band runs and keeps the loss finite; the state keeps the shells
     losses = _train(m2, ds, 3, start=30)
     assert all(math.isfinite(x) for x in losses)
     m3 = ShellsMethod.from_state_dict(m2.cfg, m2.state_dict())
     assert m3.shells is not None and m3.shells.face_counts() == m2.shells.face_counts()
-    with pytest.raises(Exception, match="format shells"):
+    with pytest.raises(Exception, match="exports: shells"):
         m2.export("ply", tmp_path)
 
 

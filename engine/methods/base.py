@@ -1,0 +1,296 @@
+"""The method contract: what the trainer, CLI, evaluator, exporter and viewer may ask of a representation.
+
+A representation is one package under ``engine/methods/`` with
+
+* a config dataclass deriving from :class:`MethodConfig`, every field declared with :func:`option`
+  (default + one line of help; ``--help`` and the scene-TOML docs are generated from it), and
+* a class deriving from :class:`Method` that implements the abstract members below,
+
+plus one :class:`~engine.methods.MethodSpec` line in the registry (``engine/methods/__init__.py``).
+Nothing else in the engine names a method: the trainer receives the class, the CLI, ``engine.load``,
+the evaluator, the exporter and the viewer look it up in the registry and talk to it only through
+this contract.
+
+Rendering contract (:meth:`Method.render`): every method returns a dict with
+
+==============  ============  =====================================================================
+key             shape         meaning
+==============  ============  =====================================================================
+``rgb``         (H, W, 3)     colour, composited on ``background`` when one is given
+``alpha``       (H, W)        accumulated opacity, 1 - final transmittance
+``depth``       (H, W)        expected depth along the ray, normalised by ``alpha`` (0 where empty)
+``depth_sum``   (H, W)        the un-normalised sum of weight x depth (``depth * alpha``)
+``cost``        (H, W)        what the pixel cost: primitive or field evaluations along its ray
+==============  ============  =====================================================================
+
+and may add its own keys (``normal``, ``n_capped``, ...). :func:`check_render_output` checks this.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+
+# ------------------------------------------------------------------------------------------ config
+
+
+def option(default, help: str, *, render: bool = False, choices: tuple | None = None):
+    """A config field with its documentation (the one place a field is described).
+
+    ``render=True`` marks a field that may also be overridden at render time (``kernelight render /
+    eval / view``); ``choices`` lists the accepted values of a string field.
+    """
+    meta = {"help": help, "render": render}
+    if choices is not None:
+        meta["choices"] = tuple(choices)
+    if isinstance(default, (list, dict, set)):
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+@dataclass
+class MethodConfig:
+    """Fields every method shares: the training budget, seeding and bookkeeping intervals.
+
+    The batch is method-specific (a whole image per step, or ``rays_per_batch`` random rays: see
+    :attr:`Method.batch_mode`); the background is the dataset's (scene TOML ``background`` or
+    ``--background``), not a method option.
+    """
+
+    max_steps: int = option(3000, "training steps")
+    seed: int = option(0, "seed of every random choice (initialisation, ray/image order)")
+    eval_every: int = option(500, "test PSNR on a few views every N steps (0 disables)")
+    eval_views: int = option(8, "views used by the periodic test PSNR")
+    checkpoint_every: int = option(1000, "write a checkpoint every N steps (and at the end / on Ctrl-C)")
+    log_every: int = option(25, "append a metrics.jsonl record every N steps")
+    time_budget_s: float = option(0.0, "stop after this much training time in seconds (0 = steps only)")
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+    @classmethod
+    def field_help(cls) -> dict[str, str]:
+        """Field name -> its one-line documentation (from :func:`option`)."""
+        return {f.name: f.metadata.get("help", "") for f in fields(cls)}
+
+    @classmethod
+    def render_fields(cls) -> list[str]:
+        """Fields that ``render`` / ``eval`` / ``view`` accept as overrides."""
+        return [f.name for f in fields(cls) if f.metadata.get("render")]
+
+    @classmethod
+    def from_options(cls, options: dict, method_name: str | None = None) -> "MethodConfig":
+        """A config from defaults plus ``options`` (names with ``-`` or ``_``), values coerced to the
+        field types; unknown names and wrong types are :class:`~engine.errors.ConfigError`."""
+        from ..errors import ConfigError
+
+        cfg = cls()
+        by_name = {f.name: f for f in fields(cls)}
+        label = method_name or cls.__name__
+        for k, v in options.items():
+            key = str(k).replace("-", "_")
+            if key not in by_name:
+                raise ConfigError(f"unknown option {k!r} for method {label}; valid options: "
+                                  f"{', '.join(sorted(by_name))}")
+            cur = getattr(cfg, key)
+            try:
+                if isinstance(cur, tuple):
+                    v = tuple(v) if isinstance(v, (list, tuple)) else (v,)
+                    v = tuple(type(cur[0])(x) for x in v) if cur else v
+                elif isinstance(cur, bool):
+                    if isinstance(v, str):
+                        if v.strip().lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+                            raise ValueError(v)
+                        v = v.strip().lower() in ("1", "true", "yes", "on")
+                    else:
+                        v = bool(v)
+                elif isinstance(cur, int):
+                    if isinstance(v, bool) or (isinstance(v, float) and not v.is_integer()):
+                        raise ValueError(v)
+                    v = int(v)
+                elif isinstance(cur, float):
+                    if isinstance(v, bool):
+                        raise ValueError(v)
+                    v = float(v)
+                elif isinstance(cur, str):
+                    if not isinstance(v, str):
+                        raise ValueError(v)
+            except (TypeError, ValueError):
+                raise ConfigError(f"option {key}: expected {type(cur).__name__}, got {v!r}") from None
+            choices = by_name[key].metadata.get("choices")
+            if choices and v not in choices:
+                raise ConfigError(f"option {key}: expected one of {', '.join(map(str, choices))}, got {v!r}")
+            setattr(cfg, key, v)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        """Refuse values no run can use (one line naming the option)."""
+        from ..errors import ConfigError
+
+        for name in ("max_steps", "eval_every", "eval_views", "checkpoint_every", "log_every"):
+            v = getattr(self, name)
+            if v < 0:
+                raise ConfigError(f"option {name} must be >= 0, got {v}")
+        if self.max_steps < 1:
+            raise ConfigError(f"option max_steps must be >= 1, got {self.max_steps}")
+        if self.log_every < 1:
+            raise ConfigError(f"option log_every must be >= 1, got {self.log_every}")
+        if not self.time_budget_s >= 0:
+            raise ConfigError(f"option time_budget_s must be >= 0, got {self.time_budget_s}")
+
+    def to_dict(self) -> dict:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
+
+
+# ------------------------------------------------------------------------------------------ method
+
+
+class Method:
+    """Base class of every representation (see the module docstring).
+
+    Class attributes a subclass sets:
+
+    * ``name``: the registry name (``kernelight train NAME``);
+    * ``config_cls``: its :class:`MethodConfig` subclass;
+    * ``batch_mode``: ``"image"`` (one training image per step: :meth:`train_step`) or ``"rays"``
+      (random rays across all training images: :meth:`train_step_rays`, ``cfg.rays_per_batch``);
+    * ``masked_eval``: on data with masks (DTU) evaluate inside the mask only;
+    * ``export_formats``: ``{format: one line}`` accepted by :meth:`export`.
+
+    Instance attributes set by the base: ``cfg``, ``notes`` (lines the CLI prints), ``run_dir`` and
+    ``step`` (set by ``engine.load``).
+    """
+
+    name: ClassVar[str] = ""
+    config_cls: ClassVar[type[MethodConfig]] = MethodConfig
+    batch_mode: ClassVar[str] = "image"
+    masked_eval: ClassVar[bool] = False
+    export_formats: ClassVar[dict[str, str]] = {}
+
+    def __init__(self, cfg: MethodConfig):
+        self.cfg = cfg
+        self.notes: list[str] = []
+        self.run_dir: Path | None = None
+        self.step: int | None = None
+
+    # ------------------------------------------------------------------ creation
+    @classmethod
+    def create(cls, cfg: MethodConfig, dataset) -> "Method":
+        """A new, untrained model for ``dataset`` (an :class:`engine.data.Dataset`)."""
+        raise NotImplementedError(f"{cls.__name__}.create")
+
+    @classmethod
+    def from_file(cls, path: Path, cfg: MethodConfig) -> "Method":
+        """Load a file this method reads (see ``MethodSpec.reads``), e.g. a standard 3DGS ``.ply``."""
+        from ..errors import ConfigError
+
+        raise ConfigError(f"{path}: method {cls.name} does not read files")
+
+    # ------------------------------------------------------------------ optimisation
+    def make_optimizer(self) -> torch.optim.Optimizer:
+        """The optimizer over all trainable parameters (named param groups)."""
+        raise NotImplementedError(f"{type(self).__name__}.make_optimizer")
+
+    def update_learning_rates(self, optimizer: torch.optim.Optimizer, step: int, progress: float) -> dict:
+        """Set this step's learning rates; ``progress`` in [0, 1] is the larger of step / max_steps and
+        train time / time budget. Returns ``{group name: lr}``. Default: constant rates."""
+        return {g.get("name", str(i)): g["lr"] for i, g in enumerate(optimizer.param_groups)}
+
+    def train_step(self, step: int, image: torch.Tensor, cameras, index: int, background) -> tuple:
+        """``batch_mode == "image"``: render training view ``index`` and return
+        ``(loss, stats, prediction (H, W, 3))``; ``stats`` has at least ``psnr``."""
+        raise NotImplementedError(f"{type(self).__name__}.train_step")
+
+    def train_step_rays(self, step: int, batch, background) -> tuple:
+        """``batch_mode == "rays"``: render a :class:`engine.data.sampler.RayBatch`, return ``(loss, stats)``."""
+        raise NotImplementedError(f"{type(self).__name__}.train_step_rays")
+
+    def after_backward(self) -> None:
+        """Called between ``loss.backward()`` and the optimizer step (gradient statistics, masking)."""
+
+    def post_step(self, optimizer: torch.optim.Optimizer, step: int) -> dict | None:
+        """Called after the optimizer step: structural changes (densify, prune, extract). Returns a
+        dict of what changed (logged to metrics.jsonl) or None."""
+        return None
+
+    # ------------------------------------------------------------------ inference
+    def render(self, cameras, index: int, background=None) -> dict:
+        """Render camera ``index`` of a :class:`engine.cameras.Cameras` batch without gradients; the
+        keys and shapes of the module docstring."""
+        raise NotImplementedError(f"{type(self).__name__}.render")
+
+    @property
+    def num_primitives(self) -> int:
+        """Primitives the model is made of (Gaussians, shell faces, points, ...)."""
+        raise NotImplementedError(f"{type(self).__name__}.num_primitives")
+
+    def progress_label(self) -> str:
+        """What the model is made of, for progress lines."""
+        return f"{self.num_primitives} primitives"
+
+    def bounds(self) -> torch.Tensor:
+        """(2, 3) min / max corners of the content (the viewer frames it, orbits circle it)."""
+        raise NotImplementedError(f"{type(self).__name__}.bounds")
+
+    def points(self) -> torch.Tensor | None:
+        """(N, 3) representative points of the content (Gaussian centres, ...) or None."""
+        return None
+
+    # ------------------------------------------------------------------ export
+    def export(self, format: str, out: Path) -> list[Path]:
+        """Write the model as ``format`` (one of ``export_formats``) to ``out`` (a file, or a folder
+        for multi-file formats); returns the paths written."""
+        from ..errors import ConfigError
+
+        raise ConfigError(f"method {self.name} exports no format {format!r}"
+                          + (f" (it exports: {', '.join(self.export_formats)})" if self.export_formats else ""))
+
+    def default_export_path(self, format: str, run_dir: Path) -> Path:
+        """Where ``kernelight export RUN --format F`` writes without ``--out``."""
+        return Path(run_dir) / "export" / format
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict:
+        """Everything needed to rebuild the model (tensors and plain values only: checkpoints load
+        with ``weights_only=True``)."""
+        raise NotImplementedError(f"{type(self).__name__}.state_dict")
+
+    @classmethod
+    def from_state_dict(cls, cfg: MethodConfig, state: dict) -> "Method":
+        raise NotImplementedError(f"{cls.__name__}.from_state_dict")
+
+    def __repr__(self) -> str:
+        try:
+            n = self.progress_label()
+        except Exception:  # a half-built object
+            n = "?"
+        where = f", run_dir={str(self.run_dir)!r}" if self.run_dir else ""
+        step = f", step={self.step}" if self.step is not None else ""
+        return f"<{type(self).__name__} {self.name!r}: {n}{step}{where}>"
+
+
+RENDER_KEYS = ("rgb", "alpha", "depth", "depth_sum", "cost")
+
+
+def check_render_output(out: dict, H: int | None = None, W: int | None = None) -> dict:
+    """Check that ``out`` follows the rendering contract (raises AssertionError naming the key)."""
+    for k in RENDER_KEYS:
+        assert k in out, f"render output has no {k!r} (has {sorted(out)})"
+    h, w = out["rgb"].shape[:2]
+    assert out["rgb"].shape == (h, w, 3), f"rgb has shape {tuple(out['rgb'].shape)}"
+    if H is not None:
+        assert (h, w) == (H, W), f"rgb is {h}x{w}, expected {H}x{W}"
+    for k in RENDER_KEYS[1:]:
+        assert tuple(out[k].shape) == (h, w), f"{k} has shape {tuple(out[k].shape)}, expected {(h, w)}"
+    return out
+
+
+def finish_depth(alpha: torch.Tensor, depth_sum: torch.Tensor) -> dict[str, Any]:
+    """``depth`` (normalised by alpha, 0 where alpha is ~0) and ``depth_sum`` from the weighted sum."""
+    depth = torch.where(alpha > 1e-6, depth_sum / alpha.clamp_min(1e-6), torch.zeros_like(depth_sum))
+    return {"depth": depth, "depth_sum": depth_sum}
