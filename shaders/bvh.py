@@ -112,10 +112,12 @@ class BVH:
 
 @dataclass
 class TriangleBVH:
-    """A :class:`BVH` over the faces of a triangle mesh plus the data closest-hit traversal needs.
+    """The traversal tree of a triangle mesh plus the contract LBVH over its faces.
 
     Attributes:
         bvh: the LBVH over the face boxes (primitive index = face index): the contract layout.
+            With ``builder="sah"`` nothing needs it for closest hits, so it is built on first
+            access (from the current vertices) and refitted from then on.
         vertices: (V, 3) float32 vertices of the latest build/refit (the input itself when it
             already was contiguous float32: do not modify it in place without a refit).
         faces: (F, 3) int32 faces.
@@ -131,7 +133,7 @@ class TriangleBVH:
         sah: the :class:`shaders.bvh_sah.SAHTree` when ``builder == "sah"`` (for refit).
     """
 
-    bvh: BVH
+    lbvh_: BVH | None
     vertices: torch.Tensor
     faces: torch.Tensor
     builder: str
@@ -145,8 +147,26 @@ class TriangleBVH:
     sah: object = None
 
     @property
+    def bvh(self) -> BVH:
+        if self.lbvh_ is None:
+            from .bvh_build import _triangle_boxes
+
+            lo, hi = _face_boxes(self.vertices, self.faces, _triangle_boxes)
+            self.lbvh_ = build_aabb_bvh(lo, hi)
+        return self.lbvh_
+
+    @property
     def num_faces(self) -> int:
-        return self.bvh.num_prims
+        return self.faces.shape[0]
+
+
+def _face_boxes(v, f, kernel):
+    nf = f.shape[0]
+    lo = torch.empty((nf, 3), dtype=torch.float32, device=v.device)
+    hi = torch.empty_like(lo)
+    with runtime.runtime_lock:
+        kernel(v, f, lo, hi)
+    return lo, hi
 
 
 def _as_boxes(lo, hi, what="lo/hi"):
@@ -248,17 +268,17 @@ def _traversal_tree(tbvh: TriangleBVH, lo, hi, rebuild: bool) -> None:
     from .bvh_build import _pack_nodes, _triangle_leaf_data
     from .bvh_sah import build_sah, refit_sah
 
-    b = tbvh.bvh
-    n = b.num_prims
+    n = tbvh.num_faces
     if tbvh.builder == "sah":
         if rebuild:
-            tbvh.sah = build_sah(lo, hi, tbvh.leaf_size)
+            tbvh.sah = build_sah(lo, hi, tbvh.leaf_size, arch=runtime.arch_name())
         else:
             refit_sah(tbvh.sah, lo, hi)
         t = tbvh.sah
         tbvh.slot_face, tbvh.packed, tbvh.root_code = t.perm, t.packed, t.root_code
         tbvh.root_lo, tbvh.root_hi = t.node_lo, t.node_hi
     else:
+        b = tbvh.bvh
         if rebuild:
             tbvh.packed = torch.zeros((max(n - 1, 1), 16), dtype=torch.float32, device=lo.device)
         if n > 1:
@@ -291,9 +311,9 @@ def build_triangle_bvh(vertices, faces, leaf_size: int = DEFAULT_LEAF_SIZE,
     tri = torch.empty((nf, 9), dtype=torch.float32, device=v.device)
     with runtime.runtime_lock:
         _triangle_boxes(v, f, lo, hi)
-        bvh = build_aabb_bvh(lo, hi)
-        tbvh = TriangleBVH(bvh, v, f, builder, int(leaf_size), bvh.order, tri, bvh.node_lo,
-                           bvh.node_lo, bvh.node_hi, 0)
+        # the contract LBVH: needed now only by the "lbvh" traversal tree (else built lazily)
+        bvh = build_aabb_bvh(lo, hi) if builder == "lbvh" else None
+        tbvh = TriangleBVH(bvh, v, f, builder, int(leaf_size), None, tri, None, None, None, 0)
         _traversal_tree(tbvh, lo, hi, rebuild=True)
     return tbvh
 
@@ -312,7 +332,8 @@ def refit_triangle_bvh(tbvh: TriangleBVH, vertices) -> None:
     hi = torch.empty_like(lo)
     with runtime.runtime_lock:
         _triangle_boxes(v, tbvh.faces, lo, hi)
-        _bottom_up(tbvh.bvh, lo, hi)
+        if tbvh.lbvh_ is not None:
+            _bottom_up(tbvh.lbvh_, lo, hi)
         tbvh.vertices = v
         _traversal_tree(tbvh, lo, hi, rebuild=False)
 

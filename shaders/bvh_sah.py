@@ -1,29 +1,42 @@
 """Binned-SAH BVH (Taichi kernels) used for the triangle closest-hit traversal.
 
-Built top-down, one level at a time: every node of the current level is handled by one thread
-that (1) computes its box and centroid bounds, (2) bins its primitives' centroids into
-:data:`BINS` bins on each axis and evaluates the surface area heuristic for the ``BINS - 1``
-planes of each axis, (3) either becomes a leaf or partitions its primitive range in place
-(two-pointer partition of ``perm``). Node ids are assigned level by level (a serial kernel),
-so the layout is deterministic and the nodes of one level are contiguous, which makes refit a
-simple deepest-level-first sweep (no atomics).
+Data: every primitive is a row ``(lo, hi, id bits, 0)`` of ``rows[buf]`` (two (N, 8) float32
+buffers); a node owns a contiguous range of rows. A split partitions its range *out of place*
+into the other buffer (left child's rows forward from the start, right child's backward from
+the end), so every pass over a node reads contiguous memory, and the same pass yields both
+children's boxes and centroid bounds (the next step needs no bounds pass). Centroids are
+handled doubled (``lo + hi``).
 
-Split choice: the plane minimising ``area(L) * n(L) + area(R) * n(R)`` over the ``BINS - 1``
-planes of each axis. A node becomes a leaf exactly when it holds <= ``leaf_max`` primitives
-(SAH leaf-vs-split decisions on such small nodes cost more build time than they saved
-traversal time). When all centroids fall into one bin on every axis (e.g. duplicates), or from
-depth :data:`MEDIAN_DEPTH` on, the range is split at its middle (object median by position),
-which bounds the depth by ``MEDIAN_DEPTH + log2(N) <= 63`` for N < 2^31, so the 64-entry
-traversal stack of :mod:`shaders.bvh_traverse` cannot overflow.
+Build, two phases:
+
+1. Top (:func:`_sah_level`, one launch per level): the nodes of a level in parallel, one thread
+   per node: split choice, child ids (one serial loop, in node order: deterministic), partition.
+   A node of at most ``subtree_max`` primitives is not split here but deferred.
+2. Bottom (:func:`_sah_subtrees`, one launch): one thread per deferred node builds its whole
+   subtree depth-first with a local stack, in a node-id range reserved for it (``2c - 2`` ids
+   for ``c`` primitives, taken from the top of the id space), ids in preorder (children after
+   their parent). The subtree's rows stay in cache while it is built, and the per-level kernel
+   launches (~0.2-0.3 ms each through Taichi's Python launcher) are paid only for the top.
+
+On the CPU ``subtree_max`` is large (a few hundred primitives: the top has only ~8 levels and
+still offers hundreds of subtrees to the 2-16 threads); on the GPU it is small, since the
+GPU needs tens of thousands of threads (not measured here: no GPU on the development machine).
+
+Split choice (both phases, :func:`_split_choice`): the plane minimising ``area(L) * n(L) +
+area(R) * n(R)`` over the ``BINS - 1`` planes of each axis (one pass over the node's rows per
+axis). A node becomes a leaf exactly when it holds <= ``leaf_max`` primitives (SAH
+leaf-vs-split decisions on such small nodes cost more build time than they saved traversal
+time). When all centroids fall into one bin on every axis (e.g. duplicates), or from depth
+:data:`MEDIAN_DEPTH` on, the range is split at its middle (object median by position), which
+bounds the depth by ``MEDIAN_DEPTH + log2(N) <= 63`` for N < 2^31, so the 64-entry traversal
+stack of :mod:`shaders.bvh_traverse` cannot overflow.
 
 Output is the packed layout of ``bvh_build._pack_nodes`` (both child boxes in the parent, leaf
 codes with slot ranges), with slots in ``perm`` order and the internal nodes stored in
 depth-first order (left subtree first), which measured a few percent faster than level order.
+Refit: the subtrees in reverse id order (one launch), then the top levels deepest first.
 
-Cost (this 2-core CPU, 100k triangles): ~0.15-0.25 s CPU, about 3-5x the LBVH build (one node per
-thread, so the top levels are serial). Binning all three axes in one pass over the primitives
-(3x fewer reads) measured ~2.5x *slower*: Taichi handles the 3x larger local bin arrays badly.
-Refit: ~10 ms.
+Cost: see :mod:`shaders.bvh` (measured beside Embree by tools/bench_bvh.py).
 """
 import taichi as ti
 import torch
@@ -32,6 +45,15 @@ from .bvh_build import leaf_code
 
 BINS = 8
 MEDIAN_DEPTH = 32
+#: Bin all three axes (True) or only the longest axis of a node's centroid bounds (False).
+ALL_AXES = True
+_STACK = 64
+
+# Node record columns of ``SAHTree.node_i`` (M, 8) int32.
+_START, _COUNT, _C0, _C1, _KIND, _BIN, _NLEFT, _BUF = 0, 1, 2, 3, 4, 5, 6, 7
+# _KIND: -1 leaf, 0..2 binned split on that axis, 3 object median (by position), -2 deferred
+# to the subtree phase (then _BIN = first reserved id, _NLEFT = ids used, _BUF = row buffer)
+_LEAF, _MEDIAN, _DEFER = -1, 3, -2
 
 
 @ti.func
@@ -40,200 +62,388 @@ def _area(lo, hi) -> ti.f32:
     return e[0] * e[1] + e[1] * e[2] + e[0] * e[2]
 
 
-@ti.kernel
-def _sah_level(lo: ti.types.ndarray(), hi: ti.types.ndarray(), perm: ti.types.ndarray(),
-               nstart: ti.types.ndarray(), ncount: ti.types.ndarray(),
-               node_lo: ti.types.ndarray(), node_hi: ti.types.ndarray(),
-               split_at: ti.types.ndarray(), first: ti.i32, last: ti.i32, leaf_max: ti.i32,
-               force_median: ti.i32):
-    """Process nodes ``first .. last-1``: box, split decision, partition.
+@ti.func
+def _bin_of(c2: ti.f32, clo: ti.f32, scale: ti.f32) -> ti.i32:
+    """Bin of a doubled centroid coordinate (the one formula for binning and partitioning)."""
+    return ti.max(ti.min(ti.cast((c2 - clo) * scale, ti.i32), BINS - 1), 0)
 
-    ``split_at[node]`` = the position where the right child's range starts, or -1 for a leaf.
-    """
-    for node in range(first, last):
-        s0 = nstart[node]
-        cnt = ncount[node]
+
+@ti.kernel
+def _sah_init(lo: ti.types.ndarray(), hi: ti.types.ndarray(), rows: ti.types.ndarray(),
+              node_i: ti.types.ndarray(), node_lo: ti.types.ndarray(),
+              node_hi: ti.types.ndarray(), cb: ti.types.ndarray()):
+    """rows[0, p] = (lo, hi, prim id bits, 0) in primitive order; node 0 = the root over all
+    of them, with its box and the bounds of the doubled centroids ``lo + hi`` (``cb``)."""
+    n = lo.shape[0]
+    for p in range(n):
+        for k in ti.static(range(3)):
+            rows[0, p, k] = lo[p, k]
+            rows[0, p, 3 + k] = hi[p, k]
+        rows[0, p, 6] = ti.bit_cast(p, ti.f32)
+        rows[0, p, 7] = 0.0
+    for _ in range(1):  # one thread: a serial reduction (float atomics cost more on the CPU)
         blo = ti.Vector([3e38, 3e38, 3e38], dt=ti.f32)
         bhi = ti.Vector([-3e38, -3e38, -3e38], dt=ti.f32)
         clo = ti.Vector([3e38, 3e38, 3e38], dt=ti.f32)
         chi = ti.Vector([-3e38, -3e38, -3e38], dt=ti.f32)
-        for p in range(s0, s0 + cnt):
-            q = perm[p]
-            a = ti.Vector([lo[q, 0], lo[q, 1], lo[q, 2]], dt=ti.f32)
-            b = ti.Vector([hi[q, 0], hi[q, 1], hi[q, 2]], dt=ti.f32)
+        for p in range(n):
+            a = ti.Vector([lo[p, 0], lo[p, 1], lo[p, 2]], dt=ti.f32)
+            b = ti.Vector([hi[p, 0], hi[p, 1], hi[p, 2]], dt=ti.f32)
             blo = ti.min(blo, a)
             bhi = ti.max(bhi, b)
-            c = 0.5 * (a + b)
-            clo = ti.min(clo, c)
-            chi = ti.max(chi, c)
+            clo = ti.min(clo, a + b)
+            chi = ti.max(chi, a + b)
         for k in ti.static(range(3)):
-            node_lo[node, k] = blo[k]
-            node_hi[node, k] = bhi[k]
-        split = -1
-        if cnt > leaf_max:
-            best_cost = 3e38
-            best_axis = -1
-            best_bin = 0
-            if force_median == 0:
-                for axis in ti.static(range(3)):
-                    ext = chi[axis] - clo[axis]
-                    if ext > 1e-30:  # BINS / ext stays finite
-                        scale = BINS / ext
-                        bcnt = ti.Vector.zero(ti.i32, BINS)
-                        bl = ti.Matrix([[3e38] * 3] * BINS, dt=ti.f32)
-                        bh = ti.Matrix([[-3e38] * 3] * BINS, dt=ti.f32)
-                        for p in range(s0, s0 + cnt):
-                            q = perm[p]
-                            c = 0.5 * (lo[q, axis] + hi[q, axis])
-                            bi = ti.cast((c - clo[axis]) * scale, ti.i32)
-                            bi = ti.max(ti.min(bi, BINS - 1), 0)
-                            bcnt[bi] += 1
-                            for k in ti.static(range(3)):
-                                bl[bi, k] = ti.min(bl[bi, k], lo[q, k])
-                                bh[bi, k] = ti.max(bh[bi, k], hi[q, k])
-                        # right sweep: area and count of bins b..BINS-1
-                        rarea = ti.Vector.zero(ti.f32, BINS)
-                        rcnt = ti.Vector.zero(ti.i32, BINS)
-                        rl = ti.Vector([3e38, 3e38, 3e38], dt=ti.f32)
-                        rh = ti.Vector([-3e38, -3e38, -3e38], dt=ti.f32)
-                        rc = 0
-                        for j in range(BINS - 1):
-                            bidx = BINS - 1 - j
-                            for k in ti.static(range(3)):
-                                rl[k] = ti.min(rl[k], bl[bidx, k])
-                                rh[k] = ti.max(rh[k], bh[bidx, k])
-                            rc += bcnt[bidx]
-                            rarea[bidx] = _area(rl, rh)
-                            rcnt[bidx] = rc
-                        ll = ti.Vector([3e38, 3e38, 3e38], dt=ti.f32)
-                        lh = ti.Vector([-3e38, -3e38, -3e38], dt=ti.f32)
-                        lc = 0
-                        for bidx in range(BINS - 1):
-                            for k in ti.static(range(3)):
-                                ll[k] = ti.min(ll[k], bl[bidx, k])
-                                lh[k] = ti.max(lh[k], bh[bidx, k])
-                            lc += bcnt[bidx]
-                            if lc > 0 and rcnt[bidx + 1] > 0:
-                                cost = _area(ll, lh) * lc + rarea[bidx + 1] * rcnt[bidx + 1]
-                                if cost < best_cost:
-                                    best_cost = cost
-                                    best_axis = axis
-                                    best_bin = bidx
-            if best_axis < 0:
-                # all centroids in one bin on every axis (duplicates), or a deep level: object
-                # median by position
-                split = s0 + cnt // 2
-            else:
-                axis = best_axis
-                ext = chi[axis] - clo[axis]
+            node_lo[0, k] = blo[k]
+            node_hi[0, k] = bhi[k]
+            cb[0, k] = clo[k]
+            cb[0, 3 + k] = chi[k]
+        node_i[0, _START] = 0
+        node_i[0, _COUNT] = n
+        node_i[0, _BUF] = 0
+
+
+@ti.func
+def _split_choice(rows: ti.template(), buf: ti.i32, s0: ti.i32, cnt: ti.i32, cb: ti.template(),
+                  node: ti.i32, force_median: ti.i32, all_axes: ti.i32):
+    """(kind, best bin, left count) of the binned-SAH split of a node (kind 0..2 = axis, or
+    _MEDIAN when no binned plane separates anything / ``force_median``)."""
+    best_cost = 3e38
+    kind = -1
+    best_bin = 0
+    nleft = 0
+    longest = 0
+    if cb[node, 4] - cb[node, 1] > cb[node, 3] - cb[node, 0]:
+        longest = 1
+    if cb[node, 5] - cb[node, 2] > cb[node, 3 + longest] - cb[node, longest]:
+        longest = 2
+    if force_median == 0:
+        for axis in ti.static(range(3)):
+            clo = cb[node, axis]
+            ext = cb[node, 3 + axis] - clo
+            if ext > 1e-30 and (all_axes != 0 or axis == longest):  # BINS / ext finite
                 scale = BINS / ext
-                i = s0
-                j = s0 + cnt - 1
-                while i <= j:
-                    qi = perm[i]
-                    ci = 0.5 * (lo[qi, axis] + hi[qi, axis])
-                    bi = ti.max(ti.min(ti.cast((ci - clo[axis]) * scale, ti.i32), BINS - 1), 0)
-                    if bi <= best_bin:
-                        i += 1
-                    else:
-                        perm[i] = perm[j]
-                        perm[j] = qi
-                        j -= 1
-                split = i
-                if split == s0 or split == s0 + cnt:
-                    split = s0 + cnt // 2  # cannot happen (binning and partition agree); safety
-        split_at[node] = split
+                bcnt = ti.Vector.zero(ti.i32, BINS)
+                bl = ti.Matrix([[3e38] * 3] * BINS, dt=ti.f32)
+                bh = ti.Matrix([[-3e38] * 3] * BINS, dt=ti.f32)
+                for p in range(s0, s0 + cnt):
+                    bi = _bin_of(rows[buf, p, axis] + rows[buf, p, 3 + axis], clo, scale)
+                    bcnt[bi] += 1
+                    for k in ti.static(range(3)):
+                        bl[bi, k] = ti.min(bl[bi, k], rows[buf, p, k])
+                        bh[bi, k] = ti.max(bh[bi, k], rows[buf, p, 3 + k])
+                # right sweep: area and count of bins b..BINS-1
+                rarea = ti.Vector.zero(ti.f32, BINS)
+                rcnt = ti.Vector.zero(ti.i32, BINS)
+                rl = ti.Vector([3e38, 3e38, 3e38], dt=ti.f32)
+                rh = ti.Vector([-3e38, -3e38, -3e38], dt=ti.f32)
+                rc = 0
+                for j in range(BINS - 1):
+                    bidx = BINS - 1 - j
+                    for k in ti.static(range(3)):
+                        rl[k] = ti.min(rl[k], bl[bidx, k])
+                        rh[k] = ti.max(rh[k], bh[bidx, k])
+                    rc += bcnt[bidx]
+                    rarea[bidx] = _area(rl, rh)
+                    rcnt[bidx] = rc
+                ll = ti.Vector([3e38, 3e38, 3e38], dt=ti.f32)
+                lh = ti.Vector([-3e38, -3e38, -3e38], dt=ti.f32)
+                lc = 0
+                for bidx in range(BINS - 1):
+                    for k in ti.static(range(3)):
+                        ll[k] = ti.min(ll[k], bl[bidx, k])
+                        lh[k] = ti.max(lh[k], bh[bidx, k])
+                    lc += bcnt[bidx]
+                    if lc > 0 and rcnt[bidx + 1] > 0:
+                        cost = _area(ll, lh) * lc + rarea[bidx + 1] * rcnt[bidx + 1]
+                        if cost < best_cost:
+                            best_cost = cost
+                            kind = axis
+                            best_bin = bidx
+                            nleft = lc
+    if kind < 0:
+        # all centroids in one bin on every axis (duplicates), or a deep level
+        kind = _MEDIAN
+        nleft = cnt // 2
+    return kind, best_bin, nleft
+
+
+@ti.func
+def _partition(rows: ti.template(), buf: ti.i32, s0: ti.i32, cnt: ti.i32, kind: ti.i32,
+               best_bin: ti.i32, nleft: ti.i32, node: ti.i32, c0: ti.i32, c1: ti.i32,
+               node_i: ti.template(), node_lo: ti.template(), node_hi: ti.template(),
+               cb: ti.template()):
+    """Rows of ``node`` from ``rows[buf]`` into ``rows[1 - buf]`` split by (kind, best_bin) or
+    by position (median); writes both children's records, boxes and centroid bounds."""
+    axis = kind % 3
+    clo = cb[node, axis]
+    scale = 0.0
+    if kind != _MEDIAN:
+        scale = BINS / (cb[node, 3 + axis] - clo)
+    llo = ti.Vector([3e38, 3e38, 3e38], dt=ti.f32)   # left box
+    lhi = ti.Vector([-3e38, -3e38, -3e38], dt=ti.f32)
+    rlo = ti.Vector([3e38, 3e38, 3e38], dt=ti.f32)   # right box
+    rhi = ti.Vector([-3e38, -3e38, -3e38], dt=ti.f32)
+    lclo = ti.Vector([3e38, 3e38, 3e38], dt=ti.f32)  # left / right centroid bounds
+    lchi = ti.Vector([-3e38, -3e38, -3e38], dt=ti.f32)
+    rclo = ti.Vector([3e38, 3e38, 3e38], dt=ti.f32)
+    rchi = ti.Vector([-3e38, -3e38, -3e38], dt=ti.f32)
+    li = s0
+    ri = s0 + cnt - 1
+    dbuf = 1 - buf
+    for p in range(s0, s0 + cnt):
+        a = ti.Vector([rows[buf, p, 0], rows[buf, p, 1], rows[buf, p, 2]], dt=ti.f32)
+        b = ti.Vector([rows[buf, p, 3], rows[buf, p, 4], rows[buf, p, 5]], dt=ti.f32)
+        c2 = a + b
+        left = p - s0 < nleft
+        if kind != _MEDIAN:
+            left = _bin_of(c2[axis], clo, scale) <= best_bin
+        q = ri
+        if left:
+            q = li
+            li += 1
+            llo = ti.min(llo, a)
+            lhi = ti.max(lhi, b)
+            lclo = ti.min(lclo, c2)
+            lchi = ti.max(lchi, c2)
+        else:
+            ri -= 1
+            rlo = ti.min(rlo, a)
+            rhi = ti.max(rhi, b)
+            rclo = ti.min(rclo, c2)
+            rchi = ti.max(rchi, c2)
+        for k in ti.static(range(3)):
+            rows[dbuf, q, k] = a[k]
+            rows[dbuf, q, 3 + k] = b[k]
+        rows[dbuf, q, 6] = rows[buf, p, 6]
+    nl = li - s0
+    node_i[c0, _START] = s0
+    node_i[c0, _COUNT] = nl
+    node_i[c0, _BUF] = dbuf
+    node_i[c1, _START] = s0 + nl
+    node_i[c1, _COUNT] = cnt - nl
+    node_i[c1, _BUF] = dbuf
+    for k in ti.static(range(3)):
+        node_lo[c0, k] = llo[k]
+        node_hi[c0, k] = lhi[k]
+        node_lo[c1, k] = rlo[k]
+        node_hi[c1, k] = rhi[k]
+        cb[c0, k] = lclo[k]
+        cb[c0, 3 + k] = lchi[k]
+        cb[c1, k] = rclo[k]
+        cb[c1, 3 + k] = rchi[k]
+
+
+@ti.func
+def _make_leaf(rows: ti.template(), buf: ti.i32, s0: ti.i32, cnt: ti.i32,
+               perm: ti.template()):
+    for p in range(s0, s0 + cnt):
+        perm[p] = ti.bit_cast(rows[buf, p, 6], ti.i32)
 
 
 @ti.kernel
-def _sah_children(split_at: ti.types.ndarray(), nstart: ti.types.ndarray(),
-                  ncount: ti.types.ndarray(), children: ti.types.ndarray(), first: ti.i32,
-                  last: ti.i32, next_off: ti.types.ndarray()):
-    """Serially give the split nodes of ``first .. last-1`` their two children (ids from
-    ``last`` on, in node order, so the layout is deterministic); next_off[0] = next free id.
-    (Serial and in Taichi on purpose: the same bookkeeping as torch ops per level cost ~1 s of
-    CPU in OpenMP spinning on this shared 2-core machine.)"""
-    for _ in range(1):  # one thread; the inner loop is sequential
+def _sah_level(rows: ti.types.ndarray(), perm: ti.types.ndarray(), node_i: ti.types.ndarray(),
+               node_lo: ti.types.ndarray(), node_hi: ti.types.ndarray(),
+               cb: ti.types.ndarray(), first: ti.i32, last: ti.i32, leaf_max: ti.i32,
+               subtree_max: ti.i32, force_median: ti.i32, all_axes: ti.i32,
+               state: ti.types.ndarray(),
+               deferred: ti.types.ndarray()):
+    """One top level: nodes ``first .. last-1`` (rows in ``rows[buf]``, box and centroid
+    bounds known).
+
+    1. (parallel over nodes) leaf (``count <= leaf_max``), deferred (``count <=
+       subtree_max``) or the split choice;
+    2. (one thread, in node order) child ids ``last, last+1, ...``; each deferred node gets
+       ``2 count - 2`` ids below ``state[1]`` and is appended to ``deferred``
+       (``state[2]`` entries); state[0] = the next level's end;
+    3. (parallel over nodes) partition.
+    """
+    for node in range(first, last):
+        s0 = node_i[node, _START]
+        cnt = node_i[node, _COUNT]
+        buf = node_i[node, _BUF]
+        node_i[node, _C0] = -1
+        node_i[node, _C1] = -1
+        kind = _LEAF
+        best_bin = 0
+        nleft = 0
+        if cnt <= leaf_max:
+            _make_leaf(rows, buf, s0, cnt, perm)
+        elif cnt <= subtree_max:
+            kind = _DEFER
+        else:
+            kind, best_bin, nleft = _split_choice(rows, buf, s0, cnt, cb, node, force_median,
+                                                  all_axes)
+        node_i[node, _KIND] = kind
+        node_i[node, _BIN] = best_bin
+        node_i[node, _NLEFT] = nleft
+    for _ in range(1):  # one thread; the inner loop is sequential (deterministic ids)
         nxt = last
+        top = state[1]
+        nd = state[2]
         for node in range(first, last):
-            sp = split_at[node]
-            if sp >= 0:
-                s0 = nstart[node]
-                children[node, 0] = nxt
-                children[node, 1] = nxt + 1
-                nstart[nxt] = s0
-                ncount[nxt] = sp - s0
-                nstart[nxt + 1] = sp
-                ncount[nxt + 1] = s0 + ncount[node] - sp
+            kind = node_i[node, _KIND]
+            if kind >= 0:
+                node_i[node, _C0] = nxt
+                node_i[node, _C1] = nxt + 1
                 nxt += 2
-        next_off[0] = nxt
+            elif kind == _DEFER:
+                top -= 2 * node_i[node, _COUNT] - 2
+                node_i[node, _BIN] = top
+                node_i[node, _NLEFT] = 0
+                deferred[nd] = node
+                nd += 1
+        state[0] = nxt
+        state[1] = top
+        state[2] = nd
+    for node in range(first, last):
+        kind = node_i[node, _KIND]
+        if kind >= 0:
+            _partition(rows, node_i[node, _BUF], node_i[node, _START], node_i[node, _COUNT],
+                       kind, node_i[node, _BIN], node_i[node, _NLEFT], node,
+                       node_i[node, _C0], node_i[node, _C1], node_i, node_lo, node_hi, cb)
 
 
 @ti.kernel
-def _dfs_rows(children: ti.types.ndarray(), row_of: ti.types.ndarray(),
-              stack: ti.types.ndarray(), count: ti.types.ndarray()):
+def _sah_subtrees(rows: ti.types.ndarray(), perm: ti.types.ndarray(),
+                  node_i: ti.types.ndarray(), node_lo: ti.types.ndarray(),
+                  node_hi: ti.types.ndarray(), cb: ti.types.ndarray(),
+                  deferred: ti.types.ndarray(), num_deferred: ti.i32, root_depth: ti.i32,
+                  leaf_max: ti.i32, all_axes: ti.i32, state: ti.types.ndarray()):
+    """Every deferred node (at depth ``root_depth`` or less) builds its subtree depth-first,
+    one thread each; ids from its reserved range in preorder; state[3] = max depth reached."""
+    for i in range(num_deferred):
+        root = deferred[i]
+        nxt = node_i[root, _BIN]
+        base = nxt
+        stack = ti.Vector.zero(ti.i32, _STACK)
+        depth_of = ti.Vector.zero(ti.i32, _STACK)
+        sp = 1
+        stack[0] = root
+        depth_of[0] = root_depth
+        dmax = 0
+        while sp > 0:
+            sp -= 1
+            node = stack[sp]
+            depth = depth_of[sp]
+            dmax = ti.max(dmax, depth)
+            s0 = node_i[node, _START]
+            cnt = node_i[node, _COUNT]
+            buf = node_i[node, _BUF]
+            if node != root:
+                node_i[node, _KIND] = _LEAF
+            node_i[node, _C0] = -1
+            node_i[node, _C1] = -1
+            if cnt <= leaf_max:
+                _make_leaf(rows, buf, s0, cnt, perm)
+            else:
+                kind, best_bin, nleft = _split_choice(rows, buf, s0, cnt, cb, node,
+                                                      ti.cast(depth >= MEDIAN_DEPTH, ti.i32),
+                                                      all_axes)
+                if node != root:
+                    node_i[node, _KIND] = kind
+                c0 = nxt
+                c1 = nxt + 1
+                nxt += 2
+                node_i[node, _C0] = c0
+                node_i[node, _C1] = c1
+                _partition(rows, buf, s0, cnt, kind, best_bin, nleft, node, c0, c1, node_i,
+                           node_lo, node_hi, cb)
+                stack[sp] = c1
+                depth_of[sp] = depth + 1
+                stack[sp + 1] = c0
+                depth_of[sp + 1] = depth + 1
+                sp += 2
+        node_i[root, _NLEFT] = nxt - base
+        ti.atomic_max(state[3], dmax)
+
+
+@ti.kernel
+def _dfs_rows(node_i: ti.types.ndarray(), row_of: ti.types.ndarray(),
+              count: ti.types.ndarray()):
     """Serial depth-first walk from the root (left subtree first): row_of[node] = rank of
-    each internal node in that order (leaves keep -1); count[0] = number of internal nodes.
-    ``stack`` needs depth + 2 entries."""
+    each internal node in that order (others keep -1); count[0] = number of internal nodes."""
     for _ in range(1):
+        stack = ti.Vector.zero(ti.i32, _STACK + 2)
         sp = 1
         stack[0] = 0
         r = 0
         while sp > 0:
             sp -= 1
             node = stack[sp]
-            if children[node, 0] >= 0:
+            if node_i[node, _C0] >= 0:
                 row_of[node] = r
                 r += 1
-                stack[sp] = children[node, 1]
-                stack[sp + 1] = children[node, 0]
+                stack[sp] = node_i[node, _C1]
+                stack[sp + 1] = node_i[node, _C0]
                 sp += 2
         count[0] = r
 
 
+@ti.func
+def _refit_node(lo: ti.template(), hi: ti.template(), perm: ti.template(),
+                node_i: ti.template(), node_lo: ti.template(), node_hi: ti.template(),
+                node: ti.i32):
+    blo = ti.Vector([3e38, 3e38, 3e38], dt=ti.f32)
+    bhi = ti.Vector([-3e38, -3e38, -3e38], dt=ti.f32)
+    c0 = node_i[node, _C0]
+    if c0 < 0:
+        s0 = node_i[node, _START]
+        for p in range(s0, s0 + node_i[node, _COUNT]):
+            q = perm[p]
+            for k in ti.static(range(3)):
+                blo[k] = ti.min(blo[k], lo[q, k])
+                bhi[k] = ti.max(bhi[k], hi[q, k])
+    else:
+        c1 = node_i[node, _C1]
+        for k in ti.static(range(3)):
+            blo[k] = ti.min(node_lo[c0, k], node_lo[c1, k])
+            bhi[k] = ti.max(node_hi[c0, k], node_hi[c1, k])
+    for k in ti.static(range(3)):
+        node_lo[node, k] = blo[k]
+        node_hi[node, k] = bhi[k]
+
+
+@ti.kernel
+def _sah_refit_subtrees(lo: ti.types.ndarray(), hi: ti.types.ndarray(),
+                        perm: ti.types.ndarray(), node_i: ti.types.ndarray(),
+                        node_lo: ti.types.ndarray(), node_hi: ti.types.ndarray(),
+                        deferred: ti.types.ndarray(), num_deferred: ti.i32):
+    """Boxes of the subtree phase's nodes: each subtree in reverse (pre)order, then its root."""
+    for i in range(num_deferred):
+        root = deferred[i]
+        base = node_i[root, _BIN]
+        used = node_i[root, _NLEFT]
+        for j in range(used):
+            _refit_node(lo, hi, perm, node_i, node_lo, node_hi, base + used - 1 - j)
+        _refit_node(lo, hi, perm, node_i, node_lo, node_hi, root)
+
+
 @ti.kernel
 def _sah_refit_level(lo: ti.types.ndarray(), hi: ti.types.ndarray(), perm: ti.types.ndarray(),
-                     nstart: ti.types.ndarray(), ncount: ti.types.ndarray(),
-                     children: ti.types.ndarray(), node_lo: ti.types.ndarray(),
+                     node_i: ti.types.ndarray(), node_lo: ti.types.ndarray(),
                      node_hi: ti.types.ndarray(), first: ti.i32, last: ti.i32):
-    """Boxes of nodes ``first .. last-1`` from their primitives (leaves) or children."""
+    """Boxes of top nodes ``first .. last-1`` from their primitives (leaves) or children."""
     for node in range(first, last):
-        blo = ti.Vector([3e38, 3e38, 3e38], dt=ti.f32)
-        bhi = ti.Vector([-3e38, -3e38, -3e38], dt=ti.f32)
-        c0 = children[node, 0]
-        if c0 < 0:
-            s0 = nstart[node]
-            for p in range(s0, s0 + ncount[node]):
-                q = perm[p]
-                for k in ti.static(range(3)):
-                    blo[k] = ti.min(blo[k], lo[q, k])
-                    bhi[k] = ti.max(bhi[k], hi[q, k])
-        else:
-            c1 = children[node, 1]
-            for k in ti.static(range(3)):
-                blo[k] = ti.min(node_lo[c0, k], node_lo[c1, k])
-                bhi[k] = ti.max(node_hi[c0, k], node_hi[c1, k])
-        for k in ti.static(range(3)):
-            node_lo[node, k] = blo[k]
-            node_hi[node, k] = bhi[k]
+        if node_i[node, _KIND] != _DEFER:  # subtree roots: done by _sah_refit_subtrees
+            _refit_node(lo, hi, perm, node_i, node_lo, node_hi, node)
 
 
 @ti.kernel
 def _sah_pack(node_lo: ti.types.ndarray(), node_hi: ti.types.ndarray(),
-              children: ti.types.ndarray(), nstart: ti.types.ndarray(),
-              ncount: ti.types.ndarray(), row_of: ti.types.ndarray(), num_nodes: ti.i32,
+              node_i: ti.types.ndarray(), row_of: ti.types.ndarray(),
               packed: ti.types.ndarray()):
-    """Packed rows (see ``bvh_build._pack_nodes``) for the internal nodes among the first
-    ``num_nodes``: node ``i`` goes to row ``row_of[i]`` (depth-first order of the internal
-    nodes); leaf children become leaf codes over their slot range."""
-    for i in range(num_nodes):
-        if children[i, 0] >= 0:
-            row = row_of[i]
+    """Packed rows (see ``bvh_build._pack_nodes``) for the internal nodes reachable from the
+    root: node ``i`` goes to row ``row_of[i]`` (depth-first order of the internal nodes; -1
+    for leaves and unused ids); leaf children become leaf codes over their slot range."""
+    for i in range(row_of.shape[0]):
+        row = row_of[i]
+        if row >= 0:
             for c in ti.static(range(2)):
-                child = children[i, c]
+                child = node_i[i, _C0 + c]
                 code = 0
-                if children[child, 0] < 0:
-                    code = leaf_code(nstart[child], ncount[child])
+                if node_i[child, _C0] < 0:
+                    code = leaf_code(node_i[child, _START], node_i[child, _COUNT])
                 else:
                     code = row_of[child]
                 for k in ti.static(range(3)):
@@ -247,89 +457,146 @@ def _sah_pack(node_lo: ti.types.ndarray(), node_hi: ti.types.ndarray(),
 class SAHTree:
     """A binned-SAH tree in packed form (see the module docstring).
 
-    Attributes: ``perm`` (N,) int32 primitive index per slot; ``nstart, ncount`` (M,) int32 slot
-    range per node; ``children`` (M, 2) int32 (-1, -1 for leaves); ``node_lo, node_hi`` (M, 3);
-    ``level_off`` list of node-id offsets per level (level L = ids level_off[L]..level_off[L+1]-1);
-    ``packed`` (max(M, 1), 16) float32; ``root_code`` (0, or a leaf code when the root is a leaf).
+    Attributes: ``perm`` (N,) int32 primitive index per slot; ``node_i`` (M, 8) int32 node
+    records (slot start, slot count, child 0, child 1 (-1 for leaves), build bookkeeping; ids
+    not reachable from the root are unused); ``node_lo, node_hi`` (M, 3); ``level_off``:
+    node-id offsets of the top levels (top level L = ids level_off[L]..level_off[L+1]-1);
+    ``deferred`` (D,) int32: the subtree roots; ``depth``: the tree's depth (root 0);
+    ``packed`` (max(internal, 1), 16) float32; ``root_code`` (0, or a leaf code when the root
+    is a leaf); ``row_of`` (M,) int32 packed row of each internal node (-1 otherwise).
     """
 
-    def __init__(self, perm, nstart, ncount, children, node_lo, node_hi, level_off, packed,
-                 root_code, row_of=None):
-        self.perm, self.nstart, self.ncount, self.children = perm, nstart, ncount, children
+    def __init__(self, perm, node_i, node_lo, node_hi, level_off, deferred, depth, packed,
+                 root_code, row_of):
+        self.perm, self.node_i = perm, node_i
         self.node_lo, self.node_hi, self.level_off = node_lo, node_hi, level_off
+        self.deferred, self.depth = deferred, depth
         self.packed, self.root_code, self.row_of = packed, root_code, row_of
 
     @property
-    def num_nodes(self) -> int:
-        return self.level_off[-1]
-
-    @property
-    def depth(self) -> int:
-        return len(self.level_off) - 2
+    def children(self) -> torch.Tensor:
+        """(M, 2) child ids (-1, -1 for leaves; garbage for unused ids)."""
+        return self.node_i[:, _C0:_C1 + 1]
 
 
-def build_sah(lo, hi, leaf_max: int, dfs_layout: bool = True) -> SAHTree:
-    """Build over float32 contiguous boxes lo, hi (N, 3), N >= 1 (call under the runtime lock)."""
+def default_subtree_max(n: int, arch: str) -> int:
+    """Nodes of at most this many primitives are built by the subtree phase."""
+    if arch == "cuda":
+        return 32
+    return max(64, n // 256)
+
+
+def build_sah(lo, hi, leaf_max: int, dfs_layout: bool = True, subtree_max: int | None = None,
+              arch: str = "cpu", all_axes: bool | None = None) -> SAHTree:
+    """Build over float32 contiguous boxes lo, hi (N, 3), N >= 1 (call under the runtime lock).
+    ``subtree_max``: see the module docstring (default :func:`default_subtree_max`);
+    ``all_axes``: default :data:`ALL_AXES`."""
+    if all_axes is None:
+        all_axes = ALL_AXES
     n = lo.shape[0]
     dev = lo.device
     m = 2 * n - 1
+    if subtree_max is None:
+        subtree_max = default_subtree_max(n, arch)
+    subtree_max = max(int(subtree_max), int(leaf_max))
     i32 = dict(dtype=torch.int32, device=dev)
-    perm = torch.arange(n, **i32)
-    nstart = torch.zeros(m, **i32)
-    ncount = torch.zeros(m, **i32)
-    ncount[0] = n
-    children = torch.full((m, 2), -1, **i32)
+    perm = torch.empty(n, **i32)
+    node_i = torch.empty((m, 8), **i32)
     node_lo = torch.empty((m, 3), dtype=torch.float32, device=dev)
     node_hi = torch.empty((m, 3), dtype=torch.float32, device=dev)
-    split_at = torch.full((m,), -1, **i32)
+    cb = torch.empty((m, 6), dtype=torch.float32, device=dev)
+    rows = torch.empty((2, n, 8), dtype=torch.float32, device=dev)
+    deferred = torch.empty(max(n // max(leaf_max, 1) + 1, 1), **i32)
+    # state: next level end, lowest reserved id, deferred count, max subtree depth
+    state = torch.tensor([1, m, 0, 0], **i32)
+    _sah_init(lo, hi, rows, node_i, node_lo, node_hi, cb)
     level_off = [0, 1]
     depth = 0
-    next_off = torch.zeros(1, **i32)
     while level_off[-1] > level_off[-2]:
         first, last = level_off[-2], level_off[-1]
-        _sah_level(lo, hi, perm, nstart, ncount, node_lo, node_hi, split_at, first, last,
-                   leaf_max, int(depth >= MEDIAN_DEPTH))
-        _sah_children(split_at, nstart, ncount, children, first, last, next_off)
-        level_off.append(int(next_off[0]))
+        _sah_level(rows, perm, node_i, node_lo, node_hi, cb, first, last, leaf_max,
+                   subtree_max, int(depth >= MEDIAN_DEPTH), int(all_axes), state, deferred)
+        level_off.append(int(state[0]))
         depth += 1
     level_off.pop()  # the last level added no nodes
-    num = level_off[-1]
-    row_of, n_internal = _depth_first_rows(children[:num], level_off, dfs_layout)
+    top_depth = len(level_off) - 2
+    num_deferred = int(state[2])
+    deferred = deferred[:num_deferred]
+    sub_depth = 0
+    if num_deferred:
+        _sah_subtrees(rows, perm, node_i, node_lo, node_hi, cb, deferred, num_deferred,
+                      top_depth, leaf_max, int(all_axes), state)
+        sub_depth = int(state[3])
+    row_of, n_internal = _depth_first_rows(node_i, level_off, dfs_layout)
     packed = torch.zeros((max(n_internal, 1), 16), dtype=torch.float32, device=dev)
-    tree = SAHTree(perm, nstart, ncount, children, node_lo, node_hi, level_off, packed, 0,
-                   row_of)
+    tree = SAHTree(perm, node_i, node_lo, node_hi, level_off, deferred,
+                   max(top_depth, sub_depth), packed, 0, row_of)
     _pack(tree)
     return tree
 
 
-def _depth_first_rows(children, level_off, dfs_layout=True):
+def _depth_first_rows(node_i, level_off, dfs_layout=True):
     """Row of each internal node in the packed array: depth-first order (left subtree first),
-    so that a node's near descendants are near it in memory (``dfs_layout=False``: level
-    order). Leaves get -1. Returns (row_of (M,) int32, number of internal nodes)."""
-    m = children.shape[0]
-    i32 = dict(dtype=torch.int32, device=children.device)
-    if not dfs_layout:
-        internal = children[:, 0] >= 0
-        row = torch.cumsum(internal.to(torch.int32), 0, dtype=torch.int32) - 1
-        return torch.where(internal, row, -1).to(torch.int32).contiguous(), int(internal.sum())
+    so that a node's near descendants are near it in memory (``dfs_layout=False``: id order).
+    Others get -1. Returns (row_of (M,) int32, number of internal nodes)."""
+    m = node_i.shape[0]
+    i32 = dict(dtype=torch.int32, device=node_i.device)
     row_of = torch.full((m,), -1, **i32)
     count = torch.zeros(1, **i32)
-    stack = torch.zeros(len(level_off) + 2, **i32)
-    _dfs_rows(children.contiguous(), row_of, stack, count)
+    _dfs_rows(node_i, row_of, count)
+    if not dfs_layout:
+        internal = row_of >= 0
+        row = torch.cumsum(internal.to(torch.int32), 0, dtype=torch.int32) - 1
+        row_of = torch.where(internal, row, -1).to(torch.int32).contiguous()
     return row_of, int(count[0])
 
 
 def _pack(tree: SAHTree) -> None:
-    _sah_pack(tree.node_lo, tree.node_hi, tree.children, tree.nstart, tree.ncount,
-              tree.row_of, tree.num_nodes, tree.packed)
-    root_is_leaf = int(tree.children[0, 0]) < 0
-    tree.root_code = -1 - (int(tree.ncount[0]) - 1) if root_is_leaf else 0
+    _sah_pack(tree.node_lo, tree.node_hi, tree.node_i, tree.row_of, tree.packed)
+    root_is_leaf = int(tree.node_i[0, _C0]) < 0
+    tree.root_code = -1 - (int(tree.node_i[0, _COUNT]) - 1) if root_is_leaf else 0
 
 
 def refit_sah(tree: SAHTree, lo, hi) -> None:
     """New primitive boxes, same topology and slots (call under the runtime lock)."""
+    if tree.deferred.shape[0]:
+        _sah_refit_subtrees(lo, hi, tree.perm, tree.node_i, tree.node_lo, tree.node_hi,
+                            tree.deferred, tree.deferred.shape[0])
     off = tree.level_off
     for level in range(len(off) - 2, -1, -1):
-        _sah_refit_level(lo, hi, tree.perm, tree.nstart, tree.ncount, tree.children,
-                         tree.node_lo, tree.node_hi, off[level], off[level + 1])
+        _sah_refit_level(lo, hi, tree.perm, tree.node_i, tree.node_lo, tree.node_hi,
+                         off[level], off[level + 1])
     _pack(tree)
+
+
+def sah_cost(packed, root_lo, root_hi, root_code: int, c_trav: float = 1.0,
+             c_isect: float = 1.0) -> float:
+    """Surface-area-heuristic cost of a packed traversal tree (either builder): ``(c_trav *
+    sum of internal node areas + c_isect * sum of leaf area * leaf size) / root area``, the
+    expected number of node visits and triangle tests of a random ray that hits the root box.
+    Lower is better; it measures tree quality independently of the machine."""
+    def area(lo, hi):
+        e = (hi - lo).clamp_min(0).double()
+        return e[..., 0] * e[..., 1] + e[..., 1] * e[..., 2] + e[..., 0] * e[..., 2]
+
+    root = float(area(root_lo[0], root_hi[0]))
+    if root <= 0.0:
+        return float("nan")
+    if root_code < 0:
+        return c_isect * ((-1 - root_code) % 8 + 1)
+    p = packed.detach().cpu()
+    codes = p[:, 12:14].contiguous().view(torch.int32).long()
+    total = c_trav * root
+    rows = torch.zeros(1, dtype=torch.long)  # walk from the root: rows of (only) this tree
+    while rows.numel():
+        nxt = []
+        for c in range(2):
+            a = area(p[rows, 6 * c:6 * c + 3], p[rows, 6 * c + 3:6 * c + 6])
+            code = codes[rows, c]
+            leaf = code < 0
+            size = ((-1 - code) & 7) + 1
+            total += float((a * torch.where(leaf, c_isect * size.double(),
+                                            torch.full_like(a, c_trav))).sum())
+            nxt.append(code[~leaf])
+        rows = torch.cat(nxt)
+    return total / root

@@ -414,6 +414,62 @@ def test_sah_tree_duplicates_bounded_depth():
     assert 0 <= int(face[0]) < 600 and 600 <= int(face[1]) < 1000
 
 
+@pytest.mark.parametrize("subtree_max,all_axes", [(1, True), (40, True), (40, False),
+                                                   (10**9, True)])
+def test_sah_build_phases_match_brute_force(monkeypatch, subtree_max, all_axes):
+    """The SAH builder's two phases (per-level top, per-thread subtrees) alone and mixed, with
+    all axes or the longest only: a valid tree, exact closest hits, refit == fresh build."""
+    from shaders import bvh_sah
+
+    monkeypatch.setattr(bvh_sah, "default_subtree_max", lambda n, arch: subtree_max)
+    monkeypatch.setattr(bvh_sah, "ALL_AXES", all_axes)
+    gen = torch.Generator().manual_seed(30)
+    v, f = _random_soup(700, gen)
+    tb = bvh.build_triangle_bvh(v, f, leaf_size=3)
+    _check_traversal_tree(tb)
+    if subtree_max == 1:
+        assert tb.sah.deferred.shape[0] == 0
+    if subtree_max == 10**9:
+        assert len(tb.sah.level_off) == 2  # only the root was handled by the top phase
+    assert tb.sah.depth <= 2 * math.ceil(math.log2(700))
+    o, d = _rays_at(v, 800, gen)
+    _compare_with_ref(tb, v, f, o, d)
+    v2 = v + torch.randn(v.shape, generator=gen) * 0.05
+    bvh.refit_triangle_bvh(tb, v2)
+    _check_traversal_tree(tb)
+    fresh_boxes = bvh.build_triangle_bvh(v2, f, leaf_size=3)
+    _compare_with_ref(tb, v2, f, o, d)
+    t1, f1, _ = bvh.closest_hit(tb, o, d)
+    t2, f2, _ = bvh.closest_hit(fresh_boxes, o, d)
+    assert torch.equal(f1, f2) and torch.equal(t1, t2)
+
+
+def test_sah_cost_prefers_the_sah_tree():
+    """sah_cost: a single leaf costs its size; the binned-SAH tree beats the collapsed LBVH
+    and a tree whose boxes are all the root's (what a useless hierarchy would cost)."""
+    from shaders import bvh_sah
+
+    gen = torch.Generator().manual_seed(31)
+    v, f = _random_soup(3, gen)
+    tb = bvh.build_triangle_bvh(v, f, leaf_size=4)
+    assert bvh_sah.sah_cost(tb.packed, tb.root_lo, tb.root_hi, tb.root_code) == 3.0
+    v, f = _random_soup(2000, gen, size=0.05)
+    costs = {}
+    for builder in ("lbvh", "sah"):
+        tb = bvh.build_triangle_bvh(v, f, leaf_size=4, builder=builder)
+        costs[builder] = bvh_sah.sah_cost(tb.packed, tb.root_lo, tb.root_hi, tb.root_code)
+    assert costs["sah"] < costs["lbvh"]
+    # every packed row of the SAH tree is one internal node: all boxes = the root's box costs
+    # one per internal node plus one per triangle
+    bloated = tb.packed.clone()
+    for c in range(2):
+        bloated[:, 6 * c:6 * c + 3] = tb.root_lo[0]
+        bloated[:, 6 * c + 3:6 * c + 6] = tb.root_hi[0]
+    worst = bvh_sah.sah_cost(bloated, tb.root_lo, tb.root_hi, tb.root_code)
+    assert worst > 20 * costs["lbvh"]
+    assert worst == pytest.approx((tb.packed.shape[0] + 2000), rel=1e-6)
+
+
 def _load_mesh(path):
     import trimesh
 
