@@ -39,7 +39,7 @@ import torch
 from shaders import runtime
 
 __all__ = ["splat", "SplatFunction", "TILE", "NEAR_PLANE", "EPS2D", "ALPHA_MAX", "ALPHA_MIN",
-           "T_MIN", "EXTENT", "BLOCK", "w2c_from_c2w"]
+           "T_MIN", "EXTENT", "BLOCK", "w2c_from_c2w", "depth_factor"]
 
 TILE = 16            #: tile edge in pixels (3DGS)
 NEAR_PLANE = 0.01    #: camera-z cull
@@ -370,6 +370,18 @@ def w2c_from_c2w(c2w: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def depth_factor(cam, depth_mode: str, dtype, device):
+    """(H, W) factor from camera z to distance along the pixel-centre ray (ones for "z")."""
+    fx, fy, cx, cy, W, H = cam
+    if depth_mode == "z":
+        return torch.ones(int(H), int(W), dtype=dtype, device=device)
+    if depth_mode != "ray":
+        raise ValueError(f"depth_mode must be 'ray' or 'z', got {depth_mode!r}")
+    x = (torch.arange(int(W), dtype=dtype, device=device) + 0.5 - cx) / fx
+    y = (torch.arange(int(H), dtype=dtype, device=device) + 0.5 - cy) / fy
+    return torch.sqrt(1 + x[None, :] ** 2 + y[:, None] ** 2)
+
+
 def _bin(K, rect, ntiles, z, TX, TY, dev):
     """Tile lists: ``items`` (Gaussian ids, each tile's run in increasing depth, ties by index)
     and ``offsets (TX*TY+1,)`` int32. Parallel emit in depth order + stable sort by tile (the
@@ -456,7 +468,7 @@ class SplatFunction(torch.autograd.Function):
 
 def splat(means, quats, log_scales, opacity_logits, colors, c2w, fx, fy, cx, cy, width, height,
           background=None, *, tile: int = TILE, block: int = BLOCK,
-          near_plane: float = NEAR_PLANE, eps2d: float = EPS2D) -> dict:
+          near_plane: float = NEAR_PLANE, eps2d: float = EPS2D, depth_mode: str = "ray") -> dict:
     """Splat opacity Gaussians into one pinhole image (3DGS rules, module docstring).
 
     Args:
@@ -472,12 +484,15 @@ def splat(means, quats, log_scales, opacity_logits, colors, c2w, fx, fy, cx, cy,
         tile: 3DGS tile edge (pixels: which Gaussians a pixel may see); block: edge of the
             work blocks (a speed setting: the image does not depend on it); near_plane:
             camera-z cull; eps2d: 2D low-pass dilation.
+        depth_mode: ``"ray"`` (default): depths are distances along the pixel's ray through its
+            centre, like the ray-traced renderer (each Gaussian's camera z times the pixel's
+            ``|((u - cx)/fx, (v - cy)/fy, 1)|``, exact per pixel); ``"z"``: camera z (3DGS).
 
     Returns:
         dict of tensors on ``means.device`` (computed on the Taichi runtime's device; inputs are
         moved there and gradients moved back):
-        ``rgb (H,W,3)``, ``alpha (H,W)`` = 1 - T, ``depth (H,W)`` = expected camera z
-        normalised by alpha (0 where alpha is 0), ``depth_sum (H,W)`` = sum w_i z_i,
+        ``rgb (H,W,3)``, ``alpha (H,W)`` = 1 - T, ``depth (H,W)`` = expected depth
+        normalised by alpha (0 where alpha is 0), ``depth_sum (H,W)`` = sum w_i depth_i,
         ``n_evals (H,W)`` int32 = Gaussians blended into the pixel. Float outputs have the
         dtype of ``means``; rgb, alpha, depth and depth_sum are differentiable w.r.t. means,
         quats, log_scales, opacity_logits and colors.
@@ -503,6 +518,7 @@ def splat(means, quats, log_scales, opacity_logits, colors, c2w, fx, fy, cx, cy,
                                                       float(eps2d)))
     out_dev = means.device
     C, A, D, n = C.to(out_dev), A.to(out_dev), D.to(out_dev), n.to(out_dev)
+    D = D * depth_factor(cam, depth_mode, dt, out_dev)
     rgb = C
     if background is not None:
         bg = torch.as_tensor(background, dtype=dt, device=out_dev).reshape(3)

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from shaders.splat import ALPHA_MAX, ALPHA_MIN, EPS2D, EXTENT, NEAR_PLANE, T_MIN, TILE, w2c_from_c2w
+from shaders.splat import (ALPHA_MAX, ALPHA_MIN, EPS2D, EXTENT, NEAR_PLANE, T_MIN, TILE, depth_factor,
+                           w2c_from_c2w)
 
 __all__ = ["project_reference", "splat_reference", "quat_to_rotmat"]
 
@@ -73,9 +74,9 @@ def project_reference(means, quats, log_scales, opacity_logits, w2c, fx, fy, cx,
 
 def splat_reference(means, quats, log_scales, opacity_logits, colors, c2w, fx, fy, cx, cy,
                     width, height, background=None, *, tile=TILE, near_plane=NEAR_PLANE,
-                    eps2d=EPS2D) -> dict:
+                    eps2d=EPS2D, depth_mode="ray", block=None) -> dict:
     """Same signature and outputs as :func:`shaders.splat.splat` (same device and dtype as the
-    inputs), brute force."""
+    inputs), brute force; ``block`` is accepted and ignored (it changes no value)."""
     W, H = int(width), int(height)
     dt, dev = means.dtype, means.device
     w2c = w2c_from_c2w(c2w).to(dev, dt)
@@ -105,7 +106,7 @@ def splat_reference(means, quats, log_scales, opacity_logits, colors, c2w, fx, f
     w = alpha * T_before
     C = (w @ col).reshape(H, W, 3)
     A = (1 - (T[:, -1] if T.shape[1] else torch.ones(H * W, dtype=dt, device=dev))).reshape(H, W)
-    D = (w @ z).reshape(H, W)
+    D = (w @ z).reshape(H, W) * depth_factor((fx, fy, cx, cy, W, H), depth_mode, dt, dev)
     n = keep.sum(1).to(torch.int32).reshape(H, W)
     rgb = C
     if background is not None:

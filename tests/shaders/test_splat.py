@@ -52,12 +52,14 @@ BG = (0.2, 0.3, 0.4)
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("dt", [torch.float64, torch.float32])
-@pytest.mark.parametrize("tile,block", [(16, 8), (16, 16), (16, 1), (5, 3)])
-def test_forward_matches_twin(dt, tile, block):
+@pytest.mark.parametrize("tile,block,depth_mode", [(16, 8, "ray"), (16, 16, "z"), (16, 1, "ray"),
+                                                   (5, 3, "z")])
+def test_forward_matches_twin(dt, tile, block, depth_mode):
+    """Same values as the brute-force twin, whatever the work-block size."""
     p, eye = _scene(150, 0, dt)
     cam = _camera(eye)
-    out = splat(*p, *cam, background=BG, tile=tile, block=block)
-    ref = splat_reference(*p, *cam, background=BG, tile=tile)
+    out = splat(*p, *cam, background=BG, tile=tile, block=block, depth_mode=depth_mode)
+    ref = splat_reference(*p, *cam, background=BG, tile=tile, depth_mode=depth_mode)
     tol = 1e-10 if dt == torch.float64 else 2e-5
     for key in KEYS:
         assert out[key].dtype == dt and out[key].shape == ref[key].shape
@@ -143,7 +145,9 @@ def test_3dgs_rules(impl):
     assert abs(float(a[7, 7]) - 0.5 * math.exp(-0.5 * 0.5 / 0.3)) < 1e-9   # (0.5, 0.5) px off
     assert abs(float(a[7, 9]) - 0.5 * math.exp(-0.5 * 2.5 / 0.3)) < 1e-9   # (1.5, 0.5) px off
     assert float(a[9, 9]) == 0.0            # (1.5, 1.5) px off: 0.5 exp(-7.5) < 1/255, cut
-    assert abs(float(o["depth"][7, 7]) - 2.0) < 1e-12
+    assert abs(float(o["depth"][7, 7]) - 2.0 * math.sqrt(1 + 2 * 0.025 ** 2)) < 1e-12   # ray
+    oz = impl(*_one([[0.0, 0.0, 2.0]], [[-20.0] * 3], [0.0]), *cam, tile=16, depth_mode="z")
+    assert abs(float(oz["depth"][7, 7]) - 2.0) < 1e-12 and torch.equal(oz["alpha"], a)
     # an opaque Gaussian is clamped at alpha 0.99; stacked copies stop before T < 1e-4
     big = impl(*_one([[0.0, 0.0, 2.0]] * 4, [[-0.5] * 3] * 4, [12.0] * 4), *cam)
     assert abs(float(big["alpha"][7, 7]) - (1 - 1e-4)) < 1e-9    # two blended (T = 1e-4)
