@@ -1,11 +1,18 @@
-"""Benchmark: our heat geodesics vs potpourri3d (same process, interleaved), plus accuracy.
+"""Benchmark: our heat geodesics vs potpourri3d (same process, interleaved), speed and accuracy.
 
 Speed: setup (solver construction) and per-query time (single source, median over queries) on
-stanford-bunny.obj and armadillo.obj, ours (cotan; robust) vs potpourri3d
-``MeshHeatMethodDistanceSolver`` (use_robust=False; True = its default). Accuracy: mean and max
-error relative to the max exact distance on spot/cow (geodesic_ref, exact MMP distances).
+stanford-bunny.obj and armadillo.obj: ours with its defaults (robust = intrinsic Delaunay, Neumann
+boundary) vs potpourri3d ``MeshHeatMethodDistanceSolver`` with its defaults (use_robust=True),
+and the plain cotan pair (robust=False / use_robust=False).
 
-    .venv/bin/python tools/bench_geodesic.py --out bench_geodesic.json
+Accuracy against exact polyhedral geodesics (MMP): on stanford-bunny and armadillo from
+``--sources`` random vertices (seed 0), exact distances computed here with pygeodesic (the same
+MMP code as shared/data/geodesic_ref, ~2 s per source); on spot and cow from vertex 0
+(geodesic_ref). Two mean errors: per vertex, ``mean |d - exact| / exact`` (vertices with
+exact > 0), and relative to the maximum, ``mean |d - exact| / max(exact)``; plus the max of the
+latter. Averaged over the sources.
+
+    .venv/bin/python tools/bench_geodesic.py --out tools/results/bench_geodesic.json
 """
 from __future__ import annotations
 
@@ -32,13 +39,7 @@ def _load(path):
     return V[used], remap[F]
 
 
-def _has_boundary(F) -> bool:
-    e = np.sort(np.concatenate([F[:, [0, 1]], F[:, [1, 2]], F[:, [2, 0]]]), axis=1)
-    _, counts = np.unique(e, axis=0, return_counts=True)
-    return bool((counts == 1).any())
-
-
-def bench_speed(V, F, robust: bool, reps: int, queries: int, seed: int = 0, boundary: str = "average"):
+def bench_speed(V, F, robust: bool, reps: int, queries: int, seed: int = 0):
     import potpourri3d as pp3d
 
     from engine.geometry.geodesic import MeshHeatSolver
@@ -49,7 +50,7 @@ def bench_speed(V, F, robust: bool, reps: int, queries: int, seed: int = 0, boun
     query = {"ours": [], "pp3d": []}
     for _ in range(reps):  # interleave the two to share the machine's noise
         t0 = time.perf_counter()
-        ours = MeshHeatSolver(V, F, robust=robust, boundary=boundary)
+        ours = MeshHeatSolver(V, F, robust=robust)
         t1 = time.perf_counter()
         theirs = pp3d.MeshHeatMethodDistanceSolver(V, F, use_robust=robust)
         t2 = time.perf_counter()
@@ -76,25 +77,38 @@ def bench_speed(V, F, robust: bool, reps: int, queries: int, seed: int = 0, boun
     return med
 
 
-def bench_accuracy(data: Path):
+def _errors(d, ex):
+    m = ex > 0
+    e = np.abs(d - ex)
+    return {"per_vertex": float(np.mean(e[m] / ex[m])), "mean_rel": float(e.mean() / ex.max()),
+            "max_rel": float(e.max() / ex.max())}
+
+
+def exact_distances(V, F, sources):
+    """Exact polyhedral geodesic distances ``(len(sources), n)`` (MMP, pygeodesic)."""
+    from pygeodesic import geodesic
+
+    alg = geodesic.PyGeodesicAlgorithmExact(np.ascontiguousarray(V, float), np.ascontiguousarray(F, np.int32))
+    return np.array([alg.geodesicDistances(np.array([int(s)]), None)[0] for s in sources])
+
+
+def bench_accuracy(V, F, sources, exact):
+    """Mean over sources of the errors of ours (default, plain) and potpourri3d's (default, plain)."""
     import potpourri3d as pp3d
 
     from engine.geometry.geodesic import MeshHeatSolver
 
+    solvers = {
+        "ours_default": MeshHeatSolver(V, F),
+        "ours_plain": MeshHeatSolver(V, F, robust=False),
+        "pp3d_default": pp3d.MeshHeatMethodDistanceSolver(V, F),
+        "pp3d_plain": pp3d.MeshHeatMethodDistanceSolver(V, F, use_robust=False),
+    }
     out = {}
-    for name in ("spot", "cow"):
-        r = np.load(data / "geodesic_ref" / f"{name}_src0.npz")
-        V, F, ex = r["V"], r["F"].astype(np.int64), r["exact_pygeodesic"]
-        res = {}
-        for label, d in (
-            ("ours_cotan", MeshHeatSolver(V, F).compute_distance(0)),
-            ("ours_robust", MeshHeatSolver(V, F, robust=True).compute_distance(0)),
-            ("pp3d_plain", pp3d.MeshHeatMethodDistanceSolver(V, F, use_robust=False).compute_distance(0)),
-            ("pp3d_default", pp3d.MeshHeatMethodDistanceSolver(V, F).compute_distance(0)),
-        ):
-            e = np.abs(d - ex) / ex.max()
-            res[label] = {"mean_rel": float(e.mean()), "max_rel": float(e.max())}
-        out[name] = res
+    for label, solver in solvers.items():
+        errs = [_errors(np.asarray(solver.compute_distance(int(s))), ex) for s, ex in zip(sources, exact)]
+        out[label] = {k: float(np.mean([e[k] for e in errs])) for k in errs[0]}
+    out["sources"] = [int(s) for s in sources]
     return out
 
 
@@ -110,28 +124,38 @@ def main(argv=None) -> int:
     ap.add_argument("--meshes", nargs="+", default=["stanford-bunny.obj", "armadillo.obj"])
     ap.add_argument("--reps", type=int, default=3, help="setups per solver")
     ap.add_argument("--queries", type=int, default=10, help="single-source queries per setup")
+    ap.add_argument("--sources", type=int, default=6, help="sources (exact MMP distances) per mesh for accuracy")
     ap.add_argument("--out", type=Path, default=Path("bench_geodesic.json"))
     args = ap.parse_args(argv)
     data = args.data or find_shared_data()
     if data is None:
         print("shared data not found (use --data)", file=sys.stderr)
         return 2
-    results = {"speed": {}, "accuracy": bench_accuracy(data)}
+    results = {"speed": {}, "accuracy": {}}
+    for name in ("spot", "cow"):
+        r = np.load(data / "geodesic_ref" / f"{name}_src0.npz")
+        results["accuracy"][name] = bench_accuracy(r["V"], r["F"].astype(np.int64), [0], r["exact_pygeodesic"][None])
+    try:
+        import pygeodesic  # noqa: F401
+    except ImportError:
+        pygeodesic = None
+        print("pygeodesic is not installed (pip install -c constraints.txt '.[bench]'): no exact distances, "
+              "accuracy only on spot/cow", file=sys.stderr)
     for mesh in args.meshes:
         V, F = _load(data / "meshes" / mesh)
-        for robust in (False, True):
-            key = f"{mesh}:{'robust' if robust else 'cotan'}"
+        if pygeodesic is not None:
+            src = np.random.default_rng(0).integers(0, len(V), args.sources)
+            t0 = time.perf_counter()
+            ex = exact_distances(V, F, src)
+            print(f"{mesh}: exact distances from {len(src)} sources in {time.perf_counter() - t0:.1f} s")
+            results["accuracy"][mesh] = bench_accuracy(V, F, src, ex)
+        for robust in (True, False):
+            key = f"{mesh}:{'default' if robust else 'plain'}"
             results["speed"][key] = {"n_vertices": len(V), "n_faces": len(F),
                                      **bench_speed(V, F, robust, args.reps, args.queries)}
-        # potpourri3d (geometry-central's HeatMethodDistanceSolver) solves the Neumann problem only,
-        # also on meshes with boundary; our default averages Neumann and Dirichlet (one more
-        # factorisation and one more solve per query). The like-for-like row on boundary meshes:
-        if _has_boundary(F):
-            results["speed"][f"{mesh}:cotan-neumann"] = {
-                "n_vertices": len(V), "n_faces": len(F),
-                **bench_speed(V, F, False, args.reps, args.queries, boundary="neumann")}
     con = Console()
-    t = Table(title="heat geodesics: ours vs potpourri3d (medians, same run)")
+    t = Table(title="heat geodesics: ours vs potpourri3d (medians, same run; default = robust intrinsic Delaunay "
+                    "for both, plain = cotan)")
     for c in ("mesh:laplacian", "nV", "setup ours s", "setup pp3d s", "ratio", "query ours ms", "query pp3d ms",
               "ratio", "batched ours ms/q"):
         t.add_column(c)
@@ -140,12 +164,36 @@ def main(argv=None) -> int:
                   f"{r['setup_ratio']:.2f}", f"{1e3 * r['ours']['query_s']:.1f}", f"{1e3 * r['pp3d']['query_s']:.1f}",
                   f"{r['query_ratio']:.2f}", f"{1e3 * r['ours']['query_batched_s']:.1f}")
     con.print(t)
-    t = Table(title="accuracy vs exact geodesics (relative to max distance)")
-    for c in ("mesh", "method", "mean %", "max %"):
+    t = Table(title="accuracy vs exact geodesics (mean over sources): per vertex = mean |d-exact|/exact; "
+                    "vs max = mean |d-exact| / max exact")
+    for c in ("mesh", "method", "per vertex %", "vs max %", "max vs max %"):
         t.add_column(c)
     for mesh, res in results["accuracy"].items():
         for label, e in res.items():
-            t.add_row(mesh, label, f"{100 * e['mean_rel']:.2f}", f"{100 * e['max_rel']:.2f}")
+            if label != "sources":
+                t.add_row(mesh, label, f"{100 * e['per_vertex']:.3f}", f"{100 * e['mean_rel']:.3f}",
+                          f"{100 * e['max_rel']:.2f}")
+    con.print(t)
+    summary = {}
+    for mesh in args.meshes:
+        acc, sp_ = results["accuracy"].get(mesh), results["speed"][f"{mesh}:default"]
+        summary[mesh] = {
+            "ours_per_vertex": acc and acc["ours_default"]["per_vertex"],
+            "ours_vs_max": acc and acc["ours_default"]["mean_rel"],
+            "pp3d_per_vertex": acc and acc["pp3d_default"]["per_vertex"],
+            "pp3d_vs_max": acc and acc["pp3d_default"]["mean_rel"],
+            "ours_query_s": sp_["ours"]["query_s"], "pp3d_query_s": sp_["pp3d"]["query_s"],
+            "query_ratio": sp_["query_ratio"],
+        }
+    results["summary_defaults"] = summary
+    t = Table(title="defaults (ours: robust; potpourri3d: use_robust=True): the issue-19 targets")
+    for c in ("mesh", "ours per-vertex %", "ours vs-max %", "pp3d per-vertex %", "pp3d vs-max %",
+              "query ours ms", "query pp3d ms", "ratio"):
+        t.add_column(c)
+    for mesh, r in summary.items():
+        f = (lambda v: "-" if v is None else f"{100 * v:.3f}")
+        t.add_row(mesh, f(r["ours_per_vertex"]), f(r["ours_vs_max"]), f(r["pp3d_per_vertex"]), f(r["pp3d_vs_max"]),
+                  f"{1e3 * r['ours_query_s']:.1f}", f"{1e3 * r['pp3d_query_s']:.1f}", f"{r['query_ratio']:.2f}")
     con.print(t)
     atomic_write_text(args.out, json.dumps(results, indent=2))
     print(f"wrote {args.out}")

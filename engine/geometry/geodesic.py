@@ -75,7 +75,8 @@ import scipy.sparse as sp
 
 from .heat_core import HeatCore
 from .intrinsic import (cotan_from_lengths, gradient_from_lengths, intrinsic_delaunay, lengths_from_positions,
-                        mean_intrinsic_edge_length, mollify, needs_cover, tufted_cover)
+                        mean_intrinsic_edge_length, merge_cover_copies, mollify, needs_cover,
+                        tufted_cover)
 from .laplacian import cotan_laplacian, face_gradient, inspect_mesh
 
 __all__ = [
@@ -332,13 +333,18 @@ class MeshHeatSolver(_HeatSolverBase):
                 Fa, lengths, tw = tufted_cover(Fa, lengths)
                 weight, self.covered = 0.5, True  # every face is there twice
             Fi, li, self.n_flips, twi = intrinsic_delaunay(Fa, lengths, twin=tw, return_twin=True)
-            L = weight * cotan_from_lengths(Fi, li, na)
-            G, areas = gradient_from_lengths(Fi, li, na)
-            areas = weight * areas
-            mass = np.bincount(Fi.ravel(), weights=np.repeat(areas / 3.0, 3), minlength=na)
-            self._ops = _FaceOps(G, areas, 2)
             # the time step of the triangulation the operators live on (as geometry-central)
             h = mean_intrinsic_edge_length(li, twi)
+            if self.covered:  # front and back copies that no flip separated: one face of weight 1
+                Fi, li, fw = merge_cover_copies(Fi, li, weight)
+            else:
+                fw = None
+            L = cotan_from_lengths(Fi, li, na, weights=fw)
+            G, areas = gradient_from_lengths(Fi, li, na)
+            if fw is not None:
+                areas = fw * areas
+            mass = np.bincount(Fi.ravel(), weights=np.repeat(areas / 3.0, 3), minlength=na)
+            self._ops = _FaceOps(G, areas, 2)
         else:
             self.n_flips = 0
             L = cotan_laplacian(Va, Fa)

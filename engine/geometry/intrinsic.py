@@ -24,7 +24,8 @@ import numpy as np
 import scipy.sparse as sp
 
 __all__ = ["intrinsic_delaunay", "intrinsic_delaunay_reference", "lengths_from_positions", "cotan_from_lengths", "areas_from_lengths",
-           "gradient_from_lengths", "tufted_cover", "needs_cover", "mean_intrinsic_edge_length", "mollify"]
+           "gradient_from_lengths", "tufted_cover", "needs_cover", "mean_intrinsic_edge_length", "mollify",
+           "merge_cover_copies"]
 
 
 def lengths_from_positions(V: np.ndarray, F: np.ndarray) -> np.ndarray:
@@ -45,9 +46,12 @@ def _cots(lengths: np.ndarray, areas: np.ndarray) -> np.ndarray:
     return (tot - 2 * l2) / (4.0 * areas[:, None])  # cot of the angle at each corner
 
 
-def cotan_from_lengths(F: np.ndarray, lengths: np.ndarray, n: int) -> sp.csr_matrix:
-    """PSD cotan Laplacian from intrinsic lengths (same convention as ``cotan_laplacian``)."""
+def cotan_from_lengths(F: np.ndarray, lengths: np.ndarray, n: int, weights: np.ndarray | None = None) -> sp.csr_matrix:
+    """PSD cotan Laplacian from intrinsic lengths (same convention as ``cotan_laplacian``);
+    ``weights`` ``(m,)`` scales each face's contribution (default 1)."""
     w = 0.5 * _cots(lengths, areas_from_lengths(lengths))
+    if weights is not None:
+        w = w * np.asarray(weights, dtype=np.float64)[:, None]
     I = np.concatenate([F[:, 1], F[:, 2], F[:, 0]])
     J = np.concatenate([F[:, 2], F[:, 0], F[:, 1]])
     w = np.concatenate([w[:, 0], w[:, 1], w[:, 2]])
@@ -162,6 +166,28 @@ def tufted_cover(F: np.ndarray, lengths: np.ndarray):
     twin[up[order]] = down[nxt]
     twin[down[nxt]] = up[order]
     return Fc, lc, twin.reshape(2 * m, 3)
+
+
+def merge_cover_copies(F: np.ndarray, lengths: np.ndarray, weight: float = 0.5):
+    """Merge the front and back copies of a (flipped) tufted cover that are still copies.
+
+    ``F``, ``lengths`` are ``(2m, 3)``, face ``m + f`` having started as the back copy of face
+    ``f`` (:func:`tufted_cover`; flips rewrite faces in place). Where face ``m + f`` still has the
+    vertices and lengths of face ``f`` in the back order, the two contribute identically to every
+    operator built from vertex indices and lengths (Laplacian, mass, gradient / divergence) and
+    become face ``f`` with weight ``2 * weight``; the others (the faces flips touched, a band along
+    the boundary) stay, with ``weight``. So the per-query gradient and divergence cost about what
+    they cost on the mesh itself. Exact equality is required: copies that differ by round-off
+    stay separate (still correct). Returns ``(F, lengths, weights)``.
+    """
+    F = np.asarray(F, dtype=np.int64)
+    lengths = np.asarray(lengths, dtype=np.float64)
+    m = len(F) // 2
+    perm = [0, 2, 1]
+    same = (F[m:] == F[:m][:, perm]).all(axis=1) & (lengths[m:] == lengths[:m][:, perm]).all(axis=1)
+    keep_back = m + np.flatnonzero(~same)
+    w = np.concatenate([np.where(same, 2.0, 1.0), np.ones(len(keep_back))]) * float(weight)
+    return np.concatenate([F[:m], F[keep_back]]), np.concatenate([lengths[:m], lengths[keep_back]]), w
 
 
 def mean_intrinsic_edge_length(lengths: np.ndarray, twin: np.ndarray) -> float:

@@ -11,7 +11,8 @@ from engine.geometry.geodesic import MeshHeatSolver, check_sources, heat_geodesi
 from engine.geometry.heat_core import SPDFactor
 from engine.geometry.intrinsic import (areas_from_lengths, cotan_from_lengths, gradient_from_lengths,
                                        intrinsic_delaunay, intrinsic_delaunay_reference, lengths_from_positions,
-                                       mean_intrinsic_edge_length, mollify, needs_cover, tufted_cover)
+                                       mean_intrinsic_edge_length, merge_cover_copies, mollify, needs_cover,
+                                       tufted_cover)
 from engine.geometry.laplacian import cotan_laplacian, face_gradient, inspect_mesh, lumped_mass
 from tests.conftest import require
 
@@ -183,6 +184,16 @@ def test_cover_flips_boundary_edges_matches_sequential_and_robust_laplacian():
     t = twb.ravel()
     assert (t[t] == np.arange(len(t))).all()
     assert mean_intrinsic_edge_length(lb, twb) < mean_intrinsic_edge_length(lc, tw)  # flips shorten edges
+    # merging the front/back copies that no flip separated changes no operator
+    Fm, lm, w = merge_cover_copies(Fb, lb, 0.5)
+    assert len(Fm) < 0.85 * len(Fb) and np.isclose(w.sum(), 0.5 * len(Fb)) and set(np.unique(w)) <= {0.5, 1.0}
+    assert abs(cotan_from_lengths(Fm, lm, len(V), weights=w) - Lb).max() < 1e-12 * abs(Lb).max()
+    Gb, ab = gradient_from_lengths(Fb, lb, len(V))
+    Gm, am = gradient_from_lengths(Fm, lm, len(V))
+    assert abs(Gm.T @ sp.diags(np.repeat(w * am, 2)) @ Gm - Gb.T @ sp.diags(np.repeat(0.5 * ab, 2)) @ Gb).max() < 1e-10
+    mb = np.bincount(Fb.ravel(), weights=np.repeat(0.5 * ab / 3, 3), minlength=len(V))
+    mm = np.bincount(Fm.ravel(), weights=np.repeat(w * am / 3, 3), minlength=len(V))
+    assert np.allclose(mb, mm, rtol=1e-12)
     robust_laplacian = pytest.importorskip("robust_laplacian")
     Lrl, Mrl = robust_laplacian.mesh_laplacian(V, F, mollify_factor=1e-5)
     assert abs(Lb - Lrl).max() < 1e-6 * abs(Lrl).max()
