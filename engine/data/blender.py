@@ -55,8 +55,12 @@ def frame_matrix(path: Path, frame, i: int) -> np.ndarray:
         raise DataError(path, f"frame {i}: 'transform_matrix' is not a numeric matrix") from None
     if m.shape == (3, 4):
         m = np.vstack([m, [0, 0, 0, 1]])
-    if m.shape != (4, 4) or not np.isfinite(m).all():
-        raise DataError(path, f"frame {i}: 'transform_matrix' must be a finite 4x4 matrix, got shape {m.shape}")
+    if m.shape != (4, 4):
+        raise DataError(path, f"frame {i}: 'transform_matrix' must be a 4x4 (or 3x4) matrix, got shape {m.shape}")
+    if not np.isfinite(m).all():
+        r, c = (int(x) for x in np.argwhere(~np.isfinite(m))[0])
+        raise DataError(path, f"frame {i}: 'transform_matrix' has a non-finite value ({m[r, c]} at row {r}, "
+                        f"column {c}); it must be a finite 4x4 matrix")
     return m
 
 

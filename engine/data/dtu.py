@@ -19,7 +19,6 @@
 """
 from __future__ import annotations
 
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -58,21 +57,34 @@ def load(root, downscale: int = 1, background=None, holdout: int = 8, cameras_fi
     paths = list_images(img_dir)
     if not paths:
         raise DataError(img_dir, "no images found")
-    try:
-        with np.load(npz) as f:
-            data = {k: np.asarray(f[k], dtype=np.float64) for k in f.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        raise DataError(npz, f"cannot read npz ({exc.__class__.__name__}: {exc})") from None
+    from ..io.npy import load_npz   # numeric arrays only, headers checked against the file size
+
+    data = {}
+    for k, v in load_npz(npz).items():
+        if not (np.issubdtype(v.dtype, np.floating) or np.issubdtype(v.dtype, np.integer)):
+            raise DataError(npz, f"{k} is not a numeric array (dtype {v.dtype})")
+        data[k] = v.astype(np.float64)
     c2w, K = [], []
     for i in range(len(paths)):
         key = f"world_mat_{i}"
         if key not in data:
             n_cams = sum(1 for k in data if k.startswith("world_mat_") and not k.startswith("world_mat_inv"))
             raise DataError(npz, f"has no {key}: {len(paths)} images in {img_dir.name}/ but {n_cams} cameras")
-        P = data[key] @ data.get(f"scale_mat_{i}", np.eye(4))
-        if P.shape != (4, 4) or not np.isfinite(P).all():
-            raise DataError(npz, f"{key} is not a finite 4x4 matrix")
-        k, R, t = decompose_projection(P[:3, :4])
+        W_ = data[key]
+        S_ = data.get(f"scale_mat_{i}", np.eye(4))
+        for name, m in ((key, W_), (f"scale_mat_{i}", S_)):
+            if m.shape != (4, 4) or not np.isfinite(m).all():
+                bad = "has non-finite values" if m.shape == (4, 4) else f"has shape {m.shape}"
+                raise DataError(npz, f"{name} must be a finite 4x4 matrix but {bad}")
+        with np.errstate(all="ignore"):
+            P = W_ @ S_
+            try:
+                k, R, t = decompose_projection(P[:3, :4])
+            except (np.linalg.LinAlgError, ValueError):
+                k = R = t = None
+        if k is None or not (np.isfinite(k).all() and np.isfinite(R).all() and np.isfinite(t).all()) \
+                or abs(np.linalg.det(R) - 1.0) > 1e-3:
+            raise DataError(npz, f"{key} @ scale_mat_{i} is not a usable camera projection (singular or degenerate)")
         w2c = np.eye(4)
         w2c[:3, :3], w2c[:3, 3] = R, t
         c2w.append(np.linalg.inv(w2c))

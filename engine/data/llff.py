@@ -15,7 +15,6 @@
 """
 from __future__ import annotations
 
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +22,7 @@ import torch
 
 from ..cameras import Cameras
 from ..errors import DataError
+from ..io.npy import load_npy
 from .dataset import Dataset, box_from_frusta, holdout_indices, load_split, parse_background
 from .images import image_size, list_images, pick_image_dir
 
@@ -30,12 +30,11 @@ from .images import image_size, list_images, pick_image_dir
 def load(root, downscale: int = 1, background=None, holdout: int = 8, images_dir: str | None = None, **_) -> Dataset:
     root = Path(root)
     f = root / "poses_bounds.npy"
-    try:
-        arr = np.load(f, allow_pickle=False)
-    except FileNotFoundError:
-        raise DataError(f, "file is missing") from None
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-        raise DataError(f, f"cannot read .npy ({exc.__class__.__name__}: {exc})") from None
+    if not f.is_file():
+        raise DataError(f, "file is missing")
+    arr = load_npy(f)   # numeric arrays only, header checked against the file size
+    if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+        raise DataError(f, f"expected a numeric array, got dtype {arr.dtype}")
     if arr.ndim != 2 or arr.shape[1] != 17:
         raise DataError(f, f"expected an (N, 17) array, got shape {arr.shape}")
     if arr.shape[0] == 0:

@@ -79,28 +79,37 @@ def load_envmap(path) -> np.ndarray:
     if not p.exists():
         raise DataError(p, "no such file")
     ext = p.suffix.lower()
-    try:
-        if ext == ".npy":
-            arr = np.load(p, allow_pickle=False)
-            if not np.issubdtype(arr.dtype, np.number):
-                raise DataError(p, f"expected a numeric array, got dtype {arr.dtype}")
-            arr = arr.astype(np.float32)
-        elif ext == ".hdr":
-            arr = read_hdr(p)   # our own RGBE reader: imageio's .hdr support depends on the machine
-        elif ext in (".png", ".jpg", ".jpeg"):
-            import imageio.v3 as iio
+    if ext == ".npy":
+        from ..io.npy import load_npy   # numeric arrays only: never numpy's allow_pickle advice
 
+        arr = load_npy(p)
+        if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+            raise DataError(p, f"expected a numeric array, got dtype {arr.dtype}")
+        arr = arr.astype(np.float32)
+    elif ext == ".hdr":
+        try:
+            arr = read_hdr(p)   # our own RGBE reader: imageio's .hdr support depends on the machine
+        except DataError:
+            raise
+        except Exception as exc:  # pragma: no cover - read_hdr reports its own problems as DataError
+            raise DataError(p, f"cannot read Radiance .hdr ({type(exc).__name__})") from None
+    elif ext in (".png", ".jpg", ".jpeg"):
+        import imageio.v3 as iio
+
+        from ..io.images import image_decode_error
+
+        try:
             raw = iio.imread(p)
-            scale = 65535.0 if raw.dtype == np.uint16 else 255.0
-            x = np.asarray(raw, dtype=np.float64) / scale
-            arr = np.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4).astype(np.float32)
-        else:
-            raise DataError(p, f"unsupported environment map format {ext!r} (use .npy, .hdr, .png or .jpg; "
-                            "convert EXR to .hdr or .npy first)")
-    except DataError:
-        raise
-    except Exception as exc:  # unreadable / corrupt file
-        raise DataError(p, f"cannot read environment map: {exc}") from exc
+        except Exception as exc:  # imageio's text lists plugins to install: not passed on
+            raise image_decode_error(p, exc) from None
+        if raw.dtype not in (np.uint8, np.uint16):
+            raise DataError(p, f"expected an 8- or 16-bit image, got {raw.dtype}")
+        scale = 65535.0 if raw.dtype == np.uint16 else 255.0
+        x = np.asarray(raw, dtype=np.float64) / scale
+        arr = np.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4).astype(np.float32)
+    else:
+        raise DataError(p, f"unsupported environment map format {ext!r} (use .npy, .hdr, .png or .jpg; "
+                        "convert EXR to .hdr or .npy first)")
     if arr.ndim == 2:
         arr = np.repeat(arr[:, :, None], 3, axis=2)
     if arr.ndim != 3 or arr.shape[2] not in (1, 3, 4) or arr.shape[0] < 2 or arr.shape[1] < 2:

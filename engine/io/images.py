@@ -36,29 +36,45 @@ def to_uint8(img) -> np.ndarray:
     return (np.clip(arr.astype(np.float32), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
+def image_decode_error(path, exc: BaseException) -> DataError:
+    """One line for an image that imageio/PIL cannot decode. Their own text is not passed on: for an
+    unknown format imageio lists plugins to install (opencv, pyav), which would not help."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError:
+        head = b""
+    kind = "empty file" if not head else ("looks like text" if all(32 <= b < 127 or b in (9, 10, 13) for b in head)
+                                          else "unknown format or corrupt data")
+    return DataError(path, f"not a readable image ({kind}; expected PNG, JPEG or another format Pillow decodes; "
+                     f"{type(exc).__name__})")
+
+
 def read_image(path) -> np.ndarray:
     """Read an image file as float32 in [0, 1] (LDR) or linear float (.npy/.exr/.hdr).
 
-    Raises DataError naming the file when it is missing or cannot be decoded.
+    Raises DataError naming the file when it is missing or cannot be decoded (``.npy`` through
+    :func:`engine.io.npy.load_npy`: numeric arrays only, never pickles).
     """
     import imageio.v3 as iio
 
     path = Path(path)
     if not path.exists():
         raise DataError(path, "image file not found")
-    try:
-        if path.suffix.lower() == ".npy":
-            arr = np.load(path, allow_pickle=False)
-        elif path.suffix.lower() == ".hdr":
-            from .hdr import read_hdr   # not imageio: it has no Radiance reader without FreeImage,
-                                        # and its OpenCV plugin reads .hdr as 8-bit
-            return read_hdr(path)
-        else:
+    if path.suffix.lower() == ".npy":
+        from .npy import load_npy
+
+        arr = load_npy(path)
+    elif path.suffix.lower() == ".hdr":
+        from .hdr import read_hdr   # not imageio: it has no Radiance reader without FreeImage,
+                                    # and its OpenCV plugin reads .hdr as 8-bit
+        return read_hdr(path)
+    else:
+        try:
             arr = iio.imread(path)
-    except DataError:
-        raise
-    except Exception as exc:  # imageio raises many types
-        raise DataError(path, f"cannot read image ({type(exc).__name__}: {exc})") from exc
+        except Exception as exc:  # imageio raises many types
+            raise image_decode_error(path, exc) from None
     if arr.dtype == np.uint8:
         return arr.astype(np.float32) / 255.0
     if arr.dtype == np.uint16:

@@ -121,7 +121,7 @@ def test_empty_split_and_bad_matrix(lego_100, tmp_path):
     (root / "transforms_val.json").unlink()
     meta["frames"][1]["transform_matrix"] = [[1, 0], [0, 1]]
     (root / "transforms_train.json").write_text(json.dumps(meta))
-    with pytest.raises(DataError, match=r"transforms_train\.json: frame 1: 'transform_matrix' must be a finite 4x4"):
+    with pytest.raises(DataError, match=r"transforms_train\.json: frame 1: 'transform_matrix' must be a 4x4 \(or 3x4\) matrix, got shape"):
         load_dataset(root)
 
 
