@@ -22,6 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument("--version", action="version", version=f"kernelight {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the Python traceback of an unexpected error (also KERNELIGHT_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     from . import commands
 
@@ -33,6 +35,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line. Exit codes: 0 done, 2 a user error (one line naming the input), 1 an
+    internal error (one line; ``--debug`` or ``KERNELIGHT_DEBUG=1`` shows the traceback), 130 Ctrl-C."""
+    import os
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = os.environ.get("KERNELIGHT_DEBUG", "") not in ("", "0")
+    if "--debug" in argv:
+        argv.remove("--debug")
+        debug = True
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
@@ -44,8 +55,21 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except (KernelightError, FileNotFoundError) as exc:  # user errors: one clear line
+        if debug:
+            import traceback
+
+            traceback.print_exc()
         print(f"kernelight {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:  # the last net: a bug of ours, never a traceback by default
+        if debug:
+            import traceback
+
+            traceback.print_exc()
+        what = f"{type(exc).__name__}: {exc}".strip().splitlines()[0][:300]
+        print(f"kernelight {args.command}: internal error: {what}; rerun with --debug for the traceback",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

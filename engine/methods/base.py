@@ -132,14 +132,12 @@ class MethodConfig:
         """Refuse values no run can use (one line naming the option)."""
         from ..errors import ConfigError
 
-        for name in ("max_steps", "eval_every", "eval_views", "checkpoint_every", "log_every"):
-            v = getattr(self, name)
-            if v < 0:
-                raise ConfigError(f"option {name} must be >= 0, got {v}")
-        if self.max_steps < 1:
-            raise ConfigError(f"option max_steps must be >= 1, got {self.max_steps}")
-        if self.log_every < 1:
-            raise ConfigError(f"option log_every must be >= 1, got {self.log_every}")
+        for name in ("max_steps", "log_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"option {name} must be >= 1, got {getattr(self, name)}")
+        for name in ("eval_every", "eval_views", "checkpoint_every"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"option {name} must be >= 0, got {getattr(self, name)}")
         if not self.time_budget_s >= 0:
             raise ConfigError(f"option time_budget_s must be >= 0, got {self.time_budget_s}")
 

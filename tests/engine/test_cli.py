@@ -60,3 +60,79 @@ def test_view_command_registered_lazily():
     src = (REPO / "engine" / "commands" / "view.py").read_text()
     top = [line for line in src.splitlines() if line.startswith(("import ", "from "))]
     assert not any("viewer" in line for line in top)
+
+
+def test_bad_numbers_are_refused_before_any_folder_is_made(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["train", "raygauss", "--data", str(REPO / "scenes" / "mic" / "mic_100"), "--max-steps", "-5",
+                 "--output", str(out)]) == 2
+    assert "option max_steps must be >= 1, got -5" in capsys.readouterr().err
+    assert not out.exists()
+    assert main(["train", "raygauss", "--data", str(REPO / "scenes" / "mic" / "mic_100"), "--background", "purple",
+                 "--output", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "background 'purple': expected white, black, gray or R,G,B" in err and "()" not in err
+    assert not out.exists()
+
+
+def test_unexpected_errors_are_one_line_unless_debug(monkeypatch, capsys):
+    from engine.commands import info
+
+    def boom(args):
+        raise ZeroDivisionError("the divisor was zero")
+
+    monkeypatch.setattr(info, "run", boom)
+    assert main(["info"]) == 1
+    err = capsys.readouterr().err
+    assert err.strip() == ("kernelight info: internal error: ZeroDivisionError: the divisor was zero; "
+                           "rerun with --debug for the traceback")
+    assert main(["info", "--debug"]) == 1
+    assert "Traceback (most recent call last)" in capsys.readouterr().err
+    monkeypatch.setenv("KERNELIGHT_DEBUG", "1")
+    assert main(["info"]) == 1
+    assert "Traceback (most recent call last)" in capsys.readouterr().err
+
+
+def test_render_and_eval_help_list_render_options_only(capsys):
+    for cmd in ("render", "eval", "view"):
+        with pytest.raises(SystemExit):
+            main([cmd, "--help"])
+        out = capsys.readouterr().out
+        assert "--dt" in out and "--render-mode" in out and "--shell-probe-step" in out
+        assert "--lr-means-init" not in out and "--densify-every" not in out and "--hash-levels" not in out
+        assert len(out.splitlines()) < 120, (cmd, len(out.splitlines()))
+
+
+def test_view_help_examples_parse():
+    """Every `kernelight ...` example line in view --help / render --help parses."""
+    import shlex
+
+    parser = build_parser()
+    for cmd in ("view", "render", "train"):
+        sub = parser._subparsers._group_actions[0].choices[cmd]
+        for line in (sub.epilog or "").splitlines():
+            line = line.strip()
+            if line.startswith("kernelight "):
+                parser.parse_args(shlex.split(line)[1:])     # SystemExit(2) on a bad example
+
+
+def test_python_api_is_discoverable():
+    import pydoc
+
+    import engine
+
+    names = dir(engine)
+    for n in ("load", "render", "camera", "train", "load_dataset", "methods", "Cameras", "look_at"):
+        assert n in names
+    text = pydoc.render_doc(engine)
+    assert "engine.load(path)" in text and "engine.camera(" in text and "engine.render(model" in text
+    cam = engine.camera(eye=(0, -4, 0), target=(0, 0, 0), up=(0, 0, 1), width=32, height=24, fov_deg=60)
+    assert len(cam) == 1 and int(cam.width[0]) == 32 and int(cam.height[0]) == 24
+    o, d = cam.generate_rays(0)
+    import torch
+
+    assert torch.allclose(d[12, 16], torch.tensor([0.0, 1.0, 0.0]), atol=0.05)   # the centre looks at the target
+    from engine.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="fov_deg"):
+        engine.camera((0, 0, 0), (0, 0, 1), fov_deg=180)
