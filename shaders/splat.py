@@ -50,8 +50,10 @@ T_MIN = 1e-4         #: a pixel stops before its transmittance would drop below 
 EXTENT = 3.0         #: footprint half-size in standard deviations of the major axis
 BLOCK = 8            #: work-block edge in pixels (speed only, see ``project``)
 
-#: Packed per-Gaussian record ``P (N, 10)``: u, v, Q00, Q01, Q11, opacity, z, r, g, b.
-_NP = 10
+#: Packed per-Gaussian record ``P (N, 11)``: u, v, Q00, Q01, Q11, opacity, z, r, g, b and
+#: ``ln(1 / (255 opacity)) - 1e-3``: a pixel with ``power`` below it cannot reach alpha 1/255, so
+#: it is skipped without an ``exp`` (a shortcut that changes no decision).
+_NP = 11
 
 _CACHE: dict = {}
 
@@ -160,6 +162,7 @@ def _kernels(real):
                         P[l, 3] = -b / det
                         P[l, 4] = a / det
                         P[l, 5] = op
+                        P[l, 10] = -ti.log(op * 255.0) - real(1e-3)
                         P[l, 6] = t[2]
                         for k in ti.static(range(3)):
                             P[l, 7 + k] = colors[l, k]
@@ -217,7 +220,7 @@ def _kernels(real):
                 while j < e:
                     g = items[j]
                     dx, dy, power = footprint(P, g, fxp, fyp)
-                    if power <= 0:
+                    if power <= 0 and power >= P[g, 10]:
                         al = ti.min(real(ALPHA_MAX), P[g, 5] * ti.exp(power))
                         if al >= real(ALPHA_MIN):
                             tt = T * (1 - al)
@@ -260,7 +263,7 @@ def _kernels(real):
                 while j >= s:
                     g = items[j]
                     dx, dy, power = footprint(P, g, fxp, fyp)
-                    if power <= 0:
+                    if power <= 0 and power >= P[g, 10]:
                         G = ti.exp(power)
                         og = P[g, 5] * G
                         al = ti.min(real(ALPHA_MAX), og)
