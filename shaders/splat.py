@@ -83,7 +83,8 @@ def _kernels(real):
     @ti.func
     def gaussian_frame(l, means: ti.template(), quats: ti.template(), log_scales: ti.template(),
                        Rw, tw):
-        """Camera-frame mean t, unit quaternion, its norm, R, scales, M = R diag(s), V."""
+        """Camera-frame mean t, unit quaternion, its norm, R, scales, M = R diag(s) and
+        RM = R_w2c M (so V = RM RM^T)."""
         mu = ti.Vector([means[l, k] for k in ti.static(range(3))], dt=real)
         t = Rw @ mu + tw
         q = ti.Vector([quats[l, k] for k in ti.static(range(4))], dt=real)
@@ -93,9 +94,7 @@ def _kernels(real):
         s = ti.Vector([ti.exp(log_scales[l, k]) for k in ti.static(range(3))], dt=real)
         M = ti.Matrix([[R[a, c] * s[c] for c in ti.static(range(3))] for a in ti.static(range(3))],
                       dt=real)
-        Sig = M @ M.transpose()
-        V = Rw @ Sig @ Rw.transpose()
-        return t, qh, qn, R, s, M, V
+        return t, qh, qn, R, s, M, Rw @ M
 
     @ti.func
     def jacobian(t, fx, fy, cx, cy, W, H):
@@ -124,13 +123,14 @@ def _kernels(real):
         """Footprint records P and block rectangles [x0, x1) x [y0, y1) (B-pixel blocks)."""
         Rw, tw = load_view(w2c)
         for l in range(means.shape[0]):
-            t, qh, qn, R, s, M, V = gaussian_frame(l, means, quats, log_scales, Rw, tw)
+            t, qh, qn, R, s, M, RM = gaussian_frame(l, means, quats, log_scales, Rw, tw)
             x0, x1, y0, y1 = 0, 0, 0, 0
             for k in ti.static(range(_NP)):
                 P[l, k] = 0.0
             if t[2] > near and qn > 0:
                 J, rx, ry, okx, oky = jacobian(t, fx, fy, cx, cy, W, H)
-                cov = J @ V @ J.transpose()
+                A = J @ RM
+                cov = A @ A.transpose()                    # J V J^T
                 a = cov[0, 0] + eps2d
                 b = cov[0, 1]
                 c = cov[1, 1] + eps2d
@@ -304,9 +304,10 @@ def _kernels(real):
             op = P[l, 5]
             g_logits[l] = gP[l, 5] * op * (1 - op)
             if ntiles[l] > 0:
-                t, qh, qn, R, s, M, V = gaussian_frame(l, means, quats, log_scales, Rw, tw)
+                t, qh, qn, R, s, M, RM = gaussian_frame(l, means, quats, log_scales, Rw, tw)
                 J, rx, ry, okx, oky = jacobian(t, fx, fy, cx, cy, W, H)
-                cov = J @ V @ J.transpose()
+                A = J @ RM
+                cov = A @ A.transpose()
                 a = cov[0, 0] + eps2d
                 b = cov[0, 1]
                 c = cov[1, 1] + eps2d
@@ -314,9 +315,8 @@ def _kernels(real):
                 Q = ti.Matrix([[c / det, -b / det], [-b / det, a / det]], dt=real)
                 GQ = ti.Matrix([[gP[l, 2], 0.5 * gP[l, 3]], [0.5 * gP[l, 3], gP[l, 4]]], dt=real)
                 GS2 = -(Q @ GQ @ Q)
-                GJ = 2.0 * (GS2 @ J @ V)
-                GV = J.transpose() @ GS2 @ J
-                GSig = Rw.transpose() @ GV @ Rw
+                GA = 2.0 * (GS2 @ A)                       # cov = A A^T, A = J R_w2c M
+                GJ = GA @ RM.transpose()
                 x, y, z = t[0], t[1], t[2]
                 gu, gv = gP[l, 0], gP[l, 1]
                 z2 = z * z
@@ -327,7 +327,7 @@ def _kernels(real):
                                 + GJ[0, 2] * (fx * rx / z2 + okx * fx * x / (z2 * z))
                                 + GJ[1, 2] * (fy * ry / z2 + oky * fy * y / (z2 * z))], dt=real)
                 gm = Rw.transpose() @ gt
-                GM = 2.0 * (GSig @ M)
+                GM = Rw.transpose() @ (J.transpose() @ GA)
                 GR = ti.Matrix([[GM[i, k] * s[k] for k in ti.static(range(3))]
                                 for i in ti.static(range(3))], dt=real)
                 for k in ti.static(range(3)):
