@@ -11,10 +11,19 @@ has ``poses_bounds.npy`` loads as COLMAP, and a NeuS folder with one loads as DT
                 or ``cameras.bin|txt`` in the folder
 ``llff``        ``poses_bounds.npy``
 ==============  ==============================================================
+
+A COLMAP model counts only when it is complete (``cameras`` and ``images``, both ``.bin`` or both
+``.txt``): a folder with a complete ``poses_bounds.npy`` and an incomplete ``sparse/0`` (as LLFF
+releases and the DTU data ship) loads as LLFF, with a ``RuntimeWarning`` saying which format was
+used and why. An incomplete model with nothing else still reports itself as COLMAP, so its
+reader names the missing file. :func:`detect_format_reason` returns the sentence; the chosen
+format and reason are logged on the ``kernelight.data`` logger.
 """
 from __future__ import annotations
 
 import importlib
+import logging
+import warnings
 from pathlib import Path
 
 from ..errors import ConfigError, DataError
@@ -28,24 +37,65 @@ LOOKED_FOR = ("transforms_train.json (blender), transforms.json (nerfstudio/inst
               "poses_bounds.npy (llff)")
 
 
-def detect_format(root) -> str:
-    """Name of the dataset format in folder ``root`` (see the module table); DataError if none."""
+_log = logging.getLogger("kernelight.data")
+
+
+def _colmap_missing(root: Path, folder: Path) -> list[str]:
+    ext = ".bin" if (folder / "cameras.bin").is_file() else ".txt"
+    rel = folder.relative_to(root).as_posix() if folder != root else "."
+    return [f"{rel}/{n}{ext}" for n in ("cameras", "images") if not (folder / f"{n}{ext}").is_file()]
+
+
+def _llff_problem(root: Path) -> str | None:
+    """None when ``poses_bounds.npy`` is a readable (N, 17) array; else what is wrong."""
+    from ..io.npy import load_npy
+
+    try:
+        arr = load_npy(root / "poses_bounds.npy")
+    except DataError as exc:
+        return exc.problem
+    if arr.ndim != 2 or arr.shape[1] != 17 or arr.shape[0] == 0:
+        return f"poses_bounds.npy is not an (N, 17) array (shape {arr.shape})"
+    return None
+
+
+def detect_format_reason(root) -> tuple[str, str]:
+    """``(format, why)`` for folder ``root`` (see the module docstring); DataError if none."""
     root = Path(root)
     if not root.exists():
         raise DataError(root, "dataset folder does not exist")
     if not root.is_dir():
         raise DataError(root, "is not a folder (expected a dataset folder)")
     if (root / "transforms_train.json").is_file():
-        return "blender"
+        return "blender", "transforms_train.json"
     if (root / "transforms.json").is_file():
-        return "nerfstudio"
+        return "nerfstudio", "transforms.json"
     if (root / "cameras_sphere.npz").is_file():
-        return "dtu"
-    if find_model_folder(root) is not None:
-        return "colmap"
-    if (root / "poses_bounds.npy").is_file():
-        return "llff"
+        return "dtu", "cameras_sphere.npz"
+    folder = find_model_folder(root)
+    has_llff = (root / "poses_bounds.npy").is_file()
+    if folder is not None:
+        missing = _colmap_missing(root, folder)
+        if not missing:
+            return "colmap", f"a complete COLMAP model in {folder.relative_to(root).as_posix() if folder != root else '.'}"
+        if has_llff and _llff_problem(root) is None:
+            return "llff", (f"poses_bounds.npy, because the COLMAP model is incomplete (no {', '.join(missing)})")
+        return "colmap", f"a COLMAP model (incomplete: no {', '.join(missing)})"
+    if has_llff:
+        return "llff", "poses_bounds.npy"
     raise DataError(root, f"cannot detect the dataset format: looked for {LOOKED_FOR}")
+
+
+def detect_format(root) -> str:
+    """Name of the dataset format in folder ``root`` (see the module table); DataError if none.
+
+    When a format was passed over as incomplete, a RuntimeWarning says which one was used and why.
+    """
+    fmt, why = detect_format_reason(root)
+    _log.info("%s: dataset format %s (%s)", root, fmt, why)
+    if "because" in why:
+        warnings.warn(f"{root}: loading as {fmt} from {why}", RuntimeWarning, stacklevel=2)
+    return fmt
 
 
 def resolve_data_path(path) -> Path:

@@ -7,6 +7,7 @@ filter on premultiplied colour) commutes with compositing.
 from __future__ import annotations
 
 import os
+import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,49 @@ def pick_image_dir(root: Path, images_dir: str | None, downscale: int) -> tuple[
     if not img_dir.is_dir():
         raise DataError(img_dir, "image folder is missing")
     return img_dir, extra
+
+
+def pick_image_dir_by_count(root: Path, images_dir: str | None, downscale: int, count: int,
+                            what: str) -> tuple[Path, int, int, str]:
+    """The image folder holding ``count`` images for an LLFF-style capture.
+
+    Returns ``(folder, factor, extra, reason)``: ``factor`` is the folder's own downscale (N of
+    ``images_N/``, 1 for ``images/``), ``extra`` the downscale still to apply (``downscale /
+    factor``), ``reason`` one sentence for the log. ``images_dir`` (relative to ``root``) wins.
+    Otherwise candidates are ``images_<downscale>/``, ``images/``, then every other ``images_N/``
+    (smallest N first) and the first whose image count equals ``count`` is used, so a capture that
+    ships only ``images_8/`` (LLFF's own downscaled copies) still loads. A folder ``images_N/``
+    with N > downscale is used as is (the images are smaller than asked); with N < downscale,
+    N must divide downscale.
+    """
+    if images_dir is not None:
+        d = root / images_dir
+        if not d.is_dir():
+            raise DataError(d, "image folder is missing")
+        return d, 1, downscale, f"{images_dir}/ (given)"
+    found = {}
+    for d in root.iterdir() if root.is_dir() else ():
+        m = re.fullmatch(r"images(?:_(\d{1,3}))?", d.name)
+        if m and d.is_dir():
+            found[int(m.group(1) or 1)] = d
+    order = ([downscale] if downscale in found else []) + ([1] if 1 in found else []) \
+        + sorted(k for k in found if k not in (downscale, 1))
+    counts = {}
+    for k in order:
+        counts[k] = len(list_images(found[k]))
+        if counts[k] != count:
+            continue
+        if k <= downscale and downscale % k:
+            continue
+        extra = downscale // k if k <= downscale else 1
+        why = (f"{found[k].name}/ ({count} images, the {what} count)" if k == 1 or k == downscale else
+               f"{found[k].name}/: the folder with {count} images, the {what} count"
+               + (f"; images/ has {counts[1]}" if 1 in counts else "; there is no images/ folder"))
+        return found[k], k, extra, why
+    if not found:
+        raise DataError(root / "images", "image folder is missing (looked for images/ and images_N/)")
+    have = ", ".join(f"{found[k].name}/ has {counts.get(k, len(list_images(found[k])))}" for k in sorted(found))
+    raise DataError(root, f"no image folder holds {count} images (the {what} count): {have}")
 
 
 def list_images(folder: Path) -> list[Path]:

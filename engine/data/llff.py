@@ -7,7 +7,12 @@
 * Intrinsics: ``fx = fy = f``, principal point at the image centre, at the ``h x w`` of the file.
   The images in ``images/`` must have that size (or the same size scaled by one factor, as when
   ``images/`` was already downscaled; the focal is then scaled likewise).
-* ``downscale=n`` uses ``images_n/`` when present, else box-filters ``images/``.
+* Image folder (:func:`~engine.data.images.pick_image_dir_by_count`): ``images_dir`` if given, else
+  the first of ``images_<downscale>/``, ``images/``, ``images_N/`` (smallest N first) that holds
+  one image per pose, so a capture with only ``images_8/`` loads; the intrinsics are scaled by
+  the folder's downsampling factor (checked against the image size), and any remaining
+  ``downscale`` box-filters the images. A folder other than the plain choice is reported with a
+  warning that names it and why.
 * near/far: min and max of the bounds. Scene box: the box enclosing every camera frustum between
   the 5th-percentile near bound and the median far bound (forward-facing scenes reach to
   infinity, so the box of the whole far range would be mostly empty).
@@ -15,6 +20,7 @@
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +30,7 @@ from ..cameras import Cameras
 from ..errors import DataError
 from ..io.npy import load_npy
 from .dataset import Dataset, box_from_frusta, holdout_indices, load_split, parse_background
-from .images import image_size, list_images, pick_image_dir
+from .images import image_size, list_images, pick_image_dir_by_count
 
 
 def load(root, downscale: int = 1, background=None, holdout: int = 8, images_dir: str | None = None, **_) -> Dataset:
@@ -43,12 +49,17 @@ def load(root, downscale: int = 1, background=None, holdout: int = 8, images_dir
         raise DataError(f, "contains non-finite values")
     poses = arr[:, :15].reshape(-1, 3, 5).astype(np.float64)
     bounds = arr[:, 15:].astype(np.float64)
-    img_dir, extra = pick_image_dir(root, images_dir, downscale)
+    img_dir, factor, extra, why = pick_image_dir_by_count(root, images_dir, downscale, poses.shape[0],
+                                                          f"{f.name} pose")
     paths = list_images(img_dir)
     if len(paths) != poses.shape[0]:
         raise DataError(img_dir, f"has {len(paths)} images but {f.name} has {poses.shape[0]} poses")
+    if factor not in (1, downscale):
+        warnings.warn(f"{root}: LLFF images from {why}; intrinsics scaled to their size", RuntimeWarning,
+                      stacklevel=3)
     cams = Cameras.from_llff(torch.from_numpy(poses))
-    # Images may be stored at a reduced size (e.g. images_2/): rescale the cameras to them.
+    # Images may be stored at a reduced size (e.g. images_8/): rescale the cameras to them, i.e.
+    # scale fx, fy, cx, cy by the downsampling factor (measured from the first image's size).
     W0, H0 = int(cams.width[0]), int(cams.height[0])
     w, h = image_size(paths[0])
     if (w, h) != (W0, H0):
@@ -56,6 +67,9 @@ def load(root, downscale: int = 1, background=None, holdout: int = 8, images_dir
         if abs(h - H0 * s) > 1.0:
             raise DataError(paths[0], f"image is {w}x{h} pixels, which is not a scaled copy of the "
                             f"{W0}x{H0} in {f.name}")
+        if factor != 1 and abs(W0 / factor - w) > 1.0:
+            raise DataError(paths[0], f"image is {w}x{h} pixels, but {img_dir.name}/ should hold the {W0}x{H0} "
+                            f"of {f.name} downscaled by {factor}")
         cams = cams.resized(w, h)
     train, test = holdout_indices(len(paths), holdout)
     bg = parse_background(background, default=(0.0, 0.0, 0.0))
@@ -67,4 +81,5 @@ def load(root, downscale: int = 1, background=None, holdout: int = 8, images_dir
     near, far = float(bounds[:, 0].min()), float(bounds[:, 1].max())
     box = box_from_frusta(cams, float(np.percentile(bounds[:, 0], 5)), float(np.median(bounds[:, 1])))
     return Dataset(format="llff", root=root, splits=splits, scene_box=box, background=bg, near=near, far=far,
-                   downscale=downscale, camera_model="PINHOLE", metadata={"image_folder": str(img_dir)})
+                   downscale=downscale, camera_model="PINHOLE", metadata={"image_folder": str(img_dir),
+                                                                           "image_folder_reason": why})
