@@ -153,7 +153,7 @@ def main(argv=None) -> int:
             key = f"{mesh}:{'default' if robust else 'plain'}"
             results["speed"][key] = {"n_vertices": len(V), "n_faces": len(F),
                                      **bench_speed(V, F, robust, args.reps, args.queries)}
-    con = Console()
+    con = Console(width=200)
     t = Table(title="heat geodesics: ours vs potpourri3d (medians, same run; default = robust intrinsic Delaunay "
                     "for both, plain = cotan)")
     for c in ("mesh:laplacian", "nV", "setup ours s", "setup pp3d s", "ratio", "query ours ms", "query pp3d ms",
