@@ -181,7 +181,8 @@ def test_empty_and_background():
 # ---------------------------------------------------------------------------------------------
 
 def _orbit_views(means, logits, n, W=200, H=150):
-    """n views around the opaque part of the model, filling the frame."""
+    """n views around the opaque part of the model, filling the frame; the second one has an
+    off-centre principal point and fy != fx."""
     m = means.double()
     keep = torch.sigmoid(logits.double()) > 0.5
     c = m[keep].median(0).values
@@ -194,8 +195,9 @@ def _orbit_views(means, logits, n, W=200, H=150):
         el = (0.35, -0.2, 0.8)[i % 3]
         d = torch.tensor([math.cos(el) * math.cos(th), math.cos(el) * math.sin(th), math.sin(el)],
                          dtype=torch.float64)
-        views.append((look_at((c + dist * d).tolist(), c.tolist(), (0.0, 0.0, 1.0)), f, f,
-                      W / 2, H / 2, W, H))
+        fy, cx, cy = (1.07 * f, 0.43 * W, 0.56 * H) if i == 1 else (f, W / 2, H / 2)
+        views.append((look_at((c + dist * d).tolist(), c.tolist(), (0.0, 0.0, 1.0)), f, fy,
+                      cx, cy, W, H))
     return views
 
 
