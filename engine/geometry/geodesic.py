@@ -4,7 +4,8 @@ The heat method (Crane, Weischedel & Wardetzky 2013): diffuse heat from the sour
 time ``t = t_coef * h^2`` (``h`` = mean edge length), normalise the negated gradient of the heat
 to a unit field ``X`` and recover the distance ``phi`` whose gradient best matches ``X`` by a
 Poisson solve. Both systems are factorised once when a solver is built; each query then costs
-two sparse triangular solve pairs (three with a boundary) and a few sparse products.
+two sparse triangular solve pairs (three with ``boundary="average"`` on a mesh with a boundary)
+and a few sparse products.
 
 Solver objects pay for setup once (as potpourri3d's ``MeshHeatMethodDistanceSolver``)::
 
@@ -69,9 +70,12 @@ The robust path follows geometry-central's ``HeatMethodDistanceSolver(useRobustL
   overestimate is smaller and potpourri3d's plain-path ``1e-6 I`` measured worse: 0.75 % vs 0.82 % on
   armadillo.)
 
-With both, our distances equal potpourri3d's to ~1e-13 on closed meshes (armadillo) and to
-~2e-4 of the maximum on the bunny (boundary); ours are then clipped at 0 (potpourri3d's can dip
-below 0 next to the source).
+With both, our heat-method field (``bounds=False``) equals potpourri3d's to ~1e-13 on closed
+meshes (armadillo) and to ~2e-4 of the maximum on the bunny (boundary; the cover's near-co-circular
+flips differ); the default then clips it into the bounds above. Per query, the robust path costs
+what the plain one does: the front and back copies of the cover that no flip separated are merged
+into one face (:func:`engine.geometry.intrinsic.merge_cover_copies`). Benchmark:
+``tools/bench_geodesic.py`` (``tools/results/bench_geodesic.json``).
 """
 from __future__ import annotations
 
