@@ -34,12 +34,13 @@ repair, reported back in :attr:`GaussianPly.repairs` (the CLI and viewer print t
 file name):
 
 * rows with a NaN/Inf value, or a position beyond +-1e30, are dropped;
-* log-scales outside ``[-LOG_SCALE_LIMIT, LOG_SCALE_LIMIT]`` = [-30, 30] are **clamped** to it
-  (the count is reported). A finite but absurd log-scale such as 200 overflows float32 in ``exp``
-  (which overflows above 88.7) and used to end in "boxes must be finite"; e^30 ~ 1e13 scene units
-  is already far larger than any real scene, and the squared scales and inverse scales the
-  renderer forms stay finite in float32. Real trained files stay well inside (the shared data
-  spans -19.4 .. 5.6);
+* rows with a log-scale outside ``[-LOG_SCALE_LIMIT, LOG_SCALE_LIMIT]`` = [-30, 30] are **dropped**
+  (count and value range reported). A finite but absurd log-scale such as 200 overflows float32
+  in ``exp`` (above 88.7) and used to end in "lo/hi: boxes must be finite". Dropping was chosen
+  over clamping: a Gaussian clamped to e^30 ~ 1e13 scene units would still cover the whole scene,
+  stretch the scene box that frames the default orbit camera, and sit in every ray's BVH path;
+  one of e^-30 is invisible. Real trained files stay well inside (the shared data spans
+  -19.4 .. 5.6);
 * quaternions are normalised (a zero quaternion drops the row).
 """
 from __future__ import annotations
@@ -330,23 +331,23 @@ def read_gaussian_ply(path) -> GaussianPly:
               & np.isfinite(opac) & np.isfinite(sh).all((1, 2)))
     far = finite & (np.abs(means) > POSITION_LIMIT).any(1)
     finite &= ~far
+    wild = finite & (np.abs(log_scales) > LOG_SCALE_LIMIT).any(1)
     qn = np.linalg.norm(quats.astype(np.float64), axis=1)
-    zero_q = finite & (qn < 1e-12)
-    keep = finite & ~zero_q
+    zero_q = finite & ~wild & (qn < 1e-12)
+    keep = finite & ~wild & ~zero_q
     if (~finite).any():
         repairs.append(f"dropped {int((~finite).sum())} Gaussians with NaN/Inf values"
                        + (f" or positions beyond +-{POSITION_LIMIT:g}" if far.any() else ""))
+    if wild.any():
+        ls = log_scales[wild]
+        big = ls[np.abs(ls) > LOG_SCALE_LIMIT]
+        repairs.append(f"dropped {int(wild.sum())} Gaussians with a log-scale outside [-{LOG_SCALE_LIMIT:g}, "
+                       f"{LOG_SCALE_LIMIT:g}] (values {float(big.min()):.3g}..{float(big.max()):.3g}; exp of them "
+                       "is absurd or overflows float32)")
     if zero_q.any():
         repairs.append(f"dropped {int(zero_q.sum())} Gaussians with a zero quaternion")
     if not keep.any():
         raise DataError(path, "no valid Gaussians left after dropping invalid rows")
-    wild = keep[:, None] & (np.abs(log_scales) > LOG_SCALE_LIMIT)
-    if wild.any():
-        lo, hi = float(log_scales[wild].min()), float(log_scales[wild].max())
-        repairs.append(f"clamped {int(wild.any(1).sum())} Gaussians' log-scales ({int(wild.sum())} values, "
-                       f"range {lo:.3g}..{hi:.3g}) to [-{LOG_SCALE_LIMIT:g}, {LOG_SCALE_LIMIT:g}] "
-                       "(exp of them would overflow or be absurd)")
-        log_scales = np.clip(log_scales, -LOG_SCALE_LIMIT, LOG_SCALE_LIMIT)
     nonunit = keep & (np.abs(qn - 1.0) > 1e-4)
     if nonunit.any():
         repairs.append(f"normalised {int(nonunit.sum())} non-unit quaternions "

@@ -71,16 +71,27 @@ def test_absurd_count_fails_fast_with_bounded_memory(tmp_path):
         assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200_000  # KiB
 
 
-def test_absurd_log_scale_is_clamped_and_reported(tmp_path):
+def test_absurd_log_scale_rows_dropped_and_reported(tmp_path):
     s = np.full((20, 3), -3.0, np.float32)
-    s[2, 0], s[5, 2], s[6, 1] = 200.0, -500.0, 31.0
+    s[2, 0], s[5, 2], s[6, 1], s[7, 0] = 200.0, -500.0, 31.0, 30.0
     p, _ = _gauss_file(tmp_path, log_scales=s)
     with np.errstate(over="raise"):
         g = read_gaussian_ply(p)
         np.exp(g.log_scales)   # no overflow any more
-    assert len(g) == 20 and g.log_scales.max() == LOG_SCALE_LIMIT and g.log_scales.min() == -LOG_SCALE_LIMIT
-    assert any(r.startswith("clamped 3 Gaussians' log-scales (3 values") for r in g.repairs), g.repairs
-    assert g.log_scales[0, 0] == -3.0   # untouched rows stay bit-exact
+    assert len(g) == 17 and g.log_scales.max() == LOG_SCALE_LIMIT   # 30 itself is kept
+    assert any(r.startswith("dropped 3 Gaussians with a log-scale outside [-30, 30] (values -500..200")
+               for r in g.repairs), g.repairs
+
+
+def test_api_load_reports_the_repair_with_the_file_name(tmp_path):
+    import engine
+
+    s = np.full((20, 3), -3.0, np.float32)
+    s[2, 0] = 200.0
+    p, _ = _gauss_file(tmp_path, log_scales=s, name="ls200.ply")
+    with np.errstate(over="raise"):
+        m = engine.load(p)
+    assert any(n.startswith("ls200.ply: dropped 1 Gaussians with a log-scale outside") for n in m.notes), m.notes
 
 
 def test_far_positions_dropped(tmp_path):
@@ -141,11 +152,33 @@ def _cli(*args, timeout=240):
                           text=True, timeout=timeout)
 
 
-@pytest.mark.parametrize("pattern,repl,msg", BAD_HEADERS[:3])
-def test_cli_render_bad_header_exit_2(tmp_path, pattern, repl, msg):
+@pytest.mark.parametrize("pattern,repl,msg", BAD_HEADERS[:5])
+def test_cli_render_bad_header_exit_2(tmp_path, capsys, pattern, repl, msg):
+    from engine.cli import main
+
     src, _ = _gauss_file(tmp_path)
     bad = _with_header(tmp_path, src, pattern, repl, "bad.ply")
+    assert main(["render", str(bad), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert re.search(msg, err) and str(bad) in err and "Traceback" not in err
+
+
+def test_cli_render_bad_header_subprocess(tmp_path):
+    src, _ = _gauss_file(tmp_path)
+    bad = _with_header(tmp_path, src, r"element vertex \d+", "element vertex -5", "neg.ply")
     r = _cli("render", bad, "--out", tmp_path / "out")
     assert r.returncode == 2, r.stderr[-2000:]
     assert "Traceback" not in r.stderr
-    assert re.search(msg, r.stderr) and str(bad) in r.stderr
+    assert f"{bad}: PLY header line" in r.stderr and "'element vertex -5'" in r.stderr
+
+
+def test_cli_render_absurd_log_scale(tmp_path, capsys):
+    from engine.cli import main
+
+    s = np.full((20, 3), -3.0, np.float32)
+    s[2, 0] = 200.0
+    p, _ = _gauss_file(tmp_path, log_scales=s, name="ls200.ply")
+    assert main(["render", str(p), "--out", str(tmp_path / "out"), "--max-views", "1", "--size", "16", "12",
+                 "--video", "none"]) == 0
+    out = capsys.readouterr()
+    assert "ls200.ply: dropped 1 Gaussians with a log-scale outside [-30, 30]" in out.out + out.err
