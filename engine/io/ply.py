@@ -134,7 +134,11 @@ def read_ply_header(path) -> PlyHeader:
     elements: list[PlyElement] = []
     comments: list[str] = []
     for lineno, raw in enumerate(head[:m.start()].split(b"\n")[1:], start=2):
-        s = raw.decode("ascii", "replace").strip()
+        try:
+            s = raw.decode("ascii").strip()
+        except UnicodeDecodeError:
+            raise DataError(path, f"PLY header line {lineno} is not ASCII text: "
+                            f"{raw.decode('ascii', 'replace')[:60]!r}") from None
         parts = s.split()
         if not parts:
             continue
@@ -332,7 +336,8 @@ def read_gaussian_ply(path) -> GaussianPly:
     far = finite & (np.abs(means) > POSITION_LIMIT).any(1)
     finite &= ~far
     wild = finite & (np.abs(log_scales) > LOG_SCALE_LIMIT).any(1)
-    qn = np.linalg.norm(quats.astype(np.float64), axis=1)
+    with np.errstate(over="ignore", invalid="ignore"):
+        qn = np.linalg.norm(quats.astype(np.float64), axis=1)
     zero_q = finite & ~wild & (qn < 1e-12)
     keep = finite & ~wild & ~zero_q
     if (~finite).any():
