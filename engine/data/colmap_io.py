@@ -94,6 +94,25 @@ class _Reader:
             raise DataError(self.path, f"corrupt binary file: {len(self.data) - self.pos} unexpected bytes after the last record")
 
 
+MAX_IMAGE_SIDE = 1 << 20
+
+
+def _check_camera(path: Path, where: str, cam: ColmapCamera) -> ColmapCamera:
+    if not (0 < cam.width <= MAX_IMAGE_SIDE and 0 < cam.height <= MAX_IMAGE_SIDE):
+        raise DataError(path, f"{where}: camera {cam.id} has an invalid image size {cam.width}x{cam.height}")
+    if not np.isfinite(cam.params).all():
+        raise DataError(path, f"{where}: camera {cam.id} has non-finite parameters {cam.params.tolist()}")
+    return cam
+
+
+def _check_image(path: Path, where: str, im: ColmapImage) -> ColmapImage:
+    n = float(np.linalg.norm(im.qvec)) if np.isfinite(im.qvec).all() else float("nan")
+    if not (np.isfinite(n) and n > 1e-12) or not np.isfinite(im.tvec).all():
+        raise DataError(path, f"{where}: image {im.id} ({im.name!r}) has an invalid pose "
+                        f"(qvec {im.qvec.tolist()}, tvec {im.tvec.tolist()})")
+    return im
+
+
 def read_cameras_binary(path: Path) -> dict[int, ColmapCamera]:
     r = _Reader(path)
     out = {}
@@ -104,7 +123,7 @@ def read_cameras_binary(path: Path) -> dict[int, ColmapCamera]:
                             f"(known: {', '.join(f'{i}={n}' for i, (n, _) in CAMERA_MODELS.items())})")
         name, n = CAMERA_MODELS[model_id]
         params = np.array(r.read("d" * n, f"camera {cam_id} params"), dtype=np.float64)
-        out[cam_id] = ColmapCamera(cam_id, name, int(w), int(h), params)
+        out[cam_id] = _check_camera(path, f"camera record {k}", ColmapCamera(cam_id, name, int(w), int(h), params))
     r.finish()
     return out
 
@@ -117,7 +136,8 @@ def read_images_binary(path: Path) -> dict[int, ColmapImage]:
         name = r.cstring(f"image {vals[0]} name")
         (n2d,) = r.read("Q", f"image {vals[0]} point count")
         r.skip(24 * n2d, f"image {vals[0]} 2D points")
-        out[vals[0]] = ColmapImage(vals[0], np.array(vals[1:5]), np.array(vals[5:8]), vals[8], name)
+        out[vals[0]] = _check_image(path, f"image record {k}",
+                                    ColmapImage(vals[0], np.array(vals[1:5]), np.array(vals[5:8]), vals[8], name))
     r.finish()
     return out
 
@@ -130,6 +150,8 @@ def read_points_binary(path: Path):
     err = np.empty(n, dtype=np.float64)
     for k in range(n):
         vals = r.read("QdddBBBdQ", f"point record {k}")
+        if not all(np.isfinite(vals[1:4])):
+            raise DataError(path, f"point record {k}: point {vals[0]} has non-finite coordinates {list(vals[1:4])}")
         xyz[k] = vals[1:4]
         rgb[k] = vals[4:7]
         err[k] = vals[7]
@@ -169,7 +191,7 @@ def read_cameras_text(path: Path) -> dict[int, ColmapCamera]:
         if len(tok) - 4 != n:
             raise DataError(path, f"line {lineno}: camera model {model} needs {n} params, got {len(tok) - 4}")
         params = np.array(_parse(path, lineno, tok[4:], [float] * n, "camera params"))
-        out[cam_id] = ColmapCamera(cam_id, model, w, h, params)
+        out[cam_id] = _check_camera(path, f"line {lineno}", ColmapCamera(cam_id, model, w, h, params))
     return out
 
 
@@ -187,7 +209,8 @@ def read_images_text(path: Path) -> dict[int, ColmapImage]:
             raise DataError(path, f"line {lineno}: expected 'IMAGE_ID QW QX QY QZ TX TY TZ CAMERA_ID NAME'")
         vals = _parse(path, lineno, tok[:9], [int] + [float] * 7 + [int], "image")
         name = ln.split(None, 9)[9].strip()
-        out[vals[0]] = ColmapImage(vals[0], np.array(vals[1:5]), np.array(vals[5:8]), vals[8], name)
+        out[vals[0]] = _check_image(path, f"line {lineno}",
+                                    ColmapImage(vals[0], np.array(vals[1:5]), np.array(vals[5:8]), vals[8], name))
         i += 2  # the next line holds the 2D points (possibly empty)
     return out
 
@@ -201,6 +224,10 @@ def read_points_text(path: Path):
         if len(tok) < 8:
             raise DataError(path, f"line {lineno}: expected 'POINT3D_ID X Y Z R G B ERROR TRACK...'")
         v = _parse(path, lineno, tok[:8], [int, float, float, float, int, int, int, float], "point")
+        if not all(0 <= c <= 255 for c in v[4:7]):
+            raise DataError(path, f"line {lineno}: point colour {v[4:7]} is outside 0..255")
+        if not all(np.isfinite(v[1:4])):
+            raise DataError(path, f"line {lineno}: point {v[0]} has non-finite coordinates {v[1:4]}")
         xyz.append(v[1:4])
         rgb.append(v[4:7])
         err.append(v[7])
