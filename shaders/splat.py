@@ -538,5 +538,6 @@ def splat(means, quats, log_scales, opacity_logits, colors, c2w, fx, fy, cx, cy,
     if background is not None:
         bg = torch.as_tensor(background, dtype=dt, device=out_dev).reshape(3)
         rgb = C + (1 - A)[..., None] * bg
-    depth = torch.where(A > 0, D / A.clamp_min(torch.finfo(dt).tiny), torch.zeros_like(D))
+    A_safe = torch.where(A > 0, A, torch.ones_like(A))      # no 0/0 in the backward
+    depth = torch.where(A > 0, D / A_safe, torch.zeros_like(D))
     return dict(rgb=rgb, alpha=A, depth=depth, depth_sum=D, n_evals=n)

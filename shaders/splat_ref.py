@@ -111,6 +111,7 @@ def splat_reference(means, quats, log_scales, opacity_logits, colors, c2w, fx, f
     rgb = C
     if background is not None:
         rgb = C + (1 - A)[..., None] * torch.as_tensor(background, dtype=dt, device=dev).reshape(3)
-    depth = torch.where(A > 0, D / A.clamp_min(torch.finfo(dt).tiny), torch.zeros_like(D))
+    A_safe = torch.where(A > 0, A, torch.ones_like(A))      # no 0/0 in the backward
+    depth = torch.where(A > 0, D / A_safe, torch.zeros_like(D))
     return dict(rgb=rgb, alpha=A, depth=depth, depth_sum=D, n_evals=n)
 

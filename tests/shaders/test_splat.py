@@ -172,7 +172,7 @@ def test_empty_and_background():
         assert float(o["alpha"].abs().max()) == 0 and int(o["n_evals"].max()) == 0
         assert torch.allclose(o["rgb"], torch.tensor(BG).expand_as(o["rgb"]))
         assert float(o["depth"].abs().max()) == 0
-        o["rgb"].sum().backward()
+        (o["rgb"].sum() + o["depth"].sum() + o["alpha"].sum()).backward()
         assert all(x.grad is not None and float(x.grad.abs().sum()) == 0 for x in q)
 
 
