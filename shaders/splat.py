@@ -18,7 +18,8 @@ Per Gaussian (``project``), camera frame ``t = R_w2c mu + t_w2c`` (OpenCV: z for
   conic ``Q = cov^-1``; centre ``(u, v) = (fx x/z + cx, fy y/z + cy)``;
 * 3-sigma extent: ``r = ceil(3 sqrt(lambda_max))``, ``lambda_max = m + sqrt(max(0.1, m^2 - det))``,
   ``m = (cov_00 + cov_11)/2``; the Gaussian goes to every tile with a pixel centre inside the square
-  ``[u-r, u+r] x [v-r, v+r]`` (3DGS's rounding of the square's far edge differs by < 1 px);
+  ``[u-r, u+r] x [v-r, v+r]``, counting the pixels of the last tile row/column that lie past the
+  image edge, as 3DGS does (3DGS's rounding of the square's far edge differs by < 1 px);
 * ``opacity = sigmoid(logit)``, depth ``z = t_z``.
 
 Per pixel (centre ``(px+0.5, py+0.5)``, tile list in increasing ``z``, ties by index), with
@@ -153,9 +154,10 @@ def _kernels(real):
                     m = 0.5 * (a + c)
                     lam = m + ti.sqrt(ti.max(real(0.1), m * m - det))
                     r = ti.ceil(EXTENT * ti.sqrt(lam))
-                    # 3DGS: every tile with a pixel centre in the 3-sigma square (pixel ranges)
-                    px0, px1 = span(u, r, 0, W - 1)
-                    py0, py1 = span(v, r, 0, H - 1)
+                    # 3DGS: every tile with a pixel centre in the 3-sigma square; tiles extend
+                    # past the image's right and bottom edges (pixel ranges)
+                    px0, px1 = span(u, r, 0, (W + T - 1) // T * T - 1)
+                    py0, py1 = span(v, r, 0, (H + T - 1) // T * T - 1)
                     px0, px1 = (px0 // T) * T, ti.min((px1 // T + 1) * T, W) - 1
                     py0, py1 = (py0 // T) * T, ti.min((py1 // T + 1) * T, H) - 1
                     # ... but only the pixels that can reach alpha >= 1/255 are visited: those

@@ -58,10 +58,11 @@ def project_reference(means, quats, log_scales, opacity_logits, w2c, fx, fy, cx,
         lam = m + torch.sqrt(torch.clamp(m * m - det, min=0.1))
         r = torch.ceil(EXTENT * torch.sqrt(lam.clamp_min(0)))
         u, v = uv[:, 0], uv[:, 1]
+        GW, GH = -(-W // tile) * tile, -(-H // tile) * tile        # the tile grid's pixels
         px0 = torch.ceil(torch.clamp(u - r - 0.5, min=-1.0)).clamp_min(0)
-        px1 = torch.floor(torch.clamp(u + r - 0.5, max=float(W))).clamp_max(W - 1)
+        px1 = torch.floor(torch.clamp(u + r - 0.5, max=float(GW))).clamp_max(GW - 1)
         py0 = torch.ceil(torch.clamp(v - r - 0.5, min=-1.0)).clamp_min(0)
-        py1 = torch.floor(torch.clamp(v + r - 0.5, max=float(H))).clamp_max(H - 1)
+        py1 = torch.floor(torch.clamp(v + r - 0.5, max=float(GH))).clamp_max(GH - 1)
         drawn = valid & (px0 <= px1) & (py0 <= py1)
         rect = torch.stack([px0.div(tile, rounding_mode="floor"),
                             px1.div(tile, rounding_mode="floor") + 1,
