@@ -373,7 +373,8 @@ def closest_hit(tbvh: TriangleBVH, origins, dirs, tmin: float = 0.0, tmax: float
     if r > 0:
         tmax_f = min(float(tmax), _F32_MAX)
         with runtime.runtime_lock:
-            _closest_hit_kernel(tbvh.root_lo, tbvh.root_hi, tbvh.packed, tbvh.root_code, tbvh.tri,
+            _closest_hit_kernel(tbvh.root_lo, tbvh.root_hi, tbvh.packed.view(-1), tbvh.root_code,
+                                tbvh.tri.view(-1),
                                 tbvh.slot_face, o, d, float(tmin), tmax_f, math.inf, t, face, uv)
     return t.to(home), face.to(home), uv.to(home)
 

@@ -43,10 +43,14 @@ import torch
 
 from .bvh_build import leaf_code
 
-BINS = 8
+BINS = 16
 MEDIAN_DEPTH = 32
-#: Bin all three axes (True) or only the longest axis of a node's centroid bounds (False).
+#: Bin all three axes (True) or only the longest axis of a node's centroid bounds (False),
+#: in the top phase / in the subtree phase (None: as in the top phase).
 ALL_AXES = True
+SUBTREE_ALL_AXES = False
+#: Nodes of more primitives than this choose their split from a strided sample of them.
+SAMPLE = 1024
 _STACK = 64
 
 # Node record columns of ``SAHTree.node_i`` (M, 8) int32.
@@ -74,33 +78,33 @@ def _sah_init(lo: ti.types.ndarray(), hi: ti.types.ndarray(), rows: ti.types.nda
               node_hi: ti.types.ndarray(), cb: ti.types.ndarray()):
     """rows[0, p] = (lo, hi, prim id bits, 0) in primitive order; node 0 = the root over all
     of them, with its box and the bounds of the doubled centroids ``lo + hi`` (``cb``)."""
-    n = lo.shape[0]
+    n = lo.shape[0] // 3
     for p in range(n):
         for k in ti.static(range(3)):
-            rows[0, p, k] = lo[p, k]
-            rows[0, p, 3 + k] = hi[p, k]
-        rows[0, p, 6] = ti.bit_cast(p, ti.f32)
-        rows[0, p, 7] = 0.0
+            rows[p * 8 + k] = lo[p * 3 + k]
+            rows[p * 8 + 3 + k] = hi[p * 3 + k]
+        rows[p * 8 + 6] = ti.bit_cast(p, ti.f32)
+        rows[p * 8 + 7] = 0.0
     for _ in range(1):  # one thread: a serial reduction (float atomics cost more on the CPU)
         blo = ti.Vector([3e38, 3e38, 3e38], dt=ti.f32)
         bhi = ti.Vector([-3e38, -3e38, -3e38], dt=ti.f32)
         clo = ti.Vector([3e38, 3e38, 3e38], dt=ti.f32)
         chi = ti.Vector([-3e38, -3e38, -3e38], dt=ti.f32)
         for p in range(n):
-            a = ti.Vector([lo[p, 0], lo[p, 1], lo[p, 2]], dt=ti.f32)
-            b = ti.Vector([hi[p, 0], hi[p, 1], hi[p, 2]], dt=ti.f32)
+            a = ti.Vector([lo[p * 3 + 0], lo[p * 3 + 1], lo[p * 3 + 2]], dt=ti.f32)
+            b = ti.Vector([hi[p * 3 + 0], hi[p * 3 + 1], hi[p * 3 + 2]], dt=ti.f32)
             blo = ti.min(blo, a)
             bhi = ti.max(bhi, b)
             clo = ti.min(clo, a + b)
             chi = ti.max(chi, a + b)
         for k in ti.static(range(3)):
-            node_lo[0, k] = blo[k]
-            node_hi[0, k] = bhi[k]
-            cb[0, k] = clo[k]
-            cb[0, 3 + k] = chi[k]
-        node_i[0, _START] = 0
-        node_i[0, _COUNT] = n
-        node_i[0, _BUF] = 0
+            node_lo[0 * 3 + k] = blo[k]
+            node_hi[0 * 3 + k] = bhi[k]
+            cb[0 * 6 + k] = clo[k]
+            cb[0 * 6 + 3 + k] = chi[k]
+        node_i[0 * 8 + _START] = 0
+        node_i[0 * 8 + _COUNT] = n
+        node_i[0 * 8 + _BUF] = 0
 
 
 @ti.func
@@ -108,30 +112,36 @@ def _split_choice(rows: ti.template(), buf: ti.i32, s0: ti.i32, cnt: ti.i32, cb:
                   node: ti.i32, force_median: ti.i32, all_axes: ti.i32):
     """(kind, best bin, left count) of the binned-SAH split of a node (kind 0..2 = axis, or
     _MEDIAN when no binned plane separates anything / ``force_median``)."""
+    nrow = rows.shape[0] // 16
     best_cost = 3e38
     kind = -1
     best_bin = 0
     nleft = 0
+    # a large node bins an evenly strided sample of about SAMPLE..2*SAMPLE of its primitives
+    # (the partition still places, and bounds, every one of them)
+    stride = ti.max(cnt // SAMPLE, 1)
+    nsample = (cnt + stride - 1) // stride
     longest = 0
-    if cb[node, 4] - cb[node, 1] > cb[node, 3] - cb[node, 0]:
+    if cb[node * 6 + 4] - cb[node * 6 + 1] > cb[node * 6 + 3] - cb[node * 6 + 0]:
         longest = 1
-    if cb[node, 5] - cb[node, 2] > cb[node, 3 + longest] - cb[node, longest]:
+    if cb[node * 6 + 5] - cb[node * 6 + 2] > cb[node * 6 + 3 + longest] - cb[node * 6 + longest]:
         longest = 2
     if force_median == 0:
         for axis in ti.static(range(3)):
-            clo = cb[node, axis]
-            ext = cb[node, 3 + axis] - clo
+            clo = cb[node * 6 + axis]
+            ext = cb[node * 6 + 3 + axis] - clo
             if ext > 1e-30 and (all_axes != 0 or axis == longest):  # BINS / ext finite
                 scale = BINS / ext
                 bcnt = ti.Vector.zero(ti.i32, BINS)
                 bl = ti.Matrix([[3e38] * 3] * BINS, dt=ti.f32)
                 bh = ti.Matrix([[-3e38] * 3] * BINS, dt=ti.f32)
-                for p in range(s0, s0 + cnt):
-                    bi = _bin_of(rows[buf, p, axis] + rows[buf, p, 3 + axis], clo, scale)
+                for j in range(nsample):
+                    r = (buf * nrow + s0 + j * stride) * 8
+                    bi = _bin_of(rows[r + axis] + rows[r + 3 + axis], clo, scale)
                     bcnt[bi] += 1
                     for k in ti.static(range(3)):
-                        bl[bi, k] = ti.min(bl[bi, k], rows[buf, p, k])
-                        bh[bi, k] = ti.max(bh[bi, k], rows[buf, p, 3 + k])
+                        bl[bi, k] = ti.min(bl[bi, k], rows[r + k])
+                        bh[bi, k] = ti.max(bh[bi, k], rows[r + 3 + k])
                 # right sweep: area and count of bins b..BINS-1
                 rarea = ti.Vector.zero(ti.f32, BINS)
                 rcnt = ti.Vector.zero(ti.i32, BINS)
@@ -175,11 +185,12 @@ def _partition(rows: ti.template(), buf: ti.i32, s0: ti.i32, cnt: ti.i32, kind: 
                cb: ti.template()):
     """Rows of ``node`` from ``rows[buf]`` into ``rows[1 - buf]`` split by (kind, best_bin) or
     by position (median); writes both children's records, boxes and centroid bounds."""
+    nrow = rows.shape[0] // 16
     axis = kind % 3
-    clo = cb[node, axis]
+    clo = cb[node * 6 + axis]
     scale = 0.0
     if kind != _MEDIAN:
-        scale = BINS / (cb[node, 3 + axis] - clo)
+        scale = BINS / (cb[node * 6 + 3 + axis] - clo)
     llo = ti.Vector([3e38, 3e38, 3e38], dt=ti.f32)   # left box
     lhi = ti.Vector([-3e38, -3e38, -3e38], dt=ti.f32)
     rlo = ti.Vector([3e38, 3e38, 3e38], dt=ti.f32)   # right box
@@ -192,53 +203,52 @@ def _partition(rows: ti.template(), buf: ti.i32, s0: ti.i32, cnt: ti.i32, kind: 
     ri = s0 + cnt - 1
     dbuf = 1 - buf
     for p in range(s0, s0 + cnt):
-        a = ti.Vector([rows[buf, p, 0], rows[buf, p, 1], rows[buf, p, 2]], dt=ti.f32)
-        b = ti.Vector([rows[buf, p, 3], rows[buf, p, 4], rows[buf, p, 5]], dt=ti.f32)
+        a = ti.Vector([rows[(buf * nrow + p) * 8 + 0], rows[(buf * nrow + p) * 8 + 1], rows[(buf * nrow + p) * 8 + 2]], dt=ti.f32)
+        b = ti.Vector([rows[(buf * nrow + p) * 8 + 3], rows[(buf * nrow + p) * 8 + 4], rows[(buf * nrow + p) * 8 + 5]], dt=ti.f32)
         c2 = a + b
         left = p - s0 < nleft
         if kind != _MEDIAN:
             left = _bin_of(c2[axis], clo, scale) <= best_bin
-        q = ri
-        if left:
-            q = li
-            li += 1
-            llo = ti.min(llo, a)
-            lhi = ti.max(lhi, b)
-            lclo = ti.min(lclo, c2)
-            lchi = ti.max(lchi, c2)
-        else:
-            ri -= 1
-            rlo = ti.min(rlo, a)
-            rhi = ti.max(rhi, b)
-            rclo = ti.min(rclo, c2)
-            rchi = ti.max(rchi, c2)
+        # branch free (the side is data dependent: unpredictable at the top levels)
+        q = ti.select(left, li, ri)
+        li += ti.select(left, 1, 0)
+        ri -= ti.select(left, 0, 1)
+        llo = ti.select(left, ti.min(llo, a), llo)
+        lhi = ti.select(left, ti.max(lhi, b), lhi)
+        lclo = ti.select(left, ti.min(lclo, c2), lclo)
+        lchi = ti.select(left, ti.max(lchi, c2), lchi)
+        rlo = ti.select(left, rlo, ti.min(rlo, a))
+        rhi = ti.select(left, rhi, ti.max(rhi, b))
+        rclo = ti.select(left, rclo, ti.min(rclo, c2))
+        rchi = ti.select(left, rchi, ti.max(rchi, c2))
         for k in ti.static(range(3)):
-            rows[dbuf, q, k] = a[k]
-            rows[dbuf, q, 3 + k] = b[k]
-        rows[dbuf, q, 6] = rows[buf, p, 6]
+            rows[(dbuf * nrow + q) * 8 + k] = a[k]
+            rows[(dbuf * nrow + q) * 8 + 3 + k] = b[k]
+        rows[(dbuf * nrow + q) * 8 + 6] = rows[(buf * nrow + p) * 8 + 6]
     nl = li - s0
-    node_i[c0, _START] = s0
-    node_i[c0, _COUNT] = nl
-    node_i[c0, _BUF] = dbuf
-    node_i[c1, _START] = s0 + nl
-    node_i[c1, _COUNT] = cnt - nl
-    node_i[c1, _BUF] = dbuf
+    node_i[c0 * 8 + _START] = s0
+    node_i[c0 * 8 + _COUNT] = nl
+    node_i[c0 * 8 + _BUF] = dbuf
+    node_i[c1 * 8 + _START] = s0 + nl
+    node_i[c1 * 8 + _COUNT] = cnt - nl
+    node_i[c1 * 8 + _BUF] = dbuf
     for k in ti.static(range(3)):
-        node_lo[c0, k] = llo[k]
-        node_hi[c0, k] = lhi[k]
-        node_lo[c1, k] = rlo[k]
-        node_hi[c1, k] = rhi[k]
-        cb[c0, k] = lclo[k]
-        cb[c0, 3 + k] = lchi[k]
-        cb[c1, k] = rclo[k]
-        cb[c1, 3 + k] = rchi[k]
+        node_lo[c0 * 3 + k] = llo[k]
+        node_hi[c0 * 3 + k] = lhi[k]
+        node_lo[c1 * 3 + k] = rlo[k]
+        node_hi[c1 * 3 + k] = rhi[k]
+        cb[c0 * 6 + k] = lclo[k]
+        cb[c0 * 6 + 3 + k] = lchi[k]
+        cb[c1 * 6 + k] = rclo[k]
+        cb[c1 * 6 + 3 + k] = rchi[k]
 
 
 @ti.func
 def _make_leaf(rows: ti.template(), buf: ti.i32, s0: ti.i32, cnt: ti.i32,
                perm: ti.template()):
+    nrow = rows.shape[0] // 16
     for p in range(s0, s0 + cnt):
-        perm[p] = ti.bit_cast(rows[buf, p, 6], ti.i32)
+        perm[p] = ti.bit_cast(rows[(buf * nrow + p) * 8 + 6], ti.i32)
 
 
 @ti.kernel
@@ -259,11 +269,11 @@ def _sah_level(rows: ti.types.ndarray(), perm: ti.types.ndarray(), node_i: ti.ty
     3. (parallel over nodes) partition.
     """
     for node in range(first, last):
-        s0 = node_i[node, _START]
-        cnt = node_i[node, _COUNT]
-        buf = node_i[node, _BUF]
-        node_i[node, _C0] = -1
-        node_i[node, _C1] = -1
+        s0 = node_i[node * 8 + _START]
+        cnt = node_i[node * 8 + _COUNT]
+        buf = node_i[node * 8 + _BUF]
+        node_i[node * 8 + _C0] = -1
+        node_i[node * 8 + _C1] = -1
         kind = _LEAF
         best_bin = 0
         nleft = 0
@@ -274,34 +284,34 @@ def _sah_level(rows: ti.types.ndarray(), perm: ti.types.ndarray(), node_i: ti.ty
         else:
             kind, best_bin, nleft = _split_choice(rows, buf, s0, cnt, cb, node, force_median,
                                                   all_axes)
-        node_i[node, _KIND] = kind
-        node_i[node, _BIN] = best_bin
-        node_i[node, _NLEFT] = nleft
+        node_i[node * 8 + _KIND] = kind
+        node_i[node * 8 + _BIN] = best_bin
+        node_i[node * 8 + _NLEFT] = nleft
     for _ in range(1):  # one thread; the inner loop is sequential (deterministic ids)
         nxt = last
         top = state[1]
         nd = state[2]
         for node in range(first, last):
-            kind = node_i[node, _KIND]
+            kind = node_i[node * 8 + _KIND]
             if kind >= 0:
-                node_i[node, _C0] = nxt
-                node_i[node, _C1] = nxt + 1
+                node_i[node * 8 + _C0] = nxt
+                node_i[node * 8 + _C1] = nxt + 1
                 nxt += 2
             elif kind == _DEFER:
-                top -= 2 * node_i[node, _COUNT] - 2
-                node_i[node, _BIN] = top
-                node_i[node, _NLEFT] = 0
+                top -= 2 * node_i[node * 8 + _COUNT] - 2
+                node_i[node * 8 + _BIN] = top
+                node_i[node * 8 + _NLEFT] = 0
                 deferred[nd] = node
                 nd += 1
         state[0] = nxt
         state[1] = top
         state[2] = nd
     for node in range(first, last):
-        kind = node_i[node, _KIND]
+        kind = node_i[node * 8 + _KIND]
         if kind >= 0:
-            _partition(rows, node_i[node, _BUF], node_i[node, _START], node_i[node, _COUNT],
-                       kind, node_i[node, _BIN], node_i[node, _NLEFT], node,
-                       node_i[node, _C0], node_i[node, _C1], node_i, node_lo, node_hi, cb)
+            _partition(rows, node_i[node * 8 + _BUF], node_i[node * 8 + _START], node_i[node * 8 + _COUNT],
+                       kind, node_i[node * 8 + _BIN], node_i[node * 8 + _NLEFT], node,
+                       node_i[node * 8 + _C0], node_i[node * 8 + _C1], node_i, node_lo, node_hi, cb)
 
 
 @ti.kernel
@@ -314,7 +324,7 @@ def _sah_subtrees(rows: ti.types.ndarray(), perm: ti.types.ndarray(),
     one thread each; ids from its reserved range in preorder; state[3] = max depth reached."""
     for i in range(num_deferred):
         root = deferred[i]
-        nxt = node_i[root, _BIN]
+        nxt = node_i[root * 8 + _BIN]
         base = nxt
         stack = ti.Vector.zero(ti.i32, _STACK)
         depth_of = ti.Vector.zero(ti.i32, _STACK)
@@ -327,13 +337,13 @@ def _sah_subtrees(rows: ti.types.ndarray(), perm: ti.types.ndarray(),
             node = stack[sp]
             depth = depth_of[sp]
             dmax = ti.max(dmax, depth)
-            s0 = node_i[node, _START]
-            cnt = node_i[node, _COUNT]
-            buf = node_i[node, _BUF]
+            s0 = node_i[node * 8 + _START]
+            cnt = node_i[node * 8 + _COUNT]
+            buf = node_i[node * 8 + _BUF]
             if node != root:
-                node_i[node, _KIND] = _LEAF
-            node_i[node, _C0] = -1
-            node_i[node, _C1] = -1
+                node_i[node * 8 + _KIND] = _LEAF
+            node_i[node * 8 + _C0] = -1
+            node_i[node * 8 + _C1] = -1
             if cnt <= leaf_max:
                 _make_leaf(rows, buf, s0, cnt, perm)
             else:
@@ -341,12 +351,12 @@ def _sah_subtrees(rows: ti.types.ndarray(), perm: ti.types.ndarray(),
                                                       ti.cast(depth >= MEDIAN_DEPTH, ti.i32),
                                                       all_axes)
                 if node != root:
-                    node_i[node, _KIND] = kind
+                    node_i[node * 8 + _KIND] = kind
                 c0 = nxt
                 c1 = nxt + 1
                 nxt += 2
-                node_i[node, _C0] = c0
-                node_i[node, _C1] = c1
+                node_i[node * 8 + _C0] = c0
+                node_i[node * 8 + _C1] = c1
                 _partition(rows, buf, s0, cnt, kind, best_bin, nleft, node, c0, c1, node_i,
                            node_lo, node_hi, cb)
                 stack[sp] = c1
@@ -354,7 +364,7 @@ def _sah_subtrees(rows: ti.types.ndarray(), perm: ti.types.ndarray(),
                 stack[sp + 1] = c0
                 depth_of[sp + 1] = depth + 1
                 sp += 2
-        node_i[root, _NLEFT] = nxt - base
+        node_i[root * 8 + _NLEFT] = nxt - base
         ti.atomic_max(state[3], dmax)
 
 
@@ -371,11 +381,11 @@ def _dfs_rows(node_i: ti.types.ndarray(), row_of: ti.types.ndarray(),
         while sp > 0:
             sp -= 1
             node = stack[sp]
-            if node_i[node, _C0] >= 0:
+            if node_i[node * 8 + _C0] >= 0:
                 row_of[node] = r
                 r += 1
-                stack[sp] = node_i[node, _C1]
-                stack[sp + 1] = node_i[node, _C0]
+                stack[sp] = node_i[node * 8 + _C1]
+                stack[sp + 1] = node_i[node * 8 + _C0]
                 sp += 2
         count[0] = r
 
@@ -386,22 +396,22 @@ def _refit_node(lo: ti.template(), hi: ti.template(), perm: ti.template(),
                 node: ti.i32):
     blo = ti.Vector([3e38, 3e38, 3e38], dt=ti.f32)
     bhi = ti.Vector([-3e38, -3e38, -3e38], dt=ti.f32)
-    c0 = node_i[node, _C0]
+    c0 = node_i[node * 8 + _C0]
     if c0 < 0:
-        s0 = node_i[node, _START]
-        for p in range(s0, s0 + node_i[node, _COUNT]):
+        s0 = node_i[node * 8 + _START]
+        for p in range(s0, s0 + node_i[node * 8 + _COUNT]):
             q = perm[p]
             for k in ti.static(range(3)):
-                blo[k] = ti.min(blo[k], lo[q, k])
-                bhi[k] = ti.max(bhi[k], hi[q, k])
+                blo[k] = ti.min(blo[k], lo[q * 3 + k])
+                bhi[k] = ti.max(bhi[k], hi[q * 3 + k])
     else:
-        c1 = node_i[node, _C1]
+        c1 = node_i[node * 8 + _C1]
         for k in ti.static(range(3)):
-            blo[k] = ti.min(node_lo[c0, k], node_lo[c1, k])
-            bhi[k] = ti.max(node_hi[c0, k], node_hi[c1, k])
+            blo[k] = ti.min(node_lo[c0 * 3 + k], node_lo[c1 * 3 + k])
+            bhi[k] = ti.max(node_hi[c0 * 3 + k], node_hi[c1 * 3 + k])
     for k in ti.static(range(3)):
-        node_lo[node, k] = blo[k]
-        node_hi[node, k] = bhi[k]
+        node_lo[node * 3 + k] = blo[k]
+        node_hi[node * 3 + k] = bhi[k]
 
 
 @ti.kernel
@@ -412,8 +422,8 @@ def _sah_refit_subtrees(lo: ti.types.ndarray(), hi: ti.types.ndarray(),
     """Boxes of the subtree phase's nodes: each subtree in reverse (pre)order, then its root."""
     for i in range(num_deferred):
         root = deferred[i]
-        base = node_i[root, _BIN]
-        used = node_i[root, _NLEFT]
+        base = node_i[root * 8 + _BIN]
+        used = node_i[root * 8 + _NLEFT]
         for j in range(used):
             _refit_node(lo, hi, perm, node_i, node_lo, node_hi, base + used - 1 - j)
         _refit_node(lo, hi, perm, node_i, node_lo, node_hi, root)
@@ -425,7 +435,7 @@ def _sah_refit_level(lo: ti.types.ndarray(), hi: ti.types.ndarray(), perm: ti.ty
                      node_hi: ti.types.ndarray(), first: ti.i32, last: ti.i32):
     """Boxes of top nodes ``first .. last-1`` from their primitives (leaves) or children."""
     for node in range(first, last):
-        if node_i[node, _KIND] != _DEFER:  # subtree roots: done by _sah_refit_subtrees
+        if node_i[node * 8 + _KIND] != _DEFER:  # subtree roots: done by _sah_refit_subtrees
             _refit_node(lo, hi, perm, node_i, node_lo, node_hi, node)
 
 
@@ -440,18 +450,18 @@ def _sah_pack(node_lo: ti.types.ndarray(), node_hi: ti.types.ndarray(),
         row = row_of[i]
         if row >= 0:
             for c in ti.static(range(2)):
-                child = node_i[i, _C0 + c]
+                child = node_i[i * 8 + _C0 + c]
                 code = 0
-                if node_i[child, _C0] < 0:
-                    code = leaf_code(node_i[child, _START], node_i[child, _COUNT])
+                if node_i[child * 8 + _C0] < 0:
+                    code = leaf_code(node_i[child * 8 + _START], node_i[child * 8 + _COUNT])
                 else:
                     code = row_of[child]
                 for k in ti.static(range(3)):
-                    packed[row, 6 * c + k] = node_lo[child, k]
-                    packed[row, 6 * c + 3 + k] = node_hi[child, k]
-                packed[row, 12 + c] = ti.bit_cast(code, ti.f32)
-            packed[row, 14] = 0.0
-            packed[row, 15] = 0.0
+                    packed[row * 16 + 6 * c + k] = node_lo[child * 3 + k]
+                    packed[row * 16 + 6 * c + 3 + k] = node_hi[child * 3 + k]
+                packed[row * 16 + 12 + c] = ti.bit_cast(code, ti.f32)
+            packed[row * 16 + 14] = 0.0
+            packed[row * 16 + 15] = 0.0
 
 
 class SAHTree:
@@ -493,6 +503,7 @@ def build_sah(lo, hi, leaf_max: int, dfs_layout: bool = True, subtree_max: int |
     ``all_axes``: default :data:`ALL_AXES`."""
     if all_axes is None:
         all_axes = ALL_AXES
+    sub_axes = all_axes if SUBTREE_ALL_AXES is None else SUBTREE_ALL_AXES
     n = lo.shape[0]
     dev = lo.device
     m = 2 * n - 1
@@ -509,12 +520,12 @@ def build_sah(lo, hi, leaf_max: int, dfs_layout: bool = True, subtree_max: int |
     deferred = torch.empty(max(n // max(leaf_max, 1) + 1, 1), **i32)
     # state: next level end, lowest reserved id, deferred count, max subtree depth
     state = torch.tensor([1, m, 0, 0], **i32)
-    _sah_init(lo, hi, rows, node_i, node_lo, node_hi, cb)
+    _sah_init(lo.view(-1), hi.view(-1), rows.view(-1), node_i.view(-1), node_lo.view(-1), node_hi.view(-1), cb.view(-1))
     level_off = [0, 1]
     depth = 0
     while level_off[-1] > level_off[-2]:
         first, last = level_off[-2], level_off[-1]
-        _sah_level(rows, perm, node_i, node_lo, node_hi, cb, first, last, leaf_max,
+        _sah_level(rows.view(-1), perm, node_i.view(-1), node_lo.view(-1), node_hi.view(-1), cb.view(-1), first, last, leaf_max,
                    subtree_max, int(depth >= MEDIAN_DEPTH), int(all_axes), state, deferred)
         level_off.append(int(state[0]))
         depth += 1
@@ -524,8 +535,8 @@ def build_sah(lo, hi, leaf_max: int, dfs_layout: bool = True, subtree_max: int |
     deferred = deferred[:num_deferred]
     sub_depth = 0
     if num_deferred:
-        _sah_subtrees(rows, perm, node_i, node_lo, node_hi, cb, deferred, num_deferred,
-                      top_depth, leaf_max, int(all_axes), state)
+        _sah_subtrees(rows.view(-1), perm, node_i.view(-1), node_lo.view(-1), node_hi.view(-1), cb.view(-1), deferred, num_deferred,
+                      top_depth, leaf_max, int(sub_axes), state)
         sub_depth = int(state[3])
     row_of, n_internal = _depth_first_rows(node_i, level_off, dfs_layout)
     packed = torch.zeros((max(n_internal, 1), 16), dtype=torch.float32, device=dev)
@@ -543,7 +554,7 @@ def _depth_first_rows(node_i, level_off, dfs_layout=True):
     i32 = dict(dtype=torch.int32, device=node_i.device)
     row_of = torch.full((m,), -1, **i32)
     count = torch.zeros(1, **i32)
-    _dfs_rows(node_i, row_of, count)
+    _dfs_rows(node_i.view(-1), row_of, count)
     if not dfs_layout:
         internal = row_of >= 0
         row = torch.cumsum(internal.to(torch.int32), 0, dtype=torch.int32) - 1
@@ -552,7 +563,7 @@ def _depth_first_rows(node_i, level_off, dfs_layout=True):
 
 
 def _pack(tree: SAHTree) -> None:
-    _sah_pack(tree.node_lo, tree.node_hi, tree.node_i, tree.row_of, tree.packed)
+    _sah_pack(tree.node_lo.view(-1), tree.node_hi.view(-1), tree.node_i.view(-1), tree.row_of, tree.packed.view(-1))
     root_is_leaf = int(tree.node_i[0, _C0]) < 0
     tree.root_code = -1 - (int(tree.node_i[0, _COUNT]) - 1) if root_is_leaf else 0
 
@@ -560,11 +571,11 @@ def _pack(tree: SAHTree) -> None:
 def refit_sah(tree: SAHTree, lo, hi) -> None:
     """New primitive boxes, same topology and slots (call under the runtime lock)."""
     if tree.deferred.shape[0]:
-        _sah_refit_subtrees(lo, hi, tree.perm, tree.node_i, tree.node_lo, tree.node_hi,
+        _sah_refit_subtrees(lo.view(-1), hi.view(-1), tree.perm, tree.node_i.view(-1), tree.node_lo.view(-1), tree.node_hi.view(-1),
                             tree.deferred, tree.deferred.shape[0])
     off = tree.level_off
     for level in range(len(off) - 2, -1, -1):
-        _sah_refit_level(lo, hi, tree.perm, tree.node_i, tree.node_lo, tree.node_hi,
+        _sah_refit_level(lo.view(-1), hi.view(-1), tree.perm, tree.node_i.view(-1), tree.node_lo.view(-1), tree.node_hi.view(-1),
                          off[level], off[level + 1])
     _pack(tree)
 

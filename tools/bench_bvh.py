@@ -10,7 +10,12 @@ Taichi compile time (first call, offline cache permitting) is reported apart.
 Also: build and refit time of the AABB BVH over 1M random boxes, and a segment-query rate.
 
 Embree builds lazily on the first ``cast_rays``: its build time is (first cast) - (an
-immediately following identical cast), median of the repeats (build times are medians).
+immediately following identical cast), median of the repeats (build times are medians). Our
+build is ``build_triangle_bvh`` (everything closest_hit needs). Build ratios are reported on
+wall time (median) and on process CPU time (median; Embree's CPU build time is the same
+difference of two casts), the latter less sensitive to other processes on a shared machine.
+Tree quality: the SAH cost of our traversal tree (``shaders.bvh_sah.sah_cost``, traversal and
+intersection cost 1: expected node visits + triangle tests of a ray hitting the root box).
 
 Usage::
 
@@ -92,6 +97,7 @@ def bench_mesh(path: Path, n_rays: int, repeats: int) -> dict:
     import trimesh
 
     from shaders import bvh
+    from shaders.bvh_sah import sah_cost
 
     mesh = trimesh.load(path, force="mesh", process=False)
     V = torch.as_tensor(np.asarray(mesh.vertices), dtype=torch.float32)
@@ -105,21 +111,24 @@ def bench_mesh(path: Path, n_rays: int, repeats: int) -> dict:
                                                   o[:8], d[:8]))
     ours_build, embree_build, ours_cast, embree_cast = [], [], [], []
     ours_cpu, embree_cpu, lbvh_cast = [], [], []
+    ours_build_cpu, embree_build_cpu = [], []
     # the alternative traversal tree (collapsed LBVH), kept for the record of the choice
     tbvh_lbvh = bvh.build_triangle_bvh(V, F, builder="lbvh")
     bvh.closest_hit(tbvh_lbvh, o[:8], d[:8])
     res_ours = res_embree = None
     for _ in range(repeats):
-        tb_time, tbvh = _timed(lambda: bvh.build_triangle_bvh(V, F))
+        tb_time, tb_cpu, tbvh = _timed_cpu(lambda: bvh.build_triangle_bvh(V, F))
         ours_build.append(tb_time)
+        ours_build_cpu.append(tb_cpu)
         scene = o3d.t.geometry.RaycastingScene()
         scene.add_triangles(o3d.core.Tensor(V.numpy()),
                             o3d.core.Tensor(F.numpy().astype(np.uint32)))
-        first, res_embree = _timed(lambda: scene.cast_rays(rays))
+        first, first_cpu, res_embree = _timed_cpu(lambda: scene.cast_rays(rays))
         second, cpu, res_embree = _timed_cpu(lambda: scene.cast_rays(rays))
         embree_cast.append(second)
         embree_cpu.append(cpu)
         embree_build.append(max(first - second, 0.0))
+        embree_build_cpu.append(max(first_cpu - cpu, 0.0))
         t_ours, cpu, res_ours = _timed_cpu(lambda: bvh.closest_hit(tbvh, o, d))
         ours_cast.append(t_ours)
         ours_cpu.append(cpu)
@@ -159,6 +168,13 @@ def bench_mesh(path: Path, n_rays: int, repeats: int) -> dict:
         "cast_time_ratio_lbvh_traversal_over_embree": med(lbvh_cast) / med(embree_cast),
         "build_time_ratio_ours_over_embree": statistics.median(ours_build) / max(
             statistics.median(embree_build), 1e-9),
+        "build_cpu_s_ours": statistics.median(ours_build_cpu),
+        "build_cpu_s_embree": statistics.median(embree_build_cpu),
+        "build_cpu_ratio_ours_over_embree": statistics.median(ours_build_cpu) / max(
+            statistics.median(embree_build_cpu), 1e-9),
+        "sah_cost": sah_cost(tbvh.packed, tbvh.root_lo, tbvh.root_hi, tbvh.root_code),
+        "sah_cost_lbvh_traversal": sah_cost(tbvh_lbvh.packed, tbvh_lbvh.root_lo,
+                                            tbvh_lbvh.root_hi, tbvh_lbvh.root_code),
     }
 
 
@@ -212,7 +228,7 @@ def main(argv=None) -> int:
     from shaders import runtime
 
     arch = runtime.init()
-    console = Console(width=160)
+    console = Console(width=200)
     meshes = []
     for rel in MESHES:
         path = args.data / rel
@@ -226,13 +242,16 @@ def main(argv=None) -> int:
 
     table = Table(title=f"BVH closest hit, {meshes[0]['rays'] if meshes else 0} orbit rays, ours "
                         f"(Taichi {arch}) vs Embree (open3d); ratio = our time / Embree's")
-    for col in ("mesh", "faces", "build ms ours", "build ms Embree", "Mrays/s ours",
-                "Mrays/s Embree", "ratio (best)", "ratio (median)", "ratio (CPU)",
-                "ratio LBVH trav.", "hit/miss diff", "first call s"):
+    for col in ("mesh", "faces", "build ms ours", "build ms Embree", "build ratio",
+                "build ratio (CPU)", "SAH cost", "Mrays/s ours", "Mrays/s Embree",
+                "ratio (best)", "ratio (median)", "ratio (CPU)", "ratio LBVH trav.",
+                "hit/miss diff", "first call s"):
         table.add_column(col, justify="right")
     for m in meshes:
         table.add_row(m["mesh"].removesuffix(".obj"), str(m["faces"]),
                       f"{m['build_s_ours']*1e3:.1f}", f"{m['build_s_embree']*1e3:.1f}",
+                      f"{m['build_time_ratio_ours_over_embree']:.2f}",
+                      f"{m['build_cpu_ratio_ours_over_embree']:.2f}", f"{m['sah_cost']:.2f}",
                       f"{m['rays_per_s_ours']/1e6:.2f}", f"{m['rays_per_s_embree']/1e6:.2f}",
                       f"{m['cast_time_ratio_ours_over_embree']:.2f}",
                       f"{m['cast_time_ratio_median']:.2f}",
