@@ -68,10 +68,36 @@ def frame_file(root: Path, path: Path, frame, i: int, default_ext: str = ".png")
     fp = frame.get("file_path") if isinstance(frame, dict) else None
     if not isinstance(fp, str) or not fp:
         raise DataError(path, f"frame {i} has no 'file_path'")
+    if "\x00" in fp:
+        raise DataError(path, f"frame {i}: 'file_path' contains a NUL character")
     p = Path(os.path.normpath(root / fp))  # no resolve(): keep the user's path (and symlinks)
     if p.suffix == "" or (not p.exists() and p.with_name(p.name + default_ext).exists()):
         p = p.with_name(p.name + default_ext)
     return p
+
+
+MAX_IMAGE_SIDE = 1 << 20
+
+
+def check_intrinsics(path: Path, where: str, fx, fy, cx, cy, w, h) -> None:
+    """DataError naming ``path`` unless the focal lengths are positive and the size is 1..2^20 px."""
+    if not (1 <= w <= MAX_IMAGE_SIDE and 1 <= h <= MAX_IMAGE_SIDE):
+        raise DataError(path, f"{where}image size {w}x{h} is invalid ('w'/'h' must be 1..{MAX_IMAGE_SIDE} pixels)")
+    for name, v in (("fl_x", fx), ("fl_y", fy)):
+        if not (math.isfinite(v) and v > 0):
+            raise DataError(path, f"{where}focal length {name} = {v!r} must be a positive number "
+                            "(from 'fl_x'/'fl_y' or 'camera_angle_x'/'camera_angle_y')")
+    for name, v in (("cx", cx), ("cy", cy)):
+        if not math.isfinite(v):
+            raise DataError(path, f"{where}{name} = {v!r} must be finite")
+
+
+def _angle(path: Path, meta: dict, key: str):
+    """A field of view in radians, in (0, pi), or None."""
+    v = _number(path, meta, key)
+    if v is not None and not 0.0 < v < math.pi:
+        raise DataError(path, f"'{key}' must be a field of view in radians in (0, pi), got {v!r}")
+    return v
 
 
 def _number(path: Path, meta: dict, key: str):
@@ -100,20 +126,21 @@ def load(root, downscale: int = 1, background=None, **_) -> Dataset:
         paths = [frame_file(root, jpath, fr, i) for i, fr in enumerate(frames)]
         c2w = np.stack([frame_matrix(jpath, fr, i) for i, fr in enumerate(frames)])
         W, H = image_size(paths[0])
-        W = int(_number(jpath, meta, "w") or W)
-        H = int(_number(jpath, meta, "h") or H)
+        W = int(min(_number(jpath, meta, "w") or W, 2.0 ** 40))
+        H = int(min(_number(jpath, meta, "h") or H, 2.0 ** 40))
         fx = _number(jpath, meta, "fl_x")
-        angle_x = _number(jpath, meta, "camera_angle_x")
+        angle_x = _angle(jpath, meta, "camera_angle_x")
         if fx is None:
             if angle_x is None:
                 raise DataError(jpath, "needs 'camera_angle_x' (or 'fl_x') for the focal length")
             fx = 0.5 * W / math.tan(0.5 * angle_x)
         fy = _number(jpath, meta, "fl_y")
         if fy is None:
-            angle_y = _number(jpath, meta, "camera_angle_y")
+            angle_y = _angle(jpath, meta, "camera_angle_y")
             fy = 0.5 * H / math.tan(0.5 * angle_y) if angle_y is not None else fx
         cx = _number(jpath, meta, "cx")
         cy = _number(jpath, meta, "cy")
+        check_intrinsics(jpath, "", fx, fy, W / 2 if cx is None else cx, H / 2 if cy is None else cy, W, H)
         cams = Cameras.from_opengl_c2w(torch.from_numpy(c2w), fx, fy, W / 2 if cx is None else cx,
                                        H / 2 if cy is None else cy, W, H)
         splits[name] = load_split(name, cams, paths, downscale=downscale, background=bg, source=jpath)

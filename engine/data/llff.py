@@ -49,6 +49,22 @@ def load(root, downscale: int = 1, background=None, holdout: int = 8, images_dir
         raise DataError(f, "contains non-finite values")
     poses = arr[:, :15].reshape(-1, 3, 5).astype(np.float64)
     bounds = arr[:, 15:].astype(np.float64)
+    hwf = poses[:, :, 4]
+    bad = np.flatnonzero(~((hwf > 0).all(1) & (hwf[:, :2] <= 1 << 20).all(1)))
+    if len(bad):
+        raise DataError(f, f"pose {int(bad[0])}: (height, width, focal) = {hwf[bad[0]].tolist()} must be positive "
+                        "(sizes at most 2^20 pixels)")
+    R = poses[:, :, :3]
+    with np.errstate(all="ignore"):
+        err = np.abs(np.einsum("nji,njk->nik", R, R) - np.eye(3)).max((1, 2))
+    bad = np.flatnonzero(~(err < 1e-2) | ~(np.abs(poses[:, :, 3]) < 1e15).all(1))
+    if len(bad):
+        raise DataError(f, f"pose {int(bad[0])} is not a rotation and a position (R^T R deviates from I by "
+                        f"{err[bad[0]]:.3g}, or the centre is absurd)")
+    ok = (bounds[:, 0] >= 0) & (bounds[:, 0] < bounds[:, 1])
+    if not ok.all():
+        i = int(np.flatnonzero(~ok)[0])
+        raise DataError(f, f"pose {i}: depth bounds {bounds[i].tolist()} must satisfy 0 <= near < far")
     img_dir, factor, extra, why = pick_image_dir_by_count(root, images_dir, downscale, poses.shape[0],
                                                           f"{f.name} pose")
     paths = list_images(img_dir)

@@ -27,7 +27,7 @@ import torch
 
 from ..cameras import Cameras
 from ..errors import DataError
-from .blender import _number, frame_file, frame_matrix, read_json, read_ply_points
+from .blender import _angle, _number, check_intrinsics, frame_file, frame_matrix, read_json, read_ply_points
 from .dataset import Dataset, box_from_centers, holdout_indices, load_split, parse_background
 from .images import image_size
 
@@ -39,7 +39,7 @@ def _frame_intrinsics(root: Path, jpath: Path, meta: dict, frame: dict, i: int, 
     vals = {}
     for key in _INTR:
         src = frame if key in frame else meta
-        vals[key] = _number(jpath, src, key)
+        vals[key] = (_angle if key.startswith("camera_angle") else _number)(jpath, src, key)
     w, h = vals["w"], vals["h"]
     if w is None or h is None:
         W, H = image_size(img)
@@ -59,7 +59,9 @@ def _frame_intrinsics(root: Path, jpath: Path, meta: dict, frame: dict, i: int, 
     if vals["k4"]:
         raise DataError(jpath, f"frame {i}: k4={vals['k4']} is set; only OpenCV k1 k2 p1 p2 k3 distortion is supported")
     dist = [vals[k] or 0.0 for k in ("k1", "k2", "p1", "p2", "k3")]
-    return [fx, fy, cx, cy, int(round(w)), int(round(h))], dist
+    w, h = int(round(min(w, 2.0 ** 40))), int(round(min(h, 2.0 ** 40)))
+    check_intrinsics(jpath, f"frame {i}: ", fx, fy, cx, cy, w, h)
+    return [fx, fy, cx, cy, w, h], dist
 
 
 def load(root, downscale: int = 1, background=None, holdout: int = 8, **_) -> Dataset:
