@@ -31,8 +31,8 @@ class MethodScene:
         self.method = method
         self.name = name
         self.train_cameras = train_cameras
-        self.run_dir = getattr(method, "run_dir", None)
-        self.notes = list(getattr(method, "notes", []))
+        self.run_dir = method.run_dir
+        self.notes = list(method.notes)
         self.center, self.radius = self._extent()
         if up is None:
             up = self._default_up()
@@ -124,7 +124,7 @@ def load_mesh(path) -> MeshScene:
 
 
 def _train_cameras_of(method):
-    run_dir = getattr(method, "run_dir", None)
+    run_dir = method.run_dir
     if run_dir is None or not (Path(run_dir) / "config.toml").is_file():
         return None, None
     from engine.config import load_scene

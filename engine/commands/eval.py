@@ -41,7 +41,7 @@ def run(args) -> int:
 
     options = collect_method_options(args)
     model = api.load(args.run, **options)
-    run_dir = getattr(model, "run_dir", None)
+    run_dir = model.run_dir
     if args.cameras:
         ds = load_dataset(args.cameras)
     elif run_dir is not None and (run_dir / "config.toml").is_file():
@@ -80,8 +80,8 @@ def run(args) -> int:
         "lpips_note": None if lp_ok else lp_why,
         "rays_per_sec": rays / total, "fps": len(idx) / total,
         "num_primitives": model.num_primitives, "num_gaussians": model.num_primitives,
-        "split": args.split, "num_views": len(idx), "step": getattr(model, "step", None), "options": options,
-        "masked": bool(getattr(model, "masked_eval", False) and split.masks is not None),
+        "split": args.split, "num_views": len(idx), "step": model.step, "options": options,
+        "masked": bool(model.masked_eval and split.masks is not None),
         "resolution": [int(split.cameras.width[0]), int(split.cameras.height[0])],
         "device": "cuda" if torch.cuda.is_available() else "cpu",
         "per_view": [{"index": i, "psnr": a, "ssim": b} for i, a, b in zip(idx, psnrs, ssims)],

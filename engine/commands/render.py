@@ -70,9 +70,9 @@ def run(args) -> int:
     from ._common import collect_method_options
 
     model = api.load(src, **collect_method_options(args))
-    for note in getattr(model, "notes", []):
+    for note in model.notes:
         print(f"note: {note}")
-    run_dir = getattr(model, "run_dir", None)
+    run_dir = model.run_dir
     ds = split = None
     if args.cameras:
         ds, split = _load_cameras(args.cameras, args.split)

@@ -7,7 +7,10 @@ path itself:
   gradients, density mode, undistorted pinhole cameras, on the CPU backend (2.5x faster there);
   rays whose active list outgrows its cap fall back to the BVH path;
 * ``"bvh"`` -- the differentiable slab-by-slab ray caster through an AABB BVH
-  (:func:`shaders.raygauss.render_rays`): everything else (training, distorted cameras, CUDA).
+  (:func:`shaders.raygauss.render_rays`): everything else (training, distorted cameras, CUDA);
+* ``"splat"`` (only when asked) -- 3DGS splatting (:func:`shaders.splat.splat`: EWA footprints,
+  depth-sorted tile lists, front-to-back blending, differentiable): how a standard 3DGS file was
+  meant to be seen. Density Gaussians are splatted with the opacity of :func:`density_to_opacity`.
 
 Gaussians (the conventions of DESIGN.md): ``means (N, 3)``, ``quats (N, 4)`` wxyz (normalised on
 use), ``log_scales (N, 3)``, ``weights (N,)`` the activated response -- RayGauss density ``s >= 0``
@@ -38,6 +41,8 @@ uses the parameters' ``(data_ptr, _version)``).
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -45,7 +50,16 @@ from shaders import raygauss as rg_kernels
 
 from .volume import ray_box
 
-PATHS = ("auto", "tiles", "bvh")
+PATHS = ("auto", "tiles", "bvh", "splat")
+
+
+def density_to_opacity(density: torch.Tensor, log_scales: torch.Tensor) -> torch.Tensor:
+    """The opacity a RayGauss density Gaussian gets in a 3DGS file: what a ray through its centre
+    along its shortest axis sees, ``1 - exp(-s sqrt(2 pi) min scale)`` (clamped to [1e-6, 1 - 1e-6])."""
+    s = density.clamp_min(0)
+    smin = torch.exp(log_scales).amin(1)
+    return (1 - torch.exp(-s * math.sqrt(2 * math.pi) * smin)).clamp(1e-6, 1 - 1e-6)
+
 
 
 def ray_box_clamped(o: torch.Tensor, d: torch.Tensor, box: torch.Tensor):
@@ -162,6 +176,9 @@ def render_gaussians(means, quats, log_scales, weights, colors, cameras, index: 
     o, d = o.reshape(-1, 3), d.reshape(-1, 3)
     center = cameras.c2w[index, :3, 3]
     sh_given = colors.dim() == 3
+    if path == "splat":
+        return _render_splat(means, quats, log_scales, weights, colors, sh_degree, sg, cameras, index, mode,
+                             background)
     if path == "auto":
         from shaders import runtime
 
@@ -242,3 +259,24 @@ def _render_tiles(means, quats, log_scales, weights, sh, sh_degree, sg, o, d, H,
     if background is not None:
         C = C + T[:, None] * torch.as_tensor(background, dtype=torch.float32).to(C)
     return _finish(C, 1.0 - T, D, ne, n_capped, H, W)
+
+
+def _render_splat(means, quats, log_scales, weights, colors, sh_degree, sg, cameras, index, mode, background):
+    from shaders.splat import splat
+
+    from ..errors import ConfigError
+
+    if cameras.dist is not None:
+        raise ConfigError("the splatting path renders undistorted pinhole cameras only; "
+                          "use --render-mode raytrace for cameras with lens distortion")
+    center = cameras.c2w[index, :3, 3]
+    rgb = gaussian_colors(means, colors, sh_degree if sh_degree is not None else 99, center, sg) \
+        if colors.dim() == 3 else colors
+    op = weights.reshape(-1) if mode == "opacity" else density_to_opacity(weights.reshape(-1), log_scales)
+    logits = torch.logit(op.clamp(1e-7, 1 - 1e-7))
+    i = int(index)
+    out = splat(means, quats, log_scales, logits, rgb, cameras.c2w[i], float(cameras.fx[i]), float(cameras.fy[i]),
+                float(cameras.cx[i]), float(cameras.cy[i]), int(cameras.width[i]), int(cameras.height[i]),
+                background=background)
+    return {"rgb": out["rgb"], "alpha": out["alpha"], "depth": out["depth"], "depth_sum": out["depth_sum"],
+            "cost": out["n_evals"], "n_capped": 0}

@@ -136,3 +136,21 @@ def test_python_api_is_discoverable():
 
     with pytest.raises(ConfigError, match="fov_deg"):
         engine.camera((0, 0, 0), (0, 0, 1), fov_deg=180)
+
+
+def test_one_scene_toml_schema_for_every_command(tmp_path, capsys):
+    """`kernelight dataset scene.toml` reads the same [scene] schema as `kernelight train scene.toml`
+    (format / background / downscale included)."""
+    assert main(["dataset", str(REPO / "scenes" / "mic.toml"), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["splits"]["train"] > 0
+    sc = tmp_path / "mic_small.toml"
+    sc.write_text(f'[scene]\ndata = "{REPO / "scenes" / "mic" / "mic_100"}"\ndownscale = 4\nbackground = "black"\n')
+    assert main(["dataset", str(sc), "--json"]) == 0
+    small = json.loads(capsys.readouterr().out)
+    assert small["resolutions"] == ["25x25"] and small["background"] == [0.0, 0.0, 0.0]
+    assert summary["resolutions"] == ["100x100"] and summary["background"] == [1.0, 1.0, 1.0]
+    old = tmp_path / "old.toml"
+    old.write_text('data = "somewhere"\n')            # the other schema a reader once accepted
+    assert main(["dataset", str(old)]) == 2
+    assert "missing [scene] table" in capsys.readouterr().err

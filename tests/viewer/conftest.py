@@ -74,6 +74,6 @@ def run_dir(tmp_path_factory):
     cfg = RayGaussConfig(init_random_points=200, sg_lobes=0)
     model = RayGaussModel.random_in_box(torch.tensor([[-1.0, -1, -1], [1, 1, 1]]), cfg)
     m = RayGaussMethod(cfg, model)
-    write_run_config(d, TrainSettings(method="raygauss", data=MIC, scene_name="mic"), cfg)
+    write_run_config(d, TrainSettings(method=RayGaussMethod, data=MIC, scene_name="mic"), cfg)
     save_checkpoint(d / "checkpoints" / "step-000001.pt", {"model": m.state_dict()}, method="raygauss", step=1)
     return d

@@ -18,6 +18,10 @@ class RayGaussConfig(MethodConfig):
     cap: int = option(1024, 'max Gaussians collected per slab (overflow is counted)', render=True)
     sigma_thr: float = option(0.1, "density cut-off defining each Gaussian's ellipsoid", render=True)
     t_stop: float = option(0.003, 'stop a ray when its transmittance falls below this', render=True)
+    render_mode: str = option("auto", "raytrace (the RayGauss ray caster) | splat (3DGS splatting, the way "
+                              "standard 3DGS files were trained; density Gaussians get their export opacity) | "
+                              "auto (splat for imported 3DGS files, raytrace otherwise)", render=True,
+                              choices=("auto", "raytrace", "splat"))
     # ---- representation ----------------------------------------------------------------------
     sh_degree: int = option(2, 'max SH degree (3DGS sign convention)')
     sg_lobes: int = option(7, 'spherical-Gaussian lobes per Gaussian (0 disables)')
@@ -41,6 +45,8 @@ class RayGaussConfig(MethodConfig):
     lr_sh_dc: float = option(1e-3, 'all SH coefficients (original: DC 1e-3, higher orders 2.6e-4)')
     lr_sg: float = option(3e-3, 'SG amplitude, axis, sharpness (original 3.6e-4, 3e-3, 0.045)')
     ssim_weight: float = option(0.2, 'loss = (1 - w) L1 + w D-SSIM')
+    batch_images: int = option(1, 'training images per step, the loss their mean (data-parallel ranks split '
+                               'them: the number of ranks must divide it)')
     # ---- densification (strategy) --------------------------------------------------------------
     densify_from: int = option(300, 'first densification step')
     densify_until: int = option(2400, 'last densification step')
@@ -52,3 +58,10 @@ class RayGaussConfig(MethodConfig):
     max_gaussians: int = option(200000, 'densification stops adding Gaussians beyond this count')
     morton_reorder: bool = option(True, 'after each densify step, store Gaussians in Morton order (faster kernels)')
     # ---- bookkeeping: max_steps, seed, eval/checkpoint/log intervals, time budget (MethodConfig) ----
+
+    def validate(self) -> None:
+        super().validate()
+        if self.batch_images < 1:
+            from ...errors import ConfigError
+
+            raise ConfigError(f"option batch_images must be >= 1, got {self.batch_images}")

@@ -180,8 +180,23 @@ class RayGaussMethod(Method):
 
         path = Path(path)
         ply = read_gaussian_ply(path)
+        note = None
+        if cfg.dt == RayGaussConfig().dt and len(ply) > 0:
+            # scale-aware ray step for the ray-traced mode: the paper's 0.0025 is 1/1000 of a
+            # NeRF-synthetic scene's half-diagonal; a capture in other units gets the same ratio
+            means = torch.from_numpy(ply.means)
+            if means.shape[0] > 100000:
+                means = means[torch.linspace(0, means.shape[0] - 1, 100000).long()]
+            lo, hi = torch.quantile(means.double(), 0.02, 0), torch.quantile(means.double(), 0.98, 0)
+            half = float((hi - lo).norm()) / 2
+            if half > 0 and math.isfinite(half):
+                cfg.dt = 1e-3 * half
+                note = (f"ray step dt = {cfg.dt:.4g} (1/1000 of the scene's half-diagonal {half:.4g}; "
+                        f"--dt overrides) for --render-mode raytrace")
         m = cls(cfg, RayGaussModel.from_gaussian_ply(ply, cfg))
         m.notes.extend(f"{path.name}: {r}" for r in ply.repairs)
+        m.notes.append(f"{path.name}: {len(ply)} 3DGS Gaussians (SH degree {ply.degree}), rendered by "
+                       f"{m.model.render_mode()}" + (f"; {note}" if note else ""))
         return m
 
     def export(self, format: str, out) -> list:

@@ -146,6 +146,14 @@ class RayGaussModel(nn.Module):
         return kc
 
     # ------------------------------------------------------------------ rendering
+    def render_mode(self) -> str:
+        """``splat`` or ``raytrace`` (``render_mode = auto``: splat for imported 3DGS files, which
+        are opacity Gaussians trained by splatting; raytrace for RayGauss density Gaussians)."""
+        m = self.cfg.render_mode
+        if m == "auto":
+            return "splat" if self.mode == "opacity" else "raytrace"
+        return m
+
     def _cache_key(self) -> tuple:
         """Identity of the current parameters (the shared renderer's caches follow it)."""
         return tuple((p.data_ptr(), p._version) for p in self.parameters()) + (self.num_gaussians,)
@@ -186,6 +194,8 @@ class RayGaussModel(nn.Module):
         path = "auto" if tiles is None else ("tiles" if tiles else "bvh")
         if path == "tiles" and self.mode != "density":
             path = "bvh"
+        if tiles is None and self.render_mode() == "splat":
+            path = "splat"
         return grender.render_gaussians(
             self.means, self.quats, self.log_scales, self.response(), self.sh, cameras, index, mode=self.mode,
             sh_degree=min(self.active_sh_degree, self.max_sh_degree), sg=self.sg(), settings=self.kernel_config(),
@@ -204,9 +214,7 @@ class RayGaussModel(nn.Module):
             if self.mode == "opacity":
                 logits = self.density
             else:
-                s = self.density.clamp_min(0)
-                smin = torch.exp(self.log_scales).amin(1)
-                op = (1 - torch.exp(-s * math.sqrt(2 * math.pi) * smin)).clamp(1e-6, 1 - 1e-6)
+                op = grender.density_to_opacity(self.density, self.log_scales)
                 logits = torch.log(op / (1 - op))
             quats = F.normalize(self.quats, dim=-1)
         return write_gaussian_ply(path, self.means, self.log_scales, quats, logits, self.sh)

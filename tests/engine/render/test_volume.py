@@ -1,0 +1,69 @@
+"""The shared volume renderer against closed forms (a homogeneous slab) and its own contract."""
+import math
+
+import torch
+
+from engine.render.volume import OccupancyGrid, composite, march, ray_box, render_rays, render_samples
+
+
+def _slab(sigma, z0, z1, color=(0.2, 0.4, 0.6)):
+    def fn(x, dirs, delta, ray, col):
+        inside = ((x[:, 2] >= z0) & (x[:, 2] < z1)).to(x.dtype)
+        return {"alpha": 1 - torch.exp(-sigma * inside * delta), "rgb": torch.tensor(color, dtype=x.dtype).expand_as(x),
+                "normal": torch.tensor([0.0, 0.0, -1.0], dtype=x.dtype).expand_as(x), "where": x[:, 2]}
+    return fn
+
+
+def test_homogeneous_slab_matches_the_closed_form():
+    """A slab of density sigma between z0 and z1, rays along +z: alpha = 1 - exp(-sigma L), expected
+    depth = z0 - o_z + 1/sigma - L e^{-sigma L} / (1 - e^{-sigma L}) (step -> 0)."""
+    sigma, z0, z1 = 3.0, 0.2, 0.7
+    o = torch.tensor([[0.0, 0.0, -1.0], [0.3, -0.2, -1.0]], dtype=torch.float64)
+    d = torch.tensor([[0.0, 0.0, 1.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
+    box = torch.tensor([[-1.0] * 3, [1.0] * 3], dtype=torch.float64)
+    out = render_rays(_slab(sigma, z0, z1), o, d, box=box, step=1e-3, max_samples=4000, t_stop=0.0,
+                      background=torch.ones(3, dtype=torch.float64), weighted=("normal",))
+    L = z1 - z0
+    a = 1 - math.exp(-sigma * L)
+    depth = (z0 + 1.0) + 1 / sigma - L * math.exp(-sigma * L) / a
+    assert torch.allclose(out["alpha"], torch.full((2,), a, dtype=torch.float64), atol=2e-3)
+    assert torch.allclose(out["depth"], torch.full((2,), depth, dtype=torch.float64), atol=2e-3)
+    assert torch.allclose(out["depth_sum"], out["depth"] * out["alpha"])
+    rgb = torch.tensor([0.2, 0.4, 0.6], dtype=torch.float64) * a + (1 - a)
+    assert torch.allclose(out["rgb"], rgb.expand(2, 3), atol=2e-3)
+    assert torch.allclose(out["normal"][:, 2], -out["alpha"])
+    # every sample inside the box is evaluated (no early stop): ~2/step samples per ray
+    assert out["cost"].tolist() == [2000.0, 2000.0] and out["extras"]["where"].numel() == 4000
+
+
+def test_early_termination_evaluates_less_and_changes_little():
+    o, d = torch.tensor([[0.0, 0.0, -1.0]]), torch.tensor([[0.0, 0.0, 1.0]])
+    box = torch.tensor([[-1.0] * 3, [1.0] * 3])
+    full = render_rays(_slab(40.0, -0.5, 0.9), o, d, box=box, step=0.01, t_stop=0.0)
+    cut = render_rays(_slab(40.0, -0.5, 0.9), o, d, box=box, step=0.01, t_stop=1e-3, group_size=4)
+    assert float(cut["cost"][0]) < 0.4 * float(full["cost"][0])
+    assert abs(float(cut["alpha"][0]) - float(full["alpha"][0])) < 1e-3
+
+
+def test_occupancy_grid_skips_empty_space_and_misses_render_nothing():
+    occ = OccupancyGrid(torch.zeros(3), 1.0, 16)
+    occ.update(lambda p, r: (p[:, 2].abs() < 0.2 + r))                  # only a band around z = 0
+    assert 0.1 < float(occ.occ.float().mean()) < 0.4
+    o, d = torch.tensor([[0.0, 0.0, -3.0], [5.0, 5.0, -3.0]]), torch.tensor([[0.0, 0.0, 1.0]] * 2)
+    t, valid = march(o, d, occ, 0.01, 1000)
+    z = (o[0, 2] + t[0][valid[0]])
+    # occupied cells hold a point within 0.2 + r of z = 0, so samples lie within that plus one cell
+    assert 10 < int(valid[0].sum()) < 100 and bool((z.abs() < 0.2 + occ.cell * (0.5 * 3 ** 0.5 + 1)).all())
+    assert not bool(valid[1].any())                                      # this ray misses the box
+    out = render_samples(_slab(5.0, -0.2, 0.2), o, d, t, torch.full_like(t, 0.01), valid)
+    assert float(out["alpha"][1]) == 0.0 and float(out["cost"][1]) == 0.0 and float(out["depth"][1]) == 0.0
+    tn, tf = ray_box(o, d, torch.full((3,), -1.0), torch.full((3,), 1.0))
+    assert torch.allclose(tn[0], torch.tensor(2.0)) and bool(tf[1] <= tn[1])
+
+
+def test_composite_gradients_float64():
+    g = torch.Generator().manual_seed(0)
+    alpha = torch.rand(3, 5, generator=g, dtype=torch.float64).requires_grad_()
+    rgb = torch.rand(3, 5, 3, generator=g, dtype=torch.float64).requires_grad_()
+    t = torch.sort(torch.rand(3, 5, generator=g, dtype=torch.float64), 1).values
+    torch.autograd.gradcheck(lambda a, c: tuple(composite(a, c, t).values())[:4], (alpha, rgb))
