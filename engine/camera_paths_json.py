@@ -31,6 +31,8 @@ import torch
 from .cameras import Cameras, opencv_to_opengl_c2w, opengl_to_opencv_c2w, qvec_to_rotmat, rotmat_to_qvec
 from .errors import DataError
 
+MAX_RENDER_SIDE = 1 << 15
+
 __all__ = ["interpolate_keyframes", "write_camera_path", "read_camera_path", "camera_path_cameras",
            "focal_from_fov", "fov_from_focal"]
 
@@ -184,22 +186,31 @@ def camera_path_cameras(doc: dict, source="camera_path.json") -> tuple[Cameras, 
     frames = doc.get("camera_path")
     if not isinstance(frames, list) or not frames:
         raise DataError(source, "'camera_path' must be a non-empty list of frames")
-    try:
-        H = int(doc["render_height"])
-        W = int(doc["render_width"])
-    except (KeyError, TypeError, ValueError):
-        raise DataError(source, "'render_height' and 'render_width' must be integers") from None
-    if W < 1 or H < 1:
-        raise DataError(source, f"render size {W}x{H} is invalid")
-    fps = float(doc.get("fps", 30.0))
-    if not fps > 0:
-        raise DataError(source, f"'fps' must be > 0, got {fps}")
+    sizes = []
+    for key in ("render_height", "render_width"):
+        v = doc.get(key)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v != int(v):
+            raise DataError(source, f"'render_height' and 'render_width' must be integers, got {key} = {v!r}")
+        sizes.append(int(v))
+    H, W = sizes
+    if not (1 <= W <= MAX_RENDER_SIDE and 1 <= H <= MAX_RENDER_SIDE):
+        raise DataError(source, f"render size {W}x{H} is invalid (1..{MAX_RENDER_SIDE} pixels per side)")
+    fps = doc.get("fps", 30.0)
+    if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not (math.isfinite(fps) and fps > 0):
+        raise DataError(source, f"'fps' must be a number > 0, got {fps!r}")
+    fps = float(fps)
     mats, fys = [], []
     for i, fr in enumerate(frames):
         try:
-            m = torch.tensor([float(x) for x in fr["camera_to_world"]], dtype=torch.float64)
-            fov = float(fr["fov"])
-        except (KeyError, TypeError, ValueError):
+            vals = fr["camera_to_world"]
+            if isinstance(vals, (str, bytes, dict)) or any(isinstance(x, (str, bool)) for x in vals):
+                raise TypeError("not numbers")
+            m = torch.tensor([float(x) for x in vals], dtype=torch.float64)
+            fov = fr["fov"]
+            if isinstance(fov, (str, bool)):
+                raise TypeError("not a number")
+            fov = float(fov)
+        except (KeyError, TypeError, ValueError, OverflowError):
             raise DataError(source, f"camera_path[{i}] needs 'camera_to_world' (16 numbers) and 'fov'") from None
         if m.numel() == 12:
             m = torch.cat([m, torch.tensor([0.0, 0, 0, 1], dtype=torch.float64)])

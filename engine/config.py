@@ -86,17 +86,25 @@ def load_scene(path) -> SceneConfig:
                           f"(allowed: {', '.join(sorted(_SCENE_KEYS))})")
     if "data" not in scene:
         raise ConfigError(f"{path}: [scene] needs a 'data' key (the dataset folder)")
+    if not isinstance(scene["data"], str) or not scene["data"].strip() or "\x00" in scene["data"]:
+        raise ConfigError(f"{path}: [scene] data must be a folder path (a non-empty string), got {scene['data']!r}")
+    for key in ("name", "format"):
+        if key in scene and not isinstance(scene[key], str):
+            raise ConfigError(f"{path}: [scene] {key} must be a string, got {scene[key]!r}")
     data = Path(scene["data"]).expanduser()
     if not data.is_absolute():
         data = (path.parent / data).resolve()
     method = raw.get("method", {}) or {}
     if not isinstance(method, dict):
         raise ConfigError(f"{path}: [method] must be a table")
+    for key in ("name", "preset"):
+        if method.get(key) is not None and not isinstance(method[key], str):
+            raise ConfigError(f"{path}: [method] {key} must be a string, got {method[key]!r}")
     options = method.get("options", {}) or {}
     if not isinstance(options, dict):
         raise ConfigError(f"{path}: [method.options] must be a table")
     downscale = scene.get("downscale", 1)
-    if not isinstance(downscale, int) or downscale < 1:
+    if isinstance(downscale, bool) or not isinstance(downscale, int) or downscale < 1:
         raise ConfigError(f"{path}: [scene] downscale must be a positive integer, got {downscale!r}")
     try:
         background = parse_background(scene.get("background"))
