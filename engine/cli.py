@@ -46,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         debug = True
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = argv   # the command as given (kernelight train --nproc re-runs it under torchrun)
     if not getattr(args, "func", None):
         parser.print_help()
         return 0

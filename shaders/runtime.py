@@ -66,6 +66,8 @@ def init(arch: str | None = None, *, debug: bool = False) -> str:
         import taichi as ti
 
         name = _resolve_arch(arch)
+        if name == "cuda":
+            _require_cuda_torch("KERNELIGHT_ARCH=cuda")
         ti_arch = {"cpu": ti.cpu, "cuda": ti.cuda, "vulkan": ti.vulkan}[name]
         cdir = cache_dir()
         try:
@@ -105,6 +107,67 @@ def _set_torch_threads(arch: str) -> None:
     n = int(env) if env not in (None, "") else (1 if arch == "cpu" else 0)
     if n > 0:
         torch.set_num_threads(n)
+
+
+CUDA_TORCH_HINT = ("install the CUDA build of torch: make setup TORCH=cu128 (or pip install torch==2.13.0 "
+                   "--index-url https://download.pytorch.org/whl/cu128; README 'GPU')")
+
+
+class DeviceMismatch(RuntimeError):
+    """The torch device and the Taichi arch asked for cannot run together (one line: what and how)."""
+
+
+def _require_cuda_torch(what: str) -> None:
+    """Refuse CUDA Taichi (or ``--device cuda``) when torch cannot hold CUDA tensors: Taichi's
+    ndarray arguments are torch tensors, so both must be on the GPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    if getattr(torch.version, "cuda", None) is None:
+        raise DeviceMismatch(f"{what} needs torch with CUDA, but torch {torch.__version__} is the CPU-only "
+                             f"build; {CUDA_TORCH_HINT}")
+    raise DeviceMismatch(f"{what}: torch {torch.__version__} (CUDA {torch.version.cuda}) sees no GPU "
+                         "(no driver, or CUDA_VISIBLE_DEVICES hides it); use --device cpu")
+
+
+def check_device(requested: str | None = "auto"):
+    """The torch device for ``requested`` (``auto`` | ``cpu`` | ``cuda``), which must match the
+    Taichi arch so that kernels take tensors where they are (no per-call host-device copies).
+
+    ``auto``: CUDA when torch sees a GPU, else the CPU; when Taichi is already running or
+    ``KERNELIGHT_ARCH`` names an arch, that arch's device. Start Taichi with ``init(device.type)``
+    afterwards. Raises :class:`DeviceMismatch` (one line) for ``cuda`` without a usable CUDA torch,
+    ``cuda`` with Taichi on the CPU, and ``cpu`` with Taichi on CUDA.
+    """
+    import torch
+
+    req = (requested or "auto").strip().lower()
+    if req not in ("auto", "cpu", "cuda"):
+        raise DeviceMismatch(f"--device must be auto, cpu or cuda, got {requested!r}")
+    if req == "cuda":
+        _require_cuda_torch("--device cuda")
+    env = (os.environ.get("KERNELIGHT_ARCH") or "auto").strip().lower()
+    if _state["initialized"]:
+        arch = _state["arch"]
+    elif env == "auto":          # Taichi not started and free to follow the device
+        if req == "auto":
+            req = "cuda" if torch.cuda.is_available() else "cpu"
+        return torch.device(req)
+    else:
+        arch = _resolve_arch(None)
+    if arch == "cuda":
+        _require_cuda_torch("KERNELIGHT_ARCH=cuda")
+    if req == "auto":
+        return torch.device("cuda" if arch == "cuda" else "cpu")
+    if req == "cuda" and arch != "cuda":
+        raise DeviceMismatch(f"--device cuda but Taichi runs on {arch} (KERNELIGHT_ARCH="
+                             f"{os.environ.get('KERNELIGHT_ARCH', 'auto')}): unset KERNELIGHT_ARCH or set it to cuda")
+    if req == "cpu" and arch == "cuda":
+        raise DeviceMismatch("--device cpu but Taichi runs on CUDA (KERNELIGHT_ARCH=cuda or auto with a GPU): "
+                             "every kernel call would copy its inputs to the GPU and back; use --device cuda "
+                             "or KERNELIGHT_ARCH=cpu")
+    return torch.device(req)
 
 
 def arch_name() -> str:

@@ -3,7 +3,8 @@
 :class:`RaySampler` draws pixels uniformly over all images of a split (all images of a split have
 one size, so this is uniform image index x uniform pixel), with a seeded ``torch.Generator`` so
 runs are reproducible and can resume (``state_dict``/``load_state_dict``). For several ranks, give
-each its own ``seed`` (e.g. ``seed + rank``).
+each the same ``seed`` and its ``shard=(rank, world)``: every rank draws the whole batch and keeps
+its part (so the result does not depend on the number of ranks).
 """
 from __future__ import annotations
 
@@ -67,12 +68,16 @@ class RaySampler:
     >>> batch = sampler.sample()                         # RayBatch of 4096 rays
     """
 
-    def __init__(self, split: Split, batch_size: int, seed: int = 0, jitter: bool = False):
+    def __init__(self, split: Split, batch_size: int, seed: int = 0, jitter: bool = False,
+                 shard: tuple[int, int] = (0, 1)):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.split = split
         self.batch_size = int(batch_size)
         self.jitter = jitter
+        # (rank, world): draw the whole batch, keep rank's contiguous part (data-parallel training:
+        # every rank's generator stays in step, and the union of the parts is one process's batch)
+        self.shard = (int(shard[0]), int(shard[1]))
         self.generator = torch.Generator(device="cpu")
         self.generator.manual_seed(int(seed))
 
@@ -84,6 +89,10 @@ class RaySampler:
         flat = torch.randint(0, H * W, (n,), generator=g)
         pixel = torch.stack([flat % W, flat // W], -1)
         jit = torch.rand(n, 2, generator=g) if self.jitter else None
+        r, w = self.shard
+        if w > 1:
+            sl = slice(r * n // w, (r + 1) * n // w)
+            img, pixel, jit = img[sl], pixel[sl], None if jit is None else jit[sl]
         dev = self.split.images.device
         return gather_rays(self.split, img.to(dev), pixel.to(dev), None if jit is None else jit.to(dev))
 

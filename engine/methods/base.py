@@ -175,6 +175,9 @@ class Method:
         self.notes: list[str] = []
         self.run_dir: Path | None = None
         self.step: int | None = None
+        # where this process sits in a data-parallel run (engine.train.distributed.DistContext;
+        # None = one process). The trainer sets it; see shard() and batch_mean().
+        self.dist = None
 
     # ------------------------------------------------------------------ creation
     @classmethod
@@ -207,6 +210,93 @@ class Method:
     def train_step_rays(self, step: int, batch, background) -> tuple:
         """``batch_mode == "rays"``: render a :class:`engine.data.sampler.RayBatch`, return ``(loss, stats)``."""
         raise NotImplementedError(f"{type(self).__name__}.train_step_rays")
+
+    # ------------------------------------------------------------------ device
+    def to(self, device) -> "Method":
+        """Move everything the method holds to ``device`` (the run's ``--device``, where Taichi runs,
+        so kernels take tensors where they are) and return ``self``. Called before
+        :meth:`make_optimizer`. Default: every ``nn.Module`` and tensor attribute, and those of
+        plain attribute objects one level down (a densification strategy, an occupancy grid); a
+        method holding tensors elsewhere overrides it."""
+        device = torch.device(device)
+
+        def move(obj, depth):
+            for k, v in list(vars(obj).items()):
+                if isinstance(v, torch.nn.Module):
+                    v.to(device)
+                elif torch.is_tensor(v):
+                    if v.device != device:
+                        setattr(obj, k, v.to(device))
+                elif depth and hasattr(v, "__dict__") and not isinstance(v, (type, Method, MethodConfig, Path)) \
+                        and type(v).__module__.startswith(("engine.", "shaders.")):
+                    move(v, depth - 1)
+
+        if all(p.device == device for p in self._tensors()):
+            return self
+        move(self, 1)
+        return self
+
+    def _tensors(self):
+        for v in vars(self).values():
+            if isinstance(v, torch.nn.Module):
+                yield from v.parameters()
+                yield from v.buffers()
+            elif torch.is_tensor(v):
+                yield v
+
+    # ------------------------------------------------------------------ data-parallel training
+    @classmethod
+    def batch_option(cls) -> str | None:
+        """The config option holding the step's global batch (``rays_per_batch`` for ``"rays"``
+        methods, ``batch_images`` for ``"image"`` methods that declare it), or None (one image)."""
+        opt = "rays_per_batch" if cls.batch_mode == "rays" else "batch_images"
+        return opt if opt in cls.config_cls.field_names() else None
+
+    @classmethod
+    def global_batch(cls, cfg: MethodConfig) -> int:
+        """Rays or images of one training step over *all* ranks. With ``W`` ranks each gets ``1/W``
+        of it, so the world size must divide it and the training does not depend on ``W``: an
+        ``"image"`` method gets its images one :meth:`train_step` call each (the trainer averages
+        their losses), a ``"rays"`` method gets its share of the rays in :meth:`train_step_rays`."""
+        opt = cls.batch_option()
+        return int(getattr(cfg, opt)) if opt else 1
+
+    def shard(self, n: int) -> slice:
+        """This rank's part of ``n`` items drawn for the whole step (``slice(0, n)`` in one process).
+
+        A method that draws its own randomness per ray or per point draws it for the global batch
+        (``n`` = its share x world size) from a generator every rank holds identically, and keeps
+        ``values[self.shard(n)]``: ranks then see different values, their generators stay in step,
+        and one process with the whole batch draws exactly the same numbers."""
+        return slice(0, n) if self.dist is None else self.dist.shard(n)
+
+    @property
+    def world_size(self) -> int:
+        return 1 if self.dist is None else int(self.dist.world_size)
+
+    def batch_mean(self, values: torch.Tensor) -> torch.Tensor:
+        """The mean of per-element loss terms over the step's global batch, for terms whose element
+        count differs between ranks (per-sample terms). The trainer *averages* gradients over ranks, so
+        each rank returns ``sum(local) * W / global count``; their average is the global mean. In one
+        process (or when every rank has the same count) this is ``values.mean()``. Every rank must
+        call it the same number of times per step (it all-reduces the count). 0 when the global batch
+        has no elements."""
+        if self.dist is None or not self.dist.enabled:
+            return values.mean() if values.numel() else values.sum()
+        from ..train.distributed import all_reduce_sum
+
+        n = all_reduce_sum(self.dist, torch.tensor([float(values.numel())]), "a loss normalisation")
+        total = float(n[0])
+        if total == 0:
+            return values.sum()
+        return values.sum() * (self.dist.world_size / total)
+
+    def changed_structure(self, result: dict | None) -> bool:
+        """Whether :meth:`post_step`'s ``result`` changed the model's structure (tensor shapes,
+        meshes, the optimizer's parameters). In a data-parallel run the trainer then copies rank 0's
+        model and optimizer state to every rank (``state_dict`` / ``from_state_dict``), so whatever
+        post_step decided is decided once. Default: any non-empty result."""
+        return bool(result)
 
     def after_backward(self) -> None:
         """Called between ``loss.backward()`` and the optimizer step (gradient statistics, masking)."""

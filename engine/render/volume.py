@@ -110,11 +110,13 @@ class OccupancyGrid:
         return g
 
 
-def march(o, d, occ: OccupancyGrid | None, step: float, max_samples: int, generator=None, box=None):
+def march(o, d, occ: OccupancyGrid | None, step: float, max_samples: int, generator=None, box=None,
+          offsets=None):
     """Samples every ``step`` along rays (R, 3) inside the box, kept only in occupied cells.
 
     The box is the grid's (or ``box`` (2, 3) without a grid). Offsets within the first step are
-    0.5 or, with ``generator``, uniform per ray. Returns ``t (R, S)`` and ``valid (R, S)`` with at
+    0.5 or, with ``generator``, uniform per ray (or ``offsets`` (R, 1) in [0, 1) when given: a
+    data-parallel rank's part of offsets drawn for the whole batch). Returns ``t (R, S)`` and ``valid (R, S)`` with at
     most ``max_samples`` kept samples per ray, front first.
     """
     if occ is not None:
@@ -124,7 +126,10 @@ def march(o, d, occ: OccupancyGrid | None, step: float, max_samples: int, genera
     tn, tf = ray_box(o, d, lo, hi)
     diag = float((torch.as_tensor(hi) - torch.as_tensor(lo)).norm())
     K = int(math.ceil(diag / step)) + 1
-    off = 0.5 if generator is None else torch.rand(o.shape[0], 1, generator=generator)
+    if offsets is not None:
+        off = offsets.to(o.dtype).reshape(-1, 1)
+    else:
+        off = 0.5 if generator is None else torch.rand(o.shape[0], 1, generator=generator)
     t = tn[:, None] + (torch.arange(K, dtype=o.dtype)[None] + off) * step
     keep = t < tf[:, None]
     if occ is not None:

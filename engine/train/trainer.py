@@ -12,13 +12,21 @@ Ctrl-C saves a checkpoint and exits cleanly. A NaN/Inf loss stops training with 
 the step; the last good checkpoint is kept.
 
 The optimizer step happens in exactly one place (:meth:`Trainer._step`), RNG seeds are explicit
-and there is no hidden global state, so the loop can later be distributed (DESIGN.md).
+and there is no hidden global state. Started by torchrun (``kernelight train ... --nproc N``) the
+loop is data-parallel: ranks split each step's batch, average their gradients, apply the same step,
+and rank 0 alone writes (:mod:`engine.train.distributed` explains the design). The run's world size
+is recorded in ``config.toml`` (``[run]``), in checkpoints and in ``metrics.jsonl``; a checkpoint
+resumes with any number of ranks that divides the batch.
+
+Device: ``TrainSettings.device`` (``auto`` | ``cpu`` | ``cuda``; ``--device``) holds the model,
+the dataset and the optimizer state, and is the device Taichi runs on.
 """
 from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +36,7 @@ import torch
 from ..errors import ConfigError, KernelightError
 from ..io.atomic import atomic_write_text
 from ..io.checkpoint import checkpoint_name, latest_checkpoint, load_checkpoint, save_checkpoint
+from . import distributed
 
 
 class TrainingError(KernelightError):
@@ -54,6 +63,8 @@ class TrainSettings:
     # objects with on_start(trainer), before_step(trainer), after_step(trainer, loss, stats),
     # on_end(trainer) (e.g. the live viewer: viewer.training.TrainingViewerHook)
     hooks: list = field(default_factory=list)
+    device: str = "auto"                 # auto | cpu | cuda: model, data and optimizer state live there
+    dist_timeout_s: float = distributed.DEFAULT_TIMEOUT_S   # a rank silent this long stops the others
 
 
 def make_method_config(method_cls, options: dict):
@@ -66,7 +77,7 @@ def _method_name(method) -> str:
     return method if isinstance(method, str) else method.name
 
 
-def write_run_config(run_dir: Path, settings: TrainSettings, cfg) -> None:
+def write_run_config(run_dir: Path, settings: TrainSettings, cfg, world_size: int = 1, device: str = "cpu") -> None:
     import tomli_w
 
     opts = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(cfg).items()}
@@ -76,7 +87,8 @@ def write_run_config(run_dir: Path, settings: TrainSettings, cfg) -> None:
         scene["format"] = settings.data_format
     if settings.background is not None:
         scene["background"] = ",".join(f"{c:g}" for c in settings.background)
-    doc = {"scene": scene, "method": {"name": _method_name(settings.method), "options": opts}}
+    doc = {"scene": scene, "method": {"name": _method_name(settings.method), "options": opts},
+           "run": {"world_size": int(world_size), "device": str(device)}}
     atomic_write_text(run_dir / "config.toml", "# written by kernelight train; "
                       "'kernelight train config.toml' reproduces this run\n" + tomli_w.dumps(doc))
 
@@ -99,19 +111,27 @@ class Trainer:
             if resume_ckpt is None:
                 raise ConfigError(f"{self.run_dir}: no checkpoint to resume from in checkpoints/")
         self.cfg = make_method_config(self.method_cls, settings.options)
+        self.device = distributed.resolve_device(settings.device, start=True)
+        rank, world, _ = distributed.env_world()
+        self.batch = distributed.check_world(self.method_cls, self.cfg, world)   # before any rank waits
+        self.dist = distributed.init(self.device, settings.dist_timeout_s)
+        self.is_main = self.dist.is_main
         self.dataset = load_dataset(settings.data, downscale=settings.downscale,
                                     background=settings.background, format=settings.data_format)
         if "train" not in self.dataset.splits:
             raise ConfigError(f"{settings.data}: the dataset has no 'train' split")
-        self.background = torch.as_tensor(self.dataset.background, dtype=torch.float32)
+        if self.device.type != "cpu":
+            self.dataset.splits = {k: v.to(self.device) for k, v in self.dataset.splits.items()}
+        self.background = torch.as_tensor(self.dataset.background, dtype=torch.float32).to(self.device)
         torch.manual_seed(self.cfg.seed)
+        # every rank holds the same generators and draws the whole step's batch (distributed.py)
         self.gen = torch.Generator().manual_seed(self.cfg.seed)
         self.step = 0
         self.train_time = 0.0
         ck = None
         if resume_ckpt is not None:
             ck = load_checkpoint(resume_ckpt, method=self.method_name)
-            self.method = self.method_cls.from_state_dict(self.cfg, ck["model"])
+            self.method = self._attach(self.method_cls.from_state_dict(self.cfg, ck["model"]))
             self.optimizer = self.method.make_optimizer()
             self.optimizer.load_state_dict(ck["optimizer"])
             self.gen.set_state(ck["rng"])
@@ -119,20 +139,35 @@ class Trainer:
             self.train_time = float(ck.get("train_time", 0.0))
             self._order = ck.get("order")
             self.notes = [f"resumed from {resume_ckpt} at step {self.step}"]
+            w0 = int(ck.get("world_size", 1))
+            if w0 != self.dist.world_size:
+                opt = self.method_cls.batch_option() or "batch"
+                self.notes.append(f"the checkpoint was written by {w0} rank(s), resuming with {self.dist.world_size}: "
+                                  f"each step's batch ({opt} = {self.batch}) is split {self.dist.world_size} way(s) "
+                                  f"instead of {w0}; the training is the same")
         else:
-            self.method = self.method_cls.create(self.cfg, self.dataset)
+            self.method = self._attach(self.method_cls.create(self.cfg, self.dataset))
             self.optimizer = self.method.make_optimizer()
             self._order = None
             scene = settings.scene_name or Path(settings.data).name
             stamp = _dt.datetime.now().strftime("%Y-%m-%d_%H%M%S")
-            self.run_dir = Path(settings.output) / scene / self.method_name / stamp
+            run_dir = str(Path(settings.output) / scene / self.method_name / stamp)
+            # rank 0 names the run (clocks differ) and its initial model is every rank's
+            run_dir = distributed.broadcast_bytes(self.dist, run_dir.encode() if self.is_main else None,
+                                                  "the run folder broadcast").decode()
+            self.run_dir = Path(run_dir)
             self.notes = list(self.method.notes)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "checkpoints").mkdir(exist_ok=True)
-        write_run_config(self.run_dir, settings, self.cfg)
+            self._sync_from_rank0("the initial model broadcast")
+        if self.dist.enabled:
+            self.notes.append(f"data-parallel: {self.dist.world_size} ranks ({self.dist.backend}, {self.device}); "
+                              f"each step's batch of {self.batch} split {self.batch // self.dist.world_size} per rank")
+        if self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "checkpoints").mkdir(exist_ok=True)
+            write_run_config(self.run_dir, settings, self.cfg, self.dist.world_size, self.device.type)
         self.last_good_ckpt = resume_ckpt
-        # "image": one whole training image per step (method.train_step); "rays": random rays across
-        # all training images (method.train_step_rays, batch size cfg.rays_per_batch)
+        # "image": whole training images per step (method.train_step, one call each); "rays": random
+        # rays across all training images (method.train_step_rays, batch size cfg.rays_per_batch)
         self.batch_mode = self.method_cls.batch_mode
         if self.batch_mode not in ("image", "rays"):
             raise ConfigError(f"method {self.method_name}: batch_mode must be 'image' or 'rays', got {self.batch_mode!r}")
@@ -140,9 +175,30 @@ class Trainer:
         if self.batch_mode == "rays":
             from ..data.sampler import RaySampler
 
-            self.sampler = RaySampler(self.dataset.splits["train"], int(self.cfg.rays_per_batch), seed=self.cfg.seed)
+            self.sampler = RaySampler(self.dataset.splits["train"], int(self.cfg.rays_per_batch), seed=self.cfg.seed,
+                                      shard=(self.dist.rank, self.dist.world_size))
             if resume_ckpt is not None and ck.get("sampler"):
                 self.sampler.load_state_dict(ck["sampler"])
+
+    def _attach(self, method):
+        """Put a method on the run's device and tell it where it sits in a distributed run."""
+        method = method.to(self.device)
+        method.dist = self.dist if self.dist.enabled else None
+        return method
+
+    def _sync_from_rank0(self, what: str) -> None:
+        """Every rank's model and optimizer become copies of rank 0's (after structural changes)."""
+        if not self.dist.enabled:
+            return
+        st = distributed.broadcast_state(
+            self.dist, {"model": self.method.state_dict(), "optimizer": self.optimizer.state_dict()}
+            if self.is_main else None, what=what)
+        if not self.is_main:
+            notes = self.method.notes
+            self.method = self._attach(self.method_cls.from_state_dict(self.cfg, st["model"]))
+            self.method.notes = notes
+            self.optimizer = self.method.make_optimizer()
+            self.optimizer.load_state_dict(st["optimizer"])
 
     # -------------------------------------------------------------------------- helpers
     def _count(self) -> str:
@@ -155,11 +211,21 @@ class Trainer:
             self._order = torch.randperm(n, generator=self.gen).tolist()
         return self._order.pop()
 
+    def _next_indices(self) -> list[int]:
+        """This rank's training images for the step: the step draws ``self.batch`` images for all
+        ranks (the same on every rank) and each rank keeps its part."""
+        idx = [self._next_index() for _ in range(self.batch)]
+        return idx[self.dist.shard(len(idx))]
+
     def save(self) -> Path:
+        """Write a checkpoint (rank 0 only; the other ranks hold the same state)."""
         path = self.run_dir / "checkpoints" / checkpoint_name(self.step)
+        if not self.is_main:
+            return path
         payload = {"model": self.method.state_dict(), "optimizer": self.optimizer.state_dict(),
                    "rng": self.gen.get_state(), "order": self._order, "train_time": self.train_time,
-                   "sampler": self.sampler.state_dict() if self.sampler is not None else None}
+                   "sampler": self.sampler.state_dict() if self.sampler is not None else None,
+                   "world_size": self.dist.world_size, "device": self.device.type}
         save_checkpoint(path, payload, method=self.method_name, step=self.step)
         self.last_good_ckpt = path
         return path
@@ -173,6 +239,10 @@ class Trainer:
         return min(p, 1.0)
 
     def _log(self, record: dict) -> None:
+        if not self.is_main:
+            return
+        if self.dist.enabled:
+            record = {**record, "world_size": self.dist.world_size}
         with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
 
@@ -190,26 +260,42 @@ class Trainer:
         return {"test_psnr": sum(psnrs) / max(len(psnrs), 1), "test_views": len(psnrs)}
 
     # -------------------------------------------------------------------------- the loop
-    def _step(self, index: int | None) -> tuple[float, dict]:
+    def _step(self, indices: list[int] | None) -> tuple[float, dict]:
+        """One training step: this rank's share of the batch, gradients averaged over ranks, one
+        optimizer step (the one place where parameters change), structural changes made once."""
         split = self.dataset.splits["train"]
         self.optimizer.zero_grad(set_to_none=True)
         if self.batch_mode == "rays":
             loss, stats = self.method.train_step_rays(self.step, self.sampler.sample(), self.background)
-        else:
-            loss, stats, _ = self.method.train_step(self.step, split.images[index], split.cameras, index,
-                                                    self.background)
-        if not torch.isfinite(loss):
+            loss.backward()
+            loss = float(loss.detach())
+        else:   # the loss is the mean over the step's images: backward image by image
+            losses, per = [], []
+            for index in indices:
+                li, st, _ = self.method.train_step(self.step, split.images[index], split.cameras, index,
+                                                   self.background)
+                (li / len(indices)).backward()
+                losses.append(float(li.detach()))
+                per.append(st)
+            loss = sum(losses) / len(losses)
+            stats = per[0] if len(per) == 1 else _mean_stats(per)
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        loss, psnr = distributed.average_gradients(self.dist, params, (loss, stats["psnr"]),
+                                                   f"the gradient all-reduce of step {self.step}")
+        stats["psnr"] = psnr
+        if not math.isfinite(loss):   # the same value on every rank: all stop together
             kept = self.last_good_ckpt or "none (no checkpoint was saved yet)"
-            raise TrainingError(f"loss became {float(loss.detach())} at step {self.step}; training stopped. "
+            raise TrainingError(f"loss became {loss} at step {self.step}; training stopped. "
                                 f"Last good checkpoint: {kept}")
-        loss.backward()
         self.method.after_backward()
         self.method.update_learning_rates(self.optimizer, self.step, progress=self.progress())
         self.optimizer.step()          # the one place where parameters change
         struct = self.method.post_step(self.optimizer, self.step)
         if struct:
             stats.update(struct)
-        return float(loss.detach()), stats
+            if self.dist.enabled and self.method.changed_structure(struct):
+                self._sync_from_rank0(f"the model broadcast after the structural change of step {self.step}")
+        return loss, stats
 
     def train(self) -> Path:
         from rich.console import Console
@@ -217,7 +303,8 @@ class Trainer:
                                    TimeElapsedColumn, TimeRemainingColumn)
 
         c = self.cfg
-        console = Console(quiet=self.settings.quiet)
+        main = self.is_main   # rank 0 alone prints, logs, evaluates, checkpoints and serves hooks
+        console = Console(quiet=self.settings.quiet or not main)
         for note in self.notes:
             console.print(f"[cyan]note:[/] {note}")
         console.print(f"run folder: {self.run_dir}")
@@ -227,7 +314,7 @@ class Trainer:
                    TimeElapsedColumn(), TimeRemainingColumn()]
         from shaders import runtime
 
-        hooks = list(self.settings.hooks)
+        hooks = list(self.settings.hooks) if main else []
         for h in hooks:
             h.on_start(self)
         start_step = self.step
@@ -235,7 +322,8 @@ class Trainer:
         t_last, s_last = time.perf_counter(), self.step
         t_print = t_last
         ips = 0.0
-        with Progress(*columns, console=console, disable=not self.settings.progress, transient=False) as prog:
+        with Progress(*columns, console=console, disable=not (self.settings.progress and main),
+                      transient=False) as prog:
             task = prog.add_task("train", total=c.max_steps, completed=self.step, ips=0.0, loss=0.0,
                                  psnr=0.0, n=self._count())
             try:
@@ -246,10 +334,13 @@ class Trainer:
                     for h in hooks:
                         h.before_step(self)
                     t0 = time.perf_counter()
-                    index = self._next_index() if self.batch_mode == "image" else None
+                    indices = self._next_indices() if self.batch_mode == "image" else None
                     with runtime.runtime_lock:  # viewer renders never interleave with a step
-                        loss, stats = self._step(index)
+                        loss, stats = self._step(indices)
                     self.train_time += time.perf_counter() - t0
+                    if c.time_budget_s and self.dist.enabled:   # ranks stop at the same step
+                        self.train_time = distributed.broadcast_float(self.dist, self.train_time,
+                                                                      f"the clock broadcast of step {self.step}")
                     self.step += 1
                     for h in hooks:
                         h.after_step(self, loss, stats)
@@ -272,7 +363,7 @@ class Trainer:
                                "num_primitives": self.method.num_primitives,
                                "train_time_s": round(self.train_time, 3)}
                         rec.update({k: v for k, v in stats.items() if k != "psnr"})
-                    if c.eval_every and self.step % c.eval_every == 0:
+                    if c.eval_every and self.step % c.eval_every == 0 and main:
                         rec = rec or {"step": self.step, "train_time_s": round(self.train_time, 3)}
                         rec.update(self.evaluate(c.eval_views))
                         prog.console.print(f"step {self.step}: test PSNR {rec['test_psnr']:.2f} dB "
@@ -287,9 +378,18 @@ class Trainer:
                               f"resume with: kernelight train --resume {self.run_dir}")
                 for h in hooks:
                     h.on_end(self)
+                distributed.shutdown(self.dist)
                 return self.run_dir
+            except distributed.DistributedError as exc:
+                for h in hooks:
+                    h.on_end(self)
+                kept = self.last_good_ckpt or "none"
+                raise distributed.DistributedError(f"{exc} at step {self.step}; last checkpoint: {kept}"
+                                                   + (f"; resume with: kernelight train --resume {self.run_dir}"
+                                                      if self.last_good_ckpt else "")) from None
         path = self.save()
-        if self.step > start_step:
+        distributed.shutdown(self.dist)
+        if self.step > start_step and main:
             final = self.evaluate(None if len(self.dataset.splits.get("test", [])) <= 25 else 25)
             self._log({"step": self.step, "final": True, **final, "train_time_s": round(self.train_time, 3)})
             console.print(f"done: {self.step} steps in {self.train_time:.0f} s, test PSNR "
@@ -297,6 +397,16 @@ class Trainer:
         for h in hooks:
             h.on_end(self)
         return self.run_dir
+
+
+def _mean_stats(per: list[dict]) -> dict:
+    """Per-image stats of one step averaged (numbers), the first image's value otherwise."""
+    out = dict(per[0])
+    for k, v in out.items():
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            vals = [p.get(k, v) for p in per]
+            out[k] = sum(vals) / len(vals) if isinstance(v, float) else sum(vals)
+    return out
 
 
 def eval_target(method, split, index: int, background) -> torch.Tensor:

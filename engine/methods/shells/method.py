@@ -112,15 +112,16 @@ class ShellsMethod(Method):
         return 1.0 if n <= 0 else min(1.0, step / n)
 
     def render_rays(self, o, d, background=None, anneal: float = 1.0, train: bool = False,
-                    mode: str | None = None) -> dict:
-        """Render rays (R, 3) with the volumetric or the shell path (``mode`` overrides the config)."""
+                    mode: str | None = None, offsets=None) -> dict:
+        """Render rays (R, 3) with the volumetric or the shell path (``mode`` overrides the config).
+        ``train``: jittered sample offsets, ``offsets`` (R, 1) when given, else drawn from ``self.gen``."""
         view = self.field.view_encoding(d)
-        gen = self.gen if train else None
+        gen = self.gen if train and offsets is None else None
         mode = mode or self.active_mode
         if mode == "shells":
             return self.renderer.render_rays(o, d, view, background, anneal=anneal)
         return render_rays_volume(self.field, self.occ, o, d, view, self.cfg, background, anneal, gen,
-                                  t_stop=self.cfg.t_stop)
+                                  t_stop=self.cfg.t_stop, offsets=offsets)
 
     @property
     def active_mode(self) -> str:
@@ -143,7 +144,14 @@ class ShellsMethod(Method):
     def train_step_rays(self, step: int, batch, background) -> tuple:
         c = self.cfg
         bg = torch.as_tensor(background, dtype=torch.float32)
-        out = self.render_rays(batch.origins, batch.directions, bg, anneal=self._anneal(step), train=True)
+        # per-ray randomness is drawn for the global batch and sliced (Method.shard): every rank's
+        # self.gen stays in step (the occupancy grid updates draw from it too)
+        offsets = None
+        if self.active_mode == "volume":
+            n = len(batch) * self.world_size
+            offsets = torch.rand(n, 1, generator=self.gen)[self.shard(n)]
+        out = self.render_rays(batch.origins, batch.directions, bg, anneal=self._anneal(step), train=True,
+                               offsets=offsets)
         target = batch.rgb
         mask_t = None
         if batch.mask is not None:
@@ -155,18 +163,19 @@ class ShellsMethod(Method):
         loss = l1
         stats = {}
         # eikonal on the samples and on random points of the box
-        pts = (torch.rand(256, 3, generator=self.gen) * 2 - 1) * self.field.half_size + self.field.center
+        pts = (torch.rand(256, 3, generator=self.gen)[self.shard(256)] * 2 - 1) * self.field.half_size \
+            + self.field.center
         _, g_rand, _, _ = self.field.geometry_fd(pts)
         grads = torch.cat([out["grad"], g_rand], 0)
-        eik = ((grads.norm(dim=-1) - 1.0) ** 2).mean()
+        eik = self.batch_mean((grads.norm(dim=-1) - 1.0) ** 2)   # samples differ per rank
         loss = loss + c.eikonal_weight * eik
         if mask_t is not None and c.mask_weight > 0:
             op = out["opacity"].clamp(1e-3, 1 - 1e-3)
             mask_loss = Fn.binary_cross_entropy(op, mask_t)
             loss = loss + c.mask_weight * mask_loss
             stats["mask_loss"] = float(mask_loss.detach())
-        if c.kernel_reg_weight > 0 and out["log_s"].numel():
-            kreg = (torch.exp(-out["log_s"]) / self.field.half_size).mean()
+        if c.kernel_reg_weight > 0:   # batch_mean: 0 when no rank has samples
+            kreg = self.batch_mean(torch.exp(-out["log_s"]) / self.field.half_size)
             loss = loss + c.kernel_reg_weight * kreg
         mse = ((out["rgb"].detach() - target) ** 2).mean().clamp_min(1e-12)
         stats.update({"l1": float(l1.detach()), "eikonal": float(eik.detach()),
@@ -190,6 +199,10 @@ class ShellsMethod(Method):
             for n, p in self.field.named_parameters():
                 if not n.startswith("col_"):
                     p.grad = None
+
+    def changed_structure(self, result: dict | None) -> bool:
+        """The extraction changes the model (the occupancy refresh is deterministic on every rank)."""
+        return bool(result) and "shell_faces_outer" in result
 
     def post_step(self, optimizer, step: int) -> dict | None:
         c = self.cfg
@@ -269,7 +282,8 @@ class ShellsMethod(Method):
     def state_dict(self) -> dict:
         st = {"field": {k: v.detach().clone() for k, v in self.field.state_dict().items()},
               "occ": self.occ.state_dict(),
-              "shells": None if self.shells is None else self.shells.state_dict()}
+              "shells": None if self.shells is None else self.shells.state_dict(),
+              "gen": self.gen.get_state()}
         return st
 
     @classmethod
@@ -287,4 +301,6 @@ class ShellsMethod(Method):
             from .extract import Shells
 
             m.shells = Shells.from_state_dict(st["shells"])
+        if st.get("gen") is not None:     # sample jitter / occupancy refresh continue where they were
+            m.gen.set_state(st["gen"].cpu())
         return m

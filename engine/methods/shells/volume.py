@@ -67,7 +67,7 @@ def shade_and_composite(field: ShellField, o, d, view_enc, t, delta, valid, grou
 
 
 def render_rays_volume(field: ShellField, occ: OccupancyGrid, o, d, view_enc, cfg, background=None,
-                       anneal: float = 1.0, generator=None, t_stop: float = 1e-3) -> dict:
+                       anneal: float = 1.0, generator=None, t_stop: float = 1e-3, offsets=None) -> dict:
     """Volumetric rendering of rays (R, 3) (unit ``d``): see the module docstring.
 
     Samples are evaluated in groups of ``cfg.march_group`` along the ray with early termination
@@ -75,7 +75,7 @@ def render_rays_volume(field: ShellField, occ: OccupancyGrid, o, d, view_enc, cf
     evaluated per ray) and, for losses, ``grad (M, 3)`` and ``log_s (M,)`` at the M evaluated samples.
     """
     step = 2 * math.sqrt(3) * float(field.half_size) / cfg.march_steps
-    t, valid = march(o, d, occ, step, cfg.max_samples, generator)
+    t, valid = march(o, d, occ, step, cfg.max_samples, generator, offsets=offsets)
     group = torch.arange(t.shape[1])[None].expand_as(t) // max(int(cfg.march_group), 1)
     return shade_and_composite(field, o, d, view_enc, t, torch.full_like(t, step), valid, group,
                                background, anneal, t_stop)
