@@ -14,16 +14,15 @@ has ``poses_bounds.npy`` loads as COLMAP, and a NeuS folder with one loads as DT
 
 A COLMAP model counts only when it is complete (``cameras`` and ``images``, both ``.bin`` or both
 ``.txt``): a folder with a complete ``poses_bounds.npy`` and an incomplete ``sparse/0`` (as LLFF
-releases and the DTU data ship) loads as LLFF, with a ``RuntimeWarning`` saying which format was
-used and why. An incomplete model with nothing else still reports itself as COLMAP, so its
-reader names the missing file. :func:`detect_format_reason` returns the sentence; the chosen
-format and reason are logged on the ``kernelight.data`` logger.
+releases and the DTU data ship) loads as LLFF, with a warning on the ``kernelight.data`` logger
+(printed as a plain line when nothing configured logging) saying which format was used and why. An incomplete model with nothing else still reports itself as COLMAP, so its
+reader names the missing file. :func:`detect_format_reason` returns the sentence; every choice is
+logged at INFO level on the same logger.
 """
 from __future__ import annotations
 
 import importlib
 import logging
-import warnings
 from pathlib import Path
 
 from ..errors import ConfigError, DataError
@@ -89,12 +88,13 @@ def detect_format_reason(root) -> tuple[str, str]:
 def detect_format(root) -> str:
     """Name of the dataset format in folder ``root`` (see the module table); DataError if none.
 
-    When a format was passed over as incomplete, a RuntimeWarning says which one was used and why.
+    When a format was passed over as incomplete, a warning (``kernelight.data`` logger) says which one
+    was used and why.
     """
     fmt, why = detect_format_reason(root)
     _log.info("%s: dataset format %s (%s)", root, fmt, why)
     if "because" in why:
-        warnings.warn(f"{root}: loading as {fmt} from {why}", RuntimeWarning, stacklevel=2)
+        _log.warning("%s: loading as %s from %s", root, fmt, why)
     return fmt
 
 

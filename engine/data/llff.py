@@ -12,7 +12,7 @@
   one image per pose, so a capture with only ``images_8/`` loads; the intrinsics are scaled by
   the folder's downsampling factor (checked against the image size), and any remaining
   ``downscale`` box-filters the images. A folder other than the plain choice is reported with a
-  warning that names it and why.
+  warning on the ``kernelight.data`` logger that names it and why.
 * near/far: min and max of the bounds. Scene box: the box enclosing every camera frustum between
   the 5th-percentile near bound and the median far bound (forward-facing scenes reach to
   infinity, so the box of the whole far range would be mostly empty).
@@ -20,7 +20,7 @@
 """
 from __future__ import annotations
 
-import warnings
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -71,8 +71,8 @@ def load(root, downscale: int = 1, background=None, holdout: int = 8, images_dir
     if len(paths) != poses.shape[0]:
         raise DataError(img_dir, f"has {len(paths)} images but {f.name} has {poses.shape[0]} poses")
     if factor not in (1, downscale):
-        warnings.warn(f"{root}: LLFF images from {why}; intrinsics scaled to their size", RuntimeWarning,
-                      stacklevel=3)
+        logging.getLogger("kernelight.data").warning("%s: LLFF images from %s; intrinsics scaled to their size",
+                                                     root, why)
     cams = Cameras.from_llff(torch.from_numpy(poses))
     # Images may be stored at a reduced size (e.g. images_8/): rescale the cameras to them, i.e.
     # scale fx, fy, cx, cy by the downsampling factor (measured from the first image's size).

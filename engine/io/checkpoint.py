@@ -13,13 +13,13 @@ text is never passed on: it suggests ``weights_only=False``, which must never be
 of unknown origin.
 
 :func:`load_latest_valid` is what ``--resume`` uses: it tries the checkpoints newest first and
-falls back past truncated or corrupt ones (a warning names each skipped file).
+falls back past truncated or corrupt ones (a logged warning names each skipped file).
 """
 from __future__ import annotations
 
 import pickle
 import re
-import warnings
+import logging
 import zipfile
 from pathlib import Path
 
@@ -31,6 +31,7 @@ from .atomic import atomic_path
 FORMAT = "kernelight-checkpoint"
 FORMAT_VERSION = 1
 _STEP_RE = re.compile(r"step-(\d+)\.pt$")
+_log = logging.getLogger("kernelight.checkpoint")
 
 
 def save_checkpoint(path, payload: dict, *, method: str, step: int) -> Path:
@@ -97,7 +98,8 @@ def load_latest_valid(folder, *, method: str | None = None, map_location="cpu") 
     """The newest ``step-NNNNNN.pt`` in ``folder`` that loads: ``(path, data)``.
 
     Checkpoints are tried newest first; one that fails (truncated by a crash, corrupt, not a
-    checkpoint) is skipped with a ``RuntimeWarning`` naming it and why. A checkpoint of another
+    checkpoint) is skipped with a warning on the ``kernelight.checkpoint`` logger naming it and why
+    (printed as a plain line on stderr when nothing configured logging). A checkpoint of another
     method is not skipped: that is a wrong run folder, not damage, and raises at once. Raises
     :class:`CheckpointError` when the folder has none or none loads.
     """
@@ -111,16 +113,16 @@ def load_latest_valid(folder, *, method: str | None = None, map_location="cpu") 
             data = load_checkpoint(p, map_location=map_location)
         except CheckpointError as exc:
             skipped.append(p.name)
-            warnings.warn(f"skipping unusable checkpoint {exc}", RuntimeWarning, stacklevel=2)
+            _log.warning("skipping unusable checkpoint %s", exc)
             continue
         if method is not None and data.get("method") != method:
             raise CheckpointError(f"{p}: checkpoint is from method {data.get('method')!r}, not {method!r}")
         if skipped:
-            warnings.warn(f"{folder}: resuming from {p.name}, the newest checkpoint that loads "
-                          f"(skipped {', '.join(skipped)})", RuntimeWarning, stacklevel=2)
+            _log.warning("%s: resuming from %s, the newest checkpoint that loads (skipped %s)", folder, p.name,
+                         ", ".join(skipped))
         return p, data
     raise CheckpointError(f"{folder}: none of the {len(cks)} checkpoints loads (newest: {cks[-1].name}); "
-                          "see the warnings above")
+                          "see the warnings above (logger kernelight.checkpoint)")
 
 
 def list_checkpoints(folder) -> list[Path]:

@@ -84,19 +84,21 @@ def test_truncations_and_flips(tmp_path):
             _assert_clean(exc, bad)
 
 
-def test_resume_falls_back_past_truncated_newest(tmp_path):
+def test_resume_falls_back_past_truncated_newest(tmp_path, caplog):
     folder = tmp_path / "checkpoints"
     _ck(folder, 100)
     _ck(folder, 200)
     newest = _ck(folder, 300)
     newest.write_bytes(newest.read_bytes()[:-25])   # a crash while copying / a full disk
-    with pytest.warns(RuntimeWarning, match=r"step-000300\.pt: truncated or corrupt checkpoint"):
+    with caplog.at_level("WARNING", logger="kernelight.checkpoint"):
         p, data = load_latest_valid(folder, method="raygauss")
     assert p.name == "step-000200.pt" and data["step"] == 200
+    assert re.search(r"skipping unusable checkpoint .*step-000300\.pt: truncated or corrupt checkpoint", caplog.text)
+    assert "resuming from step-000200.pt, the newest checkpoint that loads (skipped step-000300.pt)" in caplog.text
     # all damaged -> one clear error
     for q in folder.iterdir():
         q.write_bytes(b"")
-    with pytest.warns(RuntimeWarning), pytest.raises(CheckpointError, match="none of the 3 checkpoints loads"):
+    with pytest.raises(CheckpointError, match="none of the 3 checkpoints loads"):
         load_latest_valid(folder)
     with pytest.raises(CheckpointError, match="no checkpoint"):
         load_latest_valid(tmp_path / "nothing")
