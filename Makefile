@@ -5,7 +5,11 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.kernelight-installed
+# TORCH=cpu (default) keeps the CPU build of torch that constraints.txt pins; on a machine with an
+# NVIDIA GPU, TORCH=cu128 (or cu126, ... any tag of download.pytorch.org/whl) installs the CUDA build
+# of the same version first (README "GPU"): make setup TORCH=cu128
+TORCH ?= cpu
+STAMP := $(VENV)/.kernelight-installed$(if $(filter cpu,$(TORCH)),,-$(TORCH))
 PYTEST_ARGS ?=
 
 .PHONY: setup sysdeps browser demo test bench clean
@@ -18,6 +22,10 @@ browser:
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@if [ "$(TORCH)" != "cpu" ]; then \
+	  echo "installing torch $$(sed -n 's/^torch==//p' constraints.txt) built for $(TORCH)"; \
+	  $(PY) -m pip install -q "torch==$$(sed -n 's/^torch==//p' constraints.txt)" \
+	    --index-url https://download.pytorch.org/whl/$(TORCH); fi
 	$(PY) -m pip install -q -c constraints.txt -e ".[test]"
 	@touch $(STAMP)
 

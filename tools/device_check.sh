@@ -10,7 +10,9 @@
 #   pip download trimesh tomli-w --no-deps --only-binary=:all: -d .devcarry
 # Then call the device tool's run with
 #   command: bash tools/device_check.sh [pytest paths...]      carry: [".devcarry"]
-# and a timeout_s about 60 s above CHECK_SECONDS (default 240). Results come back in $OUT:
+# and a timeout_s about 60 s above CHECK_SECONDS (default 240) plus DIST_SECONDS (default 300; the
+# data-parallel tests, skipped with DIST_CHECK=0; or pass tests/engine/train/test_distributed.py
+# alone as the pytest path). Results come back in $OUT:
 # log.txt (everything), pytest.txt (one line per test, so a run cut by the timeout still names
 # what passed and failed) and junit.xml (when pytest finished).
 #
@@ -42,5 +44,14 @@ if [ $# -eq 0 ]; then
     timeout 90 python3 -m engine.cli train $m --data scenes/mic/mic_100 --output /tmp/runs --no-progress \
         --max-steps 400 --eval-every 300 --eval-views 2 --checkpoint-every 300 --log-every 100 "${extra[@]}" 2>&1 | tail -6
   done
+fi
+# data-parallel training and device placement on CUDA (issue 17): 2 gloo ranks sharing the GPU,
+# in-process single-rank references on the GPU too (KERNELIGHT_ARCH=cuda => --device auto = cuda)
+if [ $# -eq 0 ] && [ "${DIST_CHECK:-1}" = 1 ]; then
+  echo "=== distributed / device tests (cuda)"
+  timeout "${DIST_SECONDS:-300}" python3 -m pytest -p no:cacheprovider -o addopts= --timeout 280 -v -rfE \
+      tests/engine/train/test_distributed.py > "$OUT/pytest_distributed.txt" 2>&1
+  echo "distributed pytest exit status $?"
+  grep -E "(PASSED|FAILED|ERROR|SKIPPED)" "$OUT/pytest_distributed.txt" | tail -12
 fi
 date

@@ -222,10 +222,15 @@ def _one_line_error(capsys, args, monkeypatch=None) -> str:
 
 
 def test_nproc_larger_than_the_cores(capsys, tmp_path):
-    n = (os.cpu_count() or 1) + 1
+    """More ranks than cores (gloo) or GPUs (NCCL, KERNELIGHT_ARCH=cuda on a GPU machine)."""
+    from shaders import runtime
+
+    gpu = runtime.check_device("auto").type == "cuda"
+    have = torch.cuda.device_count() if gpu else (os.cpu_count() or 1)
+    n = have + 1
     msg = _one_line_error(capsys, RAYGAUSS + ["--batch-images", str(2 * n), "--nproc", str(n),
                                               "--output", str(tmp_path)])
-    assert f"--nproc {n}: this machine has {n - 1} CPU core(s)" in msg
+    assert f"--nproc {n}: this machine has {have} {'GPU(s)' if gpu else 'CPU core(s)'}" in msg
     assert not list(tmp_path.iterdir())
 
 
