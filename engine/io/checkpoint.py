@@ -125,6 +125,16 @@ def load_latest_valid(folder, *, method: str | None = None, map_location="cpu") 
                           "see the warnings above (logger kernelight.checkpoint)")
 
 
+def latest_valid_checkpoint(folder, *, method: str | None = None) -> Path | None:
+    """Like :func:`latest_checkpoint`, but the newest checkpoint that *loads* (see
+    :func:`load_latest_valid`: damaged newer ones are skipped with a logged warning); None when
+    the folder has no checkpoint; CheckpointError when none loads. (The chosen file is loaded
+    once here to check it; callers load it again.)"""
+    if not list_checkpoints(folder):
+        return None
+    return load_latest_valid(folder, method=method)[0]
+
+
 def list_checkpoints(folder) -> list[Path]:
     """``step-NNNNNN.pt`` files in ``folder`` sorted by step (oldest first)."""
     folder = Path(folder)

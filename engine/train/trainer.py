@@ -35,7 +35,7 @@ import torch
 
 from ..errors import ConfigError, KernelightError
 from ..io.atomic import atomic_write_text
-from ..io.checkpoint import checkpoint_name, latest_checkpoint, load_checkpoint, save_checkpoint
+from ..io.checkpoint import checkpoint_name, latest_valid_checkpoint, load_checkpoint, save_checkpoint
 from . import distributed
 
 
@@ -107,7 +107,7 @@ class Trainer:
         resume_ckpt = None
         if settings.run_dir is not None:
             self.run_dir = Path(settings.run_dir)
-            resume_ckpt = latest_checkpoint(self.run_dir / "checkpoints")
+            resume_ckpt = latest_valid_checkpoint(self.run_dir / "checkpoints", method=self.method_name)
             if resume_ckpt is None:
                 raise ConfigError(f"{self.run_dir}: no checkpoint to resume from in checkpoints/")
         self.cfg = make_method_config(self.method_cls, settings.options)
