@@ -150,3 +150,14 @@ register(MethodSpec(
                 "(Adaptive Shells, SIGGRAPH Asia 2023)",
     export_formats={"shells": "outer.ply, inner.ply and surface.ply (the SDF zero level set) in a folder"},
 ))
+
+register(MethodSpec(
+    name="gvolume",
+    method="engine.methods.gvolume.method:GVolumeMethod",
+    config="engine.methods.gvolume.config:GVolumeConfig",
+    description="GaussianVolume: N^3 Gaussians anchored on a grid, fitted with the Candidate Pool Strategy "
+                "(GVGEN, ECCV 2024)",
+    presets="engine.methods.gvolume.config:PRESETS",
+    export_formats={"ply": "standard 3DGS .ply of the active Gaussians (all N^3 once densification ended)",
+                    "gdf": "Gaussian Distance Field: (N, N, N) float32 .npy of distances to the nearest centre"},
+))
