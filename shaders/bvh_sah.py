@@ -51,6 +51,8 @@ ALL_AXES = True
 SUBTREE_ALL_AXES = False
 #: Nodes of more primitives than this choose their split from a strided sample of them.
 SAMPLE = 1024
+#: Nodes of at most this many primitives split at the spatial median of their longest axis.
+SMALL = 16
 _STACK = 64
 
 # Node record columns of ``SAHTree.node_i`` (M, 8) int32.
@@ -109,7 +111,7 @@ def _sah_init(lo: ti.types.ndarray(), hi: ti.types.ndarray(), rows: ti.types.nda
 
 @ti.func
 def _split_choice(rows: ti.template(), buf: ti.i32, s0: ti.i32, cnt: ti.i32, cb: ti.template(),
-                  node: ti.i32, force_median: ti.i32, all_axes: ti.i32):
+                  node: ti.i32, force_median: ti.i32, all_axes: ti.i32, small_max: ti.i32):
     """(kind, best bin, left count) of the binned-SAH split of a node (kind 0..2 = axis, or
     _MEDIAN when no binned plane separates anything / ``force_median``)."""
     nrow = rows.shape[0] // 16
@@ -126,7 +128,13 @@ def _split_choice(rows: ti.template(), buf: ti.i32, s0: ti.i32, cnt: ti.i32, cb:
         longest = 1
     if cb[node * 6 + 5] - cb[node * 6 + 2] > cb[node * 6 + 3 + longest] - cb[node * 6 + longest]:
         longest = 2
-    if force_median == 0:
+    small = cnt <= small_max and cb[node * 6 + 3 + longest] - cb[node * 6 + longest] > 1e-30
+    if force_median == 0 and small:
+        # a small node: spatial median of the longest axis (no binning pass; if that plane
+        # separates nothing, _partition falls back to the object median)
+        kind = longest
+        best_bin = BINS // 2 - 1
+    elif force_median == 0:
         for axis in ti.static(range(3)):
             clo = cb[node * 6 + axis]
             ext = cb[node * 6 + 3 + axis] - clo
@@ -226,6 +234,33 @@ def _partition(rows: ti.template(), buf: ti.i32, s0: ti.i32, cnt: ti.i32, kind: 
             rows[(dbuf * nrow + q) * 8 + 3 + k] = b[k]
         rows[(dbuf * nrow + q) * 8 + 6] = rows[(buf * nrow + p) * 8 + 6]
     nl = li - s0
+    if nl == 0 or nl == cnt:
+        # the plane separated nothing (only possible for a small node's spatial median):
+        # object median by position instead, bounds recomputed over the copied rows
+        nl = cnt // 2
+        llo = ti.Vector([3e38, 3e38, 3e38], dt=ti.f32)
+        lhi = ti.Vector([-3e38, -3e38, -3e38], dt=ti.f32)
+        rlo = ti.Vector([3e38, 3e38, 3e38], dt=ti.f32)
+        rhi = ti.Vector([-3e38, -3e38, -3e38], dt=ti.f32)
+        lclo = ti.Vector([3e38, 3e38, 3e38], dt=ti.f32)
+        lchi = ti.Vector([-3e38, -3e38, -3e38], dt=ti.f32)
+        rclo = ti.Vector([3e38, 3e38, 3e38], dt=ti.f32)
+        rchi = ti.Vector([-3e38, -3e38, -3e38], dt=ti.f32)
+        for p in range(s0, s0 + cnt):
+            r = (dbuf * nrow + p) * 8
+            a = ti.Vector([rows[r + 0], rows[r + 1], rows[r + 2]], dt=ti.f32)
+            b = ti.Vector([rows[r + 3], rows[r + 4], rows[r + 5]], dt=ti.f32)
+            c2 = a + b
+            if p - s0 < nl:
+                llo = ti.min(llo, a)
+                lhi = ti.max(lhi, b)
+                lclo = ti.min(lclo, c2)
+                lchi = ti.max(lchi, c2)
+            else:
+                rlo = ti.min(rlo, a)
+                rhi = ti.max(rhi, b)
+                rclo = ti.min(rclo, c2)
+                rchi = ti.max(rchi, c2)
     node_i[c0 * 8 + _START] = s0
     node_i[c0 * 8 + _COUNT] = nl
     node_i[c0 * 8 + _BUF] = dbuf
@@ -256,7 +291,7 @@ def _sah_level(rows: ti.types.ndarray(), perm: ti.types.ndarray(), node_i: ti.ty
                node_lo: ti.types.ndarray(), node_hi: ti.types.ndarray(),
                cb: ti.types.ndarray(), first: ti.i32, last: ti.i32, leaf_max: ti.i32,
                subtree_max: ti.i32, force_median: ti.i32, all_axes: ti.i32,
-               state: ti.types.ndarray(),
+               small_max: ti.i32, state: ti.types.ndarray(),
                deferred: ti.types.ndarray()):
     """One top level: nodes ``first .. last-1`` (rows in ``rows[buf]``, box and centroid
     bounds known).
@@ -283,7 +318,7 @@ def _sah_level(rows: ti.types.ndarray(), perm: ti.types.ndarray(), node_i: ti.ty
             kind = _DEFER
         else:
             kind, best_bin, nleft = _split_choice(rows, buf, s0, cnt, cb, node, force_median,
-                                                  all_axes)
+                                                  all_axes, small_max)
         node_i[node * 8 + _KIND] = kind
         node_i[node * 8 + _BIN] = best_bin
         node_i[node * 8 + _NLEFT] = nleft
@@ -319,7 +354,8 @@ def _sah_subtrees(rows: ti.types.ndarray(), perm: ti.types.ndarray(),
                   node_i: ti.types.ndarray(), node_lo: ti.types.ndarray(),
                   node_hi: ti.types.ndarray(), cb: ti.types.ndarray(),
                   deferred: ti.types.ndarray(), num_deferred: ti.i32, root_depth: ti.i32,
-                  leaf_max: ti.i32, all_axes: ti.i32, state: ti.types.ndarray()):
+                  leaf_max: ti.i32, all_axes: ti.i32, small_max: ti.i32,
+                  state: ti.types.ndarray()):
     """Every deferred node (at depth ``root_depth`` or less) builds its subtree depth-first,
     one thread each; ids from its reserved range in preorder; state[3] = max depth reached."""
     for i in range(num_deferred):
@@ -349,7 +385,7 @@ def _sah_subtrees(rows: ti.types.ndarray(), perm: ti.types.ndarray(),
             else:
                 kind, best_bin, nleft = _split_choice(rows, buf, s0, cnt, cb, node,
                                                       ti.cast(depth >= MEDIAN_DEPTH, ti.i32),
-                                                      all_axes)
+                                                      all_axes, small_max)
                 if node != root:
                     node_i[node * 8 + _KIND] = kind
                 c0 = nxt
@@ -497,13 +533,16 @@ def default_subtree_max(n: int, arch: str) -> int:
 
 
 def build_sah(lo, hi, leaf_max: int, dfs_layout: bool = True, subtree_max: int | None = None,
-              arch: str = "cpu", all_axes: bool | None = None) -> SAHTree:
+              arch: str = "cpu", all_axes: bool | None = None,
+              small_max: int | None = None) -> SAHTree:
     """Build over float32 contiguous boxes lo, hi (N, 3), N >= 1 (call under the runtime lock).
     ``subtree_max``: see the module docstring (default :func:`default_subtree_max`);
     ``all_axes``: default :data:`ALL_AXES`."""
     if all_axes is None:
         all_axes = ALL_AXES
     sub_axes = all_axes if SUBTREE_ALL_AXES is None else SUBTREE_ALL_AXES
+    if small_max is None:
+        small_max = SMALL
     n = lo.shape[0]
     dev = lo.device
     m = 2 * n - 1
@@ -526,7 +565,8 @@ def build_sah(lo, hi, leaf_max: int, dfs_layout: bool = True, subtree_max: int |
     while level_off[-1] > level_off[-2]:
         first, last = level_off[-2], level_off[-1]
         _sah_level(rows.view(-1), perm, node_i.view(-1), node_lo.view(-1), node_hi.view(-1), cb.view(-1), first, last, leaf_max,
-                   subtree_max, int(depth >= MEDIAN_DEPTH), int(all_axes), state, deferred)
+                   subtree_max, int(depth >= MEDIAN_DEPTH), int(all_axes), int(small_max), state,
+                   deferred)
         level_off.append(int(state[0]))
         depth += 1
     level_off.pop()  # the last level added no nodes
@@ -536,7 +576,7 @@ def build_sah(lo, hi, leaf_max: int, dfs_layout: bool = True, subtree_max: int |
     sub_depth = 0
     if num_deferred:
         _sah_subtrees(rows.view(-1), perm, node_i.view(-1), node_lo.view(-1), node_hi.view(-1), cb.view(-1), deferred, num_deferred,
-                      top_depth, leaf_max, int(sub_axes), state)
+                      top_depth, leaf_max, int(sub_axes), int(small_max), state)
         sub_depth = int(state[3])
     row_of, n_internal = _depth_first_rows(node_i, level_off, dfs_layout)
     packed = torch.zeros((max(n_internal, 1), 16), dtype=torch.float32, device=dev)

@@ -414,15 +414,19 @@ def test_sah_tree_duplicates_bounded_depth():
     assert 0 <= int(face[0]) < 600 and 600 <= int(face[1]) < 1000
 
 
-@pytest.mark.parametrize("subtree_max,all_axes", [(1, True), (40, True), (40, False),
-                                                   (10**9, True)])
-def test_sah_build_phases_match_brute_force(monkeypatch, subtree_max, all_axes):
+@pytest.mark.parametrize("subtree_max,all_axes,small", [(1, True, 0), (40, True, 16),
+                                                         (40, False, 0), (10**9, True, 16),
+                                                         (40, False, 10**9)])
+def test_sah_build_phases_match_brute_force(monkeypatch, subtree_max, all_axes, small):
     """The SAH builder's two phases (per-level top, per-thread subtrees) alone and mixed, with
-    all axes or the longest only: a valid tree, exact closest hits, refit == fresh build."""
+    all axes or the longest only, small nodes split by binned SAH or at the spatial median:
+    a valid tree, exact closest hits, refit == fresh build."""
     from shaders import bvh_sah
 
     monkeypatch.setattr(bvh_sah, "default_subtree_max", lambda n, arch: subtree_max)
     monkeypatch.setattr(bvh_sah, "ALL_AXES", all_axes)
+    monkeypatch.setattr(bvh_sah, "SUBTREE_ALL_AXES", None)
+    monkeypatch.setattr(bvh_sah, "SMALL", small)
     gen = torch.Generator().manual_seed(30)
     v, f = _random_soup(700, gen)
     tb = bvh.build_triangle_bvh(v, f, leaf_size=3)
