@@ -191,6 +191,7 @@ class CandidatePoolStrategy:
         stats["pruned"] = int(prune.sum())
         self.free_slots(vol, optimizer, torch.nonzero(prune)[:, 0])
         stats["active"] = vol.num_active
+        stats["pool"] = int((~vol.active).sum())
         self._reset(S, vol.offset.device)
         return stats
 
