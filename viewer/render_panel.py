@@ -8,6 +8,14 @@ measured rays/s and the target frame rate; once the camera rests for ``rest_dela
 view is re-rendered at full size (``max_side`` pixels on the longer side). A disconnecting
 client stops its thread and its state is dropped.
 
+A client that reads slowly (or never) does not make the server render for nothing or pile up
+frames: before rendering, the worker checks whether viser still holds this client's previous
+frame in its outgoing buffer (:func:`unsent_frame`, i.e. its socket writer has not taken it);
+if so the request is held (polled every ``BACKLOG_POLL`` s) and replaced by any newer one, so
+per client at most one frame waits in viser's buffer and one is being written to the socket.
+Each worker counts frames sent, requests dropped as stale, held renders and the latency from
+camera update to frame handed to viser (:meth:`ClientRenderer.stats`).
+
 Renders run on the Taichi thread through the engine's kernel queue (:func:`engine.kernels.queue`,
 holding :func:`engine.kernels.lock`), so viewer threads never race each other or a training loop.
 """
@@ -16,6 +24,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -194,6 +203,27 @@ def colorize(out: dict, settings: RenderSettings) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------- per client
+BACKLOG_POLL = 0.02          # seconds between checks while a client's previous frame is unsent
+LATENCY_WINDOW = 4096        # latencies kept per client (newest)
+FRAME_MESSAGE = "BackgroundImageMessage"   # viser's redundancy key of set_background_image
+
+
+def unsent_frame(client) -> bool:
+    """Whether viser's outgoing buffer for ``client`` still holds a frame its socket writer has
+    not taken yet (a slow or stalled client). ``False`` when it cannot tell (e.g. a test double)."""
+    try:
+        buf = client._websock_connection.get_message_buffer()
+        return FRAME_MESSAGE in buf.id_from_redundancy_key
+    except Exception:
+        return False
+
+
+def percentile_ms(seconds, q: float) -> float | None:
+    """The ``q``-th percentile of a sequence of durations in seconds, in milliseconds (None if empty)."""
+    xs = list(seconds)
+    return float(np.percentile(np.asarray(xs) * 1000.0, q)) if xs else None
+
+
 class ClientRenderer:
     """Worker thread rendering the newest view request of one client (see module docstring)."""
 
@@ -209,6 +239,9 @@ class ClientRenderer:
         self.res = AdaptiveResolution(settings.target_fps, settings.max_side, settings.min_side)
         self.frames_sent = 0
         self.frames_full = 0
+        self.held = 0                  # renders postponed because the previous frame was still unsent
+        self.superseded = 0            # held requests replaced by a newer one before rendering
+        self.latencies: deque = deque(maxlen=LATENCY_WINDOW)   # camera update -> frame handed to viser (s)
         self.errors = 0
         self.last_error: str | None = None
         self.last_frame_time = 0.0
@@ -244,18 +277,38 @@ class ClientRenderer:
         return self._thread.is_alive()
 
     # -- worker
+    def backlogged(self) -> bool:
+        """Whether this client's previous frame still waits in viser's buffer (see :func:`unsent_frame`)."""
+        return unsent_frame(self.client)
+
     def _loop(self) -> None:
+        held = None                   # the newest request, waiting for the previous frame to leave
         while not self._stop:
-            view = self.slot.get(self.settings.rest_delay if self._low_pending else 0.5)
+            if held is not None:
+                timeout = BACKLOG_POLL
+            else:
+                timeout = self.settings.rest_delay if self._low_pending else 0.5
+            view = self.slot.get(timeout)
             if self._stop:
                 break
-            if view is None:
-                if self._low_pending and self._last_view is not None:
-                    self._render(self._last_view, full=True)
+            again = False             # the same held request, checked once more
+            if view is not None:
+                if held is not None:
+                    self.superseded += 1
+                held = None
+            elif held is not None:
+                view, held, again = held, None, True
+            if view is None:          # no new request: the resting full-size re-render, when due
+                if self._low_pending and self._last_view is not None and not self.backlogged():
+                    self._render(self._last_view, full=True, requested=False)
+                continue
+            if self.backlogged():     # a stale frame would only queue up behind the unsent one
+                self.held += int(not again)
+                held = view
                 continue
             self._render(view, full=not view.moving)
 
-    def _render(self, view: ViewRequest, full: bool) -> None:
+    def _render(self, view: ViewRequest, full: bool, requested: bool = True) -> None:
         import torch
 
         s = self.settings
@@ -287,6 +340,8 @@ class ClientRenderer:
             self.last_error = f"send failed: {exc}"
             return
         self.frames_sent += 1
+        if requested:
+            self.latencies.append(time.monotonic() - view.stamp)
         self.frames_full += int(full or not self._low_pending)
         self.last_frame_time = time.monotonic()
         self.last_size = (W, H)
@@ -294,10 +349,16 @@ class ClientRenderer:
             self.on_frame(self)
 
     def stats(self) -> dict:
-        return {"frames_sent": self.frames_sent, "frames_full": self.frames_full, "dropped": self.slot.dropped,
+        """Counters of this client: frames sent, requests (accepted / dropped as stale, either replaced
+        in the mailbox or while held), held renders, latency percentiles (camera update -> frame
+        handed to viser, ms, over the newest ``LATENCY_WINDOW`` frames), errors, throughput."""
+        lat = tuple(self.latencies)
+        return {"frames_sent": self.frames_sent, "frames_full": self.frames_full,
+                "dropped": self.slot.dropped + self.superseded, "held": self.held,
                 "requests": self.slot.accepted, "pending": self.slot.pending, "errors": self.errors,
                 "last_error": self.last_error, "rays_per_sec": self.res.rays_per_sec, "size": self.last_size,
-                "render_ms": 1000 * self.last_render_s}
+                "render_ms": 1000 * self.last_render_s, "latency_p50_ms": percentile_ms(lat, 50),
+                "latency_p95_ms": percentile_ms(lat, 95), "latency_samples": len(lat)}
 
 
 # --------------------------------------------------------------------------------- the panel
@@ -316,6 +377,7 @@ class RenderPanel:
         self.source = source
         self.settings = settings or RenderSettings()
         self.clients: dict[int, ClientRenderer] = {}
+        self._gone: set[int] = set()      # disconnects that ran before their connect callback
         self._lock = threading.Lock()
         self._stats_md = None
         self._last_stats = 0.0
@@ -369,9 +431,15 @@ class RenderPanel:
             pass
 
     # -- clients
+    # viser runs plain connect/disconnect callbacks on a thread pool, so for a client that leaves
+    # right after arriving the disconnect may run first: it leaves a tombstone that the connect
+    # then honours (otherwise the worker of a departed client would live forever).
     def _connect(self, client) -> None:
-        cr = ClientRenderer(client, self.source, self.settings, on_frame=self._on_frame, taichi=self.taichi)
         with self._lock:
+            if client.client_id in self._gone:
+                self._gone.discard(client.client_id)
+                return
+            cr = ClientRenderer(client, self.source, self.settings, on_frame=self._on_frame, taichi=self.taichi)
             self.clients[client.client_id] = cr
 
         @client.camera.on_update
@@ -381,6 +449,8 @@ class RenderPanel:
     def _disconnect(self, client) -> None:
         with self._lock:
             cr = self.clients.pop(client.client_id, None)
+            if cr is None and len(self._gone) < 100_000:
+                self._gone.add(client.client_id)
         if cr is not None:
             cr.stop()
 
