@@ -104,13 +104,16 @@ def render(model, camera, index: int = 0, background=None) -> dict:
 def train(config, **overrides) -> Path:
     """Train from a scene TOML path (or a dict with keys method, data, options, ...).
 
-    Returns the run folder. ``overrides`` are method options (e.g. ``max_steps=200``).
+    Returns the run folder. ``overrides`` are method options (e.g. ``max_steps=200``), plus
+    ``device="auto"|"cpu"|"cuda"`` (where the model, data and optimizer state live; default: the
+    scene TOML's ``[run] device``, else auto).
     """
     from . import methods as registry
     from .config import load_scene
     from .train.trainer import TrainSettings
     from .train.trainer import train as _train
 
+    device = overrides.pop("device", None)
     if isinstance(config, (str, Path)):
         sc = load_scene(config)
         if not sc.method:
@@ -119,17 +122,26 @@ def train(config, **overrides) -> Path:
         base = spec.preset(sc.preset) if sc.preset else {}
         settings = TrainSettings(method=spec.method_class(), data=sc.data, scene_name=sc.name, data_format=sc.format,
                                  downscale=sc.downscale, background=sc.background,
-                                 options={**base, **sc.method_options, **overrides})
+                                 options={**base, **sc.method_options, **overrides},
+                                 device=device or _run_table(config).get("device") or "auto")
     elif isinstance(config, dict):
         c = dict(config)
         opts = {**c.pop("options", {}), **overrides}
         method = c.pop("method", None)
         if isinstance(method, str):
             method = registry.get_method(method)
+        if device is not None:
+            c["device"] = device
         settings = TrainSettings(method=method, options=opts, **c)
     else:
         raise ConfigError("engine.train(config): config must be a scene TOML path or a dict")
     return _train(settings)
+
+
+def _run_table(path) -> dict:
+    from .commands.train import _scene_run_table
+
+    return _scene_run_table(path)
 
 
 def load_dataset(path, **kwargs):

@@ -110,7 +110,7 @@ def _set_torch_threads(arch: str) -> None:
 
 
 CUDA_TORCH_HINT = ("install the CUDA build of torch: make setup TORCH=cu128 (or pip install torch==2.13.0 "
-                   "--index-url https://download.pytorch.org/whl/cu128; README 'GPU')")
+                   "--index-url https://download.pytorch.org/whl/cu128; README 'GPU install')")
 
 
 class DeviceMismatch(RuntimeError):

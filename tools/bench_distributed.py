@@ -5,7 +5,8 @@ Each configuration is one ``kernelight train`` process (``--nproc N`` for N rank
 torchrun) with ``--time-budget-s`` so that every run gets the same training time; runs are
 interleaved per method (1 rank, N ranks) because these machines are noisy. Reported per run:
 steps, training time, rays trained per second (global batch x steps / train time; RayGauss
-trains ``batch_images`` whole images per step), final test PSNR (the trainer's end-of-run
+trains ``batch_images`` whole images per step; a 3-step warm-up run of each configuration first
+compiles the kernels, so no budget pays for JIT compilation), final test PSNR (the trainer's end-of-run
 evaluation), peak RSS of the largest process (ranks are separate processes), and the model size.
 Efficiency = (rays/s with N ranks) / (N x rays/s with 1 rank).
 
@@ -116,6 +117,15 @@ def main() -> int:
     ap.add_argument("--output", default="/tmp/bench_distributed_runs")
     ap.add_argument("--out", default=str(ROOT / "tools" / "results" / "bench_distributed.json"))
     a = ap.parse_args()
+    # warm-up: compile (or load) every kernel both configurations use, so that no timed run pays
+    # for JIT compilation inside its budget
+    for m in a.methods:
+        for n in (1, a.nproc):
+            args = [x for x in METHODS[m]]
+            args[args.index("--max-steps") + 1] = "3"
+            cmd = [sys.executable, "-m", "engine.cli", "train", *args, "--output", a.output + "/warmup",
+                   "--no-progress"] + (["--nproc", str(n)] if n > 1 else [])
+            subprocess.run(cmd, cwd=ROOT, capture_output=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
     rows = []
     for m in a.methods:
         for n in (1, a.nproc):

@@ -277,13 +277,13 @@ def max_local_ranks(device: torch.device) -> int:
     return os.cpu_count() or 1
 
 
-def check_world(method_cls, cfg, world_size: int) -> int:
+def check_world(method_cls, cfg, world_size: int, context: str = "") -> int:
     """The global batch of ``cfg`` (see :meth:`Method.global_batch`); a ConfigError when
-    ``world_size`` does not divide it."""
+    ``world_size`` does not divide it (``context`` starts the message, e.g. the checkpoint's world)."""
     b = int(method_cls.global_batch(cfg))
     if world_size > 1 and b % world_size:
         opt = method_cls.batch_option()
         hint = f"; set --{opt.replace('_', '-')} to a multiple of {world_size}" if opt else ""
-        raise ConfigError(f"{world_size} ranks do not divide the batch of method {method_cls.name} "
+        raise ConfigError(f"{context}{world_size} ranks do not divide the batch of method {method_cls.name} "
                           f"({opt or 'batch'} = {b}){hint}")
     return b

@@ -113,7 +113,10 @@ class Trainer:
         self.cfg = make_method_config(self.method_cls, settings.options)
         self.device = distributed.resolve_device(settings.device, start=True)
         rank, world, _ = distributed.env_world()
-        self.batch = distributed.check_world(self.method_cls, self.cfg, world)   # before any rank waits
+        ck = load_checkpoint(resume_ckpt, method=self.method_name) if resume_ckpt is not None else None
+        written = (f"{resume_ckpt.name} was written by {int(ck.get('world_size', 1))} rank(s); "
+                   if ck is not None and int(ck.get("world_size", 1)) != world else "")
+        self.batch = distributed.check_world(self.method_cls, self.cfg, world, written)   # before any rank waits
         self.dist = distributed.init(self.device, settings.dist_timeout_s)
         self.is_main = self.dist.is_main
         self.dataset = load_dataset(settings.data, downscale=settings.downscale,
@@ -128,9 +131,7 @@ class Trainer:
         self.gen = torch.Generator().manual_seed(self.cfg.seed)
         self.step = 0
         self.train_time = 0.0
-        ck = None
-        if resume_ckpt is not None:
-            ck = load_checkpoint(resume_ckpt, method=self.method_name)
+        if ck is not None:
             self.method = self._attach(self.method_cls.from_state_dict(self.cfg, ck["model"]))
             self.optimizer = self.method.make_optimizer()
             self.optimizer.load_state_dict(ck["optimizer"])

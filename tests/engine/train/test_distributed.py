@@ -128,7 +128,7 @@ def _metrics(run: Path) -> list[dict]:
     return [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines() if ln.strip()]
 
 
-def test_raygauss_two_ranks_match_one_rank_across_densify_and_resume(tmp_path):
+def test_raygauss_two_ranks_match_one_rank_across_densify_and_resume(tmp_path, monkeypatch, capsys):
     """RayGauss, batch_images=2: 2 ranks x 1 image == 1 rank x 2 images after 4 steps with a
     densification at step 2 (clones/splits change the set); then the 2-rank checkpoint resumed by
     1 rank and the 1-rank checkpoint resumed by 2 ranks reach the same step-6 parameters.
@@ -156,6 +156,12 @@ def test_raygauss_two_ranks_match_one_rank_across_densify_and_resume(tmp_path):
     assert _wait(res2, tmp_path, "rg-res2") == [0, 0], (tmp_path / "rg-res2-rank0.log").read_text()[-3000:]
     assert "written by 1 rank(s), resuming with 2" in (tmp_path / "rg-res2-rank0.log").read_text()
     _assert_same_model(one / "checkpoints/step-000006.pt", two / "checkpoints/step-000006.pt")
+    # a world size that does not divide the checkpoint's batch: one line, before any rank waits
+    capsys.readouterr()
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    monkeypatch.setenv("RANK", "0")
+    msg = _one_line_error(capsys, ["--resume", str(one), "--max-steps", "8"])
+    assert "step-000006.pt was written by 2 rank(s); 3 ranks do not divide the batch" in msg, msg
 
 
 def test_shells_two_ranks_match_one_rank_across_extraction(tmp_path):
