@@ -12,9 +12,27 @@ TINY = {"init_points": 100, "eval_every": 0, "log_every": 1, "checkpoint_every":
         "densify_until": 0, "dt": 0.02}
 
 
+def _tiny_scene(root):
+    """Two 8x8 views with the mic scene's first two cameras (decoding 400 mic images would dominate)."""
+    import json
+
+    from PIL import Image
+
+    meta = json.loads((REPO / "scenes" / "mic" / "mic_100" / "transforms_train.json").read_text())
+    meta["frames"] = meta["frames"][:2]
+    (root / "train").mkdir(parents=True)
+    for fr in meta["frames"]:
+        Image.new("RGBA", (8, 8), (200, 100, 50, 255)).save(root / (fr["file_path"] + ".png"))
+    (root / "transforms_train.json").write_text(json.dumps(meta))
+    return root
+
+
 def _settings(tmp_path, **opts):
-    return TrainSettings(method=RayGaussMethod, data=REPO / "scenes" / "mic" / "mic_100", output=tmp_path / "out",
-                         scene_name="mic", downscale=4, options={**TINY, **opts}, progress=False, quiet=True)
+    data = tmp_path / "scene"
+    if not data.exists():
+        _tiny_scene(data)
+    return TrainSettings(method=RayGaussMethod, data=data, output=tmp_path / "out", scene_name="tiny",
+                         options={**TINY, **opts}, progress=False, quiet=True)
 
 
 @pytest.mark.timeout(300)
