@@ -158,7 +158,10 @@ class Method:
     * ``batch_mode``: ``"image"`` (one training image per step: :meth:`train_step`) or ``"rays"``
       (random rays across all training images: :meth:`train_step_rays`, ``cfg.rays_per_batch``);
     * ``masked_eval``: on data with masks (DTU) evaluate inside the mask only;
-    * ``export_formats``: ``{format: one line}`` accepted by :meth:`export`.
+    * ``export_formats``: ``{format: one line}`` accepted by :meth:`export`;
+    * ``devices``: where its model can live (``("cpu", "cuda")`` once every tensor it creates
+      follows its parameters' device). A CPU-only method on a CUDA machine keeps its model on the CPU
+      and its kernel inputs are copied to the GPU per call; ``--device cuda`` is refused for it.
 
     Instance attributes set by the base: ``cfg``, ``notes`` (lines the CLI prints), ``run_dir`` and
     ``step`` (set by ``engine.load``).
@@ -169,6 +172,7 @@ class Method:
     batch_mode: ClassVar[str] = "image"
     masked_eval: ClassVar[bool] = False
     export_formats: ClassVar[dict[str, str]] = {}
+    devices: ClassVar[tuple[str, ...]] = ("cpu",)
 
     def __init__(self, cfg: MethodConfig):
         self.cfg = cfg

@@ -166,6 +166,6 @@ class RayGaussDensifier:
 
 def _keep_mask(n_old: int, split_idx: torch.Tensor, n_add: int) -> torch.Tensor:
     """Drop split parents (their two children replace them)."""
-    keep = torch.ones(n_old + n_add, dtype=torch.bool)
+    keep = torch.ones(n_old + n_add, dtype=torch.bool, device=split_idx.device)
     keep[split_idx] = False
     return keep

@@ -112,6 +112,16 @@ class Trainer:
                 raise ConfigError(f"{self.run_dir}: no checkpoint to resume from in checkpoints/")
         self.cfg = make_method_config(self.method_cls, settings.options)
         self.device = distributed.resolve_device(settings.device, start=True)
+        self.device_note = None
+        if self.device.type not in self.method_cls.devices:
+            if (settings.device or "auto") != "auto":
+                raise ConfigError(f"--device {settings.device}: method {self.method_name} keeps its model on "
+                                  f"{' or '.join(self.method_cls.devices)} (its {self.device.type} placement is not "
+                                  f"done yet); use --device auto")
+            # Taichi still runs on the GPU; the model stays where the method can hold it
+            self.device_note = (f"method {self.method_name} keeps its model on the CPU; the kernels run on "
+                                f"{self.device.type} and their inputs are copied per call")
+            self.device = torch.device("cpu")
         rank, world, _ = distributed.env_world()
         ck = load_checkpoint(resume_ckpt, method=self.method_name) if resume_ckpt is not None else None
         written = (f"{resume_ckpt.name} was written by {int(ck.get('world_size', 1))} rank(s); "
@@ -159,6 +169,8 @@ class Trainer:
             self.run_dir = Path(run_dir)
             self.notes = list(self.method.notes)
             self._sync_from_rank0("the initial model broadcast")
+        if self.device_note:
+            self.notes.append(self.device_note)
         if self.dist.enabled:
             self.notes.append(f"data-parallel: {self.dist.world_size} ranks ({self.dist.backend}, {self.device}); "
                               f"each step's batch of {self.batch} split {self.batch // self.dist.world_size} per rank")

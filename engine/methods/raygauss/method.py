@@ -47,6 +47,7 @@ class RayGaussMethod(Method):
     name = "raygauss"
     config_cls = RayGaussConfig
     export_formats = {"ply": "standard 3DGS .ply (density converted to opacity, SG lobes dropped)"}
+    devices = ("cpu", "cuda")   # parameters, densification and the shared renderer follow the device
 
     def __init__(self, cfg: RayGaussConfig, model: RayGaussModel):
         super().__init__(cfg)
