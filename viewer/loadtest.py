@@ -78,14 +78,19 @@ def orbit_eye(k: int, radius: float = 2.5, height: float = 0.8, speed: float = 0
 
 def message_types(payload: bytes) -> list[str]:
     """The message type names in one server -> client websocket message (viser's wire format:
-    8-byte msgpack size, 8-byte compressed size, zstd(msgpack), binary buffers)."""
+    8-byte msgpack size, 8-byte compressed size, zstd(msgpack), binary buffers). A background
+    image without pixels (viser's initial clear) is reported as ``BackgroundImageMessage:empty``."""
     import msgspec
     import zstandard
 
     n_inner, n_comp = struct.unpack_from("<QQ", payload, 0)
     inner = zstandard.ZstdDecompressor().decompress(payload[16:16 + n_comp], max_output_size=n_inner)
     body = msgspec.msgpack.decode(inner)
-    return [m.get("type", "?") for m in body.get("messages", ())]
+    out = []
+    for m in body.get("messages", ()):
+        t = m.get("type", "?")
+        out.append(t + ":empty" if t == "BackgroundImageMessage" and m.get("rgb_data") is None else t)
+    return out
 
 
 def _subprotocol() -> str:

@@ -446,6 +446,13 @@ class RenderPanel:
         def _(cam) -> None:
             cr.request(ViewRequest.from_camera(cam, moving=True))
 
+        # viser dispatches this callback on a thread pool after the client's first camera message,
+        # which may have been handled before the hook above existed: render the current view now
+        try:
+            cr.request(ViewRequest.from_camera(client.camera, moving=False))
+        except Exception:  # no camera state yet: the next camera message starts the frames
+            pass
+
     def _disconnect(self, client) -> None:
         with self._lock:
             cr = self.clients.pop(client.client_id, None)

@@ -404,16 +404,17 @@ def test_view_defaults_to_localhost_and_rejects_bad_paths(tmp_path):
 
 @pytest.mark.timeout(300)
 def test_load_five_clients_for_30_seconds(tiny_ply):
-    """5 browser windows for 30 s while their cameras orbit; every client keeps getting frames."""
+    """5 browser windows for 30 s while their cameras orbit; every client keeps getting frames.
+    Records the load figures: frames served per client, p95 latency camera update -> frame handed
+    to viser, peak RSS of the server process over the 30 s (printed; also written as JSON to
+    $KERNELIGHT_LOAD_FIGURES when set)."""
+    from viewer import loadtest as lt
+
     app = _open(tiny_ply, max_side=64, dt=0.02, target_fps=10)
     report = {}
 
     def rss_mb():
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-        return float("nan")
+        return lt.memory()["rss_mb"]
 
     def scenario():
         b = Browser(900, 600)
@@ -427,6 +428,10 @@ def test_load_five_clients_for_30_seconds(tiny_ply):
                      "5 connected clients with a first frame")
             time.sleep(2.0)
             clients = list(app.server.get_clients().values())
+            for cr in app.render_panel.clients.values():       # measure the 30 s window only
+                cr.latencies.clear()
+            n_start = {cid: s["frames_sent"] for cid, s in app.render_panel.stats().items()}
+            lt.reset_peak()
             rss0 = rss_mb()
             windows = []                      # per 5 s window: frames each client received
             prev = {c.client_id: _frames(app, c.client_id) for c in clients}
@@ -450,7 +455,15 @@ def test_load_five_clients_for_30_seconds(tiny_ply):
                     windows.append({cid: cur[cid] - prev[cid] for cid in cur})
                     rss_windows.append(round(rss_mb(), 1))
                     prev = cur
+            duration = time.monotonic() - t0
             st = app.render_panel.stats()
+            lat = [x for cr in app.render_panel.clients.values() for x in cr.latencies]
+            report["figures"] = {
+                "clients": len(st), "duration_s": round(duration, 1),
+                "frames_served": {cid: s["frames_sent"] - n_start[cid] for cid, s in st.items()},
+                "p95_latency_ms": {cid: s["latency_p95_ms"] for cid, s in st.items()},
+                "p95_latency_ms_all": float(np.percentile(lat, 95) * 1000) if lat else None,
+                "peak_rss_mb": lt.memory()["peak_mb"], "rss_start_mb": rss0}
             report.update(windows=windows, max_pending=max_pending, rss0=rss0, rss1=rss_mb(), rss_windows=rss_windows,
                           frames={cid: s["frames_sent"] for cid, s in st.items()},
                           dropped={cid: s["dropped"] for cid, s in st.items()},
@@ -479,6 +492,15 @@ def test_load_five_clients_for_30_seconds(tiny_ply):
     finally:
         app.stop()
     print("load test:", report)
+    if os.environ.get("KERNELIGHT_LOAD_FIGURES"):
+        import json
+
+        with open(os.environ["KERNELIGHT_LOAD_FIGURES"], "w") as f:
+            json.dump(report["figures"], f, indent=1, default=str)
+    fig = report["figures"]
+    assert all(n >= 10 for n in fig["frames_served"].values()), fig
+    assert all(v is not None for v in fig["p95_latency_ms"].values()), fig
+    assert fig["peak_rss_mb"] - fig["rss_start_mb"] < 150, fig
     assert len(report["windows"]) >= 5
     for w in report["windows"]:
         assert len(w) == 5 and all(n >= 1 for n in w.values()), f"a client starved: {report['windows']}"

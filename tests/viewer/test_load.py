@@ -172,45 +172,62 @@ def test_slow_client_that_never_reads(tiny_ply):
 # ------------------------------------------------------------------ 50 connect/disconnect cycles
 def test_fifty_connect_disconnect_cycles(tiny_ply):
     """50 protocol clients connect, move the camera and leave (every 5th after its first frame, the
-    others at once, often mid-render): no render thread, client state or viser cursor is left
-    behind, memory stays flat and the page is still served."""
+    others at once, often mid-render) while an idle client stays connected: no render thread, client
+    state or viser cursor is left behind, memory stays flat, the page is still served, and the idle
+    client gets no frame of the others (renders stay per client)."""
     app = _open(tiny_ply, max_side=48, target_fps=10)
     rep = {}
 
     def scenario():
         port = app.port
-        threads0 = lt.render_threads()
         ws = app.server._websock_server
-        broadcast0 = len(ws._broadcast_buffer.message_from_id)
-        rss = []
-        for i in range(50):
-            c = lt.ProtocolClient(HOST, port)
-            try:
-                c.move(lt.orbit_eye(i))
-                if i % 5 == 0:
-                    wait_for(lambda: c.frames >= 1, 30, f"a frame for client {i}", poll=0.02)
-            finally:
-                c.close()
-            if i % 10 == 9:
-                rss.append(lt.memory()["rss_mb"])
-        wait_for(lambda: not app.render_panel.clients and not app.server.get_clients(), 30,
-                 "every client to be gone")
-        wait_for(lambda: lt.render_threads() == threads0, 10, "the render threads to exit")
-        rep.update(threads0=threads0, broadcast0=broadcast0, threads1=lt.render_threads(), rss=rss, http=lt.http_get(HOST, port, "/")[0],
-                   states=len(ws._client_state_from_id), live=len(ws._live_connections),
-                   cursors=len(ws._broadcast_buffer.generator_cursors),
-                   broadcast=len(ws._broadcast_buffer.message_from_id))
+        idle = lt.ProtocolClient(HOST, port)
+        try:
+            idle.move(lt.orbit_eye(0))
+            wait_for(lambda: len(app.render_panel.clients) == 1, 30, "the idle client")
+            iid = next(iter(app.render_panel.clients))
+            wait_for(lambda: idle.frames >= 1, 60, "the idle client's first frame")
+            time.sleep(1.0)                                   # and the full-size one at rest
+            idle0 = idle.frames
+            threads0 = lt.render_threads()
+            broadcast0 = len(ws._broadcast_buffer.message_from_id)
+            rss, got = [], 0
+            for i in range(50):
+                c = lt.ProtocolClient(HOST, port)
+                try:
+                    c.move(lt.orbit_eye(i + 1))
+                    if i % 5 == 0:
+                        wait_for(lambda: c.frames >= 1, 30, f"a frame for client {i}", poll=0.02)
+                finally:
+                    c.close()
+                    got += c.frames
+                if i % 10 == 9:
+                    rss.append(lt.memory()["rss_mb"])
+            wait_for(lambda: set(app.render_panel.clients) == {iid} and set(app.server.get_clients()) == {iid}, 30,
+                     "every cycling client to be gone")
+            wait_for(lambda: lt.render_threads() == threads0, 10, "the render threads to exit")
+            time.sleep(0.5)
+            rep.update(threads0=threads0, broadcast0=broadcast0, threads1=lt.render_threads(), rss=rss, got=got,
+                       idle0=idle0, idle1=idle.frames, idle_sent=app.render_panel.stats()[iid]["frames_sent"],
+                       http=lt.http_get(HOST, port, "/")[0], states=len(ws._client_state_from_id),
+                       live=len(ws._live_connections), cursors=len(ws._broadcast_buffer.generator_cursors),
+                       broadcast=len(ws._broadcast_buffer.message_from_id))
+        finally:
+            idle.close()
+        wait_for(lambda: not app.render_panel.clients and lt.render_threads() == 0, 30, "the idle client to go")
 
     try:
         drive(app, scenario, 150)
     finally:
         app.stop()
     print("50 cycles:", rep)
-    assert rep["threads0"] == 0 and rep["threads1"] == 0
-    assert rep["states"] == 0 and rep["live"] == 0 and rep["cursors"] == 0
+    assert rep["threads0"] == 1 and rep["threads1"] == 1            # the idle client's worker only
+    assert rep["states"] == 1 and rep["live"] == 1 and rep["cursors"] == 1
     assert rep["broadcast"] <= rep["broadcast0"] + 5, "viser's shared buffer grows per connection"
     assert rep["rss"][-1] - rep["rss"][0] < 40, f"memory grew over the cycles: {rep['rss']}"
     assert rep["http"] == 200
+    assert rep["got"] >= 10                                          # every 5th waited for its frame
+    assert 1 <= rep["idle0"] == rep["idle1"] == rep["idle_sent"] <= 3, rep   # nothing of the others
 
 
 # ----------------------------------------------------------------------------------- exposure
