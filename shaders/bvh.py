@@ -52,7 +52,23 @@ Which tree for which query (picked by measurement)
   on pop (~1.4x slower in Taichi's CPU code), a branch-free push (1.2x slower), sign-selected
   near/far planes (within noise), ``block_dim`` 64..4096 (within noise). Leaf size matters
   little: SAH leaf 2 / 3 / 4 / 6 measured 1.65 / 1.66 / 1.78 / 1.79x (bunny) and 1.85 / 1.83 /
-  1.89 / 2.02x (armadillo) in one run; 3 is the default. The SAH build costs ~3-5x the LBVH's.
+  1.89 / 2.02x (armadillo) in one run; 3 is the default.
+
+  The kernels index 1-D ndarrays (flat views, or (n, 3) tensors passed as arrays of vectors):
+  in Taichi 1.7 on the CPU a 2-D ndarray load ``a[i, k]`` measured ~3x slower than ``a[3*i+k]``
+  (a serial copy of 69k rows: 1.23 vs 0.44 ms); closest hit got ~5 % faster from it.
+
+Build cost (``builder="sah"``)
+------------------------------
+:func:`build_triangle_bvh` builds only what :func:`closest_hit` needs: face boxes, the binned-SAH
+tree (:mod:`shaders.bvh_sah`: per-level top phase, then one thread per subtree; out-of-place
+partitions over contiguous rows; large nodes choose their split from a strided sample, nodes of
+<= 16 faces split at the spatial median) and the per-slot triangles. The contract LBVH
+(``.bvh``) is built on first access. Profile of the old builder (bunny, 69k faces, ~88 ms):
+SAH 76 ms (one serial kernel launch pair per level; every pass gathered ``lo[perm[p], k]``
+through a permutation with 2-D loads, bounds recomputed in a separate pass), contract LBVH
+10 ms (unused by closest hit), the rest < 5 ms. Measured against Embree: tools/bench_bvh.py,
+results in tools/results/bench_bvh.json and the README.
 
   The rows above used Moller-Trumbore. The watertight triangle test (:mod:`shaders.bvh_traverse`)
   that replaced it costs about 10 %: in one session, each run of tools/bench_bvh.py beside Embree,
@@ -186,6 +202,12 @@ def _as_boxes(lo, hi, what="lo/hi"):
     return lo, hi
 
 
+def _partials(dev):
+    from .bvh_build import _CHUNKS
+
+    return torch.empty((_CHUNKS, 6), dtype=torch.float32, device=dev)
+
+
 def _use_fence() -> bool:
     return runtime.arch_name() == "cuda"
 
@@ -216,7 +238,7 @@ def build_aabb_bvh(lo, hi) -> BVH:
     span = torch.zeros((max(n - 1, 1), 2), dtype=torch.int32, device=dev)
     with runtime.runtime_lock:
         bounds = torch.tensor([[_F32_MAX] * 3, [-_F32_MAX] * 3], dtype=torch.float32, device=dev)
-        _centroid_bounds(lo, hi, bounds)
+        _centroid_bounds(lo, hi, bounds, _partials(dev))
         codes = torch.empty((n,), dtype=torch.int32, device=dev)
         _morton_codes(lo, hi, bounds, codes)
         codes, order = torch.sort(codes, stable=True)
@@ -422,7 +444,7 @@ def morton_order(points) -> torch.Tensor:
         return torch.zeros(0, dtype=torch.long, device=p.device)
     with runtime.runtime_lock:
         bounds = torch.tensor([[_F32_MAX] * 3, [-_F32_MAX] * 3], dtype=torch.float32, device=p.device)
-        _centroid_bounds(p, p, bounds)
+        _centroid_bounds(p, p, bounds, _partials(p.device))
         codes = torch.empty((n,), dtype=torch.int32, device=p.device)
         _morton_codes(p, p, bounds, codes)
     return torch.sort(codes, stable=True).indices.to(home)
