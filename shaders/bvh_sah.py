@@ -24,16 +24,26 @@ GPU needs tens of thousands of threads (not measured here: no GPU on the develop
 
 Split choice (both phases, :func:`_split_choice`): the plane minimising ``area(L) * n(L) +
 area(R) * n(R)`` over the ``BINS - 1`` planes of an axis (one pass over the node's rows per
-axis): all three axes in the top phase, only the longest axis of the centroid bounds inside the
-subtrees (:data:`ALL_AXES`, :data:`SUBTREE_ALL_AXES`). A node of more than :data:`SAMPLE`
-primitives bins an evenly strided sample of them (the partition still places and bounds every
-one). A node of at most :data:`SMALL` primitives is split at the spatial median of its longest
-axis (no binning pass). Measured on the bunny / armadillo in one process (SAH cost of the tree,
-``sah_cost``; build CPU time relative to the all-axes, 16-bin, unsampled builder):
-all axes everywhere 31.66 / 29.11 (1.0); longest axis in the subtrees 32.31 / 29.76 (0.74);
-plus spatial median at <= 16 faces 32.84 / 30.12 (0.64), whose trace times were within the
-noise of the others (+-3 %). 8 bins instead of 16 cost the same and gave 32.04 / 29.48 with all
-axes; the sample (1024) changed the SAH cost by < 0.3 %.
+axis): all three axes for nodes of more than :data:`ALL_AXES_MIN` primitives, else only the
+longest axis of the centroid bounds. A node of more than :data:`SAMPLE` primitives bins an
+evenly strided sample of them (the partition still places and bounds every one). A node of at
+most :data:`SMALL` primitives is split at the spatial median of its longest axis (no binning
+pass). Measured on the bunny / armadillo in one process (SAH cost of the tree, ``sah_cost``,
+lower is better; build CPU time):
+
+=======================================================  =============  ===============
+variant (16 bins, sample 1024)                           SAH cost       build CPU ms
+=======================================================  =============  ===============
+all axes, no spatial median                              31.66 / 29.11  67 / 98
+all axes, spatial median <= 16                           32.39 / 29.76  51 / 72
+all axes above 256, spatial median <= 16                 32.83 / 30.07  46 / 62
+all axes above 1024, spatial median <= 16 (default)      32.96 / 30.20  41 / 62
+longest axis only, spatial median <= 16                  33.52 / 30.54  39 / 57
+=======================================================  =============  ===============
+
+(The builder before this one, 8 bins, all axes, no sample: 32.04 / 29.48.) Trace times of
+these trees were within the run-to-run noise of each other (+-3 %). 8 bins instead of 16 cost
+the same build time and gave a higher SAH cost; the sample changed the SAH cost by < 0.3 %.
 
 A node becomes a leaf exactly when it holds <= ``leaf_max`` primitives
 (SAH leaf-vs-split decisions on such small nodes cost more build time than they saved traversal
@@ -57,10 +67,9 @@ from .bvh_build import leaf_code
 
 BINS = 16
 MEDIAN_DEPTH = 32
-#: Bin all three axes (True) or only the longest axis of a node's centroid bounds (False),
-#: in the top phase / in the subtree phase (None: as in the top phase).
-ALL_AXES = True
-SUBTREE_ALL_AXES = False
+#: Nodes of more primitives than this bin all three axes, the others only the longest axis of
+#: their centroid bounds.
+ALL_AXES_MIN = 1024
 #: Nodes of more primitives than this choose their split from a strided sample of them.
 SAMPLE = 1024
 #: Nodes of at most this many primitives split at the spatial median of their longest axis.
@@ -123,7 +132,8 @@ def _sah_init(lo: ti.types.ndarray(), hi: ti.types.ndarray(), rows: ti.types.nda
 
 @ti.func
 def _split_choice(rows: ti.template(), buf: ti.i32, s0: ti.i32, cnt: ti.i32, cb: ti.template(),
-                  node: ti.i32, force_median: ti.i32, all_axes: ti.i32, small_max: ti.i32):
+                  node: ti.i32, force_median: ti.i32, all_axes_min: ti.i32,
+                  small_max: ti.i32):
     """(kind, best bin, left count) of the binned-SAH split of a node (kind 0..2 = axis, or
     _MEDIAN when no binned plane separates anything / ``force_median``)."""
     nrow = rows.shape[0] // 16
@@ -140,6 +150,7 @@ def _split_choice(rows: ti.template(), buf: ti.i32, s0: ti.i32, cnt: ti.i32, cb:
         longest = 1
     if cb[node * 6 + 5] - cb[node * 6 + 2] > cb[node * 6 + 3 + longest] - cb[node * 6 + longest]:
         longest = 2
+    all_axes = cnt > all_axes_min
     small = cnt <= small_max and cb[node * 6 + 3 + longest] - cb[node * 6 + longest] > 1e-30
     if force_median == 0 and small:
         # a small node: spatial median of the longest axis (no binning pass; if that plane
@@ -150,7 +161,7 @@ def _split_choice(rows: ti.template(), buf: ti.i32, s0: ti.i32, cnt: ti.i32, cb:
         for axis in ti.static(range(3)):
             clo = cb[node * 6 + axis]
             ext = cb[node * 6 + 3 + axis] - clo
-            if ext > 1e-30 and (all_axes != 0 or axis == longest):  # BINS / ext finite
+            if ext > 1e-30 and (all_axes or axis == longest):  # BINS / ext finite
                 scale = BINS / ext
                 bcnt = ti.Vector.zero(ti.i32, BINS)
                 bl = ti.Matrix([[3e38] * 3] * BINS, dt=ti.f32)
@@ -302,7 +313,7 @@ def _make_leaf(rows: ti.template(), buf: ti.i32, s0: ti.i32, cnt: ti.i32,
 def _sah_level(rows: ti.types.ndarray(), perm: ti.types.ndarray(), node_i: ti.types.ndarray(),
                node_lo: ti.types.ndarray(), node_hi: ti.types.ndarray(),
                cb: ti.types.ndarray(), first: ti.i32, last: ti.i32, leaf_max: ti.i32,
-               subtree_max: ti.i32, force_median: ti.i32, all_axes: ti.i32,
+               subtree_max: ti.i32, force_median: ti.i32, all_axes_min: ti.i32,
                small_max: ti.i32, state: ti.types.ndarray(),
                deferred: ti.types.ndarray()):
     """One top level: nodes ``first .. last-1`` (rows in ``rows[buf]``, box and centroid
@@ -330,7 +341,7 @@ def _sah_level(rows: ti.types.ndarray(), perm: ti.types.ndarray(), node_i: ti.ty
             kind = _DEFER
         else:
             kind, best_bin, nleft = _split_choice(rows, buf, s0, cnt, cb, node, force_median,
-                                                  all_axes, small_max)
+                                                  all_axes_min, small_max)
         node_i[node * 8 + _KIND] = kind
         node_i[node * 8 + _BIN] = best_bin
         node_i[node * 8 + _NLEFT] = nleft
@@ -366,7 +377,7 @@ def _sah_subtrees(rows: ti.types.ndarray(), perm: ti.types.ndarray(),
                   node_i: ti.types.ndarray(), node_lo: ti.types.ndarray(),
                   node_hi: ti.types.ndarray(), cb: ti.types.ndarray(),
                   deferred: ti.types.ndarray(), num_deferred: ti.i32, root_depth: ti.i32,
-                  leaf_max: ti.i32, all_axes: ti.i32, small_max: ti.i32,
+                  leaf_max: ti.i32, all_axes_min: ti.i32, small_max: ti.i32,
                   state: ti.types.ndarray()):
     """Every deferred node (at depth ``root_depth`` or less) builds its subtree depth-first,
     one thread each; ids from its reserved range in preorder; state[3] = max depth reached."""
@@ -397,7 +408,7 @@ def _sah_subtrees(rows: ti.types.ndarray(), perm: ti.types.ndarray(),
             else:
                 kind, best_bin, nleft = _split_choice(rows, buf, s0, cnt, cb, node,
                                                       ti.cast(depth >= MEDIAN_DEPTH, ti.i32),
-                                                      all_axes, small_max)
+                                                      all_axes_min, small_max)
                 if node != root:
                     node_i[node * 8 + _KIND] = kind
                 c0 = nxt
@@ -545,14 +556,13 @@ def default_subtree_max(n: int, arch: str) -> int:
 
 
 def build_sah(lo, hi, leaf_max: int, dfs_layout: bool = True, subtree_max: int | None = None,
-              arch: str = "cpu", all_axes: bool | None = None,
+              arch: str = "cpu", all_axes_min: int | None = None,
               small_max: int | None = None) -> SAHTree:
     """Build over float32 contiguous boxes lo, hi (N, 3), N >= 1 (call under the runtime lock).
     ``subtree_max``: see the module docstring (default :func:`default_subtree_max`);
-    ``all_axes``: default :data:`ALL_AXES`."""
-    if all_axes is None:
-        all_axes = ALL_AXES
-    sub_axes = all_axes if SUBTREE_ALL_AXES is None else SUBTREE_ALL_AXES
+    ``all_axes_min``, ``small_max``: defaults :data:`ALL_AXES_MIN`, :data:`SMALL`."""
+    if all_axes_min is None:
+        all_axes_min = ALL_AXES_MIN
     if small_max is None:
         small_max = SMALL
     n = lo.shape[0]
@@ -577,7 +587,7 @@ def build_sah(lo, hi, leaf_max: int, dfs_layout: bool = True, subtree_max: int |
     while level_off[-1] > level_off[-2]:
         first, last = level_off[-2], level_off[-1]
         _sah_level(rows.view(-1), perm, node_i.view(-1), node_lo.view(-1), node_hi.view(-1), cb.view(-1), first, last, leaf_max,
-                   subtree_max, int(depth >= MEDIAN_DEPTH), int(all_axes), int(small_max), state,
+                   subtree_max, int(depth >= MEDIAN_DEPTH), int(all_axes_min), int(small_max), state,
                    deferred)
         level_off.append(int(state[0]))
         depth += 1
@@ -588,7 +598,7 @@ def build_sah(lo, hi, leaf_max: int, dfs_layout: bool = True, subtree_max: int |
     sub_depth = 0
     if num_deferred:
         _sah_subtrees(rows.view(-1), perm, node_i.view(-1), node_lo.view(-1), node_hi.view(-1), cb.view(-1), deferred, num_deferred,
-                      top_depth, leaf_max, int(sub_axes), int(small_max), state)
+                      top_depth, leaf_max, int(all_axes_min), int(small_max), state)
         sub_depth = int(state[3])
     row_of, n_internal = _depth_first_rows(node_i, level_off, dfs_layout)
     packed = torch.zeros((max(n_internal, 1), 16), dtype=torch.float32, device=dev)

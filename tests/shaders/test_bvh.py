@@ -414,18 +414,17 @@ def test_sah_tree_duplicates_bounded_depth():
     assert 0 <= int(face[0]) < 600 and 600 <= int(face[1]) < 1000
 
 
-@pytest.mark.parametrize("subtree_max,all_axes,small", [(1, True, 0), (40, True, 16),
-                                                         (40, False, 0), (10**9, True, 16),
-                                                         (40, False, 10**9)])
-def test_sah_build_phases_match_brute_force(monkeypatch, subtree_max, all_axes, small):
+@pytest.mark.parametrize("subtree_max,all_axes_min,small", [(1, 0, 0), (40, 0, 16),
+                                                             (40, 10**9, 0), (10**9, 0, 16),
+                                                             (40, 100, 10**9), (40, 100, 16)])
+def test_sah_build_phases_match_brute_force(monkeypatch, subtree_max, all_axes_min, small):
     """The SAH builder's two phases (per-level top, per-thread subtrees) alone and mixed, with
     all axes or the longest only, small nodes split by binned SAH or at the spatial median:
     a valid tree, exact closest hits, refit == fresh build."""
     from shaders import bvh_sah
 
     monkeypatch.setattr(bvh_sah, "default_subtree_max", lambda n, arch: subtree_max)
-    monkeypatch.setattr(bvh_sah, "ALL_AXES", all_axes)
-    monkeypatch.setattr(bvh_sah, "SUBTREE_ALL_AXES", None)
+    monkeypatch.setattr(bvh_sah, "ALL_AXES_MIN", all_axes_min)
     monkeypatch.setattr(bvh_sah, "SMALL", small)
     gen = torch.Generator().manual_seed(30)
     v, f = _random_soup(700, gen)
