@@ -17,7 +17,7 @@ def test_run_folder_shows_training_frustums_and_jumps(run_dir):
     app = ViewerApp.open(run_dir, ViewerOptions(port=free_port(), max_side=32))
     try:
         cams = load_dataset(MIC).splits["train"].cameras
-        assert app.scene.kind == "gaussians" and app.scene.run_dir == run_dir
+        assert app.scene.kind == "method" and app.scene.run_dir == run_dir
         assert app.frustums is not None and len(app.frustums.handles) == min(len(cams), 300)
         # the scene centre is where the training cameras look (the origin for NeRF-synthetic)
         assert np.linalg.norm(app.scene.center) < 0.3
