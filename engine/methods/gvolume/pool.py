@@ -160,7 +160,9 @@ class CandidatePoolStrategy:
         if self.ended:
             return None
         if s >= c.densify_until or (progress is not None and progress >= 1.0):
-            return {"reactivated": self.finish(vol, optimizer), "active": vol.num_active}
+            n = self.finish(vol, optimizer)
+            # (cloned/split/pruned keys: the trainer logs every step whose result has them)
+            return {"cloned": 0, "split": 0, "pruned": 0, "reactivated": n, "active": vol.num_active, "pool": 0}
         res = None
         if s >= c.densify_from and (step + 1) % c.densify_every == 0:
             res = self.densify_and_prune(vol, optimizer)
@@ -168,7 +170,8 @@ class CandidatePoolStrategy:
             cap = math.log(0.01 / 0.99)
             vol.opacity.data.clamp_(max=cap)
             zero_adam_rows(optimizer, {"opacity": vol.opacity}, torch.arange(vol.num_slots))
-            res = {**(res or {}), "opacity_reset": True}
+            res = {"cloned": 0, "split": 0, "pruned": 0, **(res or {}), "opacity_reset": True,
+                   "active": vol.num_active, "pool": vol.num_slots - vol.num_active}
         return res
 
     def densify_and_prune(self, vol, optimizer) -> dict:

@@ -127,6 +127,22 @@ def test_a_child_with_no_free_anchor_in_range_is_dropped_and_a_lonely_split_pare
         assert torch.equal(vol.means()[P], keep) and float(vol.log_scales[P, 0]) == pytest.approx(math.log(3.0))
 
 
+def test_opacity_reset_caps_opacities_during_densification_only():
+    n = 3
+    cfg = GVolumeConfig(grid_size=n, densify_from=100, densify_until=20, densify_every=5, opacity_reset_every=5,
+                        max_steps=30)
+    vol = _volume(n)
+    vol.reset_rows(torch.arange(n ** 3), opacity=0.9)
+    vol.active[:] = True
+    st = CandidatePoolStrategy(cfg, extent=vol.extent)
+    res = st.step(vol, None, step=9)                            # 10 steps done: a reset, no densification
+    assert res["opacity_reset"] and torch.allclose(torch.sigmoid(vol.opacity), torch.tensor(0.01), rtol=1e-4)
+    assert st.step(vol, None, step=10) is None
+    vol.opacity.data[:] = 2.0
+    assert "reactivated" in st.step(vol, None, step=19)         # the end of densification: no more resets
+    assert st.step(vol, None, step=24) is None and float(vol.opacity.min()) == 2.0
+
+
 def test_offset_loss_is_gvgens_formula():
     n = 32
     vol = GaussianVolume(torch.tensor([[-0.5] * 3, [0.5] * 3]), n, 0)    # GVGEN's unit cube
