@@ -23,14 +23,15 @@ __all__ = ["load", "render", "camera", "train", "load_dataset", "find_run_checkp
 
 def find_run_checkpoint(path):
     """RUN folder | checkpoint .pt -> (run folder or None, checkpoint path)."""
-    from .io.checkpoint import latest_checkpoint
+    from .io.checkpoint import latest_valid_checkpoint
 
     path = Path(path)
     if path.is_file() and path.suffix == ".pt":
         run = path.parent.parent if path.parent.name == "checkpoints" else None
         return run, path
     if path.is_dir():
-        ck = latest_checkpoint(path / "checkpoints") or latest_checkpoint(path)
+        # the newest checkpoint that loads: a damaged newer one is skipped with a warning naming it
+        ck = latest_valid_checkpoint(path / "checkpoints") or latest_valid_checkpoint(path)
         if ck is None:
             raise ConfigError(f"{path}: no checkpoints/step-*.pt found (is this a run folder?)")
         return path, ck

@@ -98,16 +98,9 @@ class MeshScene:
 
 def _ply_has_faces(path: Path) -> bool:
     """Whether a PLY header declares a non-empty face element (bad headers: a DataError naming the file)."""
-    with open(path, "rb") as f:
-        head = f.read(65536)
-    end = head.find(b"end_header")
-    if not head.startswith(b"ply") or end < 0:
-        raise DataError(path, "not a PLY file (no 'ply' magic / 'end_header')")
-    for ln in head[:end].decode("ascii", errors="replace").splitlines():
-        parts = ln.split()
-        if len(parts) == 3 and parts[0] == "element" and parts[1] == "face":
-            return parts[2].isdigit() and int(parts[2]) > 0
-    return False
+    from engine.io.ply import read_ply_header
+
+    return read_ply_header(path).face_count() > 0
 
 
 def load_mesh(path) -> MeshScene:

@@ -24,17 +24,13 @@ def exp_lr(t: float, lr0: float, lr1: float) -> float:
 
 def is_gaussian_ply(path) -> bool:
     """Whether ``path`` is a PLY whose vertex element has the 3DGS properties (f_dc_0, opacity)."""
+    from ...errors import KernelightError
+    from ...io.ply import read_ply_header
+
     try:
-        with open(path, "rb") as f:
-            head = f.read(65536)
-    except OSError:
+        return read_ply_header(path).is_gaussian()
+    except (KernelightError, OSError):
         return False
-    end = head.find(b"end_header")
-    if not head.startswith(b"ply") or end < 0:
-        return False
-    props = {ln.split()[-1] for ln in head[:end].decode("ascii", "replace").splitlines()
-             if ln.startswith("property") and ln.split()}
-    return {"f_dc_0", "opacity"} <= props
 
 
 class RayGaussMethod(Method):
