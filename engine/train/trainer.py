@@ -239,7 +239,13 @@ class Trainer:
                    "rng": self.gen.get_state(), "order": self._order, "train_time": self.train_time,
                    "sampler": self.sampler.state_dict() if self.sampler is not None else None,
                    "world_size": self.dist.world_size, "device": self.device.type}
-        save_checkpoint(path, payload, method=self.method_name, step=self.step)
+        try:
+            save_checkpoint(path, payload, method=self.method_name, step=self.step)
+        except OSError as exc:   # disk full, quota, permissions: the atomic write left the older ones intact
+            kept = self.last_good_ckpt or "none (no checkpoint was saved yet)"
+            raise TrainingError(f"could not write checkpoint {path} at step {self.step} ({exc.strerror or exc}); "
+                                f"training stopped. Last good checkpoint, intact: {kept}; free space and resume "
+                                f"with: kernelight train --resume {self.run_dir}") from None
         self.last_good_ckpt = path
         return path
 
@@ -273,11 +279,25 @@ class Trainer:
         return {"test_psnr": sum(psnrs) / max(len(psnrs), 1), "test_views": len(psnrs)}
 
     # -------------------------------------------------------------------------- the loop
+    def _check_finite(self, params) -> None:
+        """Stop, naming the step and the parameter group, when a parameter is NaN/Inf (a NaN gradient or
+        a corrupted value would otherwise be written into the next checkpoint)."""
+        with torch.no_grad():
+            ok = torch.stack([p.isfinite().all() for p in params]).all() if params else torch.tensor(True)
+        if bool(ok):
+            return
+        bad = [g.get("name", "?") for g in self.optimizer.param_groups
+               if any(not bool(p.isfinite().all()) for p in g["params"])]
+        kept = self.last_good_ckpt or "none (no checkpoint was saved yet)"
+        raise TrainingError(f"parameters became non-finite (NaN/Inf in {', '.join(bad)}) at step {self.step}; "
+                            f"training stopped without saving them. Last good checkpoint: {kept}")
+
     def _step(self, indices: list[int] | None) -> tuple[float, dict]:
         """One training step: this rank's share of the batch, gradients averaged over ranks, one
         optimizer step (the one place where parameters change), structural changes made once."""
         split = self.dataset.splits["train"]
         self.optimizer.zero_grad(set_to_none=True)
+        self._check_finite([p for g in self.optimizer.param_groups for p in g["params"]])   # changed by a hook?
         if self.batch_mode == "rays":
             loss, stats = self.method.train_step_rays(self.step, self.sampler.sample(), self.background)
             loss.backward()
@@ -303,6 +323,7 @@ class Trainer:
         self.method.after_backward()
         self.method.update_learning_rates(self.optimizer, self.step, progress=self.progress())
         self.optimizer.step()          # the one place where parameters change
+        self._check_finite(params)
         struct = self.method.post_step(self.optimizer, self.step)
         if struct:
             stats.update(struct)
