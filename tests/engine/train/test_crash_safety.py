@@ -48,7 +48,7 @@ class _Inject:
         pass
 
 
-@pytest.mark.parametrize("name,why", [("means", r"(loss became nan|non-finite \(NaN/Inf in means\))"),
+@pytest.mark.parametrize("name,why", [("means", r"non-finite \(NaN/Inf in means\)"),
                                       ("sg_amp", r"non-finite \(NaN/Inf in sg_amp\)")])
 def test_nan_parameters_stop_with_the_step_named(tmp_path, name, why):
     # sg_amp: the lobes are not unlocked yet, so the loss stays finite: only the parameter check sees it
