@@ -292,13 +292,16 @@ def _traversal_tree(tbvh: TriangleBVH, lo, hi, rebuild: bool) -> None:
 
     n = tbvh.num_faces
     if tbvh.builder == "sah":
-        if rebuild:
-            tbvh.sah = build_sah(lo, hi, tbvh.leaf_size, arch=runtime.arch_name())
+        if rebuild:  # the build also writes the per-slot triangles
+            tbvh.sah = build_sah(lo, hi, tbvh.leaf_size, arch=runtime.arch_name(),
+                                 triangles=(tbvh.vertices, tbvh.faces, tbvh.tri))
         else:
             refit_sah(tbvh.sah, lo, hi)
         t = tbvh.sah
         tbvh.slot_face, tbvh.packed, tbvh.root_code = t.perm, t.packed, t.root_code
         tbvh.root_lo, tbvh.root_hi = t.node_lo, t.node_hi
+        if rebuild:
+            return
     else:
         b = tbvh.bvh
         if rebuild:

@@ -63,7 +63,9 @@ Cost: see :mod:`shaders.bvh` (measured beside Embree by tools/bench_bvh.py).
 import taichi as ti
 import torch
 
-from .bvh_build import leaf_code
+from .bvh_build import _I3, _V3, leaf_code
+
+_T9 = ti.types.ndarray(dtype=ti.types.vector(9, ti.f32), ndim=1)  # (n, 9) float32
 
 BINS = 16
 MEDIAN_DEPTH = 32
@@ -303,10 +305,21 @@ def _partition(rows: ti.template(), buf: ti.i32, s0: ti.i32, cnt: ti.i32, kind: 
 
 @ti.func
 def _make_leaf(rows: ti.template(), buf: ti.i32, s0: ti.i32, cnt: ti.i32,
-               perm: ti.template()):
+               perm: ti.template(), vertices: ti.template(), faces: ti.template(),
+               tri: ti.template(), with_tri: ti.template()):
+    """perm[slot] = primitive id of the leaf's slots; with_tri: also tri[slot] = the face's
+    three raw vertices (saves bvh_build._triangle_leaf_data's pass over all faces)."""
     nrow = rows.shape[0] // 16
     for p in range(s0, s0 + cnt):
-        perm[p] = ti.bit_cast(rows[(buf * nrow + p) * 8 + 6], ti.i32)
+        prim = ti.bit_cast(rows[(buf * nrow + p) * 8 + 6], ti.i32)
+        perm[p] = prim
+        if ti.static(with_tri):
+            fc = faces[prim]
+            a = vertices[fc[0]]
+            b = vertices[fc[1]]
+            c = vertices[fc[2]]
+            tri[p] = ti.Vector([a[0], a[1], a[2], b[0], b[1], b[2], c[0], c[1], c[2]],
+                               dt=ti.f32)
 
 
 @ti.kernel
@@ -314,8 +327,8 @@ def _sah_level(rows: ti.types.ndarray(), perm: ti.types.ndarray(), node_i: ti.ty
                node_lo: ti.types.ndarray(), node_hi: ti.types.ndarray(),
                cb: ti.types.ndarray(), first: ti.i32, last: ti.i32, leaf_max: ti.i32,
                subtree_max: ti.i32, force_median: ti.i32, all_axes_min: ti.i32,
-               small_max: ti.i32, state: ti.types.ndarray(),
-               deferred: ti.types.ndarray()):
+               small_max: ti.i32, state: ti.types.ndarray(), deferred: ti.types.ndarray(),
+               vertices: _V3, faces: _I3, tri: _T9, with_tri: ti.template()):
     """One top level: nodes ``first .. last-1`` (rows in ``rows[buf]``, box and centroid
     bounds known).
 
@@ -336,7 +349,7 @@ def _sah_level(rows: ti.types.ndarray(), perm: ti.types.ndarray(), node_i: ti.ty
         best_bin = 0
         nleft = 0
         if cnt <= leaf_max:
-            _make_leaf(rows, buf, s0, cnt, perm)
+            _make_leaf(rows, buf, s0, cnt, perm, vertices, faces, tri, with_tri)
         elif cnt <= subtree_max:
             kind = _DEFER
         else:
@@ -378,7 +391,8 @@ def _sah_subtrees(rows: ti.types.ndarray(), perm: ti.types.ndarray(),
                   node_hi: ti.types.ndarray(), cb: ti.types.ndarray(),
                   deferred: ti.types.ndarray(), num_deferred: ti.i32, root_depth: ti.i32,
                   leaf_max: ti.i32, all_axes_min: ti.i32, small_max: ti.i32,
-                  state: ti.types.ndarray()):
+                  state: ti.types.ndarray(), vertices: _V3, faces: _I3, tri: _T9,
+                  with_tri: ti.template()):
     """Every deferred node (at depth ``root_depth`` or less) builds its subtree depth-first,
     one thread each; ids from its reserved range in preorder; state[3] = max depth reached."""
     for i in range(num_deferred):
@@ -404,7 +418,7 @@ def _sah_subtrees(rows: ti.types.ndarray(), perm: ti.types.ndarray(),
             node_i[node * 8 + _C0] = -1
             node_i[node * 8 + _C1] = -1
             if cnt <= leaf_max:
-                _make_leaf(rows, buf, s0, cnt, perm)
+                _make_leaf(rows, buf, s0, cnt, perm, vertices, faces, tri, with_tri)
             else:
                 kind, best_bin, nleft = _split_choice(rows, buf, s0, cnt, cb, node,
                                                       ti.cast(depth >= MEDIAN_DEPTH, ti.i32),
@@ -560,10 +574,12 @@ def default_subtree_max(n: int, arch: str) -> int:
 
 def build_sah(lo, hi, leaf_max: int, dfs_layout: bool = True, subtree_max: int | None = None,
               arch: str = "cpu", all_axes_min: int | None = None,
-              small_max: int | None = None) -> SAHTree:
+              small_max: int | None = None, triangles=None) -> SAHTree:
     """Build over float32 contiguous boxes lo, hi (N, 3), N >= 1 (call under the runtime lock).
     ``subtree_max``: see the module docstring (default :func:`default_subtree_max`);
-    ``all_axes_min``, ``small_max``: defaults :data:`ALL_AXES_MIN`, :data:`SMALL`."""
+    ``all_axes_min``, ``small_max``: defaults :data:`ALL_AXES_MIN`, :data:`SMALL`.
+    ``triangles``: optional ``(vertices (V, 3) float32, faces (N, 3) int32, tri (N, 9))``;
+    ``tri[slot]`` is then filled with the raw vertices of the face in each slot."""
     if all_axes_min is None:
         all_axes_min = ALL_AXES_MIN
     if small_max is None:
@@ -584,14 +600,22 @@ def build_sah(lo, hi, leaf_max: int, dfs_layout: bool = True, subtree_max: int |
     deferred = torch.empty(max(n // max(leaf_max, 1) + 1, 1), **i32)
     # state: next level end, lowest reserved id, deferred count, max subtree depth
     state = torch.tensor([1, m, 0, 0], **i32)
-    _sah_init(lo.view(-1), hi.view(-1), rows.view(-1), node_i.view(-1), node_lo.view(-1), node_hi.view(-1), cb.view(-1))
+    if triangles is None:
+        dummy_f = torch.zeros((1, 3), dtype=torch.float32, device=dev)
+        tri_args = (dummy_f, torch.zeros((1, 3), **i32),
+                    torch.zeros((1, 9), dtype=torch.float32, device=dev), False)
+    else:
+        tri_args = (*triangles, True)
+    flat = [t.view(-1) for t in (rows, node_i, node_lo, node_hi, cb)]
+    rows_f, node_i_f, node_lo_f, node_hi_f, cb_f = flat
+    _sah_init(lo.view(-1), hi.view(-1), rows_f, node_i_f, node_lo_f, node_hi_f, cb_f)
     level_off = [0, 1]
     depth = 0
     while level_off[-1] > level_off[-2]:
         first, last = level_off[-2], level_off[-1]
-        _sah_level(rows.view(-1), perm, node_i.view(-1), node_lo.view(-1), node_hi.view(-1), cb.view(-1), first, last, leaf_max,
-                   subtree_max, int(depth >= MEDIAN_DEPTH), int(all_axes_min), int(small_max), state,
-                   deferred)
+        _sah_level(rows_f, perm, node_i_f, node_lo_f, node_hi_f, cb_f, first, last, leaf_max,
+                   subtree_max, int(depth >= MEDIAN_DEPTH), int(all_axes_min), int(small_max),
+                   state, deferred, *tri_args)
         level_off.append(int(state[0]))
         depth += 1
     level_off.pop()  # the last level added no nodes
@@ -600,8 +624,9 @@ def build_sah(lo, hi, leaf_max: int, dfs_layout: bool = True, subtree_max: int |
     deferred = deferred[:num_deferred]
     sub_depth = 0
     if num_deferred:
-        _sah_subtrees(rows.view(-1), perm, node_i.view(-1), node_lo.view(-1), node_hi.view(-1), cb.view(-1), deferred, num_deferred,
-                      top_depth, leaf_max, int(all_axes_min), int(small_max), state)
+        _sah_subtrees(rows_f, perm, node_i_f, node_lo_f, node_hi_f, cb_f, deferred,
+                      num_deferred, top_depth, leaf_max, int(all_axes_min), int(small_max),
+                      state, *tri_args)
         sub_depth = int(state[3])
     row_of, n_internal = _depth_first_rows(node_i, level_off, dfs_layout)
     packed = torch.zeros((max(n_internal, 1), 16), dtype=torch.float32, device=dev)
