@@ -13,6 +13,8 @@ frames: before rendering, the worker checks whether viser still holds this clien
 frame in its outgoing buffer (:func:`unsent_frame`, i.e. its socket writer has not taken it);
 if so the request is held (polled every ``BACKLOG_POLL`` s) and replaced by any newer one, so
 per client at most one frame waits in viser's buffer and one is being written to the socket.
+A client whose frame stays unsent for ``RenderSettings.stall_timeout`` seconds is disconnected
+(websockets' keepalive cannot do it: its ping queues behind the full write buffer).
 Each worker counts frames sent, requests dropped as stale, held renders and the latency from
 camera update to frame handed to viser (:meth:`ClientRenderer.stats`).
 
@@ -129,6 +131,7 @@ class RenderSettings:
     min_side: int = 24
     rest_delay: float = 0.25                 # seconds without camera updates = "at rest"
     jpeg_quality: int = 85
+    stall_timeout: float = 30.0              # a client whose frame stays unsent this long is dropped
 
 
 @dataclass
@@ -227,7 +230,7 @@ def percentile_ms(seconds, q: float) -> float | None:
 class ClientRenderer:
     """Worker thread rendering the newest view request of one client (see module docstring)."""
 
-    def __init__(self, client, source, settings: RenderSettings, on_frame=None, taichi=None):
+    def __init__(self, client, source, settings: RenderSettings, on_frame=None, taichi=None, on_stall=None):
         from engine.kernels import queue as default_queue
 
         self.taichi = taichi or default_queue()
@@ -235,6 +238,9 @@ class ClientRenderer:
         self.source = source
         self.settings = settings
         self.on_frame = on_frame
+        self.on_stall = on_stall       # called once when the client has not taken a frame for stall_timeout s
+        self.stalled = False
+        self._backlog_since: float | None = None
         self.slot = LatestSlot()
         self.res = AdaptiveResolution(settings.target_fps, settings.max_side, settings.min_side)
         self.frames_sent = 0
@@ -305,8 +311,21 @@ class ClientRenderer:
             if self.backlogged():     # a stale frame would only queue up behind the unsent one
                 self.held += int(not again)
                 held = view
+                self._check_stall()
                 continue
+            self._backlog_since = None
             self._render(view, full=not view.moving)
+
+    def _check_stall(self) -> None:
+        """A client that has not taken its frame for ``stall_timeout`` s is reported once (the panel
+        drops its connection: websockets' keepalive cannot, its ping waits behind the full buffer)."""
+        now = time.monotonic()
+        if self._backlog_since is None:
+            self._backlog_since = now
+        elif (not self.stalled and self.on_stall is not None
+              and now - self._backlog_since > self.settings.stall_timeout):
+            self.stalled = True
+            self.on_stall(self)
 
     def _render(self, view: ViewRequest, full: bool, requested: bool = True) -> None:
         import torch
@@ -378,6 +397,7 @@ class RenderPanel:
         self.settings = settings or RenderSettings()
         self.clients: dict[int, ClientRenderer] = {}
         self._gone: set[int] = set()      # disconnects that ran before their connect callback
+        self.stalled_dropped = 0          # connections closed because the client stopped reading
         self._lock = threading.Lock()
         self._stats_md = None
         self._last_stats = 0.0
@@ -439,7 +459,8 @@ class RenderPanel:
             if client.client_id in self._gone:
                 self._gone.discard(client.client_id)
                 return
-            cr = ClientRenderer(client, self.source, self.settings, on_frame=self._on_frame, taichi=self.taichi)
+            cr = ClientRenderer(client, self.source, self.settings, on_frame=self._on_frame, taichi=self.taichi,
+                                on_stall=self._stalled)
             self.clients[client.client_id] = cr
 
         @client.camera.on_update
@@ -452,6 +473,18 @@ class RenderPanel:
             cr.request(ViewRequest.from_camera(client.camera, moving=False))
         except Exception:  # no camera state yet: the next camera message starts the frames
             pass
+
+    def _stalled(self, cr: ClientRenderer) -> None:
+        """Close the connection of a client that stopped reading (its frame unsent for stall_timeout s):
+        abort the socket on viser's event loop; viser then runs the usual disconnect callbacks."""
+        self.stalled_dropped += 1
+        try:
+            ws = self.server._websock_server
+            conn = ws._live_connections.get(cr.client.client_id)
+            if conn is not None:
+                ws._background_event_loop.call_soon_threadsafe(conn.transport.abort)
+        except Exception as exc:  # not a viser server (tests) or already gone
+            cr.last_error = f"could not drop the stalled client: {exc}"
 
     def _disconnect(self, client) -> None:
         with self._lock:

@@ -102,7 +102,7 @@ def test_slow_client_that_never_reads(tiny_ply):
     """A raw websocket client sends camera updates and never reads (its path limited to ~8 kB of
     kernel buffer). A normal client keeps getting frames; the server stops rendering for the slow
     one once a frame is stuck, holds at most one frame for it, its memory stays flat and it keeps
-    answering HTTP."""
+    answering HTTP. Once stuck longer than ``stall_timeout`` the slow client is disconnected."""
     app = _open(tiny_ply, max_side=96, target_fps=10)
     rep = {}
 
@@ -137,6 +137,23 @@ def test_slow_client_that_never_reads(tiny_ply):
             st = app.render_panel.stats()
             rep.update(samples=samples, stuck_at=stuck_at, mem0=mem0, good=st[gid], slow=st[sid],
                        good_received=good.frames, good_client_p95=float(np.percentile(good.latencies, 95)) * 1e3)
+            # a client stuck this long is dropped (keepalive pings cannot pass the full buffer)
+            app.render_panel.settings.stall_timeout = 1.0
+            n = good.frames
+            t1 = time.monotonic()
+            while time.monotonic() - t1 < 8.0 and sid in app.render_panel.clients:
+                good.move(lt.orbit_eye(k))
+                try:
+                    slow.move(lt.orbit_eye(k, speed=0.2))
+                except OSError:
+                    pass
+                k += 1
+                time.sleep(0.1)
+            rep["slow_gone"] = sid not in app.render_panel.clients and lt.server_connection(app.server, sid) is None
+            rep["stalled_dropped"] = app.render_panel.stalled_dropped
+            good.move(lt.orbit_eye(k + 1))
+            wait_for(lambda: good.frames > n, 20, "the normal client's frames after the drop")
+            rep["good_alive"] = gid in app.render_panel.clients
         finally:
             slow.close()
             good.close()
@@ -167,6 +184,7 @@ def test_slow_client_that_never_reads(tiny_ply):
     assert rep["good"]["errors"] == 0 and rep["good"]["latency_p95_ms"] is not None
     assert rep["good_received"] >= 0.5 * rep["good"]["frames_sent"]
     assert rep["threads_after"] == 0
+    assert rep["slow_gone"] and rep["stalled_dropped"] == 1 and rep["good_alive"], rep
 
 
 # ------------------------------------------------------------------ 50 connect/disconnect cycles
