@@ -90,6 +90,18 @@ def test_clustered_and_duplicated_points():
     assert torch.equal(i[:, 1], torch.arange(5, dtype=torch.int32) + 1500)
 
 
+@pytest.mark.parametrize("hashed", [False, True])
+def test_ties_across_cells_in_index_order(hashed):
+    """Six points at the same distance in six different cells, numbered against the kernel's visiting
+    order (the query's row, then rows +-y, then +-z): the result is still in ascending index order."""
+    q = torch.tensor([[0.5, 0.5, 0.5]])
+    h = 0.25                                           # exact in binary: all six d2 are bit-equal
+    offs = [(0, 0, -h), (0, 0, h), (0, -h, 0), (0, h, 0), (h, 0, 0), (-h, 0, 0)]
+    pts = q + torch.tensor(offs)
+    idx, d2 = knn(pts, q, 6, 0.3, hashed=hashed)
+    assert idx.tolist() == [[0, 1, 2, 3, 4, 5]] and (d2 == h * h).all()
+
+
 def test_sparse_box_uses_hashed_grid_with_collisions():
     """Two far-apart clusters: the dense table would be huge, so the grid hashes; the hash table
     (2N rounded up) is smaller than the cells in use, so buckets collide."""
