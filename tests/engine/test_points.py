@@ -223,3 +223,30 @@ def test_command_run_depth_fusion(sphere_run, tmp_path, capsys):
     # the same run, dataset source: the mic points, not the model's
     assert main(["points", str(sphere_run), "--from", "dataset", "--max-points", "100", "--out", str(out)]) == 0
     assert "source: dataset" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------------ shared data
+def test_colmap_points3d_of_a_real_capture(shared_data):
+    """COLMAP sparse/0/points3D.bin (real/beer, 4,414 points) is the dataset source."""
+    from engine.data import load_dataset
+    from tests.conftest import require
+
+    root = require(shared_data / "real" / "beer" / "sparse" / "0" / "points3D.bin").parents[2]
+    ds = load_dataset(root, downscale=8)
+    pc = points_from("auto", dataset=ds)
+    assert pc.source == "dataset" and pc.detail.startswith("COLMAP points3D") and len(pc) == 4414
+    assert pc.colors is not None and pc.colors.std() > 0.02
+
+
+def test_carving_from_dtu_masks(shared_data):
+    """DTU scan24: no points, masks instead of alpha -> auto falls back to carving the masks."""
+    from engine.data import load_dataset
+    from tests.conftest import require
+
+    root = require(shared_data / "dtu" / "scan24_400" / "cameras_sphere.npz").parent
+    ds = load_dataset(root, downscale=4)
+    assert ds.points is None and ds.train.masks is not None
+    pc = points_from("auto", dataset=ds, carve_resolution=40)
+    assert pc.source == "carve" and pc.stats["tried"] == ["dataset", "carve"] and len(pc) > 100
+    box = ds.scene_box.numpy()
+    assert (pc.points >= box[0]).all() and (pc.points <= box[1]).all()
