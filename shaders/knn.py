@@ -100,6 +100,16 @@ def _as_points(x, what: str, dtype=None) -> torch.Tensor:
     return t.to(runtime.torch_device(), dtype).contiguous()
 
 
+def _radius(r, what: str) -> float:
+    try:
+        v = float(r)
+    except (TypeError, ValueError):
+        v = float("nan")
+    if not (math.isfinite(v) and v > 0):
+        raise ValueError(f"{what}: radius must be a finite number > 0, got {r!r}")
+    return v
+
+
 def build_grid(points, radius: float, *, cells_per_radius: int = 1, max_dense_cells: int | None = None,
                hashed: bool | None = None) -> PointGrid:
     """Sort ``points (N, 3)`` into a grid for radius-``radius`` queries.
@@ -111,8 +121,7 @@ def build_grid(points, radius: float, *, cells_per_radius: int = 1, max_dense_ce
     """
     runtime.init()
     pts = _as_points(points, "build_grid: points")
-    if not (isinstance(radius, (int, float)) and math.isfinite(radius) and radius > 0):
-        raise ValueError(f"build_grid: radius must be a finite number > 0, got {radius!r}")
+    radius = _radius(radius, "build_grid")
     if int(cells_per_radius) != cells_per_radius or cells_per_radius < 1:
         raise ValueError(f"build_grid: cells_per_radius must be a positive integer, got {cells_per_radius!r}")
     n = pts.shape[0]
@@ -287,9 +296,7 @@ def knn_query(grid: PointGrid, queries, k: int, radius: float | None = None):
     if int(k) != k or not 1 <= k <= MAX_K:
         raise ValueError(f"knn_query: k must be an integer in [1, {MAX_K}], got {k!r}")
     k = int(k)
-    r = grid.radius if radius is None else radius
-    if not (isinstance(r, (int, float)) and math.isfinite(r) and r > 0):
-        raise ValueError(f"knn_query: radius must be a finite number > 0, got {r!r}")
+    r = grid.radius if radius is None else _radius(radius, "knn_query")
     out_dev = torch.as_tensor(queries).device
     q = _as_points(queries, "knn_query: queries", grid.points.dtype)
     nq = q.shape[0]
