@@ -4,7 +4,6 @@ from the mic scene's alpha, the PLY written, and the one-line errors when a sour
 from __future__ import annotations
 
 import dataclasses
-import math
 from pathlib import Path
 from types import SimpleNamespace
 
