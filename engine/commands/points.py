@@ -15,8 +15,8 @@ def register(sub) -> None:
             "surface of the visual hull carved from the training masks/alpha in the dataset's scene box; "
             "'run' = the depth a trained run renders for its training views, back-projected where alpha > "
             "--alpha-threshold, fused, voxel-downsampled and cleaned of statistical outliers (open3d). "
-            "'auto' (default): a run's depth for a RUN, else the dataset's points, else carving. The "
-            "source used is printed; when none works the error says why for each one tried."),
+            "'auto' (default): the dataset's points if it has any, else carving, else (for a RUN) its depth. "
+            "The source used is printed; when none works the error says why for each one tried."),
     )
     p.add_argument("path", metavar="RUN|DATASET", help="run folder (or checkpoint .pt), dataset folder or scene .toml")
     p.add_argument("--out", required=True, metavar="POINTS.ply", help="output PLY")
@@ -83,11 +83,12 @@ def run(args: argparse.Namespace) -> int:
         else:
             data, fmt, downscale, background = sc.data, sc.format, sc.downscale, sc.background
         if args.source in ("auto", "run"):
-            from shaders import runtime
+            def method():          # loaded only when its depth is needed
+                from shaders import runtime
 
-            runtime.init()
-            with console.status(f"loading {ckpt}"):
-                method = load(ckpt)
+                runtime.init()
+                with console.status(f"loading {ckpt}"):
+                    return load(ckpt)
     elif args.source == "run":
         raise ConfigError(f"{path}: --from run needs a run folder or checkpoint (this is a dataset)")
     elif args.data is not None:

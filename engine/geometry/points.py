@@ -275,21 +275,23 @@ def points_from(source: str = "auto", *, dataset=None, method=None, cameras=None
                 progress=None) -> PointCloud:
     """Points from ``source`` (``auto`` | ``dataset`` | ``run`` | ``carve``).
 
-    ``auto``: a run (``method`` given) -> its depth; otherwise the dataset's points if it has any,
-    else carving. ``voxel`` (> 0) also downsamples dataset and carved points (open3d
+    ``auto``: the dataset's points if it has any, else carving, else (when a run is given) its
+    depth. ``method`` is a Method or a zero-argument callable returning one (loaded only when
+    its depth is needed). ``voxel`` (> 0) also downsamples dataset and carved points (open3d
     ``voxel_down_sample``); ``max_points`` caps the result (seeded random subset). When every
     source tried fails, :class:`NoPoints` lists each reason.
     """
     if source not in SOURCES:
         raise ValueError(f"source must be one of {', '.join(SOURCES)}, got {source!r}")
-    tries = {"auto": (["run"] if method is not None else ["dataset", "carve"])}.get(source, [source])
+    tries = {"auto": ["dataset", "carve"] + (["run"] if method is not None else [])}.get(source, [source])
     reasons = []
     for s in tries:
         try:
             if s == "run":
                 if method is None or cameras is None:
                     raise NoPoints("--from run needs a trained run (and the cameras of its dataset)")
-                pc = depth_points(method, cameras, voxel=voxel, alpha_threshold=alpha_threshold, label=run_label,
+                model = method() if callable(method) and not hasattr(method, "render") else method
+                pc = depth_points(model, cameras, voxel=voxel, alpha_threshold=alpha_threshold, label=run_label,
                                   views=views, progress=progress)
             elif s == "dataset":
                 if dataset is None:

@@ -210,7 +210,7 @@ def sphere_run(tmp_path_factory):
 
 def test_command_run_depth_fusion(sphere_run, tmp_path, capsys):
     out = tmp_path / "run.ply"
-    assert main(["points", str(sphere_run), "--views", "6", "--voxel", "0.01", "--out", str(out)]) == 0
+    assert main(["points", str(sphere_run), "--from", "run", "--views", "6", "--voxel", "0.01", "--out", str(out)]) == 0
     text = capsys.readouterr().out
     assert "source: run (depth of" in text and "6 views" in text
     pc = read_points(out)
@@ -219,9 +219,24 @@ def test_command_run_depth_fusion(sphere_run, tmp_path, capsys):
     # these opaque Gaussians (sd ~0.025) stop the rays on their outer tails, ~2 sd before the
     # centres: the fused surface is the shell's outside, not random points of the box
     assert 0.5 < float(np.median(r)) < 0.57 and np.mean(np.abs(r - 0.53) < 0.06) > 0.95
-    # the same run, dataset source: the mic points, not the model's
-    assert main(["points", str(sphere_run), "--from", "dataset", "--max-points", "100", "--out", str(out)]) == 0
+    # the same run, auto: the dataset has points (mic's points3d.ply), so those win
+    assert main(["points", str(sphere_run), "--max-points", "100", "--out", str(out)]) == 0
     assert "source: dataset" in capsys.readouterr().out
+
+
+def test_auto_falls_back_to_the_run_last(mic25):
+    """auto tries the dataset's points, then carving, and only then a run's depth (loaded lazily)."""
+    loaded = []
+
+    def lazy():
+        loaded.append(1)
+        return SphereModel()
+    bare = dataclasses.replace(mic25, points=None, point_colors=None, root=Path("/nonexistent/mic"),
+                               splits={"train": dataclasses.replace(mic25.train, alpha=None)})
+    pc = points_from("auto", dataset=bare, method=lazy, cameras=mic25.train.cameras, views=3)
+    assert pc.source == "run" and pc.stats["tried"] == ["dataset", "carve", "run"] and loaded == [1]
+    pc = points_from("auto", dataset=mic25, method=lazy, cameras=mic25.train.cameras)
+    assert pc.source == "dataset" and loaded == [1]                  # the run was never loaded
 
 
 # ------------------------------------------------------------------------------------ shared data
