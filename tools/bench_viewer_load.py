@@ -13,7 +13,7 @@ Scenarios (each on a fresh viewer of a small Gaussian scene, 127.0.0.1, a free p
    this process (VmHWM, reset at the start of the scenario), RSS growth, errors.
 2. ``slow``: one normal protocol client and one that never reads (raw websocket, 4 kB receive
    buffer; the server's send buffer to it limited to ``--slow-sndbuf`` bytes, 0 = leave the
-   kernel's autotuning, ~4 MB on loopback) for ``--slow-duration`` s. Figures: frames rendered for
+   kernel's autotuning, ~4 MB on loopback; one run per value given) for ``--slow-duration`` s. Figures: frames rendered for
    each, renders held and requests dropped for the slow one, the most frames / bytes the server
    held for it, peak RSS, and when (if) the server dropped it (websockets' keepalive: no pong
    within ping_interval + ping_timeout = 40 s).
@@ -273,6 +273,10 @@ def scenario_cycles(scene, cycles, max_side) -> dict:
             dt = time.monotonic() - t0
             _wait(lambda: not app.render_panel.clients and not app.server.get_clients(), 60, "every client to leave")
             _wait(lambda: lt.render_threads() == threads0, 30, "render threads to exit")
+            try:
+                _wait(lambda: not ws._client_state_from_id, 10, "viser to drop every connection")
+            except TimeoutError:
+                pass                                            # reported below
             return {"cycles": cycles, "seconds_per_cycle": round(dt / cycles, 4), "frames_received": got,
                     "render_threads_before": threads0, "render_threads_after": lt.render_threads(),
                     "client_states_left": len(ws._client_state_from_id) + len(app.render_panel.clients),
@@ -294,8 +298,9 @@ def main(argv=None) -> int:
     ap.add_argument("--duration", type=float, default=60.0, help="seconds of scenario 1")
     ap.add_argument("--interval", type=float, default=0.2, help="seconds between camera updates per client")
     ap.add_argument("--slow-duration", type=float, default=60.0, help="seconds of scenario 2")
-    ap.add_argument("--slow-sndbuf", type=int, default=4096,
-                    help="server send buffer to the slow client, bytes (0 = kernel autotuning)")
+    ap.add_argument("--slow-sndbuf", default="4096,0",
+                    help="server send buffer(s) to the slow client, bytes, comma-separated: one run each "
+                         "(0 = kernel autotuning)")
     ap.add_argument("--cycles", type=int, default=200, help="connect/disconnect cycles of scenario 3")
     ap.add_argument("--max-side", type=int, default=64, help="full-size render (longer side, pixels)")
     ap.add_argument("--scenarios", default="clients,slow,cycles", help="comma-separated subset to run")
@@ -328,10 +333,10 @@ def main(argv=None) -> int:
                   f"(per client {min(r['frames_served'].values())}..{max(r['frames_served'].values())}), "
                   f"p50 {r['latency_p50_ms']} ms, p95 {r['latency_p95_ms']} ms, peak RSS {r['peak_rss_mb']} MB "
                   f"(start {r['rss_start_mb']}), errors {r['errors']}", flush=True)
-    if "slow" in wanted:
-        r = scenario_slow(scene, a.slow_duration, a.slow_sndbuf, a.max_side)
-        res["slow"] = r
-        print(f"slow     {r['duration_s']:.1f} s: normal client frames {r['normal_frames']} (p95 "
+    for sndbuf in ([int(x) for x in a.slow_sndbuf.split(",")] if "slow" in wanted else []):
+        r = scenario_slow(scene, a.slow_duration, sndbuf, a.max_side)
+        res.setdefault("slow", []).append(r)
+        print(f"slow     sndbuf {sndbuf or 'auto'}, {r['duration_s']:.1f} s: normal client frames {r['normal_frames']} (p95 "
               f"{r['normal_latency_p95_ms']} ms); slow client rendered {r['slow_frames_rendered']}, "
               f"backed up at {r['slow_backed_up_at_s']} s, rendered after {r['slow_frames_rendered_after_backup']}, "
               f"held {r['slow_renders_held']}, dropped {r['slow_requests_dropped']}, max buffered frames "
