@@ -63,7 +63,7 @@ Cost: see :mod:`shaders.bvh` (measured beside Embree by tools/bench_bvh.py).
 import taichi as ti
 import torch
 
-from .bvh_build import _I3, _V3, leaf_code
+from .bvh_build import _CHUNKS, _I3, _V3, leaf_code
 
 _T9 = ti.types.ndarray(dtype=ti.types.vector(9, ti.f32), ndim=1)  # (n, 9) float32
 
@@ -100,36 +100,55 @@ def _bin_of(c2: ti.f32, clo: ti.f32, scale: ti.f32) -> ti.i32:
 @ti.kernel
 def _sah_init(lo: ti.types.ndarray(), hi: ti.types.ndarray(), rows: ti.types.ndarray(),
               node_i: ti.types.ndarray(), node_lo: ti.types.ndarray(),
-              node_hi: ti.types.ndarray(), cb: ti.types.ndarray()):
+              node_hi: ti.types.ndarray(), cb: ti.types.ndarray(), part: ti.types.ndarray()):
     """rows[0, p] = (lo, hi, prim id bits, 0) in primitive order; node 0 = the root over all
-    of them, with its box and the bounds of the doubled centroids ``lo + hi`` (``cb``)."""
+    of them, with its box and the bounds of the doubled centroids ``lo + hi`` (``cb``):
+    _CHUNKS partial reductions in parallel (``part`` (_CHUNKS, 12)), combined by one thread."""
     n = lo.shape[0] // 3
-    for p in range(n):
-        for k in ti.static(range(3)):
-            rows[p * 8 + k] = lo[p * 3 + k]
-            rows[p * 8 + 3 + k] = hi[p * 3 + k]
-        rows[p * 8 + 6] = ti.bit_cast(p, ti.f32)
-        rows[p * 8 + 7] = 0.0
-    for _ in range(1):  # one thread: a serial reduction (float atomics cost more on the CPU)
+    step = (n + _CHUNKS - 1) // _CHUNKS
+    for ch in range(_CHUNKS):
         blo = ti.Vector([3e38, 3e38, 3e38], dt=ti.f32)
         bhi = ti.Vector([-3e38, -3e38, -3e38], dt=ti.f32)
         clo = ti.Vector([3e38, 3e38, 3e38], dt=ti.f32)
         chi = ti.Vector([-3e38, -3e38, -3e38], dt=ti.f32)
-        for p in range(n):
+        for p in range(ch * step, ti.min(n, ch * step + step)):
             a = ti.Vector([lo[p * 3 + 0], lo[p * 3 + 1], lo[p * 3 + 2]], dt=ti.f32)
             b = ti.Vector([hi[p * 3 + 0], hi[p * 3 + 1], hi[p * 3 + 2]], dt=ti.f32)
+            for k in ti.static(range(3)):
+                rows[p * 8 + k] = a[k]
+                rows[p * 8 + 3 + k] = b[k]
+            rows[p * 8 + 6] = ti.bit_cast(p, ti.f32)
+            rows[p * 8 + 7] = 0.0
             blo = ti.min(blo, a)
             bhi = ti.max(bhi, b)
             clo = ti.min(clo, a + b)
             chi = ti.max(chi, a + b)
         for k in ti.static(range(3)):
-            node_lo[0 * 3 + k] = blo[k]
-            node_hi[0 * 3 + k] = bhi[k]
-            cb[0 * 6 + k] = clo[k]
-            cb[0 * 6 + 3 + k] = chi[k]
-        node_i[0 * 8 + _START] = 0
-        node_i[0 * 8 + _COUNT] = n
-        node_i[0 * 8 + _BUF] = 0
+            part[ch * 12 + k] = blo[k]
+            part[ch * 12 + 3 + k] = bhi[k]
+            part[ch * 12 + 6 + k] = clo[k]
+            part[ch * 12 + 9 + k] = chi[k]
+    for _ in range(1):
+        for k in ti.static(range(3)):
+            node_lo[k] = 3e38
+            node_hi[k] = -3e38
+            cb[k] = 3e38
+            cb[3 + k] = -3e38
+        for ch in range(_CHUNKS):
+            for k in ti.static(range(3)):
+                node_lo[k] = ti.min(node_lo[k], part[ch * 12 + k])
+                node_hi[k] = ti.max(node_hi[k], part[ch * 12 + 3 + k])
+                cb[k] = ti.min(cb[k], part[ch * 12 + 6 + k])
+                cb[3 + k] = ti.max(cb[3 + k], part[ch * 12 + 9 + k])
+        node_i[_START] = 0
+        node_i[_COUNT] = n
+        node_i[_BUF] = 0
+
+
+@ti.func
+def _bin_of(c2: ti.f32, clo: ti.f32, scale: ti.f32) -> ti.i32:
+    """Bin of a doubled centroid coordinate (the one formula for binning and partitioning)."""
+    return ti.max(ti.min(ti.cast((c2 - clo) * scale, ti.i32), BINS - 1), 0)
 
 
 @ti.func
@@ -608,7 +627,8 @@ def build_sah(lo, hi, leaf_max: int, dfs_layout: bool = True, subtree_max: int |
         tri_args = (*triangles, True)
     flat = [t.view(-1) for t in (rows, node_i, node_lo, node_hi, cb)]
     rows_f, node_i_f, node_lo_f, node_hi_f, cb_f = flat
-    _sah_init(lo.view(-1), hi.view(-1), rows_f, node_i_f, node_lo_f, node_hi_f, cb_f)
+    part = torch.empty(_CHUNKS * 12, dtype=torch.float32, device=dev)
+    _sah_init(lo.view(-1), hi.view(-1), rows_f, node_i_f, node_lo_f, node_hi_f, cb_f, part)
     level_off = [0, 1]
     depth = 0
     while level_off[-1] > level_off[-2]:
