@@ -157,6 +157,10 @@ def test_points_from_auto_and_fallbacks(mic, mic25):
     bare = dataclasses.replace(nopts, splits={"train": dataclasses.replace(mic25.train, alpha=None)})
     with pytest.raises(NoPoints, match="dataset: .*has no points.*carve: .*no alpha or masks"):
         points_from("auto", dataset=bare)
+    v = points_from("dataset", dataset=mic, voxel=0.2)               # --voxel on dataset points too
+    assert 1000 < len(v) < 100000 and v.stats["before_voxel"] == 100000 and "voxel 0.2" in v.detail
+    occupied = np.unique(np.floor(v.points / 0.2).astype(np.int64), axis=0)
+    assert len(occupied) >= 0.5 * len(v)                              # about one point per voxel (grids offset)
     a = cap_points(pc, 10, seed=1)
     assert len(a) == 10 and np.array_equal(a.points, cap_points(pc, 10, seed=1).points)
 
