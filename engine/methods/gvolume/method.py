@@ -53,11 +53,13 @@ class GVolumeMethod(Method):
         scene_box = torch.as_tensor(dataset.scene_box, dtype=torch.float32).reshape(2, 3).cpu()
         points = getattr(dataset, "points", None)
         has_points = points is not None and len(points) >= 1
+        if cfg.init == "points" and not has_points:
+            raise ConfigError("init=points but the dataset has no points (use init=all or auto)")
         hull = None
         if (cfg.volume_box in ("auto", "hull") or cfg.init in ("auto", "visual_hull")) \
                 and split_coverage(train) is not None:
             hull = visual_hull_points(train.to("cpu") if hasattr(train, "to") else train, scene_box,
-                                      max(8 * n ** 3, 20000), resolution=max(64, 2 * n), seed=cfg.seed)
+                                      max(8 * n ** 3, 20000), resolution=max(32, 2 * n), seed=cfg.seed)
         notes = []
         if cfg.volume_box == "hull" and hull is None:
             raise ConfigError("volume_box=hull needs training images with alpha or masks and a non-empty visual "
@@ -77,8 +79,6 @@ class GVolumeMethod(Method):
             choice = "visual_hull" if hull is not None else ("points" if has_points else "all")
         if choice == "visual_hull" and hull is None:
             raise ConfigError("init=visual_hull needs training images with alpha or masks (use init=points or all)")
-        if choice == "points" and not has_points:
-            raise ConfigError("init=points but the dataset has no points (use init=all or auto)")
         if choice == "all":
             pts, cols = None, None
         elif choice == "visual_hull":

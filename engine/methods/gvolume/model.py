@@ -137,6 +137,18 @@ class GaussianVolume(nn.Module):
         d, _ = cKDTree(centres).query(self.anchors.cpu().double().numpy(), k=1)
         return torch.from_numpy(np.asarray(d, np.float32)).reshape(n, n, n)
 
+    @torch.no_grad()
+    def as_grid(self) -> torch.Tensor:
+        """The volume as an (N, N, N, 14 + 3 (K - 1)) tensor in GVGEN's channel order: offset 3, SH DC 3,
+        log-scale 3, quaternion 4 (normalised), opacity logit 1, then the higher SH coefficients;
+        free slots hold zeros with opacity logit -10. Entry (i, j, k) is slot (i N + j) N + k."""
+        n = self.grid_size
+        x = torch.cat([self.offset, self.sh_dc[:, 0], self.log_scales, F.normalize(self.quats, dim=-1),
+                       self.opacity[:, None], self.sh_rest.reshape(self.num_slots, -1)], 1).detach().clone()
+        x[~self.active] = 0
+        x[~self.active, 13] = -10.0
+        return x.reshape(n, n, n, -1)
+
     # ------------------------------------------------------------------ rendering
     def active_tensors(self) -> dict:
         idx = torch.nonzero(self.active)[:, 0]

@@ -143,6 +143,23 @@ def test_opacity_reset_caps_opacities_during_densification_only():
     assert st.step(vol, None, step=24) is None and float(vol.opacity.min()) == 2.0
 
 
+def test_create_from_a_dataset_box_and_init_choices():
+    from engine import methods
+    from engine.data import load_dataset
+    from engine.methods.gvolume.method import GVolumeMethod
+
+    ds = load_dataset(MIC, downscale=4)
+    m = GVolumeMethod.create(methods.make_config("gvolume", {"grid_size": 4, "volume_box": "scene",
+                                                             "init": "all"}), ds)
+    assert m.num_primitives == 64 and torch.equal(m.bounds(), ds.scene_box.float())
+    assert torch.allclose(torch.sigmoid(m.vol.opacity), torch.tensor(0.1), rtol=1e-4)
+    g = m.vol.as_grid()
+    assert g.shape == (4, 4, 4, 14) and torch.allclose(g[1, 2, 3, 10:13], m.vol.quats[(1 * 4 + 2) * 4 + 3, 1:])
+    with pytest.raises(ConfigError, match="dataset has no points"):
+        ds.points = None
+        GVolumeMethod.create(methods.make_config("gvolume", {"grid_size": 4, "init": "points"}), ds)
+
+
 def test_offset_loss_is_gvgens_formula():
     n = 32
     vol = GaussianVolume(torch.tensor([[-0.5] * 3, [0.5] * 3]), n, 0)    # GVGEN's unit cube
@@ -186,10 +203,13 @@ def test_training_through_the_cli_ends_with_exactly_n3_gaussians(run):
     assert dens and any(r["cloned"] + r["split"] > 0 for r in dens)                  # the pool was used
     assert all(r["active"] + r["pool"] == 8 ** 3 for r in dens)
     end = [r for r in steps if "reactivated" in r]
-    assert len(end) == 1 and end[0]["step"] == 9 and end[0]["active"] == 512
+    assert len(end) == 1 and end[0]["step"] == 9 and end[0]["active"] == 512 and end[0]["pool"] == 0
+    assert 0 < dens[0]["active"] < 512                         # started from the hull, the rest pooled
     assert all(r["num_primitives"] == 512 for r in steps if r["step"] >= 9)
     m = engine.load(run)
     assert m.num_primitives == 512 and m.progress_label() == "gvolume 8^3: 512 active"
+    side = m.bounds()[1] - m.bounds()[0]                      # default: a cube around the visual hull
+    assert torch.allclose(side, side[0].expand(3)) and float(side[0]) < 3.0 - 0.1
     ds = engine.load_dataset(MIC, downscale=4)
     from engine.methods.base import check_render_output
 
