@@ -3,9 +3,10 @@
 
 For each mesh: build time (ours vs Embree), closest-hit throughput on ~1M primary rays of an
 orbit camera (8 views around the mesh), and the time ratio ours / Embree (issue 19 targets:
-build and trace <= 1.5). Both run in the same process, interleaved, repeated ``--repeats`` times; the best (minimum) time of
-each is reported, as the least disturbed by other processes on a shared machine, plus the ratio of
-medians and the ratio of process CPU time (all threads), which is less sensitive to load.
+build and trace <= 1.5). Both run in the same process, interleaved, repeated ``--repeats``
+times; the best (minimum) time of each is reported, as the least disturbed by other processes on
+a shared machine, plus the ratio of medians and the ratio of process CPU time (all threads),
+which is less sensitive to load.
 Taichi compile time (first call, offline cache permitting) is reported apart.
 Also: build and refit time of the AABB BVH over 1M random boxes, and a segment-query rate.
 
