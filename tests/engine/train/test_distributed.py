@@ -184,8 +184,8 @@ def test_shells_two_ranks_match_one_rank_across_extraction(tmp_path):
 def test_killed_rank_stops_the_other_with_one_line(tmp_path):
     """SIGKILL rank 1 mid-run: rank 0 stops with a one-line error naming the step, well within its
     timeout, instead of hanging in the next all-reduce."""
-    args = RAYGAUSS + ["--max-steps", "100000", "--checkpoint-every", "0", "--densify-from", "1000000",
-                       "--dist-timeout", "60", "--output", str(tmp_path / "out")]
+    args = SHELLS + ["--max-steps", "100000", "--checkpoint-every", "0", "--shell-finetune-from", "0",
+                     "--dist-timeout", "60", "--output", str(tmp_path / "out")]
     procs = _spawn(2, args, tmp_path, "kill")
     t0 = time.monotonic()
     metrics = None
