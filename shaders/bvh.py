@@ -446,7 +446,8 @@ def morton_order(points) -> torch.Tensor:
     if n == 0:
         return torch.zeros(0, dtype=torch.long, device=p.device)
     with runtime.runtime_lock:
-        bounds = torch.tensor([[_F32_MAX] * 3, [-_F32_MAX] * 3], dtype=torch.float32, device=p.device)
+        bounds = torch.tensor([[_F32_MAX] * 3, [-_F32_MAX] * 3], dtype=torch.float32,
+                              device=p.device)
         _centroid_bounds(p, p, bounds, _partials(p.device))
         codes = torch.empty((n,), dtype=torch.int32, device=p.device)
         _morton_codes(p, p, bounds, codes)

@@ -255,8 +255,9 @@ def _partition(rows: ti.template(), buf: ti.i32, s0: ti.i32, cnt: ti.i32, kind: 
     ri = s0 + cnt - 1
     dbuf = 1 - buf
     for p in range(s0, s0 + cnt):
-        a = ti.Vector([rows[(buf * nrow + p) * 8 + 0], rows[(buf * nrow + p) * 8 + 1], rows[(buf * nrow + p) * 8 + 2]], dt=ti.f32)
-        b = ti.Vector([rows[(buf * nrow + p) * 8 + 3], rows[(buf * nrow + p) * 8 + 4], rows[(buf * nrow + p) * 8 + 5]], dt=ti.f32)
+        r = (buf * nrow + p) * 8
+        a = ti.Vector([rows[r + 0], rows[r + 1], rows[r + 2]], dt=ti.f32)
+        b = ti.Vector([rows[r + 3], rows[r + 4], rows[r + 5]], dt=ti.f32)
         c2 = a + b
         left = p - s0 < nleft
         if kind != _MEDIAN:
@@ -399,9 +400,10 @@ def _sah_level(rows: ti.types.ndarray(), perm: ti.types.ndarray(), node_i: ti.ty
     for node in range(first, last):
         kind = node_i[node * 8 + _KIND]
         if kind >= 0:
-            _partition(rows, node_i[node * 8 + _BUF], node_i[node * 8 + _START], node_i[node * 8 + _COUNT],
-                       kind, node_i[node * 8 + _BIN], node_i[node * 8 + _NLEFT], node,
-                       node_i[node * 8 + _C0], node_i[node * 8 + _C1], node_i, node_lo, node_hi, cb)
+            r = node * 8
+            _partition(rows, node_i[r + _BUF], node_i[r + _START], node_i[r + _COUNT], kind,
+                       node_i[r + _BIN], node_i[r + _NLEFT], node, node_i[r + _C0],
+                       node_i[r + _C1], node_i, node_lo, node_hi, cb)
 
 
 @ti.kernel
@@ -673,20 +675,21 @@ def _depth_first_rows(node_i, level_off, dfs_layout=True):
 
 
 def _pack(tree: SAHTree) -> None:
-    _sah_pack(tree.node_lo.view(-1), tree.node_hi.view(-1), tree.node_i.view(-1), tree.row_of, tree.packed.view(-1))
+    _sah_pack(tree.node_lo.view(-1), tree.node_hi.view(-1), tree.node_i.view(-1), tree.row_of,
+              tree.packed.view(-1))
     root_is_leaf = int(tree.node_i[0, _C0]) < 0
     tree.root_code = -1 - (int(tree.node_i[0, _COUNT]) - 1) if root_is_leaf else 0
 
 
 def refit_sah(tree: SAHTree, lo, hi) -> None:
     """New primitive boxes, same topology and slots (call under the runtime lock)."""
+    args = (lo.view(-1), hi.view(-1), tree.perm, tree.node_i.view(-1), tree.node_lo.view(-1),
+            tree.node_hi.view(-1))
     if tree.deferred.shape[0]:
-        _sah_refit_subtrees(lo.view(-1), hi.view(-1), tree.perm, tree.node_i.view(-1), tree.node_lo.view(-1), tree.node_hi.view(-1),
-                            tree.deferred, tree.deferred.shape[0])
+        _sah_refit_subtrees(*args, tree.deferred, tree.deferred.shape[0])
     off = tree.level_off
     for level in range(len(off) - 2, -1, -1):
-        _sah_refit_level(lo.view(-1), hi.view(-1), tree.perm, tree.node_i.view(-1), tree.node_lo.view(-1), tree.node_hi.view(-1),
-                         off[level], off[level + 1])
+        _sah_refit_level(*args, off[level], off[level + 1])
     _pack(tree)
 
 
