@@ -57,6 +57,10 @@ Which tree for which query (picked by measurement)
   The kernels index 1-D ndarrays (flat views, or (n, 3) tensors passed as arrays of vectors):
   in Taichi 1.7 on the CPU a 2-D ndarray load ``a[i, k]`` measured ~3x slower than ``a[3*i+k]``
   (a serial copy of 69k rows: 1.23 vs 0.44 ms); closest hit got ~5 % faster from it.
+  Also measured and rejected: a 4-wide tree (the SAH tree collapsed, even levels kept; four
+  child boxes per node in SoA order, hit children sorted by a 5-comparator network or only the
+  nearest first): identical hits but 1.5x *slower* than the binary traversal (bunny 2.38x /
+  armadillo 2.44x Embree's CPU time vs 1.56x / 1.73x in the same run).
 
 Build cost (``builder="sah"``)
 ------------------------------
