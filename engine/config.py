@@ -19,6 +19,7 @@ Command-line flags given explicitly override the file.
 """
 from __future__ import annotations
 
+import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,25 +47,41 @@ class SceneConfig:
     preset: str | None = None
 
 
-def parse_background(value) -> tuple[float, float, float] | None:
-    """'white' | 'black' | 'R,G,B' (floats in [0,1]) | [r, g, b] | None -> (r, g, b)."""
+_NAMED_BACKGROUNDS = {"white": (1.0, 1.0, 1.0), "black": (0.0, 0.0, 0.0), "gray": (0.5, 0.5, 0.5),
+                      "grey": (0.5, 0.5, 0.5)}
+
+
+def parse_background(value, default=None) -> tuple[float, float, float] | None:
+    """The one background parser: ``'white' | 'black' | 'gray' | 'R,G,B' | [r, g, b] | None`` ->
+    ``(r, g, b)`` floats in [0, 1] (``default`` for None). Values above 1 are read as 0-255.
+
+    >>> parse_background("white"), parse_background("255,0,0"), parse_background(None, (0, 0, 0))
+    ((1.0, 1.0, 1.0), (1.0, 0.0, 0.0), (0.0, 0.0, 0.0))
+    """
     if value is None:
-        return None
+        return None if default is None else tuple(float(c) for c in default)
+    if hasattr(value, "tolist"):          # a tensor / array
+        value = value.tolist()
+    expected = "expected white, black, gray or R,G,B (three numbers in 0..1, or 0..255)"
     if isinstance(value, str):
         v = value.strip().lower()
-        if v == "white":
-            return (1.0, 1.0, 1.0)
-        if v == "black":
-            return (0.0, 0.0, 0.0)
+        if v in _NAMED_BACKGROUNDS:
+            return _NAMED_BACKGROUNDS[v]
         parts = v.split(",")
-    else:
+    elif isinstance(value, (list, tuple)):
         parts = list(value)
+    else:
+        raise ConfigError(f"background {value!r}: {expected}")
     try:
         rgb = tuple(float(p) for p in parts)
     except (TypeError, ValueError):
-        rgb = ()
-    if len(rgb) != 3 or not all(0.0 <= c <= 1.0 for c in rgb):
-        raise ConfigError(f"background {value!r}: expected 'white', 'black' or 'R,G,B' with values in [0, 1]")
+        raise ConfigError(f"background {value!r}: {expected}") from None
+    if len(rgb) != 3 or not all(math.isfinite(c) for c in rgb):
+        raise ConfigError(f"background {value!r}: {expected}")
+    if any(c > 1.0 for c in rgb):
+        rgb = tuple(c / 255.0 for c in rgb)
+    if not all(0.0 <= c <= 1.0 for c in rgb):
+        raise ConfigError(f"background {value!r}: {expected}")
     return rgb
 
 

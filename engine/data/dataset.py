@@ -25,33 +25,10 @@ __all__ = ["Split", "Dataset", "parse_background", "holdout_indices", "load_spli
 
 
 def parse_background(value, default=(1.0, 1.0, 1.0)) -> torch.Tensor:
-    """``'white' | 'black' | 'R,G,B' | (r, g, b) | None`` -> (3,) float32 tensor in [0, 1].
+    """:func:`engine.config.parse_background` as a (3,) float32 tensor (``default`` for None)."""
+    from ..config import parse_background as _parse
 
-    ``R,G,B`` values above 1 are read as 0-255 integers.
-    """
-    if value is None:
-        value = default
-    if isinstance(value, str):
-        s = value.strip().lower()
-        named = {"white": (1.0, 1.0, 1.0), "black": (0.0, 0.0, 0.0), "gray": (0.5, 0.5, 0.5),
-                 "grey": (0.5, 0.5, 0.5)}
-        if s in named:
-            value = named[s]
-        else:
-            try:
-                value = tuple(float(x) for x in s.split(","))
-            except ValueError:
-                value = ()
-            if len(value) != 3:
-                raise ConfigError(f"--background: expected white, black or R,G,B, got {value!r}")
-    t = torch.as_tensor(value, dtype=torch.float32).reshape(-1)
-    if t.numel() != 3:
-        raise ConfigError(f"background must have 3 values, got {t.numel()}")
-    if bool((t > 1).any()):
-        t = t / 255.0
-    if bool((t < 0).any()) or bool((t > 1).any()):
-        raise ConfigError(f"background values must be in [0, 1] (or 0-255), got {t.tolist()}")
-    return t
+    return torch.tensor(_parse(value, default), dtype=torch.float32)
 
 
 def holdout_indices(n: int, holdout: int = 8) -> tuple[list[int], list[int]]:

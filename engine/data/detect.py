@@ -99,26 +99,14 @@ def detect_format(root) -> str:
 
 
 def resolve_data_path(path) -> Path:
-    """A dataset folder, or a scene ``.toml`` whose ``data`` key names one (relative to the toml)."""
+    """A dataset folder, or a scene ``.toml`` (the one schema of :func:`engine.config.load_scene`:
+    ``[scene] data = ...``, relative to the toml) -> the dataset folder."""
     path = Path(path)
     if path.suffix.lower() != ".toml":
         return path
-    import tomllib
+    from ..config import load_scene
 
-    try:
-        with open(path, "rb") as f:
-            cfg = tomllib.load(f)
-    except FileNotFoundError:
-        raise DataError(path, "scene file does not exist") from None
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise DataError(path, f"cannot read scene file ({exc})") from None
-    data = cfg.get("data")
-    if isinstance(data, dict):  # [data] table with a path key
-        data = data.get("path") or data.get("dir")
-    if not isinstance(data, str) or not data:
-        raise DataError(path, "scene file has no 'data' key naming the dataset folder")
-    p = Path(data).expanduser()
-    return p if p.is_absolute() else (path.parent / p)
+    return load_scene(path).data
 
 
 def load_dataset(path, downscale: int = 1, background=None, format: str | None = None, holdout: int = 8,
@@ -144,6 +132,14 @@ def load_dataset(path, downscale: int = 1, background=None, format: str | None =
         raise ConfigError(f"downscale must be a positive integer, got {downscale!r}") from None
     if downscale_i != downscale or downscale_i < 1:
         raise ConfigError(f"downscale must be a positive integer, got {downscale!r}")
+    if Path(path).suffix.lower() == ".toml":    # a scene file: its format / background / downscale apply
+        from ..config import load_scene
+
+        sc = load_scene(path)
+        format = format or sc.format
+        background = background if background is not None else sc.background
+        if downscale_i == 1:
+            downscale_i = sc.downscale
     root = resolve_data_path(path)
     if format is None:
         fmt = detect_format(root)

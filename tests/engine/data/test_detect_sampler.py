@@ -42,10 +42,13 @@ def test_detect_failures_and_options(tmp_path, lego_100):
 
 def test_scene_toml(tmp_path, lego_100):
     toml = tmp_path / "scene.toml"
-    toml.write_text(f'data = "{lego_100}"\n')
+    toml.write_text(f'[scene]\ndata = "{lego_100}"\n')          # the one scene schema (engine.config)
     assert load_dataset(toml).format == "blender"
-    toml.write_text('name = "x"\n')
-    with pytest.raises(DataError, match=r"scene\.toml: scene file has no 'data' key"):
+    toml.write_text('[scene]\nname = "x"\n')
+    with pytest.raises(ConfigError, match=r"scene\.toml: \[scene\] needs a 'data' key"):
+        load_dataset(toml)
+    toml.write_text(f'data = "{lego_100}"\n')                   # a top-level key is not the schema
+    with pytest.raises(ConfigError, match=r"scene\.toml: missing \[scene\] table"):
         load_dataset(toml)
 
 
