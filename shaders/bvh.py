@@ -292,7 +292,8 @@ def _traversal_tree(tbvh: TriangleBVH, lo, hi, rebuild: bool) -> None:
     """(Re)build or refit the traversal tree of ``tbvh`` for face boxes lo, hi, then its
     triangle data. Call under the runtime lock."""
     from .bvh_build import _pack_nodes, _triangle_leaf_data
-    from .bvh_sah import build_sah, refit_sah
+    from .bvh_sah import build_sah
+    from .bvh_sah_refit import refit_sah
 
     n = tbvh.num_faces
     if tbvh.builder == "sah":

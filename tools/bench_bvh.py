@@ -15,7 +15,7 @@ immediately following identical cast), median of the repeats (build times are me
 build is ``build_triangle_bvh`` (everything closest_hit needs). Build ratios are reported on
 wall time (median) and on process CPU time (median; Embree's CPU build time is the same
 difference of two casts), the latter less sensitive to other processes on a shared machine.
-Tree quality: the SAH cost of our traversal tree (``shaders.bvh_sah.sah_cost``, traversal and
+Tree quality: the SAH cost of our traversal tree (``shaders.bvh_sah_refit.sah_cost``, traversal and
 intersection cost 1: expected node visits + triangle tests of a ray hitting the root box).
 
 Usage::
@@ -98,7 +98,7 @@ def bench_mesh(path: Path, n_rays: int, repeats: int) -> dict:
     import trimesh
 
     from shaders import bvh
-    from shaders.bvh_sah import sah_cost
+    from shaders.bvh_sah_refit import sah_cost
 
     mesh = trimesh.load(path, force="mesh", process=False)
     V = torch.as_tensor(np.asarray(mesh.vertices), dtype=torch.float32)

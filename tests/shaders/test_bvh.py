@@ -450,17 +450,17 @@ def test_sah_build_phases_match_brute_force(monkeypatch, subtree_max, all_axes_m
 def test_sah_cost_prefers_the_sah_tree():
     """sah_cost: a single leaf costs its size; the binned-SAH tree beats the collapsed LBVH
     and a tree whose boxes are all the root's (what a useless hierarchy would cost)."""
-    from shaders import bvh_sah
+    from shaders import bvh_sah_refit
 
     gen = torch.Generator().manual_seed(31)
     v, f = _random_soup(3, gen)
     tb = bvh.build_triangle_bvh(v, f, leaf_size=4)
-    assert bvh_sah.sah_cost(tb.packed, tb.root_lo, tb.root_hi, tb.root_code) == 3.0
+    assert bvh_sah_refit.sah_cost(tb.packed, tb.root_lo, tb.root_hi, tb.root_code) == 3.0
     v, f = _random_soup(2000, gen, size=0.05)
     costs = {}
     for builder in ("lbvh", "sah"):
         tb = bvh.build_triangle_bvh(v, f, leaf_size=4, builder=builder)
-        costs[builder] = bvh_sah.sah_cost(tb.packed, tb.root_lo, tb.root_hi, tb.root_code)
+        costs[builder] = bvh_sah_refit.sah_cost(tb.packed, tb.root_lo, tb.root_hi, tb.root_code)
     assert costs["sah"] < costs["lbvh"]
     # every packed row of the SAH tree is one internal node: all boxes = the root's box costs
     # one per internal node plus one per triangle
@@ -468,7 +468,7 @@ def test_sah_cost_prefers_the_sah_tree():
     for c in range(2):
         bloated[:, 6 * c:6 * c + 3] = tb.root_lo[0]
         bloated[:, 6 * c + 3:6 * c + 6] = tb.root_hi[0]
-    worst = bvh_sah.sah_cost(bloated, tb.root_lo, tb.root_hi, tb.root_code)
+    worst = bvh_sah_refit.sah_cost(bloated, tb.root_lo, tb.root_hi, tb.root_code)
     assert worst > 20 * costs["lbvh"]
     assert worst == pytest.approx((tb.packed.shape[0] + 2000), rel=1e-6)
 
