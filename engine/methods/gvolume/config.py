@@ -47,6 +47,8 @@ class GVolumeConfig(MethodConfig):
     clone_scale_frac: float = option(0.01, "clone if max scale <= frac x box half-diagonal, else split")
     split_scale_div: float = option(1.6, "split children get the parent scale divided by this")
     prune_opacity: float = option(0.005, "prune active slots whose opacity falls below this")
+    split_needs_both: bool = option(False, "a split whose second child finds no free anchor does not happen (the parent "
+                                    "stays) instead of leaving one smaller child")
     pool_radius_cells: float = option(1.5, "a child takes the nearest free anchor within this many cells")
     reactivate_opacity: float = option(1e-4, "opacity of the anchors re-activated at the end of densification")
     opacity_reset_every: int = option(0, "reset opacities to <= 0.01 every N steps during densification (0: never; "

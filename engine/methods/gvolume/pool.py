@@ -218,6 +218,8 @@ class CandidatePoolStrategy:
         vol.active[si] = False
         slots = nearest_free_anchors(vol.to_grid(pos), ~vol.active, vol.grid_size, c.pool_radius_cells)
         placed = slots >= 0
+        if c.split_needs_both and si.numel():
+            placed = _undo_lone_split_children(parent, slots, placed, is_split, vol.num_slots)
         src, dst = parent[placed], slots[placed]
         dpos = pos[placed]
         new = {k: getattr(vol, k).detach()[src].clone() for k in PARAMS}
@@ -266,3 +268,22 @@ class CandidatePoolStrategy:
         vol.active[rows] = True
         self.ended = True
         return int(rows.numel())
+
+
+def _undo_lone_split_children(parent, slots, placed, is_split, S: int) -> torch.Tensor:
+    """``split_needs_both``: a split parent only one of whose two children found an anchor keeps
+    its place instead (the child is not placed) when its own anchor is then still free."""
+    placed = placed.clone()
+    cnt = torch.zeros(S, dtype=torch.long).index_add_(0, parent[placed & is_split],
+                                                      torch.ones(int((placed & is_split).sum()), dtype=torch.long))
+    lone = placed & is_split & (cnt[parent] == 1)
+    undo = lone.clone()
+    for _ in range(8):           # a kept child may sit on another parent's anchor: settle
+        taken = torch.zeros(S, dtype=torch.bool)
+        taken[slots[placed & ~undo]] = True
+        new = undo & ~taken[parent]
+        if torch.equal(new, undo):
+            break
+        undo = new
+    return placed & ~undo
+

@@ -127,6 +127,30 @@ def test_a_child_with_no_free_anchor_in_range_is_dropped_and_a_lonely_split_pare
         assert torch.equal(vol.means()[P], keep) and float(vol.log_scales[P, 0]) == pytest.approx(math.log(3.0))
 
 
+@pytest.mark.parametrize("needs_both", [False, True])
+def test_a_split_with_one_placed_child(needs_both):
+    """Only the parent's own anchor is free: one child takes it, the other is dropped. By default the
+    parent becomes that smaller child; with split_needs_both the split does not happen."""
+    n = 4
+    cfg = GVolumeConfig(grid_size=n, densify_grad_thr=1e-3, clone_scale_frac=0.001, split_needs_both=needs_both)
+    vol = _volume(n)
+    vol.reset_rows(torch.arange(n ** 3), opacity=0.5)
+    vol.active[:] = True
+    P = _slot(n, 1, 1, 1)
+    vol.log_scales.data[P] = math.log(0.05)                # both children land next to P's anchor
+    st = CandidatePoolStrategy(cfg, extent=vol.extent, seed=0)
+    st._reset(n ** 3, "cpu")
+    st.grad_accum[P], st.count[P] = 1.0, 1.0
+    res = st.densify_and_prune(vol, None)
+    assert vol.num_active == n ** 3 and res["dropped"] >= 1
+    if needs_both:
+        assert res["split"] == 0 and float(vol.log_scales[P, 0]) == pytest.approx(math.log(0.05))
+        assert float(vol.offset[P].abs().sum()) == 0
+    else:
+        assert res["split"] == 1 and float(vol.log_scales[P, 0]) == pytest.approx(math.log(0.05 / 1.6), abs=1e-5)
+        assert 0 < float(vol.offset[P].abs().sum()) < 0.3
+
+
 def test_opacity_reset_caps_opacities_during_densification_only():
     n = 3
     cfg = GVolumeConfig(grid_size=n, densify_from=100, densify_until=20, densify_every=5, opacity_reset_every=5,
