@@ -56,6 +56,13 @@ def load(path, **options):
     if path.is_file() and path.suffix.lower() != ".pt":
         spec = registry.reader_for(path)
         if spec is None:
+            if path.suffix.lower() == ".ply":
+                from .io.ply import read_ply_header
+
+                header = read_ply_header(path)        # a damaged header: its DataError names the line
+                raise ConfigError(f"{path}: a PLY without 3DGS properties (f_dc_0, opacity, ...): "
+                                  f"{'a mesh' if header.face_count() else 'points'}, which no method renders "
+                                  f"(kernelight view shows meshes)")
             raise ConfigError(f"{path}: no method reads {path.suffix or 'this'} files "
                               f"(expected a run folder, a checkpoint .pt or a 3DGS .ply)")
         cls = spec.method_class()
