@@ -29,6 +29,10 @@ a :class:`GaussianCache` and a ``cache_key`` that changes whenever the parameter
 uses the parameters' ``(data_ptr, _version)``).
 
 >>> import torch
+>>> import contextlib, io
+>>> from shaders import runtime
+>>> with contextlib.redirect_stdout(io.StringIO()):      # Taichi prints a banner on first use
+...     arch = runtime.init()
 >>> from engine.cameras import Cameras
 >>> from engine.render.gaussians import render_gaussians
 >>> c2w = torch.eye(4); c2w[2, 3] = -3.0                   # at z = -3 looking down +z
@@ -37,7 +41,7 @@ uses the parameters' ``(data_ptr, _version)``).
 ...                        torch.tensor([30.0]), torch.tensor([[1.0, 0.2, 0.2]]), cam,
 ...                        scene_box=torch.tensor([[-2.0] * 3, [2.0] * 3]), settings={"dt": 0.01})
 >>> out["rgb"].shape, round(float(out["alpha"][16, 16]), 2), round(float(out["depth"][16, 16]), 1)
-(torch.Size([32, 32, 3]), 1.0, 2.6)
+(torch.Size([32, 32, 3]), 1.0, 2.3)
 """
 from __future__ import annotations
 
