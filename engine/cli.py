@@ -61,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
 
             traceback.print_exc()
         print(f"kernelight {args.command}: error: {exc}", file=sys.stderr)
+        if _is_console_entry():
+            _exit_now_if_process_group_broken(exc)
         return 2
     except Exception as exc:  # the last net: a bug of ours, never a traceback by default
         if debug:
@@ -73,5 +75,32 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def _is_console_entry() -> bool:
+    """Whether this process was started as the command (``kernelight`` or ``python -m engine.cli``),
+    not a caller of :func:`main` inside a longer-lived process such as a test."""
+    return bool(getattr(sys, "_kernelight_cli", False))
+
+
+def _exit_now_if_process_group_broken(exc) -> None:
+    """A rank that lost its peers exits at once (status 2) after its one-line message: tearing the
+    broken gloo/NCCL process group down at interpreter exit aborts the process (SIGABRT,
+    'terminate called without an active exception'), which would hide the message's exit code."""
+    from .train.distributed import DistributedError
+
+    if isinstance(exc, DistributedError):
+        import os
+
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(2)
+
+
+def console_main() -> int:
+    """The ``kernelight`` console script."""
+    sys._kernelight_cli = True
+    return main()
+
+
 if __name__ == "__main__":
+    sys._kernelight_cli = True
     sys.exit(main())
