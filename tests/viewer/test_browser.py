@@ -468,7 +468,11 @@ def test_load_five_clients_for_30_seconds(tiny_ply):
                           frames={cid: s["frames_sent"] for cid, s in st.items()},
                           dropped={cid: s["dropped"] for cid, s in st.items()},
                           errors={cid: s["errors"] for cid, s in st.items()})
-            # each window still shows the scene
+            # each window still shows the scene, once the last camera move has been rendered and drawn
+            # (under load the frame on screen can still be one requested between two moves)
+            wait_for(lambda: all(s["pending"] == 0 for s in app.render_panel.stats().values()), 30,
+                     "the clients' last renders")
+            time.sleep(3.0)
             shots, lit = [], []
             for h in b.driver.window_handles:
                 b.driver.switch_to.window(h)
