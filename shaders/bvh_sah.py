@@ -146,12 +146,6 @@ def _sah_init(lo: ti.types.ndarray(), hi: ti.types.ndarray(), rows: ti.types.nda
 
 
 @ti.func
-def _bin_of(c2: ti.f32, clo: ti.f32, scale: ti.f32) -> ti.i32:
-    """Bin of a doubled centroid coordinate (the one formula for binning and partitioning)."""
-    return ti.max(ti.min(ti.cast((c2 - clo) * scale, ti.i32), BINS - 1), 0)
-
-
-@ti.func
 def _split_choice(rows: ti.template(), buf: ti.i32, s0: ti.i32, cnt: ti.i32, cb: ti.template(),
                   node: ti.i32, force_median: ti.i32, all_axes_min: ti.i32,
                   small_max: ti.i32):

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+
 
 def add_method_options(parser: argparse.ArgumentParser, render_only: bool = False) -> None:
     """One ``--field-name`` flag per field of every registered method's config (default: not set),
@@ -65,9 +65,3 @@ def _parse_bool(s: str) -> bool:
         return False
     raise argparse.ArgumentTypeError(f"expected true/false, got {s!r}")
 
-
-def find_run_checkpoint(path: Path):
-    """RUN folder | checkpoint .pt -> (run_dir or None, checkpoint path) (see :func:`engine.api.find_run_checkpoint`)."""
-    from ..api import find_run_checkpoint as _find
-
-    return _find(path)

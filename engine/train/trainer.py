@@ -73,10 +73,6 @@ def make_method_config(method_cls, options: dict):
     return method_cls.config_cls.from_options(options, method_cls.name)
 
 
-def _method_name(method) -> str:
-    return method if isinstance(method, str) else method.name
-
-
 def write_run_config(run_dir: Path, settings: TrainSettings, cfg, world_size: int = 1, device: str = "cpu") -> None:
     import tomli_w
 
@@ -87,7 +83,7 @@ def write_run_config(run_dir: Path, settings: TrainSettings, cfg, world_size: in
         scene["format"] = settings.data_format
     if settings.background is not None:
         scene["background"] = ",".join(f"{c:g}" for c in settings.background)
-    doc = {"scene": scene, "method": {"name": _method_name(settings.method), "options": opts},
+    doc = {"scene": scene, "method": {"name": settings.method.name, "options": opts},
            "run": {"world_size": int(world_size), "device": str(device)}}
     atomic_write_text(run_dir / "config.toml", "# written by kernelight train; "
                       "'kernelight train config.toml' reproduces this run\n" + tomli_w.dumps(doc))
