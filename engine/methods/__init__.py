@@ -7,7 +7,7 @@ below (or a call to :func:`register` from user code: the spec may name classes d
 
 >>> from engine import methods
 >>> methods.available()
-['gvolume', 'raygauss', 'shells']
+['gvolume', 'pointfield', 'raygauss', 'shells']
 >>> methods.get("raygauss").export_formats["ply"][:22]
 'standard 3DGS .ply (x '
 """
@@ -160,4 +160,13 @@ register(MethodSpec(
     presets="engine.methods.gvolume.config:PRESETS",
     export_formats={"ply": "standard 3DGS .ply of the active Gaussians (all N^3 once densification ended)",
                     "gdf": "Gaussian Distance Field: (N, N, N) float32 .npy of distances to the nearest centre"},
+))
+
+register(MethodSpec(
+    name="pointfield",
+    method="engine.methods.pointfield.method:PointFieldMethod",
+    config="engine.methods.pointfield.config:PointFieldConfig",
+    description="neural points with visibility-aware image features, log sampling around the point cloud and "
+                "a learned attention kernel (GPF, ICLR 2024)",
+    export_formats={"ply": "the points with confidence, colour and features (x y z red green blue confidence f_*)"},
 ))

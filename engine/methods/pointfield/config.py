@@ -1,0 +1,86 @@
+"""Configuration of the point-field method (GPF, ICLR 2024; defaults from REFERENCES.md).
+
+Lengths that depend on the scene are given in units of the point spacing ``h`` (the median distance
+from a point to its nearest neighbour, measured when the model is created): neighbour radius,
+log-sampling unit, splat radius, growing distance. GPF's DTU point clouds are about 1 mm apart in
+DTU's millimetre units and its log offsets are ``1.2^k`` mm, so one spacing per unit reproduces its
+DTU setting on any scene scale.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..base import MethodConfig, option
+
+
+@dataclass
+class PointFieldConfig(MethodConfig):
+    # ---- points --------------------------------------------------------------------------------
+    points: str = option("auto", "where the points come from: auto (the dataset's points, else carving from "
+                         "masks/alpha), dataset, carve, or a .ply path (e.g. from 'kernelight points RUN')")
+    carve_resolution: int = option(128, "voxels along the scene box's longest side when carving")
+    hull_filter: bool = option(True, "drop dataset points outside the visual hull when the images have alpha/masks "
+                               "(a random initialisation like mic's points3d.ply becomes a hull shell)")
+    max_points: int = option(150000, "at most this many initial points (seeded random subset)")
+    # ---- visibility-aware features (GPF) ---------------------------------------------------------
+    source_views: int = option(10, "candidate source views per target view (the nearest cameras)", render=True)
+    top_views: int = option(3, "views kept per point, by visibility score", render=True)
+    vis_temperature: float = option(0.9, "softmax temperature of the view blending (weights x visibility)")
+    encoder_max_side: int = option(200, "source images are encoded at most this many pixels on their long side")
+    feature_dim: int = option(32, "per-point colour feature and geometry feature width (each)")
+    splat_radius: float = option(1.0, "disk radius of a point in the depth maps, in point spacings")
+    # ---- sampling and aggregation ----------------------------------------------------------------
+    k_neighbors: int = option(8, "K nearest points aggregated at each sample")
+    radius: float = option(4.0, "neighbour search radius, in point spacings (Point-NeRF: 4 voxels)")
+    log_base: float = option(0.0, "log-sampling base (0 = auto: 1.16 for NeRF-synthetic / blender data, else 1.2)",
+                             render=True)
+    log_steps: int = option(16, "log samples on each side of the point-cloud depth (plus the centre)", render=True)
+    log_unit: float = option(1.0, "offset of the first log sample, in point spacings (offsets unit * base^k)",
+                             render=True)
+    hidden: int = option(32, "hidden width of the aggregation kernel and heads")
+    sdf_shell: float = option(0.3, "SDF prior: distance to the nearest point minus this (in radii), the "
+                              "network adds to it")
+    init_s: float = option(10.0, "initial NeuS inverse kernel size s (SDF in neighbour radii)")
+    # ---- training ------------------------------------------------------------------------------
+    rays_per_batch: int = option(1024, "random rays of the step's training image")
+    lr: float = option(5e-4, "Adam learning rate of the encoder and the networks (GPF: 5e-4)")
+    lr_points: float = option(2e-3, "learning rate of the per-point feature residuals and confidences")
+    lr_s: float = option(2e-3, "learning rate of log s")
+    mask_weight: float = option(0.1, "BCE of the opacity against alpha/masks where the data has them")
+    sparsity_weight: float = option(2e-3, "Point-NeRF confidence sparsity loss weight")
+    # ---- growing and pruning (Point-NeRF) --------------------------------------------------------
+    grow_every: int = option(500, "grow and prune every N steps (0 disables both)")
+    grow_from: int = option(500, "first growing/pruning step")
+    grow_until: int = option(100000, "last growing/pruning step")
+    grow_opacity: float = option(0.7, "grow where a training ray's max sample opacity exceeds this ...")
+    grow_dist: float = option(1.0, "... and its nearest point is farther than this many spacings")
+    grow_max: int = option(20000, "at most this many new points per growing step")
+    prune_conf: float = option(0.1, "prune points whose confidence is below this")
+    max_total_points: int = option(300000, "growing stops beyond this many points")
+    # ---- across scenes -------------------------------------------------------------------------
+    scenes: tuple = option((), "more datasets trained together with --data (one network, each scene its own "
+                           "points and images); e.g. --scenes A,B")
+    init_from: str = option("", "a pointfield run (folder or .pt) whose encoder and networks start this run "
+                            "(fine-tuning on a new scene)")
+    scene_data: str = option("", "render-time: a dataset whose images and points replace the trained scene's "
+                             "(zero-shot rendering of an unseen scene)", render=True)
+    # ---- rendering -----------------------------------------------------------------------------
+    render_chunk: int = option(8192, "rays per chunk when rendering an image", render=True)
+
+    def validate(self) -> None:
+        super().validate()
+        from ...errors import ConfigError
+
+        for name in ("source_views", "top_views", "k_neighbors", "log_steps", "hidden", "feature_dim",
+                     "rays_per_batch", "render_chunk", "encoder_max_side", "carve_resolution", "max_points"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"option {name} must be >= 1, got {getattr(self, name)}")
+        if self.top_views > self.source_views:
+            raise ConfigError(f"option top_views ({self.top_views}) must be <= source_views ({self.source_views})")
+        if self.k_neighbors > 32:
+            raise ConfigError(f"option k_neighbors must be <= 32, got {self.k_neighbors}")
+        for name in ("radius", "log_unit", "splat_radius", "vis_temperature", "init_s", "lr", "grow_dist"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"option {name} must be > 0, got {getattr(self, name)}")
+        if self.log_base != 0 and not self.log_base > 1:
+            raise ConfigError(f"option log_base must be > 1 (or 0 = auto), got {self.log_base}")
