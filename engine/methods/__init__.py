@@ -170,3 +170,14 @@ register(MethodSpec(
                 "a learned attention kernel (GPF, ICLR 2024)",
     export_formats={"ply": "the points with confidence, colour and features (x y z red green blue confidence f_*)"},
 ))
+
+register(MethodSpec(
+    name="gvgen",
+    method="engine.methods.gvgen.method:GVGenMethod",
+    config="engine.methods.gvgen.config:GVGenConfig",
+    description="GVGEN text-to-3D: GDF diffusion + attribute 3D U-Nets over GaussianVolumes, trained on a "
+                "kernelight gvgen dataset (ECCV 2024)",
+    presets="engine.methods.gvgen.config:PRESETS",
+    export_formats={"ply": "standard 3DGS .ply of a generation (--caption)",
+                    "gdf": "the generation's Gaussian Distance Field, (N, N, N) float32 .npy"},
+))
