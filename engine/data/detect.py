@@ -28,9 +28,9 @@ from pathlib import Path
 from ..errors import ConfigError, DataError
 from .colmap_io import find_model_folder
 
-FORMATS = ("blender", "nerfstudio", "dtu", "colmap", "llff")
+FORMATS = ("blender", "nerfstudio", "dtu", "colmap", "llff", "gvgen")
 _MODULES = {"blender": "blender", "nerfstudio": "nerfstudio", "instant-ngp": "nerfstudio", "ngp": "nerfstudio",
-            "dtu": "dtu", "neus": "dtu", "colmap": "colmap", "llff": "llff"}
+            "dtu": "dtu", "neus": "dtu", "colmap": "colmap", "llff": "llff", "gvgen": "gvgen"}
 LOOKED_FOR = ("transforms_train.json (blender), transforms.json (nerfstudio/instant-ngp), "
               "cameras_sphere.npz (dtu/neus), sparse/0/cameras.bin|txt or cameras.bin|txt (colmap), "
               "poses_bounds.npy (llff)")
@@ -67,6 +67,11 @@ def detect_format_reason(root) -> tuple[str, str]:
         raise DataError(root, "is not a folder (expected a dataset folder)")
     if (root / "transforms_train.json").is_file():
         return "blender", "transforms_train.json"
+    if (root / "dataset.json").is_file():   # a GVGEN training set (kernelight gvgen dataset): engine/data/gvgen.py
+        from .gvgen import is_gvgen_set
+
+        if is_gvgen_set(root):
+            return "gvgen", "dataset.json (a kernelight-gvgen training set)"
     if (root / "transforms.json").is_file():
         return "nerfstudio", "transforms.json"
     if (root / "cameras_sphere.npz").is_file():
