@@ -23,7 +23,7 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 _API = ("load", "render", "camera", "train", "load_dataset")
-__all__ = ["__version__", *_API, "methods", "Cameras", "look_at"]
+__all__ = ["__version__", *_API, "generate", "methods", "Cameras", "look_at"]
 
 
 def __getattr__(name):
@@ -31,6 +31,10 @@ def __getattr__(name):
         from . import api
 
         return getattr(api, name)
+    if name == "generate":   # text-to-3D (engine/generate.py; the module is callable: engine.generate(text))
+        import importlib
+
+        return importlib.import_module(".generate", __name__)
     if name == "methods":
         import importlib
 
