@@ -1,0 +1,253 @@
+"""The point field (GPF): visibility scores, log sampling, gradients through the whole chain,
+growing/pruning with the optimizer's state, and the method's doors (train, resume, eval through the
+trainer, export, engine.load / render) on a tiny synthetic RGBA scene (a coloured sphere seen by 12
+cameras at 32x32, written as a NeRF-synthetic folder), plus the bad inputs of issue 15."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import torch
+
+from engine import methods
+from engine.cameras import Cameras
+from engine.errors import CheckpointError, KernelightError
+
+FAST = {"rays_per_batch": 128, "carve_resolution": 40, "source_views": 4, "top_views": 2, "render_chunk": 4096,
+        "eval_every": 0, "log_every": 1, "checkpoint_every": 2, "hidden": 16, "feature_dim": 8,
+        "encoder_max_side": 32}
+
+
+def _look_at(eye):
+    eye = np.asarray(eye, float)
+    f = -eye / np.linalg.norm(eye)                # OpenCV: +z forward, +y down
+    up = np.array([0.0, 0.0, 1.0])
+    x = np.cross(f, up)
+    x /= np.linalg.norm(x)
+    y = np.cross(f, x)
+    c2w = np.eye(4)
+    c2w[:3, 0], c2w[:3, 1], c2w[:3, 2], c2w[:3, 3] = x, y, f, eye
+    return c2w
+
+
+def _write_sphere_scene(root: Path, n_train=12, n_test=3, size=32, radius=0.6) -> Path:
+    """A NeRF-synthetic folder of a sphere coloured by its normal (RGBA PNGs, OpenGL poses)."""
+    fov = 0.7
+    f = 0.5 * size / math.tan(0.5 * fov)
+    for split, n, off in (("train", n_train, 0.0), ("test", n_test, 0.37)):
+        (root / split).mkdir(parents=True, exist_ok=True)
+        frames = []
+        for i in range(n):
+            a = 2 * math.pi * i / n + off
+            eye = [4.0 * math.cos(a), 4.0 * math.sin(a), 1.2 * math.sin(3 * a + 0.5)]
+            c2w = _look_at(eye)
+            v, u = np.meshgrid(np.arange(size) + 0.5, np.arange(size) + 0.5, indexing="ij")
+            d = np.stack([(u - size / 2) / f, (v - size / 2) / f, np.ones_like(u)], -1) @ c2w[:3, :3].T
+            d /= np.linalg.norm(d, axis=-1, keepdims=True)
+            o = c2w[:3, 3]
+            b = (d @ o)
+            disc = b * b - (o @ o - radius ** 2)
+            hit = disc > 0
+            t = -b - np.sqrt(np.maximum(disc, 0))
+            p = o + t[..., None] * d
+            col = np.clip(0.5 + 0.5 * p / radius, 0, 1)
+            rgba = np.zeros((size, size, 4), np.uint8)
+            rgba[..., :3] = np.where(hit[..., None], np.round(col * 255), 0).astype(np.uint8)
+            rgba[..., 3] = np.where(hit, 255, 0).astype(np.uint8)
+            iio.imwrite(root / split / f"r_{i}.png", rgba)
+            gl = c2w.copy()
+            gl[:3, 1:3] *= -1                         # OpenCV -> OpenGL axes
+            frames.append({"file_path": f"./{split}/r_{i}", "transform_matrix": gl.tolist()})
+        (root / f"transforms_{split}.json").write_text(json.dumps({"camera_angle_x": fov, "frames": frames}))
+    return root
+
+
+@pytest.fixture(scope="module")
+def sphere(tmp_path_factory):
+    return _write_sphere_scene(tmp_path_factory.mktemp("pf") / "sphere")
+
+
+@pytest.fixture(scope="module")
+def model(sphere):
+    from engine.data import load_dataset
+
+    ds = load_dataset(sphere)
+    cfg = methods.make_config("pointfield", FAST)
+    return methods.get_method("pointfield").create(cfg, ds), ds
+
+
+# ------------------------------------------------------------------------------------ pieces
+def test_visibility_front_point_visible_back_point_occluded():
+    from engine.methods.pointfield.render import visibility
+    from engine.methods.pointfield.scene import PointScene
+
+    cam = Cameras(20.0, 20.0, 16.0, 16.0, 32, 32, torch.eye(4))     # at the origin, looking along +z
+    pts = torch.tensor([[0.0, 0.0, 2.0], [0.0, 0.0, 4.0], [0.05, 0.0, 2.0], [0.0, 0.0, -1.0], [30.0, 0.0, 2.0]])
+    cfg = methods.make_config("pointfield", {"splat_radius": 1.0})
+    sc = PointScene("t", pts, None, torch.zeros(1, 32, 32, 3, dtype=torch.uint8), None, cam, 0.05, 1.2, 0.1, 10,
+                    (1, 1, 1), 8)
+    D = sc.splat(cam, cfg)
+    ctx = {"cams": cam, "depth": D, "size": (32, 32)}
+    _, vis = visibility(sc, ctx, pts)
+    v = vis[0]
+    assert v[0] == 1.0 and v[2] == 1.0                       # frontmost points: |z - D| = 0
+    assert v[1] == pytest.approx(1 - (4.0 - 2.0) / 4.0)      # behind the first: 1 - |4 - 2| / 4
+    assert v[3] == 0.0 and v[4] == 0.0                       # behind the camera / outside the image
+
+
+def test_log_samples_symmetric_and_clamped():
+    from engine.methods.pointfield.render import log_offsets, log_samples
+
+    cfg = methods.make_config("pointfield", {"log_steps": 16, "log_unit": 1.0})
+
+    class S:
+        spacing, log_base, near, far = 0.01, 1.16, 2.0, 6.0
+
+    off = log_offsets(cfg, S)
+    assert off.shape == (33,) and off[16] == 0
+    assert torch.allclose(off[17:], 0.01 * 1.16 ** torch.arange(16.0))
+    assert torch.allclose(off[:16], -off[17:].flip(0))
+    t = log_samples(cfg, S, torch.tensor([2.0, 4.0]))
+    assert t[0].min() == 2.0 and bool((t[0, :16] == 2.0).all())     # clamped to near
+    assert torch.allclose(t[1], 4.0 + off)
+
+
+def test_aggregator_gradcheck_float64():
+    """The kernel is plain torch; float64 gradcheck w.r.t. sample position and neighbour features."""
+    from engine.methods.pointfield.model import Aggregator
+
+    torch.manual_seed(0)
+    net = Aggregator(4, 8).double()
+    M, K = 3, 4
+    x = torch.randn(M, 3, dtype=torch.float64, requires_grad=True)
+    nb = x.detach()[:, None] + 0.1 * torch.randn(M, K, 3, dtype=torch.float64)
+    feat = torch.randn(M, K, 8, dtype=torch.float64, requires_grad=True)
+    valid = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0], [1, 1, 1, 1]], dtype=torch.bool)
+    lc = torch.log(torch.rand(M, K, dtype=torch.float64))
+    dirs = torch.nn.functional.normalize(torch.randn(M, 3, dtype=torch.float64), dim=-1)
+
+    def f(x, feat):
+        d2 = ((x[:, None] - nb) ** 2).sum(-1)
+        sdf, rgb = net(x, dirs, nb, feat, valid, lc, d2, 0.5, torch.zeros(3, dtype=torch.float64), 1.0, 0.3)
+        return sdf, rgb
+
+    assert torch.autograd.gradcheck(f, (x, feat), eps=1e-6, atol=1e-6)
+
+
+def test_train_step_reaches_every_parameter(model):
+    m, ds = model
+    opt = m.make_optimizer()
+    sp = ds.train
+    loss, stats, _ = m.train_step(0, sp.images[0], sp.cameras, 0, ds.background)
+    loss.backward()
+    assert math.isfinite(float(loss)) and stats["samples_per_ray"] > 1
+    groups = {g["name"]: g["params"] for g in opt.param_groups}
+    for name in ("encoder", "kernel", "log_s", "point_feat_0", "point_conf_0"):
+        g = [p.grad for p in groups[name] if p.grad is not None]
+        assert g and any(float(t.abs().sum()) > 0 for t in g), f"no gradient reaches {name}"
+    opt.zero_grad()
+
+
+def test_grow_and_prune_keep_optimizer_in_step(model):
+    m, ds = model
+    opt = m.make_optimizer()
+    sc = m.scenes[0]
+    n0 = sc.num_points
+    sp = ds.train
+    loss, _, _ = m.train_step(0, sp.images[0], sp.cameras, 0, ds.background)
+    loss.backward()
+    opt.step()
+    with torch.no_grad():
+        sc.point_conf[:5] = -5.0                                   # confidence 0.007 < 0.1: pruned
+    p = sc.points[10:13] + torch.tensor([sc.spacing * 2.5, 0.0, 0.0])
+    m._grow_buf = [torch.cat([p, torch.zeros(3, 1)], 1)]
+    m.cfg.grow_from, m.cfg.grow_every = 1, 1
+    res = m.post_step(opt, 0)
+    assert res == {"grown": 3, "pruned": 5}
+    assert sc.num_points == n0 - 5 + 3 == sc.point_feat.shape[0] == sc.point_conf.shape[0]
+    st = opt.state[sc.point_feat]
+    assert st["exp_avg"].shape == sc.point_feat.shape
+    assert torch.allclose(sc.points[-3:], p)
+    assert bool((torch.sigmoid(sc.point_conf[-3:]) < 0.5 * 0.4 + 1e-3).all())   # 0.4 x the neighbours' (0.5)
+    assert "+3 grown, -5 pruned" in m.progress_label()
+    loss, _, _ = m.train_step(1, sp.images[1], sp.cameras, 1, ds.background)   # caches rebuilt, still trains
+    loss.backward()
+    opt.step()
+
+
+# ------------------------------------------------------------------------------------ doors
+def test_train_resume_export_load_render(sphere, tmp_path, capsys):
+    import engine
+    from engine.cli import main
+    from engine.io.ply import read_vertex_properties
+
+    opts = sum(([f"--{k.replace('_', '-')}", str(v)] for k, v in FAST.items()), [])
+    assert main(["train", "pointfield", "--data", str(sphere), "--output", str(tmp_path), "--max-steps", "4",
+                 "--no-progress", *opts]) == 0
+    out = capsys.readouterr().out
+    assert "points:" in out and "from carve" in out and "tried dataset first" in out
+    run = next((tmp_path / "sphere" / "pointfield").iterdir())
+    recs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert recs[-1]["final"] and recs[-1]["test_psnr"] > 8
+    assert main(["train", "--resume", str(run), "--max-steps", "6", "--no-progress"]) == 0
+    assert (run / "checkpoints" / "step-000006.pt").is_file()
+    m = engine.load(run)
+    assert m.step == 6 and m.num_primitives > 100
+    r = engine.render(m, m.scenes[0].cameras, 0)
+    methods.base.check_render_output(r, 32, 32)
+    assert float(r["alpha"].max()) > 0.5 and float(r["alpha"][0, 0]) < 0.5   # the sphere, not the corner
+    assert main(["export", str(run), "--format", "ply", "--out", str(tmp_path / "pts.ply")]) == 0
+    props = read_vertex_properties(tmp_path / "pts.ply")
+    assert {"x", "red", "confidence", "f_0", f"f_{2 * FAST['feature_dim'] - 1}"} <= set(props)
+    assert len(props["x"]) == m.num_primitives and np.isfinite(props["f_0"]).all()
+    # zero-shot on a scene given at render time, and fine-tuning from the run
+    m2 = engine.load(run, scene_data=str(sphere))
+    assert m2.scenes[0].name == "sphere" and m2.render(m.scenes[0].cameras, 1)["rgb"].shape == (32, 32, 3)
+    assert main(["train", "pointfield", "--data", str(sphere), "--output", str(tmp_path / "ft"), "--max-steps", "1",
+                 "--no-progress", "--init-from", str(run), *opts]) == 0
+    assert "fine-tuning" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------------ bad input
+def test_bad_point_clouds(sphere):
+    from engine.data import load_dataset
+    from engine.methods.pointfield.scene import PointFieldError, build_scene
+
+    ds = load_dataset(sphere)
+    cfg = methods.make_config("pointfield", FAST)
+    for pts, msg in ((np.zeros((0, 3), np.float32), "empty"),
+                     (np.full((10, 3), np.nan, np.float32), "NaN"),
+                     (np.random.default_rng(0).normal(size=(50, 3)).astype(np.float32) + 500, "no point projects")):
+        with pytest.raises(PointFieldError, match=msg):
+            build_scene(ds, cfg, [], points=(pts, None))
+    ply = sphere.parent / "nan.ply"
+    ply.write_text("ply\nformat ascii 1.0\nelement vertex 2\nproperty float x\nproperty float y\nproperty float z\n"
+                   "end_header\nnan nan nan\nnan 0 0\n")
+    with pytest.raises(KernelightError, match="NaN"):
+        build_scene(ds, methods.make_config("pointfield", dict(FAST, points=str(ply))), [])
+
+
+def test_dataset_without_points_or_masks(sphere, tmp_path):
+    from engine.data import load_dataset
+    from engine.methods.pointfield.scene import PointFieldError, build_scene
+
+    ds = load_dataset(sphere)
+    ds.train.alpha = None
+    with pytest.raises(PointFieldError, match=r"no points from any source.*carve.*kernelight points"):
+        build_scene(ds, methods.make_config("pointfield", FAST), [])
+
+
+def test_checkpoint_of_another_method(tmp_path, model):
+    from engine.io.checkpoint import save_checkpoint
+
+    ck = tmp_path / "run" / "checkpoints" / "step-000001.pt"
+    save_checkpoint(ck, {"model": {}}, method="raygauss", step=1)
+    m, ds = model
+    with pytest.raises(KernelightError, match="pointfield checkpoint|from method 'raygauss'"):
+        methods.get_method("pointfield").create(methods.make_config("pointfield", dict(FAST, init_from=str(ck))), ds)
+    with pytest.raises(CheckpointError, match="not a pointfield model state"):
+        methods.get_method("pointfield").from_state_dict(methods.make_config("pointfield", {}), {"means": 1})
