@@ -45,6 +45,11 @@ def register(sub) -> None:
                         "NCCL on GPUs). Ranks split each step's batch (rays_per_batch / batch_images): N must "
                         "divide it. Multi-node: torchrun --nnodes M --nproc-per-node N --rdzv-backend c10d "
                         "--rdzv-endpoint HOST:PORT -m engine.cli train ...")
+    p.add_argument("--image-cache", default=None, metavar="SIZE",
+                   help="memory for decoded images: auto (default: half the available memory), MB (2048, 512MB, "
+                        "2GB), a number of images (300img) or all. A dataset that does not fit streams from disk "
+                        "through a cache of this size (rays from working sets of cached images, the next images "
+                        "decoded in the background)")
     p.add_argument("--dist-timeout", type=float, default=None, metavar="S",
                    help="data-parallel runs: a rank silent this many seconds makes the others stop (default 600)")
     add_method_options(p)
@@ -89,6 +94,11 @@ def run(args) -> int:
         data, name, fmt = Path(args.data), args.name, args.data_format
         downscale, background = args.downscale or 1, parse_background(args.background)
     device = args.device or (_scene_run_table(scene.path).get("device") if scene is not None else None) or "auto"
+    image_cache = args.image_cache or (_scene_run_table(scene.path).get("image_cache") if scene is not None
+                                       else None) or "auto"
+    from ..data.stream import parse_image_cache
+
+    parse_image_cache(image_cache)      # a bad value: one line, before anything starts
     spec = methods.get(method)      # unknown name: ConfigError listing the registered methods
     if not Path(data).exists():
         raise ConfigError(f"{data}: dataset folder not found")
@@ -111,7 +121,7 @@ def run(args) -> int:
     settings = TrainSettings(method=spec.method_class(), data=Path(data), output=Path(args.output), scene_name=name,
                              data_format=fmt, downscale=downscale, background=background, options=options,
                              run_dir=Path(args.resume) if args.resume else None,
-                             progress=not args.no_progress, hooks=hooks, device=device,
+                             progress=not args.no_progress, hooks=hooks, device=device, image_cache=image_cache,
                              dist_timeout_s=args.dist_timeout or distributed.DEFAULT_TIMEOUT_S)
     run_dir = train(settings)
     if distributed.env_world()[0] == 0:

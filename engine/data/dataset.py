@@ -11,6 +11,7 @@ to ``train``. ``holdout=0`` puts everything in ``train``.
 """
 from __future__ import annotations
 
+import contextvars
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from ..cameras import Cameras
 from ..errors import ConfigError, DataError
 from .images import parallel_map, read_image, read_mask
 
-__all__ = ["Split", "Dataset", "parse_background", "holdout_indices", "load_split"]
+__all__ = ["Split", "Dataset", "parse_background", "holdout_indices", "load_split", "finish_loading"]
 
 
 def parse_background(value, default=(1.0, 1.0, 1.0)) -> torch.Tensor:
@@ -71,6 +72,18 @@ class Split:
     def width(self) -> int:
         return int(self.images.shape[2])
 
+    @property
+    def streaming(self) -> bool:
+        """True when the images stream from disk (:mod:`engine.data.stream`) instead of sitting in memory."""
+        from .stream import is_store
+
+        return is_store(self.images)
+
+    def prefetch(self, indices) -> None:
+        """Start decoding these images in the background (streamed splits; a no-op otherwise)."""
+        if self.streaming:
+            self.images.prefetch(indices)
+
     def to(self, device) -> "Split":
         mv = lambda t: None if t is None else t.to(device)  # noqa: E731
         return Split(self.name, self.cameras.to(device), self.images.to(device), self.image_paths,
@@ -106,6 +119,8 @@ class Dataset:
     downscale: int = 1
     camera_model: str = "PINHOLE"
     metadata: dict = field(default_factory=dict)
+    # the cache of decoded images when the splits stream from disk (engine.data.stream), else None
+    image_cache: object = None
 
     def split(self, name: str) -> Split:
         if name not in self.splits:
@@ -171,6 +186,15 @@ def load_split(name: str, cameras: Cameras, image_paths: list[Path], *, downscal
                         f"split {name!r} mixes image sizes {sorted(set(sizes_out))[:4]}; "
                         "a split must have one image size")
 
+    if _DEFER.get():   # engine.data.load_dataset decides afterwards: eager, or streamed (finish_loading)
+        return Split(name, out_cams, _Pending(name, [Path(p) for p in image_paths], sizes_in, sizes_out[0], bg,
+                                              None if mask_paths is None else [Path(p) for p in mask_paths]),
+                     [Path(p) for p in image_paths])
+    return _decode_split(name, out_cams, image_paths, sizes_in, sizes_out, bg, mask_paths)
+
+
+def _decode_split(name, out_cams, image_paths, sizes_in, sizes_out, bg, mask_paths) -> Split:
+    """Decode every image of a split (thread pool) into (N, H, W, 3) tensors: eager loading."""
     def one(i):
         return read_image(image_paths[i], expected_size=sizes_in[i], background=bg, out_size=sizes_out[i])
 
@@ -186,6 +210,79 @@ def load_split(name: str, cameras: Cameras, image_paths: list[Path], *, downscal
             return read_mask(mask_paths[i], expected_size=sizes_in[i], out_size=sizes_out[i])
         masks = torch.from_numpy(np.stack(parallel_map(onem, range(len(mask_paths)))))
     return Split(name, out_cams, images, [Path(p) for p in image_paths], masks, alpha)
+
+
+# Set by engine.data.load_dataset while a reader runs: load_split then only records what to decode,
+# and finish_loading() decodes everything (it fits the image-cache budget) or streams it.
+_DEFER: contextvars.ContextVar = contextvars.ContextVar("kernelight_defer_images", default=False)
+
+
+@dataclass
+class _Pending:
+    """A split's images not decoded yet (between a reader's load_split and finish_loading)."""
+
+    name: str
+    paths: list
+    sizes_in: list
+    size_out: tuple
+    background: list
+    mask_paths: list | None
+
+    def guess_bytes(self) -> int:
+        """Decoded size of the split if loaded eagerly; alpha as the first image's header says."""
+        from .images import image_header
+
+        try:
+            alpha = image_header(self.paths[0])[2]
+        except DataError:
+            alpha = True
+        w, h = self.size_out
+        return len(self.paths) * w * h * (12 + 4 * alpha + (self.mask_paths is not None))
+
+
+def finish_loading(ds: "Dataset", image_cache=None) -> "Dataset":
+    """Decode a dataset's pending splits, or make them stream from disk, per the image-cache
+    budget ``image_cache`` (:func:`engine.data.stream.parse_image_cache`): everything is decoded
+    into memory when all splits fit the budget (or ``all``), else every split streams through one
+    :class:`~engine.data.stream.ImageCache` of that budget. ``ds.metadata['image_cache']`` says which."""
+    from .images import image_header
+    from .stream import MB, ImageCache, ImageSource, ImageStore, auto_budget_bytes, parse_image_cache
+
+    plan = parse_image_cache(image_cache)
+    pend = {k: s.images for k, s in ds.splits.items() if isinstance(s.images, _Pending)}
+    if not pend:
+        return ds
+    need = {k: p.guess_bytes() for k, p in pend.items()}
+    total, n_images = sum(need.values()), sum(len(p.paths) for p in pend.values())
+    per_image = max(need[k] / max(1, len(p.paths)) for k, p in pend.items())
+    if plan.kind == "images":
+        budget, fits = int(plan.value * per_image), n_images <= plan.value
+    else:
+        budget = int(plan.value) if plan.kind == "bytes" else auto_budget_bytes()
+        fits = plan.kind == "all" or total <= budget
+    info = {"setting": plan.describe(), "decoded_mb": round(total / MB, 1), "budget_mb": round(budget / MB, 1)}
+    if fits:
+        for k, p in pend.items():
+            s = ds.splits[k]
+            ds.splits[k] = _decode_split(k, s.cameras, p.paths, p.sizes_in, [p.size_out] * len(p.paths),
+                                         p.background, p.mask_paths)
+        ds.metadata["image_cache"] = {**info, "streaming": False}
+        return ds
+    cache = ImageCache(budget)
+    for k, p in pend.items():
+        heads = parallel_map(image_header, p.paths)
+        for path, (w, h, _), want in zip(p.paths, heads, p.sizes_in):
+            if (w, h) != tuple(want):
+                raise DataError(path, f"image is {w}x{h} pixels but its camera says {want[0]}x{want[1]}")
+        src = ImageSource(k, p.paths, p.sizes_in, p.size_out, p.background, any(a for _, _, a in heads),
+                          p.mask_paths)
+        s = ds.splits[k]
+        ds.splits[k] = Split(k, s.cameras, ImageStore(src, cache, "rgb"), s.image_paths,
+                             ImageStore(src, cache, "mask") if p.mask_paths is not None else None,
+                             ImageStore(src, cache, "alpha") if src.has_alpha else None)
+    ds.image_cache = cache
+    ds.metadata["image_cache"] = {**info, "streaming": True}
+    return ds
 
 
 def box_from_points(points: torch.Tensor, lo_q: float = 0.005, hi_q: float = 0.995, pad: float = 0.05) -> torch.Tensor:

@@ -115,7 +115,7 @@ def resolve_data_path(path) -> Path:
 
 
 def load_dataset(path, downscale: int = 1, background=None, format: str | None = None, holdout: int = 8,
-                 **options):
+                 image_cache="auto", **options):
     """Load a dataset folder (or a scene .toml) into an :class:`~engine.data.dataset.Dataset`.
 
     Args:
@@ -128,6 +128,10 @@ def load_dataset(path, downscale: int = 1, background=None, format: str | None =
             ``dtu``/``neus``, ``llff``) instead of detecting it.
         holdout: every ``holdout``-th image is ``test`` for formats without their own splits
             (0: all train).
+        image_cache: the memory budget for decoded images (:mod:`engine.data.stream`): ``auto``
+            (half the available memory), MB (``2048``, ``"512MB"``, ``"2GB"``), images (``"300img"``)
+            or ``all``. A dataset that fits is decoded into memory; a bigger one streams from disk
+            through a cache of that size (``ds.splits[...].streaming``).
         options: reader-specific (``images_dir`` for colmap/llff, ``cameras_file`` and
             ``principal_offset`` for dtu).
     """
@@ -154,5 +158,14 @@ def load_dataset(path, downscale: int = 1, background=None, format: str | None =
             raise ConfigError(f"unknown dataset format {format!r} (known: {', '.join(FORMATS)})")
         if not Path(root).is_dir():
             raise DataError(root, "dataset folder does not exist")
+    from .dataset import _DEFER, finish_loading
+    from .stream import parse_image_cache
+
+    plan = parse_image_cache(image_cache)      # a bad value fails before any image is read
     module = importlib.import_module(f"{__package__}.{_MODULES[fmt]}")
-    return module.load(Path(root), downscale=downscale_i, background=background, holdout=holdout, **options)
+    token = _DEFER.set(True)
+    try:
+        ds = module.load(Path(root), downscale=downscale_i, background=background, holdout=holdout, **options)
+    finally:
+        _DEFER.reset(token)
+    return finish_loading(ds, plan)

@@ -101,6 +101,28 @@ def image_size(path: Path) -> tuple[int, int]:
         raise DataError(path, f"cannot read image ({exc.__class__.__name__}: {exc})") from None
 
 
+def image_header(path: Path) -> tuple[int, int, bool]:
+    """``(width, height, has_alpha)`` from an image file's header (no decoding): ``has_alpha`` is
+    True exactly when :func:`read_image` returns an alpha channel for it. DataError if unreadable."""
+    from PIL import Image
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "image file is missing")
+    try:
+        with Image.open(path) as im:
+            mode = im.mode
+            if mode in ("I;16", "I;16B", "I;16L", "I", "RGB"):
+                alpha = False
+            elif mode == "RGBA":
+                alpha = True
+            else:
+                alpha = "A" in mode or "transparency" in im.info
+            return im.size[0], im.size[1], alpha
+    except Exception as exc:  # PIL raises many types
+        raise DataError(path, f"cannot read image ({exc.__class__.__name__}: {exc})") from None
+
+
 def area_resize(img: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
     """Box-filter (area-average) resize of an (H, W, C) or (H, W) float32 array.
 

@@ -5,6 +5,15 @@ one size, so this is uniform image index x uniform pixel), with a seeded ``torch
 runs are reproducible and can resume (``state_dict``/``load_state_dict``). For several ranks, give
 each the same ``seed`` and its ``shard=(rank, world)``: every rank draws the whole batch and keeps
 its part (so the result does not depend on the number of ranks).
+
+Working sets (images that stream from disk, :mod:`engine.data.stream`): when a split's images do
+not all fit the image cache, drawing every batch across all N images would decode up to a batch's
+worth of images per step. The sampler then draws from a *working set* of ``K`` images (``K`` = half
+of what the cache holds) for ``refresh_every`` steps, pixels uniform within the set; sets are
+consecutive slices of a seeded permutation of the split (every image is used once per pass), and
+the next set is prefetched in the background while the current one trains. The sets come from the
+seed alone, so an in-memory split sampled with the same ``working_set`` draws the same batches bit
+for bit. ``working_set=None`` (or ``K >= N``) is plain uniform sampling over all images.
 """
 from __future__ import annotations
 
@@ -69,9 +78,11 @@ class RaySampler:
     """
 
     def __init__(self, split: Split, batch_size: int, seed: int = 0, jitter: bool = False,
-                 shard: tuple[int, int] = (0, 1)):
+                 shard: tuple[int, int] = (0, 1), working_set="auto", refresh_every: int = 25):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if refresh_every < 1:
+            raise ValueError(f"refresh_every must be >= 1, got {refresh_every}")
         self.split = split
         self.batch_size = int(batch_size)
         self.jitter = jitter
@@ -80,12 +91,51 @@ class RaySampler:
         self.shard = (int(shard[0]), int(shard[1]))
         self.generator = torch.Generator(device="cpu")
         self.generator.manual_seed(int(seed))
+        N = int(split.images.shape[0])
+        if working_set == "auto":
+            working_set = max(1, split.images.capacity() // 2) if getattr(split, "streaming", False) else None
+        self.working_set = None if working_set is None or int(working_set) >= N else max(1, int(working_set))
+        self.refresh_every = int(refresh_every)
+        # working-set state: a separate generator (seed + 1) orders the images; sets are its slices
+        self._set_gen = torch.Generator(device="cpu")
+        self._set_gen.manual_seed(int(seed) + 1)
+        self._perm: list[int] = []
+        self._current: torch.Tensor | None = None
+        self._next: torch.Tensor | None = None
+        self._uses = 0
+
+    def _draw_set(self) -> torch.Tensor:
+        N, K = int(self.split.images.shape[0]), self.working_set
+        out = []
+        while len(out) < K:
+            if not self._perm:
+                self._perm = torch.randperm(N, generator=self._set_gen).tolist()
+            take = min(K - len(out), len(self._perm))
+            out += self._perm[:take]
+            del self._perm[:take]
+        return torch.tensor(out, dtype=torch.long)
+
+    def _image_set(self) -> torch.Tensor:
+        """This step's working set (advancing every ``refresh_every`` steps; the next one prefetched)."""
+        if self._current is None or self._uses >= self.refresh_every:
+            self._current = self._next if self._next is not None else self._draw_set()
+            self._next = self._draw_set()
+            self._uses = 0
+            if getattr(self.split, "streaming", False):
+                self.split.prefetch(self._current.tolist())
+                self.split.prefetch(self._next.tolist())
+        self._uses += 1
+        return self._current
 
     def sample(self, batch_size: int | None = None) -> RayBatch:
         n = batch_size or self.batch_size
         N, H, W = self.split.images.shape[:3]
         g = self.generator
-        img = torch.randint(0, N, (n,), generator=g)
+        if self.working_set is None:
+            img = torch.randint(0, N, (n,), generator=g)
+        else:
+            ws = self._image_set()
+            img = ws[torch.randint(0, len(ws), (n,), generator=g)]
         flat = torch.randint(0, H * W, (n,), generator=g)
         pixel = torch.stack([flat % W, flat // W], -1)
         jit = torch.rand(n, 2, generator=g) if self.jitter else None
@@ -101,16 +151,37 @@ class RaySampler:
             yield self.sample()
 
     def state_dict(self) -> dict:
-        return {"generator": self.generator.get_state(), "batch_size": self.batch_size}
+        st = {"generator": self.generator.get_state(), "batch_size": self.batch_size}
+        if self.working_set is not None:
+            st["working_set"] = {"size": self.working_set, "refresh_every": self.refresh_every,
+                                 "generator": self._set_gen.get_state(), "perm": list(self._perm),
+                                 "current": None if self._current is None else self._current.tolist(),
+                                 "next": None if self._next is None else self._next.tolist(), "uses": self._uses}
+        return st
 
     def load_state_dict(self, state: dict) -> None:
         """Restore the random stream. The batch size stays the one this sampler was made with: on
-        ``--resume`` that is the run's configuration, flags included (``--rays-per-batch``)."""
+        ``--resume`` that is the run's configuration, flags included (``--rays-per-batch``). Working
+        sets continue where they were when the size and refresh period are unchanged (a different
+        image-cache budget starts new sets)."""
         self.generator.set_state(state["generator"])
+        ws = state.get("working_set")
+        if ws and self.working_set == ws.get("size") and self.refresh_every == ws.get("refresh_every"):
+            self._set_gen.set_state(ws["generator"])
+            self._perm = list(ws["perm"])
+            self._current = None if ws["current"] is None else torch.tensor(ws["current"], dtype=torch.long)
+            self._next = None if ws["next"] is None else torch.tensor(ws["next"], dtype=torch.long)
+            self._uses = int(ws["uses"])
+            if getattr(self.split, "streaming", False):
+                for s in (self._current, self._next):
+                    if s is not None:
+                        self.split.prefetch(s.tolist())
 
 
 def iter_images(split: Split):
-    """Yield ``(index, origins (H,W,3), directions (H,W,3), rgb (H,W,3), mask (H,W) or None)`` per image."""
+    """Yield ``(index, origins (H,W,3), directions (H,W,3), rgb (H,W,3), mask (H,W) or None)`` per image
+    (a streamed split decodes the next images in the background meanwhile)."""
     for i in range(len(split)):
+        split.prefetch(range(i + 1, min(len(split), i + 3)))
         o, d = split.cameras.generate_rays(i)
         yield i, o, d, split.images[i], None if split.masks is None else split.masks[i]

@@ -20,6 +20,10 @@ resumes with any number of ranks that divides the batch.
 
 Device: ``TrainSettings.device`` (``auto`` | ``cpu`` | ``cuda``; ``--device``) holds the model,
 the dataset and the optimizer state, and is the device Taichi runs on.
+
+Images: a dataset whose decoded images exceed ``TrainSettings.image_cache`` (``--image-cache``,
+default half the available memory) streams from disk through a bounded cache (:mod:`engine.data.stream`):
+ray methods draw from working sets of cached images, image methods prefetch the next step's images.
 """
 from __future__ import annotations
 
@@ -65,6 +69,9 @@ class TrainSettings:
     hooks: list = field(default_factory=list)
     device: str = "auto"                 # auto | cpu | cuda: model, data and optimizer state live there
     dist_timeout_s: float = distributed.DEFAULT_TIMEOUT_S   # a rank silent this long stops the others
+    # decoded-image budget: auto | MB | "<n>MB"/"<n>GB" | "<n>img" | all; a dataset that does not fit
+    # streams from disk (engine.data.stream) and rays come from working sets of cached images
+    image_cache: object = "auto"
 
 
 def make_method_config(method_cls, options: dict):
@@ -84,7 +91,8 @@ def write_run_config(run_dir: Path, settings: TrainSettings, cfg, world_size: in
     if settings.background is not None:
         scene["background"] = ",".join(f"{c:g}" for c in settings.background)
     doc = {"scene": scene, "method": {"name": settings.method.name, "options": opts},
-           "run": {"world_size": int(world_size), "device": str(device)}}
+           "run": {"world_size": int(world_size), "device": str(device),
+                   "image_cache": str(settings.image_cache if settings.image_cache is not None else "auto")}}
     atomic_write_text(run_dir / "config.toml", "# written by kernelight train; "
                       "'kernelight train config.toml' reproduces this run\n" + tomli_w.dumps(doc))
 
@@ -126,7 +134,8 @@ class Trainer:
         self.dist = distributed.init(self.device, settings.dist_timeout_s)
         self.is_main = self.dist.is_main
         self.dataset = load_dataset(settings.data, downscale=settings.downscale,
-                                    background=settings.background, format=settings.data_format)
+                                    background=settings.background, format=settings.data_format,
+                                    image_cache=settings.image_cache)
         if "train" not in self.dataset.splits:
             raise ConfigError(f"{settings.data}: the dataset has no 'train' split")
         if self.device.type != "cpu":
@@ -167,6 +176,7 @@ class Trainer:
             self._sync_from_rank0("the initial model broadcast")
         if self.device_note:
             self.notes.append(self.device_note)
+        self.notes.extend(self._streaming_notes())
         if self.dist.enabled:
             self.notes.append(f"data-parallel: {self.dist.world_size} ranks ({self.dist.backend}, {self.device}); "
                               f"each step's batch of {self.batch} split {self.batch // self.dist.world_size} per rank")
@@ -188,6 +198,9 @@ class Trainer:
                                       shard=(self.dist.rank, self.dist.world_size))
             if resume_ckpt is not None and ck.get("sampler"):
                 self.sampler.load_state_dict(ck["sampler"])
+            if self.sampler.working_set is not None:
+                self.notes.append(f"rays come from working sets of {self.sampler.working_set} training images, "
+                                  f"the next set every {self.sampler.refresh_every} steps (decoded in the background)")
 
     def _attach(self, method):
         """Put a method on the run's device and tell it where it sits in a distributed run."""
@@ -224,7 +237,18 @@ class Trainer:
         """This rank's training images for the step: the step draws ``self.batch`` images for all
         ranks (the same on every rank) and each rank keeps its part."""
         idx = [self._next_index() for _ in range(self.batch)]
+        split = self.dataset.splits["train"]
+        if split.streaming and self._order:   # decode the next step's images while this one trains
+            split.prefetch(list(reversed(self._order[-self.batch:]))[self.dist.shard(self.batch)])
         return idx[self.dist.shard(len(idx))]
+
+    def _streaming_notes(self) -> list[str]:
+        info = self.dataset.metadata.get("image_cache") or {}
+        if not info.get("streaming"):
+            return []
+        return [f"images stream from disk: decoded they take {info['decoded_mb']:,.0f} MB, more than the image "
+                f"cache ({info['budget_mb']:,.0f} MB, --image-cache {info['setting']}); "
+                f"{self.dataset.splits['train'].images.capacity()} training images fit in it"]
 
     def save(self) -> Path:
         """Write a checkpoint (rank 0 only; the other ranks hold the same state)."""
@@ -268,7 +292,8 @@ class Trainer:
         k = n if max_views is None else min(n, max_views)
         idx = torch.linspace(0, n - 1, k).round().long().tolist() if k > 0 else []
         psnrs = []
-        for i in idx:
+        for j, i in enumerate(idx):
+            split.prefetch(idx[j + 1:j + 3])
             out = self.method.render(split.cameras, i, background=self.background)
             mse = ((out["rgb"] - eval_target(self.method, split, i, self.background)) ** 2).mean().clamp_min(1e-12)
             psnrs.append(float(-10 * torch.log10(mse)))
