@@ -58,6 +58,29 @@ class Encoder(nn.Module):
                 for f in pyr]
         return torch.cat(outs, 1).transpose(1, 2)
 
+    @staticmethod
+    def sample_views(pyr: list[torch.Tensor], views: torch.Tensor, uv: torch.Tensor, width: int,
+                     height: int) -> torch.Tensor:
+        """The same bilinear read, but point ``m`` only in view ``views[m]`` (M,): ``uv (M, 2)`` ->
+        ``(M, IMAGE_FEATURES)``. The views of each level are stacked into one tall image with a zero
+        row between them, so a tap past a view's edge reads zero exactly as ``padding_mode="zeros"``
+        does, and one ``grid_sample`` call covers every (point, view) pair (its backward then costs
+        the pairs asked for, not all views x all points)."""
+        S = pyr[0].shape[0]
+        x = uv[:, 0] / width * 2 - 1
+        outs = []
+        for f in pyr:
+            _, C, h, w = f.shape
+            tall = Fn.pad(f, (0, 0, 0, 1)).permute(1, 0, 2, 3).reshape(1, C, S * (h + 1), w)
+            vl = uv[:, 1] * (h / height)
+            y = (views.to(uv.dtype) * (h + 1) + vl) / (S * (h + 1)) * 2 - 1
+            # no tap of a point this far above / below its view is inside it: zero, as per view
+            y = torch.where((vl > -0.5) & (vl < h + 0.5), y, torch.full_like(y, -2.0))
+            g = torch.nan_to_num(torch.stack([x, y], -1), nan=-2.0, posinf=-2.0, neginf=-2.0)[None, :, None, :]
+            outs.append(Fn.grid_sample(tall, g.to(f.dtype), mode="bilinear", padding_mode="zeros",
+                                       align_corners=False)[0, :, :, 0])
+        return torch.cat(outs, 0).transpose(0, 1)
+
 
 def sh3(d: torch.Tensor) -> torch.Tensor:
     """Real spherical harmonics up to degree 3 of unit directions ``d (M, 3)`` -> (M, 16)."""
@@ -97,9 +120,13 @@ class Aggregator(nn.Module):
         self.feature_dim = F
         self.feat_geo = _mlp(IMAGE_FEATURES, H, F)
         self.feat_col = _mlp(IMAGE_FEATURES, H, F)
-        self.geo = nn.Sequential(nn.Linear(POS_DIM + F, H), nn.ReLU(), nn.Linear(H, H), nn.ReLU())
+        # first layers on [position inputs, point feature], split in two: the feature part is computed
+        # once per point and gathered per (sample, neighbour) pair (the same linear map, fewer flops)
+        self.geo_pos, self.geo_feat = nn.Linear(POS_DIM, H), nn.Linear(F, H, bias=False)
+        self.geo = nn.Sequential(nn.ReLU(), nn.Linear(H, H), nn.ReLU())
         self.att = nn.Linear(H, 1)
-        self.col = nn.Sequential(nn.Linear(POS_DIM + F, H), nn.ReLU(), nn.Linear(H, H), nn.ReLU())
+        self.col_pos, self.col_feat = nn.Linear(POS_DIM, H), nn.Linear(F, H, bias=False)
+        self.col = nn.Sequential(nn.ReLU(), nn.Linear(H, H), nn.ReLU())
         self.sdf = _mlp(H, H, 1, last_zero=True)
         self.rgb = _mlp(2 * H + SH_DIM, H, 3)
 
@@ -107,19 +134,20 @@ class Aggregator(nn.Module):
         """View-blended image features ``(U, IMAGE_FEATURES)`` -> ``(U, 2 F)`` (geometry, colour)."""
         return torch.cat([self.feat_geo(blended), self.feat_col(blended)], -1)
 
-    def forward(self, x, dirs, nb_pos, nb_feat, nb_valid, nb_logconf, d2, radius: float, center, extent: float,
+    def forward(self, x, dirs, nb_pos, feats, loc, nb_valid, nb_logconf, d2, radius: float, center, extent: float,
                 shell: float):
-        """Per sample ``x (M, 3)``, view direction ``dirs (M, 3)``; neighbours ``nb_pos (M, K, 3)``,
-        ``nb_feat (M, K, 2F)``, ``nb_valid (M, K)`` bool (at least one per sample), ``nb_logconf (M, K)``
-        log confidence, ``d2 (M, K)`` squared distances. Returns ``sdf (M,)`` (radii) and ``rgb (M, 3)``."""
+        """Per sample ``x (M, 3)``, view direction ``dirs (M, 3)``; neighbours ``nb_pos (M, K, 3)``, their
+        rows ``loc (M, K)`` in ``feats (U, 2F)`` (point features), ``nb_valid (M, K)`` bool (at least one per
+        sample), ``nb_logconf (M, K)`` log confidence, ``d2 (M, K)`` squared distances. Returns ``sdf (M,)``
+        (in radii) and ``rgb (M, 3)``."""
         F = self.feature_dim
         off = (x[:, None, :] - nb_pos) / radius                       # (M, K, 3), |off| <= 1
         dist = torch.sqrt(d2.clamp_min(0)).clamp(max=radius)[..., None] / radius
         xyz = (nb_pos - center) / extent
         enc = [off * (math.pi * f) for f in (1.0, 2.0)]
         pos = torch.cat([dist, off, xyz] + [torch.sin(e) for e in enc] + [torch.cos(e) for e in enc], -1)
-        hg = self.geo(torch.cat([pos, nb_feat[..., :F]], -1))        # (M, K, H)
-        hc = self.col(torch.cat([pos, nb_feat[..., F:]], -1))
+        hg = self.geo(self.geo_pos(pos) + self.geo_feat(feats[:, :F])[loc])     # (M, K, H)
+        hc = self.col(self.col_pos(pos) + self.col_feat(feats[:, F:])[loc])
         logit = self.att(hg)[..., 0] + nb_logconf
         logit = logit.masked_fill(~nb_valid, float("-inf"))
         w = torch.softmax(logit, dim=1)                               # (M, K)

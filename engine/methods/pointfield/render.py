@@ -69,8 +69,10 @@ def point_features(net, scene, cfg, ctx: dict, pidx: torch.Tensor) -> torch.Tens
     top = torch.topk(vis, T, dim=0)                                  # (T, U)
     w = torch.softmax(top.values / float(cfg.vis_temperature), 0) * top.values
     W, H = ctx["size"]
-    feats = Encoder.sample(ctx["pyr"], uv, W, H)                      # (S, U, C)
-    sel = feats.gather(0, top.indices[..., None].expand(T, -1, feats.shape[-1]))
+    U = pts.shape[0]
+    tv = top.indices.reshape(-1)                                      # (T U,) view of each pair
+    tuv = uv[tv, torch.arange(U).repeat(T)]                          # (T U, 2)
+    sel = Encoder.sample_views(ctx["pyr"], tv, tuv, W, H).reshape(T, U, -1)
     blended = (w[..., None] * sel).sum(0)                            # (U, C)
     return net.point_features(blended) + scene.point_feat[pidx]
 
@@ -133,7 +135,6 @@ def render_rays(net, scene, cfg, ctx: dict, o, d, t_center, log_s, background=No
             feats = point_features(net, scene, cfg, ctx, pidx)        # (U, 2F)
             loc = torch.zeros_like(idx_m)
             loc[valid_m] = inv
-            nb_feat = feats[loc]                                       # (M, K, 2F)
             safe = idx_m.clamp_min(0)
             nb_pos = scene.points[safe]
             conf = torch.sigmoid(scene.point_conf[safe])
@@ -143,7 +144,7 @@ def render_rays(net, scene, cfg, ctx: dict, o, d, t_center, log_s, background=No
             pts = scene.points
             center = (pts.amax(0) + pts.amin(0)).detach() / 2
             extent = float((pts.amax(0) - pts.amin(0)).max().clamp_min(1e-9)) / 2
-            s_m, c_m = net(xm, d[ray_of], nb_pos, nb_feat, valid_m, logconf, torch.where(valid_m, d2_m,
+            s_m, c_m = net(xm, d[ray_of], nb_pos, feats, loc, valid_m, logconf, torch.where(valid_m, d2_m,
                            torch.zeros_like(d2_m)), rad, center, extent, float(cfg.sdf_shell))
             flat_r = rows.repeat_interleave(S)[m]
             flat_s = torch.arange(S, device=dev).repeat(rows.numel())[m]

@@ -125,17 +125,38 @@ def test_aggregator_gradcheck_float64():
     M, K = 3, 4
     x = torch.randn(M, 3, dtype=torch.float64, requires_grad=True)
     nb = x.detach()[:, None] + 0.1 * torch.randn(M, K, 3, dtype=torch.float64)
-    feat = torch.randn(M, K, 8, dtype=torch.float64, requires_grad=True)
+    feat = torch.randn(5, 8, dtype=torch.float64, requires_grad=True)      # 5 points' features
+    loc = torch.tensor([[0, 1, 2, 0], [3, 0, 0, 0], [4, 2, 1, 0]])
     valid = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0], [1, 1, 1, 1]], dtype=torch.bool)
     lc = torch.log(torch.rand(M, K, dtype=torch.float64))
     dirs = torch.nn.functional.normalize(torch.randn(M, 3, dtype=torch.float64), dim=-1)
 
     def f(x, feat):
         d2 = ((x[:, None] - nb) ** 2).sum(-1)
-        sdf, rgb = net(x, dirs, nb, feat, valid, lc, d2, 0.5, torch.zeros(3, dtype=torch.float64), 1.0, 0.3)
+        sdf, rgb = net(x, dirs, nb, feat, loc, valid, lc, d2, 0.5, torch.zeros(3, dtype=torch.float64), 1.0, 0.3)
         return sdf, rgb
 
     assert torch.autograd.gradcheck(f, (x, feat), eps=1e-6, atol=1e-6)
+
+
+def test_stacked_view_sampling_matches_per_view_grid_sample():
+    """Encoder.sample_views (one grid_sample over views stacked with a zero row between them) reads
+    exactly what Encoder.sample reads in the chosen view, edges and outside points included."""
+    from engine.methods.pointfield.model import Encoder
+
+    g = torch.Generator().manual_seed(1)
+    H, W, S, U = 12, 17, 4, 300
+    pyr = Encoder()(torch.rand(S, 3, H, W, generator=g))
+    uv = torch.rand(S, U, 2, generator=g) * torch.tensor([W + 2.0, H + 2.0]) - 1.0     # some past the edges
+    uv[0, 0] = torch.tensor([0.0, 0.0])
+    uv[1, 1] = torch.tensor([W - 0.01, H - 0.01])
+    every = Encoder.sample(pyr, uv, W, H)                                            # (S, U, C)
+    views = torch.randint(0, S, (U,), generator=g)
+    views[:2] = torch.tensor([0, 1])
+    got = Encoder.sample_views(pyr, views, uv[views, torch.arange(U)], W, H)
+    want = every[views, torch.arange(U)]
+    assert got.shape == want.shape and float(want.abs().sum()) > 0
+    assert torch.allclose(got, want, atol=1e-5, rtol=1e-5)
 
 
 def test_train_step_reaches_every_parameter(model):

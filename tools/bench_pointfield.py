@@ -1,0 +1,239 @@
+"""Point field (GPF) benchmark: per-scene quality after a fixed wall-clock budget (beside RayGauss,
+trained at the same time), rendering speed, and the across-scenes curve.
+
+Per scene (default)::
+
+    python tools/bench_pointfield.py --data ../shared/data/nerf_synthetic/lego_100 --minutes 15
+
+trains ``pointfield`` (its defaults, plus ``--set KEY=VALUE``) and, with ``--beside raygauss``,
+RayGauss's ``cpu`` preset in a second process at the same time (one torch thread each, so both share
+the machine alike), each through the trainer with ``time_budget_s``. Then PSNR / SSIM on **all**
+test views (masked like ``kernelight eval`` on data with masks: DTU), and rays/s rendering the
+test cameras of lego at 200 px (``--speed-data``, cameras scaled to 200 px; every pixel counted,
+the one-time encoding of the source views included). Writes ``--out`` (JSON).
+
+Across scenes (``--cross``)::
+
+    python tools/bench_pointfield.py --cross --train-scenes A B C --target dtu/scan24_400 --minutes 15 \
+        --finetune-minutes 1 5
+
+pretrains one network on the train scenes for ``--minutes``, then on the target: zero-shot PSNR
+(``scene_data``: the target's own points and images, no training), PSNR after each fine-tuning
+budget (``init_from``), and from scratch for the same budgets.
+
+Reference: TensoRF reaches 31.37 dB on lego_100 on this machine (issue 15).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+DATA = REPO.parent / "shared" / "data"
+
+
+def _opts(items) -> dict:
+    out = {}
+    for kv in items or []:
+        key, _, val = kv.partition("=")
+        try:
+            out[key] = json.loads(val)
+        except ValueError:
+            out[key] = val
+    return out
+
+
+def evaluate(method, dataset, split="test", max_views=None) -> dict:
+    """PSNR / SSIM over the views of ``split`` (all unless ``max_views``), masked as kernelight eval."""
+    import torch
+
+    from engine.train import metrics
+    from engine.train.trainer import eval_target
+
+    sp = dataset.splits[split]
+    n = len(sp.cameras)
+    idx = list(range(n)) if not max_views else torch.linspace(0, n - 1, min(n, max_views)).round().long().tolist()
+    bg = torch.as_tensor(dataset.background, dtype=torch.float32)
+    ps, ss, ts = [], [], []
+    with torch.no_grad():
+        for i in idx:
+            t1 = time.perf_counter()
+            out = method.render(sp.cameras, i, background=bg)
+            ts.append(time.perf_counter() - t1)
+            pred = out["rgb"].clamp(0, 1)
+            gt = eval_target(method, sp, i, bg)
+            ps.append(float(metrics.psnr(pred, gt)))
+            ss.append(float(metrics.ssim(pred, gt)))
+    return {"psnr": sum(ps) / len(ps), "ssim": sum(ss) / len(ss), "views": len(ps),
+            "masked": bool(method.masked_eval and sp.masks is not None), "s_per_image_median": sorted(ts)[len(ts) // 2]}
+
+
+def train_run(name, data, output, opts, minutes, max_steps, preset=None, extra_data=None):
+    from engine import methods
+    from engine.train.trainer import Trainer, TrainSettings
+
+    o = dict(methods.get_preset(name, preset)) if preset else {}
+    o.update(opts)
+    o.update(max_steps=max_steps, time_budget_s=minutes * 60, eval_every=0, checkpoint_every=0, log_every=50)
+    t0 = time.time()
+    c0 = time.process_time()
+    tr = Trainer(TrainSettings(method=methods.get_method(name), data=Path(data), output=Path(output), options=o,
+                               progress=False, quiet=True))
+    setup_s = time.time() - t0
+    tr.train()
+    return tr, {"method": name, "preset": preset, "options": o, "steps": tr.step, "train_time_s": round(tr.train_time, 1),
+                "setup_s": round(setup_s, 1), "cpu_s": round(time.process_time() - c0, 1),
+                "num_primitives": tr.method.num_primitives, "label": tr.method.progress_label(),
+                "run_dir": str(tr.run_dir), "notes": tr.notes}
+
+
+def speed(method, data: Path, size: int = 200, views: int = 5) -> dict:
+    """rays/s rendering ``views`` test cameras of ``data`` scaled to ``size`` px (after one warm-up)."""
+    import torch
+
+    from engine.data import load_dataset
+
+    ds = load_dataset(data)
+    cams = ds.splits["test"].cameras
+    cams = cams.scaled(size / float(cams.width[0]))
+    bg = torch.as_tensor(ds.background, dtype=torch.float32)
+    method.render(cams, 0, background=bg)
+    t = time.perf_counter()
+    c = time.process_time()
+    rays = 0
+    evals = 0.0
+    for i in range(1, views + 1):
+        out = method.render(cams, i, background=bg)
+        rays += out["rgb"].shape[0] * out["rgb"].shape[1]
+        evals += float(out["cost"].sum())
+    wall = time.perf_counter() - t
+    return {"size": size, "views": views, "rays_per_s": rays / wall, "cpu_s_per_view": (time.process_time() - c) / views,
+            "kernel_evals_per_ray": evals / rays, "scene_of_cameras": str(data)}
+
+
+def worker(args) -> int:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    name = args.worker
+    tr, res = train_run(name, args.data, args.output, _opts(args.set), args.minutes, args.max_steps, args.preset)
+    res.update(evaluate(tr.method, tr.dataset))
+    if name == "pointfield" and args.speed_data:
+        res["speed"] = speed(tr.method, Path(args.speed_data))
+    res["load_average_at_end"] = list(os.getloadavg())
+    Path(args.part).write_text(json.dumps(res, indent=1))
+    return 0
+
+
+def cross(args) -> int:
+    """Pretrain on the train scenes, then zero-shot / fine-tune / scratch on the target (module docstring)."""
+    import torch
+
+    from engine import methods
+    from engine.data import load_dataset
+
+    torch.set_num_threads(args.threads)
+    first, rest = args.train_scenes[0], args.train_scenes[1:]
+    opts = _opts(args.set)
+    out = {"train_scenes": args.train_scenes, "target": args.target, "pretrain_minutes": args.minutes}
+    tr, pre = train_run("pointfield", first, args.output, dict(opts, scenes=list(rest)), args.minutes, args.max_steps)
+    out["pretrain"] = pre
+    ds = load_dataset(args.target)
+    run = Path(pre["run_dir"])
+    cls = methods.get_method("pointfield")
+    from engine.io.checkpoint import latest_valid_checkpoint, load_checkpoint
+
+    ck = load_checkpoint(latest_valid_checkpoint(run / "checkpoints", method="pointfield"), method="pointfield")
+    zs = cls.from_state_dict(methods.make_config("pointfield", dict(opts, scene_data=str(args.target))), ck["model"])
+    out["zero_shot"] = evaluate(zs, ds, max_views=args.eval_views)
+    out["finetune"], out["scratch"] = [], []
+    for m in args.finetune_minutes:
+        t1, r1 = train_run("pointfield", args.target, args.output, dict(opts, init_from=str(run)), m, args.max_steps)
+        r1.update(evaluate(t1.method, t1.dataset, max_views=args.eval_views), minutes=m)
+        out["finetune"].append(r1)
+        t2, r2 = train_run("pointfield", args.target, args.output, dict(opts), m, args.max_steps)
+        r2.update(evaluate(t2.method, t2.dataset, max_views=args.eval_views), minutes=m)
+        out["scratch"].append(r2)
+        print(f"{m:g} min: fine-tuned {r1['psnr']:.2f} dB, scratch {r2['psnr']:.2f} dB", flush=True)
+    out["load_average_at_end"] = list(os.getloadavg())
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=1))
+    print(f"zero-shot {out['zero_shot']['psnr']:.2f} dB; wrote {args.out}")
+    return 0
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=str(DATA / "nerf_synthetic" / "lego_100"))
+    ap.add_argument("--minutes", type=float, default=15.0, help="training wall-clock budget")
+    ap.add_argument("--max-steps", type=int, default=100000, help="schedule length (the budget ends first)")
+    ap.add_argument("--beside", nargs="*", default=["raygauss"], help="methods trained at the same time (cpu preset)")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="pointfield options")
+    ap.add_argument("--speed-data", default=str(DATA / "nerf_synthetic" / "lego_100"),
+                    help="dataset whose test cameras (scaled to 200 px) measure rays/s ('' skips)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    ap.add_argument("--output", default="/tmp/kernelight_bench_pointfield")
+    ap.add_argument("--out", default=None, help="JSON (default tools/results/bench_pointfield_<scene>.json)")
+    ap.add_argument("--cross", action="store_true", help="the across-scenes curve (module docstring)")
+    ap.add_argument("--train-scenes", nargs="*", default=[])
+    ap.add_argument("--target", default=str(DATA / "dtu" / "scan24_400"))
+    ap.add_argument("--finetune-minutes", nargs="*", type=float, default=[1.0, 5.0])
+    ap.add_argument("--eval-views", type=int, default=0, help="cross: evaluate at most N test views (0 = all)")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--preset", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--part", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.worker:
+        return worker(args)
+    tag = Path(args.data).name
+    if args.cross:
+        if not args.train_scenes:
+            ap.error("--cross needs --train-scenes")
+        args.out = args.out or str(REPO / "tools" / "results" / "bench_pointfield_cross.json")
+        return cross(args)
+    args.out = args.out or str(REPO / "tools" / "results" / f"bench_pointfield_{tag}.json")
+    procs, parts = [], {}
+    t0 = time.time()
+    for name in ["pointfield"] + list(args.beside):
+        part = Path(args.output) / f"{tag}_{name}.json"
+        part.parent.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, __file__, "--worker", name, "--data", args.data, "--minutes", str(args.minutes),
+               "--max-steps", str(args.max_steps), "--output", args.output, "--part", str(part),
+               "--threads", str(args.threads), "--speed-data", args.speed_data if name == "pointfield" else ""]
+        if name == "pointfield" and args.set:
+            cmd += ["--set", *args.set]
+        if name == "raygauss":
+            cmd += ["--preset", "cpu"]
+        env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+        procs.append((name, subprocess.Popen(cmd, env=env, cwd=str(REPO))))
+        parts[name] = part
+    for name, p in procs:
+        if p.wait() != 0:
+            print(f"{name} failed (exit {p.returncode})", file=sys.stderr)
+            return 1
+    res = {name: json.loads(parts[name].read_text()) for name in parts}
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    out = {"data": args.data, "minutes": args.minutes, "wall_s": round(time.time() - t0, 1),
+           "children_cpu_s": round(ru.ru_utime + ru.ru_stime, 1),
+           "run": "methods trained at the same time, one process and one torch thread each", "results": res,
+           "tensorf_lego_100_psnr": 31.37}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=1))
+    print(f"{'method':<11} {'steps':>6} {'primitives':>10} {'PSNR':>7} {'SSIM':>7}")
+    for name, r in res.items():
+        print(f"{name:<11} {r['steps']:>6} {r['num_primitives']:>10} {r['psnr']:>7.2f} {r['ssim']:>7.4f}")
+    if "speed" in res["pointfield"]:
+        print(f"pointfield rendering at 200 px: {res['pointfield']['speed']['rays_per_s']:.0f} rays/s")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
