@@ -24,10 +24,11 @@ class GVGenConfig(MethodConfig):
     max_offset_cells: float = option(3.0, "predicted offsets are bounded to this many cells (as the fitted volumes)")
     init_scale_cells: float = option(0.8, "log-scale outputs are relative to log(this x cell)")
     # ---- networks ------------------------------------------------------------------------------------
-    channels: int = option(16, "U-Net width at the top level (both stages; GVGEN: 224)")
-    channel_mults: tuple = option((1, 2, 4), "width multipliers per level (GVGEN: 1 2 4 4)")
+    channels: int = option(32, "U-Net width at the top level (both stages; GVGEN: 224)")
+    channel_mults: tuple = option((1, 2), "width multipliers per level (GVGEN: 1 2 4 4)")
     blocks: int = option(1, "residual blocks per level (GVGEN: 2)")
-    patch: int = option(0, "space-to-depth stem: the U-Net runs at N / patch (0: 1 for N <= 16, 2 above)")
+    patch: int = option(0, "space-to-depth stem: the U-Net runs at N / patch (0: auto, N / 8: its top level is "
+                        "8^3 for N = 16 and 32)")
     text_encoder: str = option("minilm", "text encoder of engine.methods.gvgen.text (all-MiniLM-L6-v2, offline)")
     # ---- training ------------------------------------------------------------------------------------
     batch_objects: int = option(8, "volumes per step for both stages (the rendered view's object is one of them)")
@@ -56,8 +57,8 @@ class GVGenConfig(MethodConfig):
 
         if self.grid_size and not 4 <= self.grid_size <= 128:
             raise ConfigError(f"option grid_size must be 0 (the dataset's) or in [4, 128], got {self.grid_size}")
-        if self.patch not in (0, 1, 2, 4):
-            raise ConfigError(f"option patch must be 0 (auto), 1, 2 or 4, got {self.patch}")
+        if self.patch not in (0, 1, 2, 4, 8):
+            raise ConfigError(f"option patch must be 0 (auto), 1, 2, 4 or 8, got {self.patch}")
         if not self.channel_mults or any(m < 1 for m in self.channel_mults):
             raise ConfigError(f"option channel_mults must be positive integers, got {self.channel_mults}")
         for name in ("channels", "blocks", "batch_objects", "ddim_steps"):
@@ -78,10 +79,10 @@ class GVGenConfig(MethodConfig):
             raise ConfigError(f"option guidance must be >= 0, got {self.guidance}")
 
     def resolved_patch(self, n: int) -> int:
-        return self.patch or (1 if n <= 16 else 2)
+        return self.patch or max(1, n // 8)
 
 
 PRESETS = {
     # the shipped generator (engine/methods/gvgen/weights/primitives16.pt) was trained with these
-    "cpu": {"channels": 16, "channel_mults": (1, 2, 4), "blocks": 1, "batch_objects": 8},
+    "cpu": {"channels": 32, "channel_mults": (1, 2), "blocks": 1, "batch_objects": 8},
 }

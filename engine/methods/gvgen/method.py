@@ -45,7 +45,8 @@ def _nets(cfg: GVGenConfig, n: int, text_dim: int) -> tuple[UNet3D, UNet3D]:
     if n % (patch * 2 ** (levels - 1)):
         raise ConfigError(f"grid size {n} is not divisible by patch x 2^(levels - 1) = {patch * 2 ** (levels - 1)} "
                           f"(channel_mults has {levels} levels, patch {patch})")
-    attn = tuple(range(1, levels))    # the coarse levels (GVGEN: 8^3 and 4^3 of 32^3) and the middle
+    # cross-attention at the levels of 8^3 and coarser (GVGEN: the 8^3 and 4^3 levels of 32^3) and the middle
+    attn = tuple(lvl for lvl in range(levels) if n // patch // 2 ** lvl <= 8)
     kw = dict(channels=cfg.channels, mults=tuple(cfg.channel_mults), blocks=cfg.blocks, attn_levels=attn,
               text_dim=text_dim, patch=patch)
     return (UNet3D(1, 1, time_embedding=True, **kw),
