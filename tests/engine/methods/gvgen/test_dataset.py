@@ -62,6 +62,23 @@ def test_sphere_render_matches_the_analytic_silhouette_and_lambert_shading():
     assert (img[0, 0, 0] == 0).all()                                    # corners see nothing
 
 
+def test_gdf_from_grid_counts_only_the_gaussians_asked_for():
+    n, box = 3, torch.tensor(D.BOX)
+    g = torch.zeros(n, n, n, 14)
+    g[..., 13] = -10.0                                   # free slots
+    g[0, 0, 0, 13], g[0, 0, 0, :3] = 3.0, torch.tensor([0.1, 0.0, 0.0])   # opaque, centre (-0.4, -0.5, -0.5)
+    g[2, 2, 2, 13] = math.log(1e-4 / (1 - 1e-4))          # re-activated (opacity 1e-4) at (0.5, 0.5, 0.5)
+    from engine.methods.gvolume.model import grid_points
+
+    p = grid_points(box, n)
+    d_op = (p - torch.tensor([-0.4, -0.5, -0.5])).norm(dim=1)
+    d_re = (p - torch.tensor([0.5, 0.5, 0.5])).norm(dim=1)
+    assert torch.allclose(D.gdf_from_grid(g, box).reshape(-1), d_op, atol=1e-6)
+    assert torch.allclose(D.gdf_from_grid(g, box, 0.0).reshape(-1), torch.minimum(d_op, d_re), atol=1e-6)
+    g[0, 0, 0, 13] = -10.0
+    assert torch.isinf(D.gdf_from_grid(g, box)).all()
+
+
 def _opts(**kw):
     base = dict(N=6, image_size=16, views_train=4, views_test=2, supersample=1, steps=12,
                 shapes=["sphere", "torus"], colours=["red"], sizes=["large"], heldout=[["red", "torus"]])
@@ -97,6 +114,11 @@ def test_build_resume_and_bad_folders(tmp_path):
     centres = anchors[active] + flat[active, :3]
     ref = torch.cdist(anchors.double(), centres.double()).min(1).values.reshape(6, 6, 6).float()
     assert torch.allclose(gdf, ref, atol=1e-5)
+    assert torch.allclose(D.gdf_from_grid(g, v["box"], 0.0), gdf, atol=1e-5)
+    op = torch.sigmoid(flat[:, 13]) >= D.OPAQUE
+    ref_op = torch.cdist(anchors.double(), (anchors[op] + flat[op, :3]).double()).min(1).values.reshape(6, 6, 6)
+    assert torch.allclose(v["gdf_opaque"], ref_op.float(), atol=1e-5)
+    assert torch.allclose(D.gdf_from_grid(g, v["box"]), v["gdf_opaque"], atol=1e-5)
     assert math.isfinite(v["psnr"]) and v["fit_seconds"] > 0
 
     # resume: a finished object is skipped, a lost volume.pt and a half-written folder are rebuilt
