@@ -88,12 +88,14 @@ class OccupancyGrid:
     @torch.no_grad()
     def update(self, occupied: Callable[[torch.Tensor, float], torch.Tensor],
                generator: torch.Generator | None = None, chunk: int = 65536) -> float:
-        """Re-evaluate every cell (one jittered point each); returns the occupied fraction."""
+        """Re-evaluate every cell (one jittered point each); returns the occupied fraction. The
+        points are on the device of :attr:`center` (a CPU ``generator`` draws the jitter there)."""
         r = self.res
-        ii = torch.stack(torch.meshgrid(*[torch.arange(r)] * 3, indexing="ij"), -1).reshape(-1, 3)
-        jit = torch.rand(ii.shape, generator=generator)
+        dev = self.center.device
+        ii = torch.stack(torch.meshgrid(*[torch.arange(r, device=dev)] * 3, indexing="ij"), -1).reshape(-1, 3)
+        jit = torch.rand(ii.shape, generator=generator).to(dev)
         p = self.center - self.half_size + (ii + jit) * self.cell
-        occ = torch.empty(p.shape[0], dtype=torch.bool)
+        occ = torch.empty(p.shape[0], dtype=torch.bool, device=dev)
         radius = self.cell * math.sqrt(3) / 2
         for i in range(0, p.shape[0], chunk):
             occ[i:i + chunk] = occupied(p[i:i + chunk], radius)
@@ -129,8 +131,8 @@ def march(o, d, occ: OccupancyGrid | None, step: float, max_samples: int, genera
     if offsets is not None:
         off = offsets.to(o.dtype).reshape(-1, 1)
     else:
-        off = 0.5 if generator is None else torch.rand(o.shape[0], 1, generator=generator)
-    t = tn[:, None] + (torch.arange(K, dtype=o.dtype)[None] + off) * step
+        off = 0.5 if generator is None else torch.rand(o.shape[0], 1, generator=generator).to(o.device)
+    t = tn[:, None] + (torch.arange(K, dtype=o.dtype, device=o.device)[None] + off) * step
     keep = t < tf[:, None]
     if occ is not None:
         keep &= occ.lookup(o[:, None] + t[..., None] * d[:, None])
