@@ -11,7 +11,9 @@ not all fit the image cache, drawing every batch across all N images would decod
 worth of images per step. The sampler then draws from a *working set* of ``K`` images (``K`` = half
 of what the cache holds) for ``refresh_every`` steps, pixels uniform within the set; sets are
 consecutive slices of a seeded permutation of the split (every image is used once per pass), and
-the next set is prefetched in the background while the current one trains. The sets come from the
+the next set is prefetched in the background while the current one trains. A streamed split's
+current set is gathered into one tensor when it starts (and dropped from the cache, so the set and
+the prefetched next set together fill the budget): batches then cost what in-memory batches cost. The sets come from the
 seed alone, so an in-memory split sampled with the same ``working_set`` draws the same batches bit
 for bit. ``working_set=None`` (or ``K >= N``) is plain uniform sampling over all images.
 """
@@ -103,6 +105,7 @@ class RaySampler:
         self._current: torch.Tensor | None = None
         self._next: torch.Tensor | None = None
         self._uses = 0
+        self._set_data: dict | None = None      # a streamed split's current set, gathered
 
     def _draw_set(self) -> torch.Tensor:
         N, K = int(self.split.images.shape[0]), self.working_set
@@ -122,20 +125,36 @@ class RaySampler:
             self._next = self._draw_set()
             self._uses = 0
             if getattr(self.split, "streaming", False):
-                self.split.prefetch(self._current.tolist())
-                self.split.prefetch(self._next.tolist())
+                self._gather_set()
         self._uses += 1
         return self._current
+
+    def _gather_set(self) -> None:
+        """Stack the current set's images (rgb, alpha, masks) into tensors, release them from the
+        cache and start decoding the next set."""
+        sp, idx = self.split, self._current.tolist()
+        self._set_data = None
+        sp.prefetch(idx)
+        data = {}
+        for name in ("images", "alpha", "masks"):
+            store = getattr(sp, name)
+            if store is not None:
+                data[name] = torch.stack([store[i] for i in idx])
+        sp.images.release(idx)
+        self._set_data = data
+        sp.prefetch(self._next.tolist())
 
     def sample(self, batch_size: int | None = None) -> RayBatch:
         n = batch_size or self.batch_size
         N, H, W = self.split.images.shape[:3]
         g = self.generator
+        local = None
         if self.working_set is None:
             img = torch.randint(0, N, (n,), generator=g)
         else:
             ws = self._image_set()
-            img = ws[torch.randint(0, len(ws), (n,), generator=g)]
+            local = torch.randint(0, len(ws), (n,), generator=g)
+            img = ws[local]
         flat = torch.randint(0, H * W, (n,), generator=g)
         pixel = torch.stack([flat % W, flat // W], -1)
         jit = torch.rand(n, 2, generator=g) if self.jitter else None
@@ -143,8 +162,18 @@ class RaySampler:
         if w > 1:
             sl = slice(r * n // w, (r + 1) * n // w)
             img, pixel, jit = img[sl], pixel[sl], None if jit is None else jit[sl]
+            local = None if local is None else local[sl]
         dev = self.split.images.device
-        return gather_rays(self.split, img.to(dev), pixel.to(dev), None if jit is None else jit.to(dev))
+        jit = None if jit is None else jit.to(dev)
+        if self._set_data is None or local is None:
+            return gather_rays(self.split, img.to(dev), pixel.to(dev), jit)
+        # a streamed split: the pixels come from the gathered working set (same values)
+        img, pixel, local = img.to(dev), pixel.to(dev), local.to(dev)
+        u, v = pixel[:, 0], pixel[:, 1]
+        offs = torch.full_like(pixel, 0.5, dtype=torch.float32) if jit is None else jit.float()
+        o, d = self.split.cameras.pixel_rays(img, pixel.float() + offs)
+        at = lambda k: None if k not in self._set_data else self._set_data[k][local, v, u]  # noqa: E731
+        return RayBatch(o, d, at("images"), img, pixel, at("masks"), at("alpha"))
 
     def __iter__(self):
         while True:
@@ -172,10 +201,8 @@ class RaySampler:
             self._current = None if ws["current"] is None else torch.tensor(ws["current"], dtype=torch.long)
             self._next = None if ws["next"] is None else torch.tensor(ws["next"], dtype=torch.long)
             self._uses = int(ws["uses"])
-            if getattr(self.split, "streaming", False):
-                for s in (self._current, self._next):
-                    if s is not None:
-                        self.split.prefetch(s.tolist())
+            if getattr(self.split, "streaming", False) and self._current is not None:
+                self._gather_set()
 
 
 def iter_images(split: Split):

@@ -264,6 +264,14 @@ class ImageCache:
             self.prefetched += 1
         return entry
 
+    def discard(self, source: ImageSource, indices) -> None:
+        """Drop these images from the cache (their holder keeps its own copy, e.g. a working set)."""
+        with self._lock:
+            for i in indices:
+                e = self._lru.pop((id(source), int(i)), None)
+                if e is not None:
+                    self.bytes -= e.nbytes
+
     def wait(self) -> None:
         """Block until every prefetch in flight has finished (tests, benchmarks)."""
         while True:
@@ -415,6 +423,10 @@ class ImageStore:
     def prefetch(self, indices) -> int:
         """Start decoding these images in the background (see :meth:`ImageCache.prefetch`)."""
         return self.cache.prefetch(self.source, [int(i) for i in indices])
+
+    def release(self, indices) -> None:
+        """Drop these images from the cache (see :meth:`ImageCache.discard`)."""
+        self.cache.discard(self.source, indices)
 
     def capacity(self) -> int:
         """How many of this split's images fit the cache budget."""

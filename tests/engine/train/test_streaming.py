@@ -54,6 +54,8 @@ def test_training_streams_under_a_memory_bound(lego_x20, tmp_path, mode, steps):
     assert cache["resident_mb"] <= 32.0 + 1.0 and cache["prefetched"] > 0
     if mode == "rays":
         assert res["working_set"] == 26                              # half of the 52 images that fit
-        assert cache["hits"] > 10 * (cache["misses"] + cache["waits"])   # the working sets were resident
+        # each image decoded once per working set: 60 steps = 3 sets of 26 + the next one prefetched (+ the
+        # 4 test views); uniform batches over 2,000 images would decode ~500 images per step
+        assert cache["misses"] + cache["prefetched"] <= 4 * 26 + 8, cache
     else:
         assert res["working_set"] is None
