@@ -311,20 +311,30 @@ def open_dataset(out: Path, opts: BuildOptions) -> tuple[dict, list[str]]:
                              "choose a new or empty --out")
     else:
         doc = {"format": FORMAT, "version": VERSION, "objects": []}
+    wanted = plan(opts)
+    want_ids = {o["id"] for o in wanted}
     have = {o["id"]: o for o in doc.get("objects", [])}
-    objects = list(doc.get("objects", []))
-    for o in plan(opts):
+    objects = []
+    missing, dropped = [], []
+    for o in doc.get("objects", []):   # earlier builds' objects: kept when finished or asked for again
+        done = _volume_ok(out / "objects" / o["id"] / "volume.pt", opts.N)
+        if o.get("status") == "done" and not done:
+            missing.append(o["id"])
+        o["status"] = "done" if done else "pending"
+        if done or o["id"] in want_ids:
+            objects.append(o)
+        else:
+            dropped.append(o["id"])
+    for o in wanted:
         if o["id"] in have:
             have[o["id"]]["split"] = o["split"]
             have[o["id"]]["captions"] = o["captions"]
         else:
             objects.append(o)
-    missing = []
-    for o in objects:
-        done = _volume_ok(out / "objects" / o["id"] / "volume.pt", opts.N)
-        if o.get("status") == "done" and not done:
-            missing.append(o["id"])
-        o["status"] = "done" if done else "pending"
+    if dropped:
+        notes.append(f"{len(dropped)} unfinished object(s) of an earlier build are not asked for now and are "
+                     "left out: " + ", ".join(dropped[:8]) + (" ..." if len(dropped) > 8 else ""))
+    missing = [i for i in missing if i in want_ids]
     if missing:
         notes.append(f"{len(missing)} object(s) marked done have no readable volume.pt and are rebuilt: "
                      + ", ".join(missing[:8]) + (" ..." if len(missing) > 8 else ""))

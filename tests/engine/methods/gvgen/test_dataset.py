@@ -131,7 +131,13 @@ def test_build_resume_and_bad_folders(tmp_path):
     assert (s2["built"], s2["skipped"], s2["pending"]) == (1, 1, 0)
     assert (out / "objects" / "sphere-red-large" / "volume.pt").stat().st_mtime_ns == before
     D.read_volume(out / "objects" / "torus-red-large" / "volume.pt")
-    # a larger set grows the same folder; other data-defining options are refused
+    # a larger set grows the same folder (limit=0: only plan it); a smaller one keeps what is finished
+    s3 = D.build(out, _opts(shapes=["sphere", "torus", "cone"]), progress=False, limit=0)
+    assert (s3["built"], s3["skipped"], s3["pending"], s3["total"]) == (0, 2, 1, 3)
+    doc, notes = D.open_dataset(out, _opts(shapes=["sphere"]))
+    assert [o["id"] for o in doc["objects"]] == ["sphere-red-large", "torus-red-large"]
+    assert any("cone-red-large" in n and "left out" in n for n in notes)
+    # other data-defining options are refused
     with pytest.raises(ConfigError, match="N=6"):
         D.open_dataset(out, _opts(N=8))
     # not a GVGEN dataset
