@@ -80,13 +80,17 @@ class ViewerApp:
         srv.initial_camera.position = tuple(pos)
         srv.initial_camera.look_at = tuple(look)
         srv.initial_camera.up_direction = tuple(up)
-        self.render_panel = self.frustums = self.geodesic = self.camera_path = None
+        self.render_panel = self.frustums = self.geodesic = self.camera_path = self.generate_panel = None
         with srv.gui.add_folder("Scene"):
             self.scene_md = srv.gui.add_markdown(self._scene_text())
         if scene.kind == "method":
             settings = RenderSettings(max_side=opts.max_side, target_fps=opts.target_fps,
                                       background=tuple(opts.background))
             self.render_panel = RenderPanel(srv, scene, settings, taichi=self.taichi)
+            if getattr(scene.method, "name", "") == "gvgen":   # text-to-3D prompt box
+                from .generate_panel import GeneratePanel
+
+                self.generate_panel = GeneratePanel(srv, scene, on_change=self.render_panel.refresh)
             if scene.train_cameras is not None and len(scene.train_cameras) > 0:
                 from .frustums import TrainingFrustums
 
