@@ -92,7 +92,8 @@ def _kernel():
               ok: ti.types.ndarray(), gf: ti.types.ndarray(), gl: ti.types.ndarray(),
               lo0: ti.f32, lo1: ti.f32, lo2: ti.f32, inv_cell: ti.f32, step: ti.f32, max_seg: ti.i32,
               tau: ti.f32, solid: ti.f32, out_t: ti.types.ndarray(), out_d: ti.types.ndarray(), out_g: ti.types.ndarray(),
-              out_a: ti.types.ndarray(), count: ti.types.ndarray()):
+              out_a: ti.types.ndarray(), count: ti.types.ndarray(), out_ts: ti.types.ndarray(),
+              out_n: ti.types.ndarray(), probes: ti.types.ndarray()):
         R = t0.shape[0]
         K = t0.shape[1]
         M = out_t.shape[1]
@@ -100,6 +101,7 @@ def _kernel():
         for r in range(R):
             cnt = 0
             rank = 0
+            npr = 0
             ox, oy, oz = o[r, 0], o[r, 1], o[r, 2]
             dx, dy, dz = d[r, 0], d[r, 1], d[r, 2]
             for j in range(K):
@@ -109,6 +111,7 @@ def _kernel():
                     n = ti.min(ti.max(ti.cast(ti.ceil(length / step), ti.i32), 1), max_seg)
                     dl = length / ti.cast(n, ti.f32)
                     fp, lp = lookup(gf, gl, ox + a * dx, oy + a * dy, oz + a * dz, lo0, lo1, lo2, inv_cell, G)
+                    npr += 1
                     in_run = 0
                     run_k = 0
                     run_cross = 0
@@ -122,6 +125,7 @@ def _kernel():
                             tk = a + ti.cast(k + 1, ti.f32) * dl
                             fn, ln = lookup(gf, gl, ox + tk * dx, oy + tk * dy, oz + tk * dz, lo0, lo1, lo2,
                                             inv_cell, G)
+                            npr += 1
                             if fp > fn:
                                 desc = 1
                         if desc == 1:
@@ -143,6 +147,8 @@ def _kernel():
                                     out_d[r, cnt] = dl
                                     out_g[r, cnt] = rank
                                     out_a[r, cnt] = 1.0 - ti.exp(run_log)
+                                    out_ts[r, cnt] = a + ti.cast(run_k, ti.f32) * dl
+                                    out_n[r, cnt] = k - run_k
                                     cnt += 1
                             else:
                                 # a near miss (or a translucent crossing): walk the descent again,
@@ -150,15 +156,19 @@ def _kernel():
                                 ta = a + ti.cast(run_k, ti.f32) * dl
                                 qf, ql = lookup(gf, gl, ox + ta * dx, oy + ta * dy, oz + ta * dz, lo0, lo1,
                                                 lo2, inv_cell, G)
+                                npr += 1
                                 for q in range(run_k, k):
                                     tq = a + ti.cast(q + 1, ti.f32) * dl
                                     qn, qln = lookup(gf, gl, ox + tq * dx, oy + tq * dy, oz + tq * dz, lo0,
                                                      lo1, lo2, inv_cell, G)
+                                    npr += 1
                                     if seg_alpha(qf, qn, ql) > tau and cnt < M:
                                         out_t[r, cnt] = a + (ti.cast(q, ti.f32) + 0.5) * dl
                                         out_d[r, cnt] = dl
                                         out_g[r, cnt] = rank
                                         out_a[r, cnt] = -1.0
+                                        out_ts[r, cnt] = a + ti.cast(q, ti.f32) * dl
+                                        out_n[r, cnt] = 1
                                         cnt += 1
                                     qf = qn
                                     ql = qln
@@ -166,6 +176,7 @@ def _kernel():
                         lp = ln
                     rank += 1
             count[r] = cnt
+            probes[r] = npr
 
     _K["k"] = probe
     return probe
@@ -193,9 +204,17 @@ def probe_samples(o, d, t0, t1, ok, grid_f, grid_log_s, lo, cell: float, probe_s
 
     o, d (R, 3) rays; t0, t1, ok (R, K) band intervals (:func:`shaders.band_sampler.band_intervals_from_hits`);
     grid_f, grid_log_s (G, G, G) the SDF and log kernel size at ``lo + (i, j, k) * cell``.
-    Returns ``t, delta (R, M)``, ``interval (R, M)`` int32, ``alpha (R, M)`` (the opacity of a
-    crossing sample, -1 where the field's own opacity is to be used) and ``count (R,)`` int32, on
-    the device of ``o``.
+    Returns, on the device of ``o``:
+
+    * ``t, delta (R, M)``, ``interval (R, M)`` int32, ``alpha (R, M)`` (the opacity of a crossing
+      sample, -1 where the field's own opacity is to be used) and ``count (R,)`` int32;
+    * ``t_start (R, M)`` and ``n_seg (R, M)`` int32: the probe points behind each sample's opacity,
+      ``t_start + i delta`` for ``i = 0..n_seg`` (a crossing: its whole descent; a near-miss
+      sample: its one segment). A caller that wants the crossing opacity differentiable w.r.t. the
+      field evaluates the field there (``ShellRenderer``, whole-field fine-tuning);
+    * ``probes (R,)`` int32: the grid lookups made for each ray (each trilinear lookup of ``f`` and
+      ``log s`` at one point counts once; a near miss's descent is walked twice), for honest
+      accounting of the sampler's cost.
     """
     _check(o, d, t0, t1, ok, grid_f, grid_log_s, probe_step, max_segments, max_samples)
     runtime.init()
@@ -204,8 +223,11 @@ def probe_samples(o, d, t0, t1, ok, grid_f, grid_log_s, lo, cell: float, probe_s
     t = torch.zeros(R, max_samples, dtype=torch.float32, device=dev)
     dl = torch.zeros_like(t)
     al = torch.zeros_like(t)
+    ts = torch.zeros_like(t)
     g = torch.zeros(R, max_samples, dtype=torch.int32, device=dev)
+    ns = torch.zeros_like(g)
     count = torch.zeros(R, dtype=torch.int32, device=dev)
+    probes = torch.zeros(R, dtype=torch.int32, device=dev)
     if R and t0.shape[1]:
         f32 = dict(device=dev, dtype=torch.float32)
         t0c = torch.where(torch.isfinite(t0), t0, torch.zeros_like(t0)).to(**f32).contiguous()
@@ -216,9 +238,9 @@ def probe_samples(o, d, t0, t1, ok, grid_f, grid_log_s, lo, cell: float, probe_s
             _kernel()(o.to(**f32).contiguous(), d.to(**f32).contiguous(), t0c, t1c, okc,
                       grid_f.to(**f32).contiguous(), grid_log_s.to(**f32).contiguous(), lo[0], lo[1], lo[2],
                       1.0 / float(cell), float(probe_step), int(max_segments), float(tau), float(solid),
-                      t, dl, g, al, count)
+                      t, dl, g, al, count, ts, ns, probes)
     home = o.device
-    return tuple(x.to(home) for x in (t, dl, g, al, count))
+    return tuple(x.to(home) for x in (t, dl, g, al, count, ts, ns, probes))
 
 
 # ------------------------------------------------------------------------------ torch reference
@@ -246,23 +268,40 @@ def _seg_alpha_ref(fa, fb, ls):
 
 def probe_samples_reference(o, d, t0, t1, ok, grid_f, grid_log_s, lo, cell: float, probe_step: float,
                             max_segments: int = 64, tau: float = 0.01, max_samples: int = 32,
-                            solid: float = 0.0):
-    """Pure-torch twin of :func:`probe_samples` (one ray and interval at a time; small inputs)."""
+                            solid: float = 0.0, lookup=None):
+    """Pure-torch twin of :func:`probe_samples` (one ray and interval at a time; small inputs).
+
+    Every grid lookup goes through ``lookup(grid_f, grid_log_s, x (N, 3))`` (default: two
+    :func:`trilinear_reference` calls), which the ``probes`` count is taken from: N lookups per call.
+    Pass a counting wrapper to check the kernel's own count (``tests/shaders/test_band_probe.py``).
+    """
     _check(o, d, t0, t1, ok, grid_f, grid_log_s, probe_step, max_segments, max_samples)
     R, K = t0.shape
     dt = o.dtype
     out_t = torch.zeros(R, max_samples, dtype=dt)
     out_d = torch.zeros(R, max_samples, dtype=dt)
     out_a = torch.zeros(R, max_samples, dtype=dt)
+    out_ts = torch.zeros(R, max_samples, dtype=dt)
     out_g = torch.zeros(R, max_samples, dtype=torch.int32)
+    out_n = torch.zeros(R, max_samples, dtype=torch.int32)
     count = torch.zeros(R, dtype=torch.int32)
+    probes = torch.zeros(R, dtype=torch.int32)
+    if lookup is None:
+        def lookup(gf, gl, x):
+            return trilinear_reference(gf, x, lo, cell), trilinear_reference(gl, x, lo, cell)
     for r in range(R):
-        cnt, rank = 0, 0
+        cnt, rank, npr = 0, 0, 0
 
-        def emit(t, dl, alpha):
+        def look(x):
+            nonlocal npr
+            npr += x.shape[0]
+            return lookup(grid_f, grid_log_s, x)
+
+        def emit(t, dl, alpha, ts, nseg):
             nonlocal cnt
             if cnt < max_samples:
                 out_t[r, cnt], out_d[r, cnt], out_g[r, cnt], out_a[r, cnt] = t, dl, rank, alpha
+                out_ts[r, cnt], out_n[r, cnt] = ts, nseg
                 cnt += 1
 
         for j in range(K):
@@ -274,8 +313,7 @@ def probe_samples_reference(o, d, t0, t1, ok, grid_f, grid_log_s, lo, cell: floa
             dl = length / n
             tk = a + torch.arange(n + 1, dtype=dt) * dl
             x = o[r][None] + tk[:, None] * d[r][None]
-            f = trilinear_reference(grid_f, x, lo, cell)
-            ls = trilinear_reference(grid_log_s, x, lo, cell)
+            f, ls = look(x)
             alpha = _seg_alpha_ref(f[:-1], f[1:], ls[:-1])
             desc = (f[:-1] > f[1:]).tolist()
             k = 0
@@ -291,12 +329,16 @@ def probe_samples_reference(o, d, t0, t1, ok, grid_f, grid_log_s, lo, cell: floa
                 if cross and 1 - torch.prod(1 - alpha[k:e]) >= solid:
                     q = cross[0]
                     tc = a + (q + f[q] / (f[q] - f[q + 1])) * dl
-                    emit(tc, dl, 1 - torch.prod(1 - alpha[k:e]))
+                    emit(tc, dl, 1 - torch.prod(1 - alpha[k:e]), tk[k], e - k)
                 else:
-                    for q in seg:
-                        if alpha[q] > tau:
-                            emit(a + (q + 0.5) * dl, dl, -1.0)
+                    # the kernel walks a near miss's descent again (its points looked up once more)
+                    fq, lq = look(x[k:e + 1])
+                    aq = _seg_alpha_ref(fq[:-1], fq[1:], lq[:-1])
+                    for i, q in enumerate(seg):
+                        if aq[i] > tau:
+                            emit(a + (q + 0.5) * dl, dl, -1.0, tk[q], 1)
                 k = e
             rank += 1
         count[r] = cnt
-    return out_t, out_d, out_g, out_a, count
+        probes[r] = npr
+    return out_t, out_d, out_g, out_a, count, out_ts, out_n, probes

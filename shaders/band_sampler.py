@@ -235,7 +235,7 @@ def band_intervals_from_hits(ts: torch.Tensor, kind: torch.Tensor, outside: torc
     c_in = torch.cumsum(inner.long(), 1) + in_inner0[:, None].long()
     band_after = ((c_out % 2) == 1) & ((c_in % 2) == 0) & hit
     start_band = in_outer0 & ~in_inner0 & hit[:, 0]
-    t0 = torch.cat([torch.zeros(R, 1, dtype=ts.dtype), ts[:, :-1]], 1)
+    t0 = torch.cat([torch.zeros(R, 1, dtype=ts.dtype, device=ts.device), ts[:, :-1]], 1)
     t1 = ts
     ok = torch.cat([start_band[:, None], band_after[:, :-1] & hit[:, 1:]], 1)
     return t0, t1, ok

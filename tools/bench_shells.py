@@ -1,9 +1,25 @@
 """Benchmark Adaptive Shells: full volumetric rendering vs shell rendering of the same trained field.
 
-For each trained run (``kernelight train shells ...``) this extracts the shells, then renders the
-same test views both ways, interleaved in one process (CPU timings are noisy; compare ratios),
-and reports test PSNR, mean samples (field evaluations) per ray, render time per image, shell
-face counts, extraction time and the run's training time. Writes JSON (``--out``).
+For each trained run (``kernelight train shells ...``) this extracts the shells (or takes the
+run's own), then renders the same test views every way, interleaved in one process (CPU timings
+are noisy; compare ratios), and reports per mode, over all test views by default (``--views N``:
+N evenly spaced ones):
+
+* test PSNR and SSIM;
+* the cost per ray, every evaluation counted: ``samples_per_ray`` (network samples: points where
+  the SDF network runs at 4 finite-difference points and the colour network once -- the same unit
+  in every mode), ``probes_per_ray`` (grid lookups: the occupancy grid's, one per candidate
+  position in the box, volumetrically; the probe grid's trilinear lookups of SDF and kernel size
+  in the probe modes; 0 for the mesh-only shell rules) and ``evaluations_per_ray`` (their sum: a
+  grid probe counts as a sample). Ray/mesh intersection queries are not field evaluations; their
+  cost is in the times;
+* ``time_s`` per image, and ``first_frame_s``: the time from a loaded model to its first image,
+  one-time work included (the shells' BVH; the probe grid, built from the field; the extraction
+  when it is done here is reported apart as ``extract_time_s``). Taichi compiles its kernels on
+  first use: a warm-up render before any timing keeps compilation out of both;
+* shell face counts, extraction time and the run's training time.
+
+Writes JSON (``--out``).
 
 PSNR is computed against the training target: the image, or for data with masks (DTU) the image
 inside the mask on the dataset background outside it (the field models the masked object only).
@@ -27,7 +43,7 @@ is fine-tuned inside them) and benchmark::
     kernelight train shells --data ../shared/data/dtu/scan24_400 --eval-every 0 \
         --output outputs --name scan24_400
     python tools/bench_shells.py outputs/lego_200/shells/<stamp> outputs/scan24_400/shells/<stamp> \
-        --views 4 --crossings on --out bench_shells.json
+        --crossings off --shell-steps 0.01 --out tools/results/bench_shells_accounting.json
 
 For the volumetric-only baseline train with ``--shell-finetune-from 0 --max-steps 12000`` and
 benchmark that run (its shells are extracted here, ``--grid-res 256``). To fine-tune an existing
@@ -52,6 +68,22 @@ def _psnr(a, b) -> float:
     return float(-10 * torch.log10(mse))
 
 
+def _ssim(a, b) -> float:
+    from engine.train.metrics import ssim
+
+    return float(ssim(a.clamp(0, 1), b))
+
+
+def cost_per_ray(out) -> dict:
+    """The per-ray cost of one render output (:meth:`ShellsMethod.render`): network samples, grid
+    probes, SDF-only points (fine-tuning's descents; 0 when rendering) and all evaluations."""
+    samples = float(out["cost"].float().mean())
+    probes = float(out["probes"].float().mean()) if "probes" in out else 0.0
+    geo = float(out["geo_evals"].float().mean()) if "geo_evals" in out else 0.0
+    return {"samples_per_ray": samples, "probes_per_ray": probes, "geo_evals_per_ray": geo,
+            "evaluations_per_ray": samples + probes + geo}
+
+
 def bench_run(run: Path, views: int, grid_res: int | None, target_faces: int | None, out_dir: Path | None,
               shell_steps: list[float] | None = None, reextract: bool = False, crossings: str = "both",
               max_lens: list[float] | None = None, probe: bool = True,
@@ -67,7 +99,7 @@ def bench_run(run: Path, views: int, grid_res: int | None, target_faces: int | N
     split = ds.splits.get("test") or ds.splits.get("val") or ds.splits["train"]
     bg = ds.background
     n = len(split)
-    idx = torch.linspace(0, n - 1, min(views, n)).round().long().tolist()
+    idx = list(range(n)) if views <= 0 or views >= n else torch.linspace(0, n - 1, views).round().long().tolist()
 
     overrides = {}
     if grid_res:
@@ -136,6 +168,19 @@ def bench_run(run: Path, views: int, grid_res: int | None, target_faces: int | N
     # warm-up outside the timings: Taichi compiles its kernels and the shells' BVH is built on first use
     for mode in modes:
         model.render(split.cameras, idx[0], background=bg, mode=set_mode(mode))
+    # time to first frame: a fresh renderer per mode (BVH, probe grid), then the first view
+    first = {}
+    for mode in modes:
+        rmode = set_mode(mode)
+        keep = model._renderer
+        t = time.perf_counter()
+        if rmode == "shells":
+            model._renderer = None
+            if mode.startswith("probe"):
+                model.renderer.probe_grid()
+        model.render(split.cameras, idx[0], background=bg, mode=rmode)
+        first[mode] = time.perf_counter() - t
+        model._renderer = keep
     for i in idx:
         gt = split.images[i]
         if split.masks is not None:
@@ -147,8 +192,8 @@ def bench_run(run: Path, views: int, grid_res: int | None, target_faces: int | N
             out = model.render(split.cameras, i, background=bg, mode=rmode)
             dt = time.perf_counter() - t
             hit = out["alpha"] > 0.5
-            rows[mode].append({"view": i, "psnr": _psnr(out["rgb"], gt), "time_s": dt,
-                               "samples_per_ray": float(out["cost"].mean()),
+            rows[mode].append({"view": i, "psnr": _psnr(out["rgb"], gt), "ssim": _ssim(out["rgb"], gt),
+                               "time_s": dt, **cost_per_ray(out),
                                "samples_per_hit_ray": float(out["cost"][hit].mean()) if hit.any() else 0.0})
     metrics = []
     mfile = Path(run) / "metrics.jsonl"
@@ -161,15 +206,18 @@ def bench_run(run: Path, views: int, grid_res: int | None, target_faces: int | N
            "shell_faces": shells.face_counts(), "extract_time_s": t_extract,
            "probe_grid": probe_res if probe else None, "probe_grid_time_s": t_probe,
            "shell_halfwidth_mean": shells.info.get("halfwidth_mean_near_surface")}
+    keys = ("psnr", "ssim", "time_s", "samples_per_ray", "probes_per_ray", "geo_evals_per_ray",
+            "evaluations_per_ray", "samples_per_hit_ray")
     for mode, rs in rows.items():
         k = len(rs)
-        res[mode] = {key: sum(r[key] for r in rs) / k for key in ("psnr", "time_s", "samples_per_ray",
-                                                                   "samples_per_hit_ray")}
+        res[mode] = {key: sum(r[key] for r in rs) / k for key in keys}
+        res[mode]["first_frame_s"] = first[mode]
         res[mode]["per_view"] = rs
     v = res["volume"]
     for mode in modes[1:]:
         s = res[mode]
         s["samples_ratio"] = v["samples_per_ray"] / max(s["samples_per_ray"], 1e-9)
+        s["evaluations_ratio"] = v["evaluations_per_ray"] / max(s["evaluations_per_ray"], 1e-9)
         s["speedup"] = v["time_s"] / max(s["time_s"], 1e-9)
         s["psnr_diff_db"] = s["psnr"] - v["psnr"]
     res["modes"] = modes
@@ -179,7 +227,7 @@ def bench_run(run: Path, views: int, grid_res: int | None, target_faces: int | N
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("runs", nargs="+", help="shells run folders")
-    ap.add_argument("--views", type=int, default=4, help="test views per run (evenly spaced)")
+    ap.add_argument("--views", type=int, default=0, help="test views per run, evenly spaced (0 = all, the default)")
     ap.add_argument("--grid-res", type=int, default=None, help="marching-cubes grid (default: config)")
     ap.add_argument("--target-faces", type=int, default=None, help="decimation target (default: config)")
     ap.add_argument("--export", default=None, help="also write the shells under this folder (one per run)")
@@ -213,16 +261,17 @@ def main(argv=None) -> int:
                                  args.reextract, args.crossings, args.one_sample_max_lens, args.probe == "on",
                                  args.probe_settings))
         atomic_write_text(args.out, json.dumps({"results": results}, indent=2))
-    hdr = (f"{'scene':<12}{'mode':<20}{'PSNR':>7}{'spp':>7}{'spp(hit)':>9}{'s/img':>7}"
-           f"{'fewer spp':>10}{'speedup':>8}{'dPSNR':>7}")
+    hdr = (f"{'scene':<12}{'mode':<20}{'PSNR':>7}{'SSIM':>7}{'spp':>7}{'probes':>8}{'all ev':>8}{'s/img':>7}"
+           f"{'1st s':>7}{'fewer spp':>10}{'fewer ev':>9}{'speedup':>8}{'dPSNR':>7}")
     print(hdr)
     for r in results:
         for mode in r["modes"]:
             m = r[mode]
-            extra = (f"{m['samples_ratio']:9.1f}x{m['speedup']:7.2f}x{m['psnr_diff_db']:+7.2f}"
-                     if mode != "volume" else "")
-            print(f"{r['scene']:<12}{mode:<20}{m['psnr']:7.2f}{m['samples_per_ray']:7.2f}"
-                  f"{m['samples_per_hit_ray']:9.2f}{m['time_s']:7.2f}{extra}")
+            extra = (f"{m['samples_ratio']:9.1f}x{m['evaluations_ratio']:8.1f}x{m['speedup']:7.2f}x"
+                     f"{m['psnr_diff_db']:+7.2f}" if mode != "volume" else "")
+            print(f"{r['scene']:<12}{mode:<20}{m['psnr']:7.2f}{m['ssim']:7.4f}{m['samples_per_ray']:7.2f}"
+                  f"{m['probes_per_ray']:8.2f}{m['evaluations_per_ray']:8.2f}{m['time_s']:7.2f}"
+                  f"{m['first_frame_s']:7.2f}{extra}")
         print(f"{'':<12}step {r['step']}, train {r['train_time_s'] or 0:.0f} s, shell faces {r['shell_faces']}, "
               f"extraction {'(stored shells)' if r['extract_time_s'] is None else format(r['extract_time_s'], '.1f') + ' s'}"
               + (f", probe grid {r['probe_grid']}^3 built in {r['probe_grid_time_s']:.1f} s"

@@ -48,16 +48,30 @@ def test_kernel_matches_reference(solid):
     t1[1, 0] = math.inf                               # an open interval is ignored
     args = (0.05, 16, 0.01, 12, solid)
     got = probe_samples(o, d, t0, t1, ok, gf.float(), gl.float(), LO, CELL, *args)
+    looked_up = []
+
+    def counting_lookup(g_f, g_l, x):        # every grid lookup the reference makes passes here
+        looked_up.append(x.shape[0])
+        return trilinear_reference(g_f, x, LO.double(), CELL), trilinear_reference(g_l, x, LO.double(), CELL)
+
     want = probe_samples_reference(o.double(), d.double(), t0.double(), t1.double(), ok, gf, gl, LO.double(),
-                                   CELL, *args)
+                                   CELL, *args, lookup=counting_lookup)
     assert torch.equal(got[4], want[4])
+    # the cost accounting: the kernel's per-ray probe count is the number of lookups actually made
+    assert torch.equal(got[7], want[7]) and int(got[7].sum()) == sum(looked_up) > 0
+    assert got[7][0] == 0
     assert got[4][0] == 0
     m = torch.arange(12)[None] < got[4][:, None]
     crossing, near = (got[3] >= 0) & m, (got[3] < 0) & m
     assert crossing.sum() > (30 if solid == 0 else 10) and near.sum() > 30       # both kinds of sample occur
     assert torch.equal(got[2][m], want[2].int()[m])
-    for i in (0, 1, 3):
+    for i in (0, 1, 3, 5):
         torch.testing.assert_close(got[i][m].double(), want[i][m], atol=2e-5, rtol=0)
+    assert torch.equal(got[6][m], want[6][m])
+    # a crossing's descent starts before it and ends after it; a near-miss sample is its one segment
+    seg_end = got[5] + got[6].float() * got[1]
+    assert ((got[5] <= got[0] + 1e-5) & (got[0] <= seg_end + 1e-5))[m].all()
+    assert (got[6][near] == 1).all() and (got[6][crossing] >= 1).all()
     # samples are front to back along each ray
     t = torch.where(m, got[0], torch.full_like(got[0], math.inf))
     assert (t[:, 1:] >= t[:, :-1]).all()
@@ -74,7 +88,7 @@ def test_plane_crossing_is_one_sample_with_the_exact_opacity():
     t1 = torch.tensor([[1.1], [0.97], [1.1]])
     ok = torch.ones(3, 1, dtype=torch.bool)
     for fn in (probe_samples, probe_samples_reference):
-        t, dl, g, alpha, count = fn(o, d, t0, t1, ok, gf.float(), gl.float(), LO, CELL, 0.01)
+        t, dl, g, alpha, count = fn(o, d, t0, t1, ok, gf.float(), gl.float(), LO, CELL, 0.01)[:5]
         assert count.tolist() == [1, 1, 0]
         for r in range(2):
             fa = 0.9 - float(t0[r, 0]) - 0.1
@@ -99,7 +113,7 @@ def test_translucent_crossing_is_sampled_like_a_near_miss_under_solid():
         one = fn(o, d, t0, t1, ok, gf.float(), gl.float(), LO, CELL, 0.01, tau=0.01, solid=0.5)
         assert int(one[4][0]) == 1 and abs(float(one[3][0, 0]) - whole) < 1e-5   # opaque enough: one sample
         t, dl, g, alpha, count = fn(o, d, t0, t1, ok, gf.float(), gl.float(), LO, CELL, 0.01, tau=0.01, solid=0.9,
-                                    max_samples=64)
+                                    max_samples=64)[:5]
         n = int(count[0])
         # one sample at the centre of each segment whose opacity exceeds tau, with the field's
         # opacity (-1)
@@ -123,7 +137,7 @@ def test_near_miss_gets_samples_on_its_descent_only():
     t0 = torch.tensor([[0.5], [0.5]])
     t1 = torch.tensor([[1.1], [1.1]])                 # symmetric about the closest point t = 0.8
     ok = torch.ones(2, 1, dtype=torch.bool)
-    t, dl, g, alpha, count = probe_samples(o, d, t0, t1, ok, gf.float(), gl.float(), LO, CELL, 0.01, tau=0.01)
+    t, dl, g, alpha, count = probe_samples(o, d, t0, t1, ok, gf.float(), gl.float(), LO, CELL, 0.01, tau=0.01)[:5]
     n = int(count[0])
     assert n >= 2 and count[1] == 0                   # the far ray: opacity under tau everywhere
     assert (alpha[0, :n] == -1).all()                 # the field's own opacity is used

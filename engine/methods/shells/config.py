@@ -72,8 +72,11 @@ class ShellsConfig(MethodConfig):
     shell_probe_step: float = option(0.0075, 'probe spacing along band intervals (times a)', render=True)
     shell_probe_tau: float = option(0.003, "near misses: a sample where a probe segment's opacity exceeds this", render=True)
     shell_probe_solid: float = option(0.0, 'translucent crossings (opacity under this) get a sample per opaque probe segment, like near misses (0 = one sample per crossing; 0.8: +0.05-0.08 dB for 3-15 % more samples)', render=True)
-    shell_finetune_params: str = option("auto", 'what fine-tuning in the band trains: color (the colour network; the geometry stays as volume rendering left it), all, or auto (color with the probe sampler, all with the one-sample rules)',
+    shell_finetune_params: str = option("auto", 'what fine-tuning in the band trains: color (the colour network; the geometry stays as volume rendering left it), all (the whole field: with the probe sampler each crossing takes its opacity from the field at its descent\'s probe points, differentiable), or auto (color with the probe sampler, all with the other samplers)',
                                         choices=("auto", "color", "all"))
+    shell_finetune_sampler: str = option("probe", 'how fine-tuning samples the band: probe (as the renderer does) or step (a sample every shell_finetune_step in every band interval and the field\'s own NeuS opacity: volume rendering restricted to the band, as in the paper; auto params then train all)',
+                                         choices=("probe", "step"))
+    shell_finetune_step: float = option(0.01, 'sample spacing of shell_finetune_sampler step (times a)')
     shell_finetune_from: float = option(0.857143, 'extract the shells here and fine-tune inside them: a fraction of max_steps (< 1) or a step (>= 1); 0 = never (volumetric only)')
     render_mode: str = option("auto", 'auto (shells when extracted) | shells | volume', render=True,
                               choices=("auto", "shells", "volume"))

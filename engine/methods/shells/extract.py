@@ -71,7 +71,7 @@ def grid_axes(field, res: int) -> list:
     :meth:`~.field.ShellField.sdf_and_log_s_grid` places them."""
     a = float(field.half_size)
     lo, hi = field.center - a, field.center + a
-    return [torch.linspace(float(lo[i]), float(hi[i]), res) for i in range(3)]
+    return [torch.linspace(float(lo[i]), float(hi[i]), res, device=field.center.device) for i in range(3)]
 
 
 def grid_points(axes, flat_index: torch.Tensor) -> torch.Tensor:
@@ -105,6 +105,7 @@ def band_grids(field, res: int, *, eps: float, min_halfwidth: float, max_halfwid
     a = float(field.half_size)
     lo, hi = field.center - a, field.center + a
     r, rc = int(res), int(coarse)
+    dev = field.center.device
 
     def excess(f, ls):       # how far outside the band (negative: inside)
         return f.abs() - band_halfwidth(ls, eps, min_halfwidth, max_halfwidth)
@@ -120,13 +121,13 @@ def band_grids(field, res: int, *, eps: float, min_halfwidth: float, max_halfwid
         m = -Fn.max_pool3d(-excess(fc, lc)[None, None], kernel_size=2, stride=1)[0, 0]
         seed_cells = m < margin + 0.5 * math.sqrt(3.0) * (2.0 * a / (rc - 1))
     # coarse cell of each fine index along an axis, and whether the index is its cell's first / last
-    ci = torch.clamp(torch.arange(r) * (rc - 1) // (r - 1), 0, rc - 2)
-    low_face = torch.ones(r, dtype=torch.bool)
+    ci = torch.clamp(torch.arange(r, device=dev) * (rc - 1) // (r - 1), 0, rc - 2)
+    low_face = torch.ones(r, dtype=torch.bool, device=dev)
     low_face[1:] = ci[1:] != ci[:-1]
-    high_face = torch.ones(r, dtype=torch.bool)
+    high_face = torch.ones(r, dtype=torch.bool, device=dev)
     high_face[:-1] = ci[1:] != ci[:-1]
-    active = torch.zeros(rc - 1, rc - 1, rc - 1, dtype=torch.bool)
-    done = torch.zeros(r, r, r, dtype=torch.bool)
+    active = torch.zeros(rc - 1, rc - 1, rc - 1, dtype=torch.bool, device=dev)
+    done = torch.zeros(r, r, r, dtype=torch.bool, device=dev)
     fv, lv = f.view(-1), ls.view(-1)
     todo, n_eval = seed_cells.clone(), rc ** 3
     while todo.any():
@@ -146,7 +147,7 @@ def band_grids(field, res: int, *, eps: float, min_halfwidth: float, max_halfwid
         todo[ci[nz[0]], ci[nz[1]], ci[nz[2]]] = True
         nz = (near & done).nonzero(as_tuple=True)
         for off in itertools.product((-1, 0, 1), repeat=3):
-            keep = torch.ones(nz[0].numel(), dtype=torch.bool)
+            keep = torch.ones(nz[0].numel(), dtype=torch.bool, device=dev)
             for ax, o in enumerate(off):
                 if o:
                     keep &= (low_face if o < 0 else high_face)[nz[ax]]

@@ -65,6 +65,25 @@ def neus_alpha_ends(f_prev: torch.Tensor, f_next: torch.Tensor, s: torch.Tensor)
     return -torch.expm1(torch.clamp(log_ratio, max=0.0))
 
 
+def descent_alpha(f: torch.Tensor, log_s: torch.Tensor, owner: torch.Tensor, last: torch.Tensor,
+                  n: int) -> torch.Tensor:
+    """Opacity of ``n`` descents from the SDF and log kernel size at their probe points.
+
+    ``f, log_s (P,)`` at the points of all descents, concatenated in order along each descent;
+    ``owner (P,)`` long: the descent of each point; ``last (P,)`` bool: the descent's last point
+    (which starts no segment). A segment from point ``i`` to ``i + 1`` has the NeuS opacity
+    ``1 - Phi(s_i f_{i+1}) / Phi(s_i f_i)`` (clamped to [0, 1], ``s_i`` at its start); a descent's
+    opacity is ``1 - prod (1 - alpha_segment)`` -- the probe sampler's crossing opacity
+    (:mod:`shaders.band_probe`), here differentiable w.r.t. ``f`` and ``log_s``. Returns ``(n,)``.
+    """
+    nxt = torch.cat([f[1:], f[:1]])                   # the next point's SDF (unused at a descent's end)
+    s = torch.exp(log_s)
+    lr = torch.clamp(Fn.logsigmoid(s * nxt) - Fn.logsigmoid(s * f), max=0.0)
+    lr = torch.where(last, torch.zeros_like(lr), lr)
+    log_t = torch.zeros(n, dtype=f.dtype, device=f.device).index_add(0, owner, lr)
+    return -torch.expm1(log_t)
+
+
 class ShellField(torch.nn.Module):
     """SDF + kernel size + colour networks over a hash encoding (see the module docstring).
 
@@ -122,6 +141,21 @@ class ShellField(torch.nn.Module):
     def sdf(self, x: torch.Tensor) -> torch.Tensor:
         return self.geometry(x)[0]
 
+    def descent_opacity(self, x0: torch.Tensor, dirs: torch.Tensor, step: torch.Tensor, n_seg: torch.Tensor):
+        """Differentiable opacity of descents along rays: ``n_seg (N,)`` segments of length ``step
+        (N,)`` from ``x0 (N, 3)`` along unit ``dirs (N, 3)``; the field (SDF network, kernel size) is
+        evaluated at the ``n_seg + 1`` points of each (:func:`descent_alpha`). Returns ``alpha (N,)``
+        and the number of points evaluated."""
+        n = x0.shape[0]
+        k = (n_seg.long() + 1).clamp_min(2)               # a descent has at least one segment
+        owner = torch.repeat_interleave(torch.arange(n, device=x0.device), k)
+        first = torch.cumsum(k, 0) - k
+        j = torch.arange(owner.numel(), device=x0.device) - first[owner]
+        pts = x0[owner] + (j.to(x0.dtype) * step[owner].to(x0.dtype))[:, None] * dirs[owner]
+        f, log_s, _ = self.geometry(pts)
+        last = j == (k - 1)[owner]
+        return descent_alpha(f, log_s, owner, last, n), int(owner.numel())
+
     def geometry_fd(self, x: torch.Tensor, h: float | None = None):
         """Tetrahedral finite differences: sdf (N,), grad (N, 3), log_s (N,), features (N, G)."""
         h = float(self.cfg.fd_step if h is None else h) * float(self.half_size)
@@ -170,12 +204,13 @@ class ShellField(torch.nn.Module):
 
         Returns two (res, res, res) float32 tensors indexed ``[i, j, k]`` = x, y, z.
         """
-        lo = torch.as_tensor(lo, dtype=torch.float32)
-        hi = torch.as_tensor(hi, dtype=torch.float32)
-        axes = [torch.linspace(float(lo[i]), float(hi[i]), res) for i in range(3)]
+        dev = self.center.device
+        lo = [float(v) for v in torch.as_tensor(lo, dtype=torch.float32).reshape(3)]
+        hi = [float(v) for v in torch.as_tensor(hi, dtype=torch.float32).reshape(3)]
+        axes = [torch.linspace(lo[i], hi[i], res, device=dev) for i in range(3)]
         pts = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
-        f = torch.empty(pts.shape[0])
-        ls = torch.empty(pts.shape[0])
+        f = torch.empty(pts.shape[0], device=dev)
+        ls = torch.empty(pts.shape[0], device=dev)
         for i in range(0, pts.shape[0], chunk):
             a, b, _ = self.geometry(pts[i:i + chunk])
             f[i:i + chunk] = a

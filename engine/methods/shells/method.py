@@ -16,8 +16,11 @@ dB, against 26.52 and 24.03 colour only (so it was not kept).
 
 Rendering (:meth:`ShellsMethod.render`): ``render_mode`` ``auto`` uses the shells when they exist,
 else full volumetric rendering. Outputs: ``rgb (H,W,3)``, ``alpha``, ``depth`` (expected depth
-along the ray), ``normal (H,W,3)`` (opacity-weighted world normal), ``samples (H,W)`` (field
-evaluations per ray; a heat map of the cost).
+along the ray), ``normal (H,W,3)`` (opacity-weighted world normal), ``cost (H,W)`` (network
+samples per ray: points where the SDF network runs at the 4 finite-difference points and the colour
+network once; a heat map of the cost), ``probes (H,W)`` (grid lookups per ray: the occupancy grid
+volumetrically, the probe grid in the shells) and ``geo_evals (H,W)`` (points where only the SDF
+network runs: whole-field fine-tuning's descents; 0 when rendering).
 """
 from __future__ import annotations
 
@@ -72,6 +75,7 @@ class ShellsMethod(Method):
         self.occ = occ or OccupancyGrid(field.center, float(field.half_size), cfg.occ_res)
         self.shells = None          # engine.methods.shells.extract.Shells once extracted
         self._renderer = None
+        self._train_renderer = None
         self.gen = torch.Generator().manual_seed(cfg.seed + 1)
         self.last_render_stats: dict = {}
 
@@ -84,6 +88,16 @@ class ShellsMethod(Method):
         m.notes.append(f"hash grid {cfg.hash_levels} levels x 2^{cfg.hash_log2_size} x {cfg.hash_features}, "
                        f"resolutions {field.resolutions[0]}..{field.resolutions[-1]}; {n} parameters")
         return m
+
+    # ---------------------------------------------------------------- device
+    def to(self, device) -> "ShellsMethod":
+        """The field and the occupancy grid move (:meth:`Method.to`); the shell meshes stay on the CPU
+        as data (checkpoints, export) and the renderer (BVH, probe grid) is rebuilt on the field's
+        device when next needed. The sampling generator stays on the CPU: the same draws on every
+        device and rank, copied to the device (a few KB a step)."""
+        super().to(device)
+        self._renderer = self._train_renderer = None
+        return self
 
     # ---------------------------------------------------------------- optimisation
     def make_optimizer(self) -> torch.optim.Optimizer:
@@ -119,7 +133,11 @@ class ShellsMethod(Method):
         gen = self.gen if train and offsets is None else None
         mode = mode or self.active_mode
         if mode == "shells":
-            return self.renderer.render_rays(o, d, view, background, anneal=anneal)
+            if train and self.cfg.shell_finetune_sampler == "step":
+                return self.train_renderer.render_rays(o, d, view, background, anneal=anneal)
+            # whole-field fine-tuning: the probe sampler's crossings get their opacity from the field
+            return self.renderer.render_rays(o, d, view, background, anneal=anneal,
+                                             differentiable=train and not self.finetune_colour_only)
         return render_rays_volume(self.field, self.occ, o, d, view, self.cfg, background, anneal, gen,
                                   t_stop=self.cfg.t_stop, offsets=offsets)
 
@@ -141,15 +159,32 @@ class ShellsMethod(Method):
             self._renderer = ShellRenderer(self.field, self.shells, self.cfg)
         return self._renderer
 
+    @property
+    def train_renderer(self):
+        """The band renderer of ``shell_finetune_sampler step``: a sample every
+        ``shell_finetune_step`` in every band interval, the field's own NeuS opacity."""
+        import dataclasses
+
+        r = self._train_renderer
+        if r is None or r.shells_id != id(self.shells):
+            from .render import ShellRenderer
+
+            cfg = dataclasses.replace(self.cfg, shell_probe_grid=0, shell_one_sample_crossings=False,
+                                      shell_surface_samples=False, shell_step=self.cfg.shell_finetune_step)
+            r = self._train_renderer = ShellRenderer(self.field, self.shells, cfg)
+            r.shells_id = id(self.shells)
+        return r
+
     def train_step_rays(self, step: int, batch, background) -> tuple:
         c = self.cfg
-        bg = torch.as_tensor(background, dtype=torch.float32)
+        bg = torch.as_tensor(background, dtype=torch.float32, device=batch.origins.device)
         # per-ray randomness is drawn for the global batch and sliced (Method.shard): every rank's
         # self.gen stays in step (the occupancy grid updates draw from it too)
         offsets = None
         if self.active_mode == "volume":
             n = len(batch) * self.world_size
-            offsets = torch.rand(n, 1, generator=self.gen)[self.shard(n)]
+            # self.gen stays on the CPU (the same draws on every device and rank): one small copy a step
+            offsets = torch.rand(n, 1, generator=self.gen)[self.shard(n)].to(batch.origins.device)
         out = self.render_rays(batch.origins, batch.directions, bg, anneal=self._anneal(step), train=True,
                                offsets=offsets)
         target = batch.rgb
@@ -163,8 +198,8 @@ class ShellsMethod(Method):
         loss = l1
         stats = {}
         # eikonal on the samples and on random points of the box
-        pts = (torch.rand(256, 3, generator=self.gen)[self.shard(256)] * 2 - 1) * self.field.half_size \
-            + self.field.center
+        pts = (torch.rand(256, 3, generator=self.gen)[self.shard(256)].to(self.field.center.device) * 2 - 1) \
+            * self.field.half_size + self.field.center
         _, g_rand, _, _ = self.field.geometry_fd(pts)
         grads = torch.cat([out["grad"], g_rand], 0)
         eik = self.batch_mean((grads.norm(dim=-1) - 1.0) ** 2)   # samples differ per rank
@@ -190,7 +225,8 @@ class ShellsMethod(Method):
         v = self.cfg.shell_finetune_params
         if v not in ("auto", "color", "all"):
             raise ConfigError(f"shell_finetune_params must be auto, color or all, got {v!r}")
-        return v == "color" or (v == "auto" and int(self.cfg.shell_probe_grid) > 0)
+        return v == "color" or (v == "auto" and int(self.cfg.shell_probe_grid) > 0
+                                and self.cfg.shell_finetune_sampler != "step")
 
     def after_backward(self) -> None:
         # colour-only fine-tuning: the geometry (hash table, SDF network, kernel size) keeps its
@@ -245,11 +281,12 @@ class ShellsMethod(Method):
     # ---------------------------------------------------------------- inference
     @torch.no_grad()
     def render(self, cameras, index: int, background=None, mode: str | None = None) -> dict:
+        dev = self.field.center.device
         o, d = cameras.generate_rays(index)
         H, W = o.shape[:2]
-        o, d = o.reshape(-1, 3), d.reshape(-1, 3)
-        bg = None if background is None else torch.as_tensor(background, dtype=torch.float32)
-        keys = ("rgb", "alpha", "depth", "depth_sum", "normal", "cost")
+        o, d = o.reshape(-1, 3).to(dev), d.reshape(-1, 3).to(dev)     # no copy when the cameras are there
+        bg = None if background is None else torch.as_tensor(background, dtype=torch.float32, device=dev)
+        keys = ("rgb", "alpha", "depth", "depth_sum", "normal", "cost", "probes", "geo_evals")
         acc = {k: [] for k in keys}
         for i in range(0, o.shape[0], self.cfg.render_chunk):
             out = self.render_rays(o[i:i + self.cfg.render_chunk], d[i:i + self.cfg.render_chunk], bg, mode=mode)
@@ -257,7 +294,7 @@ class ShellsMethod(Method):
                 acc[k].append(out[k])
         cat = {k: torch.cat(v, 0) for k, v in acc.items()}
         normal = Fn.normalize(cat["normal"], dim=-1) * cat["alpha"][:, None]
-        res = {k: cat[k].reshape(H, W) for k in ("alpha", "depth", "depth_sum", "cost")}
+        res = {k: cat[k].reshape(H, W) for k in ("alpha", "depth", "depth_sum", "cost", "probes", "geo_evals")}
         res.update(rgb=cat["rgb"].reshape(H, W, 3), normal=normal.reshape(H, W, 3))
         return res
 

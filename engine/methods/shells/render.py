@@ -60,13 +60,15 @@ class ShellMeshes:
     the rest the surface (SDF zero level set).
     """
 
-    def __init__(self, outer, inner, surface=None):
+    def __init__(self, outer, inner, surface=None, device=None):
         from shaders.bvh import build_triangle_bvh
+
+        device = torch.device("cpu" if device is None else device)
 
         parts = [outer, inner] + ([surface] if surface is not None else [])
         Vs, Fs, off = [], [], 0
         for v, f in parts:
-            v, f = torch.as_tensor(v).float(), torch.as_tensor(f).long()
+            v, f = torch.as_tensor(v).to(device, torch.float32), torch.as_tensor(f).to(device, torch.int64)
             Vs.append(v)
             Fs.append(f + off)
             off += v.shape[0]
@@ -80,8 +82,8 @@ class ShellMeshes:
         # the outer shell's bounding box: a ray starting outside it starts outside both shells,
         # whatever the parity of its crossings (a crossing missed at a shared edge flips it)
         self.box_lo, self.box_hi = Vs[0].amin(0), Vs[0].amax(0)
-        self.vertex_sdf = torch.zeros(self.vertices.shape[0])
-        self.vertex_logit = torch.zeros(self.vertices.shape[0])
+        self.vertex_sdf = torch.zeros(self.vertices.shape[0], device=device)
+        self.vertex_logit = torch.zeros(self.vertices.shape[0], device=device)
         self.has_vertex_sdf = False
         self.bvh = build_triangle_bvh(self.vertices, self.faces)
 
@@ -111,11 +113,12 @@ def shell_hits(meshes: ShellMeshes, o: torch.Tensor, d: torch.Tensor, max_hits: 
 
     R = o.shape[0]
     K = int(max_hits)
-    ts = torch.full((R, K), math.inf)
-    kind = torch.zeros(R, K, dtype=torch.int32)
-    vh = None if values is None else torch.zeros(R, K)
-    active = torch.arange(R)
-    t_prev = torch.zeros(R)
+    dev = o.device
+    ts = torch.full((R, K), math.inf, device=dev)
+    kind = torch.zeros(R, K, dtype=torch.int32, device=dev)
+    vh = None if values is None else torch.zeros(R, K, device=dev)
+    active = torch.arange(R, device=dev)
+    t_prev = torch.zeros(R, device=dev)
     for k in range(K):
         if active.numel() == 0:
             break
@@ -172,7 +175,7 @@ class ProbeGrid:
             raise ValueError(f"shell_probe_grid must be >= 2 (or 0 = off), got {res}")
         a = float(field.half_size)
         self.res = res
-        self.lo = (field.center - a).float()
+        self.lo = (field.center - a).float().cpu()      # three numbers, passed to the kernel as floats
         self.cell = 2.0 * a / (self.res - 1)
         self._axes = grid_axes(field, res)
         # nodes that band intervals can reach: inside the band (half-width from the local kernel
@@ -220,7 +223,9 @@ class ShellRenderer:
         self.probe = None
         probed = int(cfg.shell_probe_grid) > 0
         surface = not probed and (cfg.shell_surface_samples or cfg.shell_one_sample_crossings)
-        self.meshes = ShellMeshes(shells.outer, shells.inner, shells.surface if surface else None)
+        # the meshes (and the BVH, on the Taichi device) follow the field's device
+        self.meshes = ShellMeshes(shells.outer, shells.inner, shells.surface if surface else None,
+                                  device=field.center.device)
 
     def update_vertex_sdf(self) -> None:
         """Follow a field that changed (fine-tuning): the SDF at the shell vertices, or the cells of
@@ -235,25 +240,36 @@ class ShellRenderer:
             self.probe = ProbeGrid(self.field, self.cfg)
         return self.probe
 
-    def render_rays(self, o, d, view_enc, background=None, anneal: float = 1.0) -> dict:
-        """Render rays (R, 3) (unit ``d``): the outputs of :func:`.volume.shade_and_composite`."""
+    def render_rays(self, o, d, view_enc, background=None, anneal: float = 1.0,
+                    differentiable: bool = False) -> dict:
+        """Render rays (R, 3) (unit ``d``): the outputs of :func:`.volume.shade_and_composite`, plus
+        ``probes (R,)``: the probe grid's lookups per ray (0 without the probe sampler).
+
+        ``differentiable``: the probe sampler's crossing samples take their opacity from the field
+        at their descent's probe points instead of from the grid (the sample positions still come
+        from the grid), so the image loss reaches the SDF network, the hash grid and the kernel
+        size (whole-field fine-tuning in the band). The other samplers are differentiable anyway.
+        """
         c = self.cfg
         a = float(self.field.half_size)
+        dev = o.device
         if int(c.shell_probe_grid) > 0:
-            from shaders import runtime
             from shaders.band_probe import probe_samples
 
             g = self.probe_grid()
-            gf, gl = g.grids_on(runtime.torch_device())
+            gf, gl = g.grids_on(dev)
             t0, t1, ok = band_intervals(self.meshes, o, d, c.shell_max_hits)
-            t, delta, group, alpha, count = probe_samples(
+            t, delta, group, alpha, count, t_start, n_seg, probes = probe_samples(
                 o, d, t0, t1, ok, gf, gl, g.lo, g.cell, c.shell_probe_step * a,
                 tau=c.shell_probe_tau, max_samples=c.shell_max_samples, solid=c.shell_probe_solid)
             S = int(count.max()) if count.numel() else 0
             t, delta, group, alpha = t[:, :S], delta[:, :S], group[:, :S].long(), alpha[:, :S]
-            valid = torch.arange(S)[None] < count[:, None]
-            return shade_and_composite(self.field, o, d, view_enc, t, delta, valid, group, background, anneal,
-                                       c.t_stop, fixed_alpha=alpha)
+            valid = torch.arange(S, device=dev)[None] < count[:, None]
+            descent = (t_start[:, :S], n_seg[:, :S]) if differentiable else None
+            out = shade_and_composite(self.field, o, d, view_enc, t, delta, valid, group, background, anneal,
+                                      c.t_stop, fixed_alpha=alpha, descent=descent)
+            out["probes"] = probes.to(out["cost"].dtype)
+            return out
         one = bool(c.shell_one_sample_crossings)
         if one and not self.meshes.has_vertex_sdf:
             self.meshes.update_vertex_sdf(self.field)
@@ -266,6 +282,8 @@ class ShellRenderer:
         S = int(count.max()) if count.numel() else 0
         t, delta, group = t[:, :S], delta[:, :S], group[:, :S].long()
         ends = tuple(x[:, :S] for x in out[4:]) if one else None
-        valid = torch.arange(S)[None] < count[:, None]
-        return shade_and_composite(self.field, o, d, view_enc, t, delta, valid, group, background, anneal,
-                                   c.t_stop, ends)
+        valid = torch.arange(S, device=dev)[None] < count[:, None]
+        out = shade_and_composite(self.field, o, d, view_enc, t, delta, valid, group, background, anneal,
+                                  c.t_stop, ends)
+        out["probes"] = torch.zeros_like(out["cost"])
+        return out

@@ -16,7 +16,8 @@ from .field import ShellField, neus_alpha_ends
 
 
 def shade_and_composite(field: ShellField, o, d, view_enc, t, delta, valid, group, background=None,
-                        anneal: float = 1.0, t_stop: float = 1e-3, ends=None, fixed_alpha=None) -> dict:
+                        anneal: float = 1.0, t_stop: float = 1e-3, ends=None, fixed_alpha=None,
+                        descent=None) -> dict:
     """Evaluate the NeuS field on padded samples and composite them with the shared volume renderer
     (:func:`engine.render.volume.render_samples`: group by group, front to back, early termination).
 
@@ -29,10 +30,19 @@ def shade_and_composite(field: ShellField, o, d, view_enc, t, delta, valid, grou
     ``z_b = -s |d . grad f| h`` with ``h`` the half-thickness passed in the second slot, ``z_a`` the
     logit at the interval's start (2) or ``s |d . grad f| g`` with ``g`` the half-gap since the
     previous part (3). ``fixed_alpha (R, S)`` optional: where it is >= 0 it replaces the sample's
-    opacity (the probe sampler's crossing samples; :mod:`shaders.band_probe`). Returns the renderer's
-    rgb (R, 3) (with background), alpha, depth (normalised), depth_sum, cost (samples evaluated),
-    normal (R, 3) (weighted), and grad (M, 3) / log_s at the M evaluated samples (for losses; log_s
-    without those whose opacity ``fixed_alpha`` gives); ``opacity`` and ``samples`` name alpha and cost.
+    opacity (the probe sampler's crossing samples; :mod:`shaders.band_probe`).
+    ``descent = (t_start, n_seg)`` (R, S) optional, with ``fixed_alpha``: the opacity of those
+    samples is instead recomputed from the field at their descent's probe points ``t_start + i
+    delta``, ``i = 0..n_seg`` (:meth:`~.field.ShellField.descent_opacity`), so that it is
+    differentiable w.r.t. the SDF network, the hash grid and the kernel size (whole-field
+    fine-tuning in the band); only for samples that are evaluated (early termination applies).
+
+    Returns the renderer's rgb (R, 3) (with background), alpha, depth (normalised), depth_sum, cost
+    (samples evaluated: each runs the SDF network at the 4 finite-difference points and the colour
+    network once), geo_evals (R,) (further points where only the SDF network ran: the descents'
+    probe points), normal (R, 3) (weighted), and grad (M, 3) / log_s at the M evaluated samples
+    (for losses; log_s without those whose opacity ``fixed_alpha`` gives without ``descent``);
+    ``opacity`` and ``samples`` name alpha and cost.
     """
 
     def fn(x, dirs, dl, ri, ci):
@@ -50,18 +60,33 @@ def shade_and_composite(field: ShellField, o, d, view_enc, t, delta, valid, grou
                 zb = torch.where(e >= 2, -sc * fb, fb)
                 al = torch.where(e != 0, neus_alpha_ends(za, zb, torch.ones_like(al)), al)
         log_s = sh["log_s"]
+        n_geo = torch.zeros_like(al)
         if fixed_alpha is not None:
             fa_ = fixed_alpha[ri, ci].to(al)
-            al = torch.where(fa_ >= 0, fa_, al)
-            # the kernel-size regulariser needs the image loss as its counterweight: samples whose
-            # opacity is given do not pass that gradient to s, so they are left out
-            log_s = log_s[fa_ < 0]
-        return {"alpha": al, "rgb": sh["rgb"], "normal": sh["grad"], "grad": sh["grad"], "log_s": log_s}
+            cross = fa_ >= 0
+            if descent is not None and bool(cross.any()):
+                ci_, ri_ = ci[cross], ri[cross]
+                x0 = x[cross] + (descent[0][ri_, ci_].to(x) - t[ri_, ci_].to(x))[:, None] * dirs[cross]
+                n_seg = descent[1][ri_, ci_]
+                da, _ = field.descent_opacity(x0, dirs[cross], dl[cross], n_seg)
+                fa_ = fa_.masked_scatter(cross, da.to(al))
+                n_geo = n_geo.masked_scatter(cross, (n_seg.clamp_min(1) + 1).to(al))
+            al = torch.where(cross, fa_, al)
+            if descent is None:
+                # the kernel-size regulariser needs the image loss as its counterweight: samples whose
+                # opacity is given do not pass that gradient to s, so they are left out
+                log_s = log_s[~cross]
+        return {"alpha": al, "rgb": sh["rgb"], "normal": sh["grad"], "grad": sh["grad"], "log_s": log_s,
+                "n_geo": n_geo.detach(), "ray": ri}
 
     out = render_samples(fn, o, d, t, delta, valid, group, background, t_stop, weighted=("normal",))
     ex = out.pop("extras")
-    out["grad"] = ex.get("grad", torch.zeros(0, 3))
-    out["log_s"] = ex.get("log_s", torch.zeros(0))
+    out["grad"] = ex.get("grad", torch.zeros(0, 3, device=o.device))
+    out["log_s"] = ex.get("log_s", torch.zeros(0, device=o.device))
+    geo = torch.zeros_like(out["cost"])
+    if "n_geo" in ex:
+        geo = geo.index_add(0, ex["ray"], ex["n_geo"].to(geo))
+    out["geo_evals"] = geo
     out["opacity"], out["samples"] = out["alpha"], out["cost"]
     return out
 
@@ -72,10 +97,24 @@ def render_rays_volume(field: ShellField, occ: OccupancyGrid, o, d, view_enc, cf
 
     Samples are evaluated in groups of ``cfg.march_group`` along the ray with early termination
     (:func:`shade_and_composite`). Returns rgb, opacity, depth, normal, samples (R,) (samples
-    evaluated per ray) and, for losses, ``grad (M, 3)`` and ``log_s (M,)`` at the M evaluated samples.
+    evaluated per ray), ``probes (R,)`` (occupancy-grid lookups: the candidate positions inside the
+    box, one lookup each) and, for losses, ``grad (M, 3)`` and ``log_s (M,)`` at the M evaluated samples.
     """
     step = 2 * math.sqrt(3) * float(field.half_size) / cfg.march_steps
     t, valid = march(o, d, occ, step, cfg.max_samples, generator, offsets=offsets)
-    group = torch.arange(t.shape[1])[None].expand_as(t) // max(int(cfg.march_group), 1)
-    return shade_and_composite(field, o, d, view_enc, t, torch.full_like(t, step), valid, group,
-                               background, anneal, t_stop)
+    group = torch.arange(t.shape[1], device=o.device)[None].expand_as(t) // max(int(cfg.march_group), 1)
+    out = shade_and_composite(field, o, d, view_enc, t, torch.full_like(t, step), valid, group,
+                              background, anneal, t_stop)
+    out["probes"] = occupancy_lookups(o, d, occ, step, offsets).to(out["cost"])
+    return out
+
+
+def occupancy_lookups(o, d, occ: OccupancyGrid, step: float, offsets=None) -> torch.Tensor:
+    """(R,) the occupancy-grid lookups :func:`engine.render.volume.march` makes that count: one per
+    candidate position inside the box (``t_near + (k + offset) step < t_far``). Jittered offsets are
+    uniform in [0, 1): counted with ``offsets`` when given, else with their mean 0.5."""
+    lo = (occ.center - occ.half_size).to(o)
+    hi = (occ.center + occ.half_size).to(o)
+    tn, tf = ray_box(o, d, lo, hi)
+    off = offsets.to(o).reshape(-1) if offsets is not None else torch.full_like(tn, 0.5)
+    return torch.ceil((tf - tn) / step - off).clamp_min(0.0)

@@ -115,3 +115,28 @@ def test_field_starts_as_sphere_with_unit_gradient():
     # the band half-width follows the kernel: ln(4/eps)/s, clamped
     h = f.kernel_halfwidth(log_s, 0.01, 0.0, 10.0)
     torch.testing.assert_close(h, torch.full((64,), math.log(400) / 10.0))
+
+
+def test_descent_alpha_telescopes_and_gradcheck():
+    """The differentiable crossing opacity of whole-field fine-tuning (field.descent_alpha): with a
+    constant kernel size the segments' opacities telescope to the NeuS opacity of the whole descent,
+    it matches the probe kernel's segment product, and its gradients pass gradcheck in float64."""
+    from engine.methods.shells.field import descent_alpha
+
+    s = 30.0
+    # two descents: a plane crossing (f linear, 5 points) and a short one (2 points)
+    f = torch.tensor([0.2, 0.1, 0.0, -0.1, -0.2, 0.05, -0.03], dtype=torch.float64)
+    ls = torch.full_like(f, math.log(s))
+    owner = torch.tensor([0, 0, 0, 0, 0, 1, 1])
+    last = torch.tensor([False, False, False, False, True, False, True])
+    a = descent_alpha(f, ls, owner, last, 2)
+    want = [1 - torch.sigmoid(torch.tensor(s * fb)) / torch.sigmoid(torch.tensor(s * fa))
+            for fa, fb in ((0.2, -0.2), (0.05, -0.03))]
+    torch.testing.assert_close(a, torch.stack(want).to(a))
+    # a varying kernel size: the product of the segments' opacities, each with s at its start
+    ls2 = torch.log(torch.tensor([10.0, 40.0, 25.0, 60.0, 5.0, 30.0, 30.0], dtype=torch.float64))
+    seg = [1 - torch.sigmoid(ls2[i].exp() * f[i + 1]) / torch.sigmoid(ls2[i].exp() * f[i]) for i in range(4)]
+    torch.testing.assert_close(descent_alpha(f, ls2, owner, last, 2)[0], 1 - torch.prod(1 - torch.stack(seg)))
+    fg = f.clone().requires_grad_(True)
+    lg = ls2.clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda x, y: descent_alpha(x, y, owner, last, 2), (fg, lg))
