@@ -37,6 +37,9 @@ class GVGenConfig(MethodConfig):
     diffusion_weight: float = option(1.0, "weight of the stage-1 DDPM loss (x0 parameterisation, MSE)")
     attribute_weight: float = option(1.0, "weight of the stage-2 attribute losses against the fitted volumes")
     render_weight: float = option(1.0, "weight of the stage-2 rendering loss ((1 - w) L1 + w D-SSIM)")
+    render_every: int = option(2, "add the rendering loss every N steps (1: every step, as GVGEN; each costs about "
+                               "as much as both U-Nets' step on a CPU, and the attribute losses already supervise "
+                               "every slot)")
     ssim_weight: float = option(0.8, "D-SSIM share of the rendering loss (GVGEN: 0.8 D-SSIM + 0.2 L1)")
     cond_dropout: float = option(0.1, "probability of training stage 1 with the empty caption (enables guidance)")
     gdf_noise: float = option(0.05, "std of the noise added to the normalised GDF stage 2 reads in training "
@@ -61,7 +64,7 @@ class GVGenConfig(MethodConfig):
             raise ConfigError(f"option patch must be 0 (auto), 1, 2, 4 or 8, got {self.patch}")
         if not self.channel_mults or any(m < 1 for m in self.channel_mults):
             raise ConfigError(f"option channel_mults must be positive integers, got {self.channel_mults}")
-        for name in ("channels", "blocks", "batch_objects", "ddim_steps"):
+        for name in ("channels", "blocks", "batch_objects", "ddim_steps", "render_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"option {name} must be >= 1, got {getattr(self, name)}")
         if self.ddim_steps > 1000:

@@ -260,12 +260,17 @@ class GVGenMethod(Method):
         loss = loss + c.attribute_weight * la
         stats["attribute_loss"] = float(la.detach())
         stats.update({f"attr_{k}": float(v.detach()) for k, v in parts.items()})
+        if c.render_weight == 0 or step % c.render_every:   # attribute losses only this step
+            with torch.no_grad():
+                rgb = self._render_grid(pred[0].detach(), cameras, index, background)["rgb"]
+            mse = ((rgb - image) ** 2).mean().clamp_min(1e-12)
+            stats["psnr"] = float(-10 * torch.log10(mse))
+            return loss, stats, rgb
         out = self._render_grid(pred[0], cameras, index, background)
         rgb = out["rgb"]
         l1 = (rgb - image).abs().mean()
         lr_ = (1 - c.ssim_weight) * l1 + (c.ssim_weight * dssim_loss(rgb, image) if c.ssim_weight > 0 else 0.0)
-        if c.render_weight > 0:
-            loss = loss + c.render_weight * lr_
+        loss = loss + c.render_weight * lr_
         mse = ((rgb.detach() - image) ** 2).mean().clamp_min(1e-12)
         stats.update({"render_loss": float(lr_.detach()), "psnr": float(-10 * torch.log10(mse))})
         return loss, stats, rgb.detach()
