@@ -179,5 +179,6 @@ register(MethodSpec(
                 "kernelight gvgen dataset (ECCV 2024)",
     presets="engine.methods.gvgen.config:PRESETS",
     export_formats={"ply": "standard 3DGS .ply of a generation (--caption)",
-                    "gdf": "the generation's Gaussian Distance Field, (N, N, N) float32 .npy"},
+                    "gdf": "the generation's Gaussian Distance Field, (N, N, N) float32 .npy",
+                    "generator": "a compact generator .pt (float16 networks) for kernelight generate --model"},
 ))
