@@ -59,6 +59,8 @@ def load_generator(model=None, **options):
                           f"{'run' if run_dir else 'checkpoint'}, not a gvgen generator (train one with "
                           f"kernelight train gvgen --data SET)")
     opts = {}
+    if run_dir is None:   # a compact generator file (kernelight export RUN --format generator) keeps its options
+        opts.update((data["model"].get("meta") or {}).get("config") or {})
     if run_dir is not None and (run_dir / "config.toml").is_file():
         opts.update(load_scene(run_dir / "config.toml").method_options)
     opts.update(options)

@@ -62,7 +62,10 @@ class GVGenMethod(Method):
     config_cls = GVGenConfig
     export_formats = {"ply": "standard 3DGS .ply of a generation (--caption, --gen-seed; default: the first "
                              "held-out caption)",
-                      "gdf": "the generation's Gaussian Distance Field: (N, N, N) float32 .npy (world units)"}
+                      "gdf": "the generation's Gaussian Distance Field: (N, N, N) float32 .npy (world units)",
+                      "generator": "a compact generator checkpoint (.pt: float16 networks and their meta, no optimizer "
+                                   "state) that engine.generate / kernelight generate --model read (how the shipped "
+                                   "engine/methods/gvgen/weights/primitives16.pt was made)"}
 
     def __init__(self, cfg: GVGenConfig, meta: dict, stage1: UNet3D, stage2: UNet3D):
         super().__init__(cfg)
@@ -379,6 +382,21 @@ class GVGenMethod(Method):
 
     def export(self, format: str, out) -> list:
         out = Path(out)
+        if format == "generator":
+            from ...io.checkpoint import save_checkpoint
+
+            if out.suffix.lower() != ".pt":
+                out = out / "generator.pt"
+            st = self.state_dict()
+            st.pop("gen", None)
+            for k in ("stage1", "stage2"):
+                st[k] = {n: (v.half() if v.is_floating_point() else v) for n, v in st[k].items()}
+            st["meta"] = {**st["meta"], "dataset": Path(str(st["meta"].get("dataset", ""))).name,
+                          "config": {k: v for k, v in self.cfg.to_dict().items()
+                                     if k in ("gdf_clamp", "max_offset_cells", "init_scale_cells", "ddim_steps",
+                                              "guidance", "min_opacity")}}
+            out.parent.mkdir(parents=True, exist_ok=True)
+            return [save_checkpoint(out, {"model": st}, method=self.name, step=int(self.step or 0))]
         gen = self.generate(self.default_caption())
         if format == "ply":
             if out.suffix.lower() != ".ply":
@@ -395,7 +413,7 @@ class GVGenMethod(Method):
         return super().export(format, out)
 
     def default_export_path(self, format: str, run_dir) -> Path:
-        return Path(run_dir) / "export" / ("generation.ply" if format == "ply" else "gdf.npy")
+        return Path(run_dir) / "export" / {"ply": "generation.ply", "gdf": "gdf.npy"}.get(format, "generator.pt")
 
     # ---------------------------------------------------------------- state
     def state_dict(self) -> dict:

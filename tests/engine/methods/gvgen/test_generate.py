@@ -92,6 +92,12 @@ def test_generate_api_ply_and_render(trained, tmp_path):
     assert len(ply) == g.num_primitives
     m = engine.load(tmp_path / "g.ply")                             # a standard 3DGS file the engine reads back
     assert m.num_primitives == g.num_primitives
+    # the compact generator file (how the shipped weights are made) generates the same object
+    comp = engine.load(run).export("generator", tmp_path / "gen.pt")[0]
+    assert comp.stat().st_size < (run / "checkpoints" / "step-000003.pt").stat().st_size / 2
+    g16 = engine.generate("a purple box", seed=1, model=comp)
+    assert g16.generator.run_dir is None
+    assert torch.allclose(g16.grid, g.grid, atol=0.05) and torch.allclose(g16.gdf, g.gdf, atol=0.01)
     from engine.generate import turntable_cameras
 
     cams = turntable_cameras(g.bounds(), frames=2, size=16)
