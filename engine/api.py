@@ -40,14 +40,57 @@ def find_run_checkpoint(path):
     raise ConfigError(f"{path}: not a run folder, a checkpoint .pt or a file a method reads")
 
 
-def load(path, **options):
+def load(path, device: str | None = None, **options):
     """Load a run folder, a checkpoint (``.pt``) or a file a registered method reads (a standard 3DGS
     ``.ply``).
 
     Returns the method object (a :class:`engine.methods.base.Method`): ``.render(cameras, index)``,
-    ``.num_primitives``, ``.export(format, out)``, ``.cfg``, ``.run_dir``, ``.step``. ``options``
-    override config fields (e.g. ``dt=0.005``).
+    ``.num_primitives``, ``.export(format, out)``, ``.cfg``, ``.run_dir``, ``.step``, ``.device``.
+    ``device``: ``auto`` (CUDA when torch sees a GPU) | ``cpu`` | ``cuda``: where the model lives and
+    Taichi runs (as ``kernelight train --device``; a combination that cannot run is a one-line
+    ConfigError). None (default): the model stays on the CPU where the checkpoint loads, Taichi is
+    not started. ``options`` override config fields (e.g. ``dt=0.005``).
     """
+    m = _load(path, **options)
+    if device is None:
+        m.device = torch.device("cpu")
+        return m
+    m.device, note = place_method(type(m), device)
+    if note:
+        m.notes.append(note)
+    return m.to(m.device)
+
+
+def place_method(cls, requested: str | None = "auto"):
+    """``(torch device, note or None)`` for a model of method class ``cls`` on ``requested``
+    (``auto`` | ``cpu`` | ``cuda``): the device is checked against the Taichi arch and Taichi is
+    started; a method that cannot hold its model there is refused for an explicit device, and kept
+    on the CPU (with a note) for ``auto``."""
+    from .train.distributed import resolve_device
+
+    req = (requested or "auto").strip().lower()
+    dev = resolve_device(req, start=True)
+    devices = getattr(cls, "devices", ("cpu",))
+    if dev.type in devices:
+        return dev, None
+    if req != "auto":
+        raise ConfigError(f"--device {req}: method {cls.name} keeps its model on {' or '.join(devices)} (its "
+                          f"{dev.type} placement is not done yet); use --device auto")
+    return torch.device("cpu"), (f"method {cls.name} keeps its model on the CPU; the kernels run on {dev.type} "
+                                 f"and their inputs are copied per call")
+
+
+def model_device(model) -> torch.device:
+    """Where a loaded model's tensors live (``model.device`` when set, else its first tensor's)."""
+    dev = getattr(model, "device", None)
+    if dev is not None:
+        return torch.device(dev)
+    for t in model._tensors() if hasattr(model, "_tensors") else ():
+        return t.device
+    return torch.device("cpu")
+
+
+def _load(path, **options):
     from . import methods as registry
     from .config import load_scene
     from .io.checkpoint import load_checkpoint
@@ -102,10 +145,14 @@ def render(model, camera, index: int = 0, background=None) -> dict:
     expected depth normalised by alpha, ``depth_sum (H,W)`` the un-normalised one, ``cost (H,W)``
     evaluations per ray (Gaussians or field samples), plus method-specific extras (RayGauss:
     ``n_capped``, slabs whose Gaussians overflowed the collect cap; shells: ``normal``).
-    ``background`` (3,) composites rgb (default: black).
+    ``background`` (3,) composites rgb (default: black). The cameras and background go to the
+    model's device (:func:`model_device`) and so do the outputs (``.cpu()`` them for files/numpy).
     """
+    dev = model_device(model)
     if background is not None:
-        background = torch.as_tensor(background, dtype=torch.float32)
+        background = torch.as_tensor(background, dtype=torch.float32).to(dev)
+    if camera.c2w.device != dev:
+        camera = camera.to(dev)
     return model.render(camera, index, background=background)
 
 

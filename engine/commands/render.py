@@ -33,6 +33,8 @@ def register(sub) -> None:
     p.add_argument("--up", choices=["auto", "+z", "-y", "+y"], default="auto",
                    help="world up for orbits without a dataset (3DGS/COLMAP scenes are usually -y: write --up=-y)")
     p.add_argument("--background", default=None, help="white | black | R,G,B (default: the dataset's, or black)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="where the model lives and Taichi runs (default auto: cuda when torch sees a GPU)")
     from ._common import add_method_options
 
     add_method_options(p, render_only=True)       # render-time overrides, e.g. --render-mode volume
@@ -69,7 +71,7 @@ def run(args) -> int:
     src = Path(args.source)
     from ._common import collect_method_options
 
-    model = api.load(src, **collect_method_options(args))
+    model = api.load(src, device=args.device, **collect_method_options(args))
     for note in model.notes:
         print(f"note: {note}")
     run_dir = model.run_dir
@@ -93,7 +95,7 @@ def run(args) -> int:
         idx = torch.linspace(0, n - 1, k).round().long().tolist()
         folder = out / args.split
         for i in track(idx, description=f"rendering {args.split} views"):
-            r = api.render(model, split.cameras, i, background=bg)
+            r = _cpu(api.render(model, split.cameras, i, background=bg))
             write_image(folder / f"{i:04d}.png", r["rgb"])
             if args.depth:
                 d = r["depth"].clone()
@@ -108,7 +110,7 @@ def run(args) -> int:
         from ..camera_paths_json import read_camera_path
 
         path_cams, path_fps = read_camera_path(args.camera_path)
-        frames = [api.render(model, path_cams, i, background=bg)["rgb"].clamp(0, 1)
+        frames = [api.render(model, path_cams, i, background=bg)["rgb"].clamp(0, 1).cpu()
                   for i in track(range(len(path_cams)), description="rendering camera path")]
         name = Path(args.camera_path).stem + ".mp4" if args.video in ("turntable.mp4", "none") else args.video
         print(f"wrote {write_video(out / name, frames, fps=path_fps)}")
@@ -120,11 +122,16 @@ def run(args) -> int:
             path_cams = _orbit_around_model(model, args, look_at, Cameras)
         frames = []
         for i in track(range(len(path_cams)), description="rendering turntable"):
-            frames.append(api.render(model, path_cams, i, background=bg)["rgb"].clamp(0, 1))
+            frames.append(api.render(model, path_cams, i, background=bg)["rgb"].clamp(0, 1).cpu())
         vpath = write_video(out / args.video, frames, fps=args.fps)
         print(f"wrote {vpath}")
     print(f"outputs in {out}")
     return 0
+
+
+def _cpu(out: dict) -> dict:
+    """A render's tensors on the CPU (the model may live on the GPU: --device)."""
+    return {k: (v.cpu() if hasattr(v, "cpu") else v) for k, v in out.items()}
 
 
 def _orbit_around_model(model, args, look_at, Cameras):

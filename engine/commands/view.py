@@ -30,6 +30,9 @@ def register(sub) -> None:
     p.add_argument("--output", metavar="DIR", default=None,
                    help="folder where camera_path.json is saved (default: the run folder, else the current folder)")
     p.add_argument("--background", default=None, help="black | white | R,G,B (default black)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None,
+                   help="where a run's model lives and Taichi runs (default: the model on the CPU, Taichi on "
+                        "its default arch)")
     from ._common import add_method_options
 
     add_method_options(p, render_only=True)   # render-time overrides of the loaded model (e.g. --dt 0.01)
@@ -51,6 +54,10 @@ def run(args) -> int:
         raise ConfigError(f"--port must be in 0..65535, got {args.port}")
     from .. import kernels
 
+    if args.device is not None:     # check (one line) and start Taichi on the matching arch first
+        from ..train.distributed import resolve_device
+
+        resolve_device(args.device, start=True)
     kernels.init()
     import viewer.app as app  # lazy: the viewer is optional for every other command
 
@@ -66,6 +73,8 @@ def run(args) -> int:
     from ._common import collect_method_options
 
     load_opts = collect_method_options(args)
+    if args.device is not None:
+        load_opts["device"] = args.device
     viewer = app.ViewerApp.open(args.path, opts, **load_opts)
     for note in viewer.scene.notes:
         print(f"note: {note}")

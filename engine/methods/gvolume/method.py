@@ -35,6 +35,9 @@ class GVolumeMethod(Method):
     export_formats = {"ply": "standard 3DGS .ply of the active Gaussians (all N^3 once densification ended)",
                       "gdf": "Gaussian Distance Field: (N, N, N) float32 .npy, per grid point the distance "
                              "(world units) to the nearest Gaussian centre"}
+    # the volume, the pool's statistics and every tensor the strategy makes follow the volume's device;
+    # the greedy anchor matching of a densification round runs on the CPU (one copy per round)
+    devices = ("cpu", "cuda")
 
     def __init__(self, cfg: GVolumeConfig, vol: GaussianVolume):
         super().__init__(cfg)
@@ -42,6 +45,16 @@ class GVolumeMethod(Method):
         self.strategy = CandidatePoolStrategy(cfg, vol.extent, seed=cfg.seed)
         self._view = None
         self._progress = None
+
+    def to(self, device) -> "GVolumeMethod":
+        """The volume (parameters and buffers, in place: an optimizer made before keeps them) and the
+        candidate pool's gradient statistics on ``device``."""
+        device = torch.device(device)
+        self.vol.to(device)
+        st = self.strategy
+        st.grad_accum = None if st.grad_accum is None else st.grad_accum.to(device)
+        st.count = None if st.count is None else st.count.to(device)
+        return self
 
     # ---------------------------------------------------------------- creation
     @classmethod

@@ -45,7 +45,8 @@ def nearest_free_anchors(pos: torch.Tensor, free: torch.Tensor, n: int, radius: 
         free: (n^3,) bool, the pool.
         radius: largest child-anchor distance, in cells.
     Returns:
-        (C,) long: the slot each child takes, or -1. Each child gets its nearest free anchor within
+        (C,) long on the CPU (the greedy matching runs there, once per densification round): the
+        slot each child takes, or -1. Each child gets its nearest free anchor within
         ``radius``; when several want the same anchor the earliest row gets it and the others try
         their next nearest (ties in distance: the lower slot index).
     """
@@ -169,7 +170,7 @@ class CandidatePoolStrategy:
         if c.opacity_reset_every and (step + 1) % c.opacity_reset_every == 0:
             cap = math.log(0.01 / 0.99)
             vol.opacity.data.clamp_(max=cap)
-            zero_adam_rows(optimizer, {"opacity": vol.opacity}, torch.arange(vol.num_slots))
+            zero_adam_rows(optimizer, {"opacity": vol.opacity}, torch.arange(vol.num_slots, device=vol.opacity.device))
             res = {"cloned": 0, "split": 0, "pruned": 0, **(res or {}), "opacity_reset": True,
                    "active": vol.num_active, "pool": vol.num_slots - vol.num_active}
         return res
@@ -201,6 +202,7 @@ class CandidatePoolStrategy:
     def grow(self, vol, optimizer, ci: torch.Tensor, si: torch.Tensor, priority: torch.Tensor) -> dict:
         """Clone slots ``ci`` and split slots ``si`` into free anchors (module docstring)."""
         c = self.cfg
+        dev = vol.offset.device
         means = vol.means().detach()
         # the children: clones at their parent, split pairs sampled from the parent Gaussian
         scales = torch.exp(vol.log_scales.detach()[si])
@@ -209,14 +211,15 @@ class CandidatePoolStrategy:
         split_pos = means[si][None] + (R[None] @ z[..., None])[..., 0]                 # (2, k, 3)
         parent = torch.cat([ci, si, si])
         pos = torch.cat([means[ci], split_pos[0], split_pos[1]])
-        is_split = torch.cat([torch.zeros(ci.shape[0], dtype=torch.bool), torch.ones(2 * si.shape[0], dtype=torch.bool)])
+        is_split = torch.cat([torch.zeros(ci.shape[0], dtype=torch.bool, device=dev),
+                              torch.ones(2 * si.shape[0], dtype=torch.bool, device=dev)])
         # serve children strongest parent gradient first (a split pair together)
-        order = torch.argsort(-priority[parent].cpu(), stable=True)
+        order = torch.argsort(-priority[parent], stable=True)
         parent, pos, is_split = parent[order], pos[order], is_split[order]
         # split parents give their anchors back to the pool; keep their rows to restore
         saved = {k: getattr(vol, k).detach()[si].clone() for k in PARAMS}
         vol.active[si] = False
-        slots = nearest_free_anchors(vol.to_grid(pos), ~vol.active, vol.grid_size, c.pool_radius_cells)
+        slots = nearest_free_anchors(vol.to_grid(pos), ~vol.active, vol.grid_size, c.pool_radius_cells).to(dev)
         placed = slots >= 0
         if c.split_needs_both and si.numel():
             placed = _undo_lone_split_children(parent, slots, placed, is_split, vol.num_slots)
@@ -227,9 +230,9 @@ class CandidatePoolStrategy:
         shrink = math.log(c.split_scale_div)
         new["log_scales"] = torch.where(is_split[placed][:, None], new["log_scales"] - shrink, new["log_scales"])
         # split parents with no child placed whose anchor is still free stay as they were
-        got = torch.zeros(vol.num_slots, dtype=torch.bool)
+        got = torch.zeros(vol.num_slots, dtype=torch.bool, device=dev)
         got[src[is_split[placed]]] = True
-        taken = torch.zeros(vol.num_slots, dtype=torch.bool)
+        taken = torch.zeros(vol.num_slots, dtype=torch.bool, device=dev)
         taken[dst] = True
         restore = ~got[si] & ~taken[si]
         for k in PARAMS:
@@ -273,13 +276,13 @@ class CandidatePoolStrategy:
 def _undo_lone_split_children(parent, slots, placed, is_split, S: int) -> torch.Tensor:
     """``split_needs_both``: a split parent only one of whose two children found an anchor keeps
     its place instead (the child is not placed) when its own anchor is then still free."""
-    placed = placed.clone()
-    cnt = torch.zeros(S, dtype=torch.long).index_add_(0, parent[placed & is_split],
-                                                      torch.ones(int((placed & is_split).sum()), dtype=torch.long))
+    placed, dev = placed.clone(), parent.device
+    cnt = torch.zeros(S, dtype=torch.long, device=dev).index_add_(
+        0, parent[placed & is_split], torch.ones(int((placed & is_split).sum()), dtype=torch.long, device=dev))
     lone = placed & is_split & (cnt[parent] == 1)
     undo = lone.clone()
     for _ in range(8):           # a kept child may sit on another parent's anchor: settle
-        taken = torch.zeros(S, dtype=torch.bool)
+        taken = torch.zeros(S, dtype=torch.bool, device=dev)
         taken[slots[placed & ~undo]] = True
         new = undo & ~taken[parent]
         if torch.equal(new, undo):
