@@ -56,6 +56,8 @@ def register(sub) -> None:
     q.add_argument("--limit", type=int, default=None, help="build at most this many objects now (resume later)")
     q.add_argument("--meshes-dir", default=None, metavar="DIR",
                    help="folder with spot.obj / bunny_small.ply (default: $KERNELIGHT_DATA/meshes or ../shared/data/meshes)")
+    q.add_argument("--encoder", default="minilm", help="text encoder that embeds every caption into OUT/text_cache.pt "
+                   "once all objects are built (minilm, clip; 'none' skips)")
     q.add_argument("--summary", default=None, metavar="FILE.json", help="also write the build summary (timings, PSNR) here")
     q.add_argument("--no-progress", action="store_true", help="no progress bar")
     q.set_defaults(func=run_dataset)
@@ -94,7 +96,7 @@ def run_dataset(args: argparse.Namespace) -> int:
     for s in used:
         console.print(f"mesh shape {s!r}: {P.MESHES[s].file}, {P.MESHES[s].licence}")
     summary = build(Path(args.out), opts, workers=args.workers, progress=not args.no_progress, console=console,
-                    limit=args.limit)
+                    limit=args.limit, encoder=None if args.encoder.lower() == "none" else args.encoder)
     if args.summary:
         from ..io.atomic import atomic_write
 
@@ -104,5 +106,6 @@ def run_dataset(args: argparse.Namespace) -> int:
     psnr = f", fitted PSNR mean {sum(o['psnr'] for o in objs) / len(objs):.2f} dB" if objs else ""
     console.print(f"{args.out}: {summary['built']} built, {summary['skipped']} already there, "
                   f"{len(summary['failed'])} failed, {summary['pending']} pending of {summary['total']} "
-                  f"({summary['wall_seconds']:.0f} s{psnr})")
+                  f"({summary['wall_seconds']:.0f} s{psnr})"
+                  + (f"; {summary['captions_encoded']} captions embedded in text_cache.pt" if summary["captions_encoded"] else ""))
     return 1 if summary["failed"] else 0

@@ -352,10 +352,26 @@ def open_dataset(out: Path, opts: BuildOptions) -> tuple[dict, list[str]]:
     return doc, notes
 
 
-def build(out, opts: BuildOptions, workers: int = 1, progress: bool = True, console=None, limit: int | None = None) -> dict:
+def encode_captions(out: Path, doc: dict, encoder: str = "minilm") -> int:
+    """Embed every caption of the dataset's objects into ``out/text_cache.pt`` (the text encoder's
+    disk cache, :mod:`.text`). Returns the number of captions."""
+    from .text import get_encoder
+
+    caps = sorted({c for o in doc["objects"] for c in o["captions"]})
+    enc = get_encoder(encoder, cache=out / "text_cache.pt")
+    for i in range(0, len(caps), 64):
+        enc.encode(caps[i:i + 64])
+    enc.save_cache()
+    return len(caps)
+
+
+def build(out, opts: BuildOptions, workers: int = 1, progress: bool = True, console=None, limit: int | None = None,
+          encoder: str | None = "minilm") -> dict:
     """Build (or resume) the dataset in ``out``. ``workers`` > 1 fits objects in that many processes.
-    ``limit``: build at most this many pending objects (then stop; a later call resumes). Returns a
-    summary: objects built / skipped / failed, wall and CPU seconds, per-object records."""
+    ``limit``: build at most this many pending objects (then stop; a later call resumes). ``encoder``:
+    when every object is done, embed all captions into ``out/text_cache.pt`` with this text encoder
+    (None: skip). Returns a summary: objects built / skipped / failed, wall and CPU seconds,
+    per-object records."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -413,6 +429,9 @@ def build(out, opts: BuildOptions, workers: int = 1, progress: bool = True, cons
                     for f in futs:
                         f.cancel()
                     raise
+    encoded = 0
+    if encoder and not failed and all(o["status"] == "done" for o in doc["objects"]):
+        encoded = encode_captions(out, doc, encoder)
     wall = time.perf_counter() - t0
     # CPU time of this process plus its finished workers
     import resource
@@ -422,6 +441,7 @@ def build(out, opts: BuildOptions, workers: int = 1, progress: bool = True, cons
             "pending": sum(o["status"] != "done" for o in doc["objects"]), "total": len(doc["objects"]),
             "wall_seconds": round(wall, 2), "cpu_seconds_parent": round(time.process_time() - cpu0, 2),
             "cpu_seconds_children": round(ch.ru_utime + ch.ru_stime, 2), "workers": workers,
+            "captions_encoded": encoded,
             "objects": records}
 
 

@@ -12,6 +12,7 @@ from engine.errors import ConfigError, DataError, KernelightError
 from engine.methods.gvgen import data_render as R
 from engine.methods.gvgen import dataset as D
 from engine.methods.gvgen import primitives as P
+from engine.methods.gvgen import text as T
 
 BOX = np.array(D.BOX)
 
@@ -86,10 +87,28 @@ def _opts(**kw):
     return D.BuildOptions(**base)
 
 
-def test_build_resume_and_bad_folders(tmp_path):
+class _WordCount(T.TextEncoder):
+    """A stand-in encoder (the MiniLM one is tested in test_text.py): word lengths."""
+    name, dim = "wordcount", 4
+
+    def _encode_batch(self, caps):
+        L = max(len(c.split()) for c in caps)
+        tok, mask = torch.zeros(len(caps), L, 4), torch.zeros(len(caps), L, dtype=torch.bool)
+        for i, c in enumerate(caps):
+            for j, w in enumerate(c.split()):
+                tok[i, j, 0], mask[i, j] = len(w), True
+        return torch.nn.functional.normalize(tok.sum(1) + 1, dim=-1), tok, mask
+
+
+def test_build_resume_and_bad_folders(tmp_path, monkeypatch):
+    monkeypatch.setitem(T.ENCODERS, "wordcount", _WordCount)
     out = tmp_path / "ds"
-    s = D.build(out, _opts(), workers=1, progress=False)
+    s = D.build(out, _opts(), workers=1, progress=False, encoder="wordcount")
     assert (s["built"], s["skipped"], s["failed"], s["pending"]) == (2, 0, [], 0)
+    caps = {c for o in json.loads((out / "dataset.json").read_text())["objects"] for c in o["captions"]}
+    assert s["captions_encoded"] == len(caps) > 2
+    cached = torch.load(out / "text_cache.pt", weights_only=True)["encoders"]["wordcount"]
+    assert set(cached) == caps
     doc = json.loads((out / "dataset.json").read_text())
     assert doc["format"] == "kernelight-gvgen" and doc["N"] == 6 and doc["box"] == D.BOX
     assert doc["views"] == {"train": 4, "test": 2} and doc["heldout"] == [["red", "torus"]]
@@ -127,12 +146,12 @@ def test_build_resume_and_bad_folders(tmp_path):
     before = (out / "objects" / "sphere-red-large" / "volume.pt").stat().st_mtime_ns
     notes = D.open_dataset(out, _opts())[1]
     assert any("torus-red-large" in n for n in notes)
-    s2 = D.build(out, _opts(), workers=1, progress=False)
+    s2 = D.build(out, _opts(), workers=1, progress=False, encoder=None)
     assert (s2["built"], s2["skipped"], s2["pending"]) == (1, 1, 0)
     assert (out / "objects" / "sphere-red-large" / "volume.pt").stat().st_mtime_ns == before
     D.read_volume(out / "objects" / "torus-red-large" / "volume.pt")
     # a larger set grows the same folder (limit=0: only plan it); a smaller one keeps what is finished
-    s3 = D.build(out, _opts(shapes=["sphere", "torus", "cone"]), progress=False, limit=0)
+    s3 = D.build(out, _opts(shapes=["sphere", "torus", "cone"]), progress=False, limit=0, encoder=None)
     assert (s3["built"], s3["skipped"], s3["pending"], s3["total"]) == (0, 2, 1, 3)
     doc, notes = D.open_dataset(out, _opts(shapes=["sphere"]))
     assert [o["id"] for o in doc["objects"]] == ["sphere-red-large", "torus-red-large"]
@@ -157,7 +176,7 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     d = tmp_path / "x"
     d.mkdir()
     (d / "a").write_text("1")
-    assert main(["gvgen", "dataset", "--out", str(d), "--no-progress"]) == 2
+    assert main(["gvgen", "dataset", "--out", str(d), "--no-progress", "--encoder", "none"]) == 2
     assert "not a GVGEN dataset folder" in capsys.readouterr().err
     assert main(["gvgen", "dataset", "--out", str(tmp_path / "y"), "--shapes", "teapot"]) == 2
     assert "unknown shape(s) teapot" in capsys.readouterr().err
