@@ -6,13 +6,15 @@ configuration runs in its own process, so peak RSS (``ru_maxrss``) is its own:
 
 * ``all``: eager loading (every image decoded into memory; the sampler draws uniformly over all);
 * ``<N>MB``: streaming with an N MB image cache; the ray sampler draws from working sets of half
-  the images that fit, refreshed every 25 steps, the next set decoded in the background;
+  the images that fit, refreshed once a set has served ~1/16 of its pixels (at least 25 steps),
+  the next set decoded in the background;
 * ``<N>MB uniform``: streaming without working sets (every batch spans all images): what the
   working sets avoid.
 
-Per configuration: dataset load time, the ray sampler's rays/s over ``--steps`` batches of
-``--rays`` rays (the data path of a ray method's training step: image/pixel draw, ray generation,
-colour gather), the evaluation walk (every test view in order, as ``kernelight eval`` reads them)
+Per configuration: dataset load time, the first batch (which waits for the first working set),
+the ray sampler's rays/s over the next ``--steps`` batches of ``--rays`` rays (at least three
+working-set periods, so the decoding of later sets is counted; the data path of a ray method's
+training step: image/pixel draw, ray generation, colour gather), the evaluation walk (every test view in order, as ``kernelight eval`` reads them)
 in images/s, cache statistics and peak RSS. Wall and process CPU time are both reported; the
 load average is recorded.
 
@@ -66,9 +68,11 @@ def child(data: str, config: str, steps: int, rays: int) -> dict:
     load = (time.perf_counter() - t0, time.process_time() - c0)
     rss_load = rss_mb()
     train = ds.train
-    n_steps = min(steps, 3) if uniform else steps
     s = RaySampler(train, rays, seed=0, jitter=True, **({"working_set": None} if uniform else {}))
-    s.sample()                                           # first set decoded (counted in the load column)
+    n_steps = min(steps, 3) if uniform else max(steps, 3 * s.refresh_every if s.working_set else 0)
+    t0, c0 = time.perf_counter(), time.process_time()
+    s.sample()                                           # waits for the first working set
+    first = (time.perf_counter() - t0, time.process_time() - c0)
     t0, c0 = time.perf_counter(), time.process_time()
     for _ in range(n_steps):
         s.sample()
@@ -81,7 +85,9 @@ def child(data: str, config: str, steps: int, rays: int) -> dict:
     ev = (time.perf_counter() - t0, time.process_time() - c0)
     out = {"config": config, "streaming": train.streaming, "train_images": len(train),
            "decoded_mb": ds.metadata["image_cache"]["decoded_mb"], "working_set": s.working_set,
+           "refresh_every": s.refresh_every if s.working_set else None,
            "load_s": round(load[0], 2), "load_cpu_s": round(load[1], 2),
+           "first_batch_s": round(first[0], 2), "first_batch_cpu_s": round(first[1], 2),
            "sample_steps": n_steps, "rays_per_step": rays,
            "rays_per_s": round(n_steps * rays / samp[0]), "rays_per_cpu_s": round(n_steps * rays / max(samp[1], 1e-9)),
            "eval_views": k, "eval_images_per_s": round(k / ev[0], 1), "eval_images_per_cpu_s": round(k / max(ev[1], 1e-9), 1),
@@ -118,7 +124,7 @@ def main() -> None:
         row = json.loads(r.stdout.strip().splitlines()[-1])
         row["loadavg"] = os.getloadavg()
         rows.append(row)
-        print(f"{cfg:>14}: load {row['load_s']:6.1f} s  sampler {row['rays_per_s']:>9,} rays/s "
+        print(f"{cfg:>14}: load {row['load_s']:6.1f} s  first batch {row['first_batch_s']:5.1f} s  sampler {row['rays_per_s']:>9,} rays/s "
               f"({row['rays_per_cpu_s']:>9,}/CPU s)  eval {row['eval_images_per_s']:6.1f} img/s  "
               f"peak RSS {row['rss_peak_mb']:>5} MB", flush=True)
     doc = {"dataset": f"lego_200 train x{a.copies} ({a.copies * 100} images) + 200 test views", "rows": rows,

@@ -194,21 +194,33 @@ def load_split(name: str, cameras: Cameras, image_paths: list[Path], *, downscal
 
 
 def _decode_split(name, out_cams, image_paths, sizes_in, sizes_out, bg, mask_paths) -> Split:
-    """Decode every image of a split (thread pool) into (N, H, W, 3) tensors: eager loading."""
-    def one(i):
-        return read_image(image_paths[i], expected_size=sizes_in[i], background=bg, out_size=sizes_out[i])
+    """Decode every image of a split (thread pool) straight into preallocated (N, H, W, 3) / (N, H, W)
+    tensors (eager loading: memory peaks at the decoded size, not twice it)."""
+    n = len(image_paths)
+    w, h = sizes_out[0]
+    images = torch.empty((n, h, w, 3), dtype=torch.float32)
+    alpha = torch.empty((n, h, w), dtype=torch.float32)   # dropped below when no image has alpha
+    had_alpha = [False] * n
 
-    loaded = parallel_map(one, range(len(image_paths)))
-    images = torch.from_numpy(np.stack([im.rgb for im in loaded]))
-    alpha = None
-    if any(im.alpha is not None for im in loaded):
-        alpha = torch.from_numpy(np.stack([im.alpha if im.alpha is not None else np.ones(im.rgb.shape[:2], np.float32)
-                                           for im in loaded]))
+    def one(i):
+        im = read_image(image_paths[i], expected_size=sizes_in[i], background=bg, out_size=sizes_out[i])
+        images[i] = torch.from_numpy(im.rgb)
+        if im.alpha is not None:
+            alpha[i] = torch.from_numpy(im.alpha)
+            had_alpha[i] = True
+        else:
+            alpha[i] = 1.0
+
+    parallel_map(one, range(n))
+    if not any(had_alpha):
+        alpha = None
     masks = None
     if mask_paths is not None:
+        masks = torch.empty((n, h, w), dtype=torch.bool)
+
         def onem(i):
-            return read_mask(mask_paths[i], expected_size=sizes_in[i], out_size=sizes_out[i])
-        masks = torch.from_numpy(np.stack(parallel_map(onem, range(len(mask_paths)))))
+            masks[i] = torch.from_numpy(read_mask(mask_paths[i], expected_size=sizes_in[i], out_size=sizes_out[i]))
+        parallel_map(onem, range(len(mask_paths)))
     return Split(name, out_cams, images, [Path(p) for p in image_paths], masks, alpha)
 
 

@@ -9,7 +9,8 @@ its part (so the result does not depend on the number of ranks).
 Working sets (images that stream from disk, :mod:`engine.data.stream`): when a split's images do
 not all fit the image cache, drawing every batch across all N images would decode up to a batch's
 worth of images per step. The sampler then draws from a *working set* of ``K`` images (``K`` = half
-of what the cache holds) for ``refresh_every`` steps, pixels uniform within the set; sets are
+of what the cache holds) for ``refresh_every`` steps (default: enough steps to draw 1/16 of the
+set's pixels, at least 25), pixels uniform within the set; sets are
 consecutive slices of a seeded permutation of the split (every image is used once per pass), and
 the next set is prefetched in the background while the current one trains. A streamed split's
 current set is gathered into one tensor when it starts (and dropped from the cache, so the set and
@@ -80,11 +81,9 @@ class RaySampler:
     """
 
     def __init__(self, split: Split, batch_size: int, seed: int = 0, jitter: bool = False,
-                 shard: tuple[int, int] = (0, 1), working_set="auto", refresh_every: int = 25):
+                 shard: tuple[int, int] = (0, 1), working_set="auto", refresh_every="auto"):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if refresh_every < 1:
-            raise ValueError(f"refresh_every must be >= 1, got {refresh_every}")
         self.split = split
         self.batch_size = int(batch_size)
         self.jitter = jitter
@@ -97,6 +96,11 @@ class RaySampler:
         if working_set == "auto":
             working_set = max(1, split.images.capacity() // 2) if getattr(split, "streaming", False) else None
         self.working_set = None if working_set is None or int(working_set) >= N else max(1, int(working_set))
+        if refresh_every == "auto":   # a set serves ~1/16 of its pixels (at least 25 steps): decoding it is amortised
+            K, (H, W) = self.working_set or N, tuple(split.images.shape[1:3])
+            refresh_every = max(25, -(-K * H * W // (16 * self.batch_size)))
+        if int(refresh_every) < 1:
+            raise ValueError(f"refresh_every must be >= 1, got {refresh_every}")
         self.refresh_every = int(refresh_every)
         # working-set state: a separate generator (seed + 1) orders the images; sets are its slices
         self._set_gen = torch.Generator(device="cpu")
@@ -135,12 +139,13 @@ class RaySampler:
         sp, idx = self.split, self._current.tolist()
         self._set_data = None
         sp.prefetch(idx)
-        data = {}
-        for name in ("images", "alpha", "masks"):
-            store = getattr(sp, name)
-            if store is not None:
-                data[name] = torch.stack([store[i] for i in idx])
-        sp.images.release(idx)
+        stores = {k: getattr(sp, k) for k in ("images", "alpha", "masks") if getattr(sp, k) is not None}
+        data = {k: torch.empty((len(idx),) + tuple(st.shape[1:]), dtype=st.dtype, device=st.device)
+                for k, st in stores.items()}
+        for j, i in enumerate(idx):      # copy image by image, releasing each: memory stays within the budget
+            for k, st in stores.items():
+                data[k][j] = st[i]
+            sp.images.release([i])
         self._set_data = data
         sp.prefetch(self._next.tolist())
 

@@ -130,7 +130,8 @@ class GVolumeMethod(Method):
         lrs = {}
         for g in optimizer.param_groups:
             if g["name"] == "offset":
-                g["lr"] = _exp_lr(t, c.lr_offset_init * self.vol.extent, c.lr_offset_final * self.vol.extent)
+                ext = self.strategy.extent      # the volume's (fixed) extent as a float: no device sync per step
+                g["lr"] = _exp_lr(t, c.lr_offset_init * ext, c.lr_offset_final * ext)
             lrs[g["name"]] = g["lr"]
         return lrs
 
