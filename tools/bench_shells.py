@@ -87,7 +87,7 @@ def cost_per_ray(out) -> dict:
 def bench_run(run: Path, views: int, grid_res: int | None, target_faces: int | None, out_dir: Path | None,
               shell_steps: list[float] | None = None, reextract: bool = False, crossings: str = "both",
               max_lens: list[float] | None = None, probe: bool = True,
-              probe_settings: list[str] | None = None) -> dict:
+              probe_settings: list[str] | None = None, volume: bool = True) -> dict:
     import torch
 
     import engine
@@ -112,7 +112,7 @@ def bench_run(run: Path, views: int, grid_res: int | None, target_faces: int | N
         t_extract = None
         # the occupancy grid stops following the field once the shells exist: refresh it so that the
         # volumetric rendering of the fine-tuned field is not cut by a stale grid
-        model.occ.update(model.field, model.cfg.occ_eps)
+        model.occ.update(model._occupied)
     else:
         shells = model.extract_shells(**overrides)
         t_extract = time.perf_counter() - t0
@@ -122,9 +122,9 @@ def bench_run(run: Path, views: int, grid_res: int | None, target_faces: int | N
         write_shells(shells, out_dir)
 
     steps = list(shell_steps or [model.cfg.shell_step])
-    ones = {"off": [False], "on": [True], "both": [False, True]}[crossings]
+    ones = {"none": [], "off": [False], "on": [True], "both": [False, True]}[crossings]
     lens = list(max_lens or [0.0])
-    modes = ["volume"] + [f"shells@{st:g}" for one in ones if not one for st in steps] + \
+    modes = (["volume"] if volume else []) + [f"shells@{st:g}" for one in ones if not one for st in steps] + \
         [f"shells1@{st:g}" + (f"/L{ln:g}" if ln > 0 else "") for one in ones if one for st in steps for ln in lens] + \
         ([f"probe@{x}" for x in probe_settings] if probe and probe_settings else ["probe"] if probe else [])
     rows = {m: [] for m in modes}
@@ -213,8 +213,8 @@ def bench_run(run: Path, views: int, grid_res: int | None, target_faces: int | N
         res[mode] = {key: sum(r[key] for r in rs) / k for key in keys}
         res[mode]["first_frame_s"] = first[mode]
         res[mode]["per_view"] = rs
-    v = res["volume"]
-    for mode in modes[1:]:
+    v = res.get("volume")
+    for mode in (modes[1:] if v is not None else []):
         s = res[mode]
         s["samples_ratio"] = v["samples_per_ray"] / max(s["samples_per_ray"], 1e-9)
         s["evaluations_ratio"] = v["evaluations_per_ray"] / max(s["evaluations_per_ray"], 1e-9)
@@ -233,9 +233,9 @@ def main(argv=None) -> int:
     ap.add_argument("--export", default=None, help="also write the shells under this folder (one per run)")
     ap.add_argument("--shell-steps", type=float, nargs="+", default=None,
                     help="sample spacings inside the band to compare (times the box half-size; default: config)")
-    ap.add_argument("--crossings", choices=("off", "on", "both"), default="both",
+    ap.add_argument("--crossings", choices=("none", "off", "on", "both"), default="both",
                     help="shell modes without (shells@STEP) and/or with (shells1@STEP) one sample per surface "
-                         "crossing (shell_one_sample_crossings)")
+                         "crossing (shell_one_sample_crossings); none: neither (the probe modes only)")
     ap.add_argument("--one-sample-max-lens", type=float, nargs="+", default=None,
                     help="shells1 modes also with shell_one_sample_max_len = each of these (times the half-size; "
                          "0 = any length, the default renderer)")
@@ -246,6 +246,8 @@ def main(argv=None) -> int:
                          "settings, e.g. 0.01/0.01 0.0075/0.003/0.8 (default: one probe mode with the run's settings)")
     ap.add_argument("--reextract", action="store_true",
                     help="extract new shells even when the run has some (runs fine-tuned inside their shells)")
+    ap.add_argument("--volume", choices=("on", "off"), default="on",
+                    help="also the volumetric render (the reference of the ratios; slow: off for quick comparisons)")
     ap.add_argument("--out", default="bench_shells.json")
     args = ap.parse_args(argv)
 
@@ -259,7 +261,7 @@ def main(argv=None) -> int:
         exp = Path(args.export) / Path(r).parts[-3] if args.export else None
         results.append(bench_run(Path(r), args.views, args.grid_res, args.target_faces, exp, args.shell_steps,
                                  args.reextract, args.crossings, args.one_sample_max_lens, args.probe == "on",
-                                 args.probe_settings))
+                                 args.probe_settings, args.volume == "on"))
         atomic_write_text(args.out, json.dumps({"results": results}, indent=2))
     hdr = (f"{'scene':<12}{'mode':<20}{'PSNR':>7}{'SSIM':>7}{'spp':>7}{'probes':>8}{'all ev':>8}{'s/img':>7}"
            f"{'1st s':>7}{'fewer spp':>10}{'fewer ev':>9}{'speedup':>8}{'dPSNR':>7}")
@@ -268,7 +270,7 @@ def main(argv=None) -> int:
         for mode in r["modes"]:
             m = r[mode]
             extra = (f"{m['samples_ratio']:9.1f}x{m['evaluations_ratio']:8.1f}x{m['speedup']:7.2f}x"
-                     f"{m['psnr_diff_db']:+7.2f}" if mode != "volume" else "")
+                     f"{m['psnr_diff_db']:+7.2f}" if "samples_ratio" in m else "")
             print(f"{r['scene']:<12}{mode:<20}{m['psnr']:7.2f}{m['ssim']:7.4f}{m['samples_per_ray']:7.2f}"
                   f"{m['probes_per_ray']:8.2f}{m['evaluations_per_ray']:8.2f}{m['time_s']:7.2f}"
                   f"{m['first_frame_s']:7.2f}{extra}")

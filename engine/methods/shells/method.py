@@ -76,6 +76,7 @@ class ShellsMethod(Method):
         self.shells = None          # engine.methods.shells.extract.Shells once extracted
         self._renderer = None
         self._train_renderer = None
+        self._time_progress = None
         self.gen = torch.Generator().manual_seed(cfg.seed + 1)
         self.last_render_stats: dict = {}
 
@@ -108,8 +109,21 @@ class ShellsMethod(Method):
                   {"name": "log_s", "params": [f.log_s], "lr": c.lr_s, "base_lr": c.lr_s}]
         return torch.optim.Adam(groups, lr=0.0, betas=(0.9, 0.99), eps=1e-15)
 
+    def _schedule_step(self, step: int) -> int:
+        """The step the schedules (learning rate, extraction) see: ``step``, or with a time budget
+        (``time_budget_s``, one process) the step of the same fraction of ``max_steps`` as the
+        elapsed fraction of the budget when that is further -- so a run stopped by its budget has
+        decayed its rates and extracted its shells at ``shell_finetune_from`` of the budget. Ranks
+        of a data-parallel run keep the step count (their clocks differ)."""
+        p = self._time_progress
+        if p is None:
+            return step
+        return max(step, int(p * self.cfg.max_steps))
+
     def update_learning_rates(self, optimizer, step: int, progress: float | None = None) -> dict:
-        k = lr_factor(step, self.cfg)
+        self._time_progress = (float(progress) if progress is not None and self.cfg.time_budget_s > 0
+                               and self.world_size == 1 else None)
+        k = lr_factor(self._schedule_step(step), self.cfg)
         base = {"encoding": self.cfg.lr_encoding, "networks": self.cfg.lr_network, "log_s": self.cfg.lr_s}
         for g in optimizer.param_groups:
             g["lr"] = base[g["name"]] * k
@@ -250,7 +264,7 @@ class ShellsMethod(Method):
         if (self.shells is not None and self._renderer is not None and not self.finetune_colour_only
                 and s % (4 * c.occ_update_every) == 0):
             self._renderer.update_vertex_sdf()    # vertex SDF / probe grid follow the fine-tuned field
-        if c.finetune_step > 0 and s == c.finetune_step and self.shells is None:
+        if c.finetune_step > 0 and self._schedule_step(s) >= c.finetune_step and self.shells is None:
             self.extract_shells()
             res = dict(res or {})
             res.update({"shell_faces_outer": int(self.shells.outer[1].shape[0]),
