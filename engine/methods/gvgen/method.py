@@ -125,7 +125,7 @@ class GVGenMethod(Method):
                 "text_encoder": cfg.text_encoder, "text_dim": int(enc.dim),
                 "vocabulary": sorted(vocabulary(caps)), "train_captions": sorted(set(caps)),
                 "heldout_captions": [o.get("caption") or _captions(o)[0] for o in held],
-                "dataset": str(dataset.root)}
+                "dataset": str(dataset.root), "gdf_key": "gdf_opaque"}
         s1, s2 = _nets(cfg, n, int(enc.dim))
         m = cls(cfg, meta, s1, s2)
         m._encoder = enc
@@ -197,7 +197,10 @@ class GVGenMethod(Method):
                 raise DataError(root / "objects" / o["id"] / "volume.pt",
                                 f"a {vol['N']}^3 volume; this model generates {n}^3")
             grids.append(vol["grid"][..., :attr.CHANNELS].float())
-            gdfs.append(normalize_gdf(vol["gdf"].float(), self.side, self.cfg.gdf_clamp))
+            # the distance to the nearest *visible* Gaussian when the set has it: after the Candidate Pool
+            # Strategy re-activates every free anchor, the plain GDF is ~0 everywhere (FORMAT.md note)
+            g = vol.get("gdf_opaque") if self.meta.get("gdf_key", "gdf_opaque") == "gdf_opaque" else None
+            gdfs.append(normalize_gdf((vol["gdf"] if g is None else g).float(), self.side, self.cfg.gdf_clamp))
         caps = [_captions(o) for o in info["objects"]]
         flat = sorted({c for cs in caps for c in cs})
         emb = self.encoder().encode(flat)
