@@ -104,3 +104,48 @@ def test_minilm_offline_matches_sentence_transformers(tmp_path, monkeypatch):
     out2 = again.encode(caps[::-1])
     assert again._model is None  # every caption came from the disk cache
     assert torch.equal(out2["pooled"], out["pooled"].flip(0))
+
+
+# ------------------------------------------------------------------ CLIP from a user's folder
+def _tiny_clip(folder):
+    """A randomly initialised, tiny CLIP text model + a letter-level BPE tokenizer saved in the
+    transformers layout: what a user's saved CLIP folder looks like, without any download."""
+    import json
+
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, CLIPTokenizer
+
+    letters = [chr(c) for c in range(97, 123)]
+    vocab = {t: i for i, t in enumerate(letters + [c + "</w>" for c in letters]
+                                         + ["<|startoftext|>", "<|endoftext|>"])}
+    folder.mkdir()
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    tok = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"))
+    tok.save_pretrained(str(folder))
+    cfg = CLIPTextConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                         num_attention_heads=4, projection_dim=16, max_position_embeddings=77,
+                         bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"],
+                         pad_token_id=vocab["<|endoftext|>"])
+    torch.manual_seed(0)
+    CLIPTextModelWithProjection(cfg).eval().save_pretrained(str(folder))
+
+
+def test_clip_plugs_in_from_a_folder(tmp_path, monkeypatch):
+    pytest.importorskip("transformers")
+    _tiny_clip(tmp_path / "clip")
+    monkeypatch.setenv("KERNELIGHT_CLIP", str(tmp_path / "clip"))
+    enc = T.get_encoder("clip")
+    assert enc.dim == 16
+    out = enc.encode(["a red box", "a blue torus"])
+    assert out["pooled"].shape == (2, 16) and out["tokens"].shape[2] == 16
+    assert torch.allclose(out["pooled"].norm(dim=1), torch.ones(2), atol=1e-5)
+    assert out["mask"].sum(1).tolist() == [2 + 7, 2 + 10]   # start + one token per letter + end
+    # the pooled embedding is the model's own text_embeds
+    from transformers import CLIPTextModelWithProjection
+
+    m = CLIPTextModelWithProjection.from_pretrained(str(tmp_path / "clip")).eval()
+    tok = enc._load()[0]
+    b = tok(["a red box"], return_tensors="pt")
+    with torch.no_grad():
+        ref = torch.nn.functional.normalize(m(**b).text_embeds, dim=-1)
+    assert torch.allclose(out["pooled"][:1], ref, atol=1e-5)
