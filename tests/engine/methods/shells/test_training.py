@@ -317,3 +317,29 @@ def test_reported_evaluations_equal_the_evaluations_made(trained, mode, monkeypa
     if mode == "volume":
         # one occupancy lookup per candidate position in the box (march_steps across the diagonal)
         assert float(out["probes"].max()) <= m2.cfg.march_steps + 1
+
+
+def test_time_budget_drives_the_schedules(trained):
+    """With a time budget the learning rates decay, and the shells are extracted, by the elapsed
+    fraction of the budget (the trainer's progress) when that is ahead of the step count."""
+    import dataclasses
+
+    from engine.methods.shells.method import lr_factor
+
+    _, m, _ = trained
+    cfg = dataclasses.replace(m.cfg, time_budget_s=60.0, max_steps=1000, shell_finetune_from=0.5)
+    m2 = ShellsMethod.from_state_dict(cfg, m.state_dict())
+    opt = m2.make_optimizer()
+    lrs = m2.update_learning_rates(opt, 10, progress=0.3)
+    assert lrs["encoding"] == pytest.approx(cfg.lr_encoding * lr_factor(300, cfg))
+    m2.post_step(opt, 10)
+    assert m2.shells is None
+    m2.update_learning_rates(opt, 11, progress=0.6)
+    m2.post_step(opt, 11)
+    assert m2.shells is not None                       # at half the budget, long before step 500
+    m3 = ShellsMethod.from_state_dict(dataclasses.replace(cfg, time_budget_s=0.0), m.state_dict())
+    opt3 = m3.make_optimizer()
+    lrs = m3.update_learning_rates(opt3, 10, progress=0.6)       # steps only: the step count rules
+    assert lrs["encoding"] == pytest.approx(cfg.lr_encoding * lr_factor(10, cfg))
+    m3.post_step(opt3, 11)
+    assert m3.shells is None
