@@ -143,7 +143,7 @@ def cross(args) -> int:
     first, rest = args.train_scenes[0], args.train_scenes[1:]
     opts = _opts(args.set)
     out = {"train_scenes": args.train_scenes, "target": args.target, "pretrain_minutes": args.minutes}
-    tr, pre = train_run("pointfield", first, args.output, dict(opts, scenes=list(rest)), args.minutes, args.max_steps)
+    tr, pre = train_run("pointfield", first, args.output, dict(opts, scenes=",".join(rest)), args.minutes, args.max_steps)
     out["pretrain"] = pre
     ds = load_dataset(args.target)
     run = Path(pre["run_dir"])

@@ -58,14 +58,18 @@ class PointFieldConfig(MethodConfig):
     prune_conf: float = option(0.1, "prune points whose confidence is below this")
     max_total_points: int = option(300000, "growing stops beyond this many points")
     # ---- across scenes -------------------------------------------------------------------------
-    scenes: tuple = option((), "more datasets trained together with --data (one network, each scene its own "
-                           "points and images); e.g. --scenes A,B")
+    scenes: str = option("", "more datasets trained together with --data, comma-separated (one network; each "
+                         "scene its own points and images), e.g. --scenes ../data/A,../data/B")
     init_from: str = option("", "a pointfield run (folder or .pt) whose encoder and networks start this run "
                             "(fine-tuning on a new scene)")
     scene_data: str = option("", "render-time: a dataset whose images and points replace the trained scene's "
                              "(zero-shot rendering of an unseen scene)", render=True)
     # ---- rendering -----------------------------------------------------------------------------
     render_chunk: int = option(8192, "rays per chunk when rendering an image", render=True)
+
+    @property
+    def scene_list(self) -> list[str]:
+        return [p.strip() for p in str(self.scenes).split(",") if p.strip()]
 
     def validate(self) -> None:
         super().validate()

@@ -70,7 +70,7 @@ class PointFieldMethod(Method):
     def create(cls, cfg: PointFieldConfig, dataset) -> "PointFieldMethod":
         notes: list[str] = []
         scenes = [build_scene(dataset, cfg, notes)]
-        for extra in cfg.scenes:
+        for extra in cfg.scene_list:
             from ...data import load_dataset
 
             p = Path(extra)

@@ -228,9 +228,18 @@ def test_train_resume_export_load_render(sphere, tmp_path, capsys):
     # zero-shot on a scene given at render time, and fine-tuning from the run
     m2 = engine.load(run, scene_data=str(sphere))
     assert m2.scenes[0].name == "sphere" and m2.render(m.scenes[0].cameras, 1)["rgb"].shape == (32, 32, 3)
+    assert main(["eval", str(run), "--cameras", str(sphere), "--scene-data", str(sphere), "--max-views", "2",
+                 "--out", str(tmp_path / "zs.json")]) == 0
+    zs = json.loads((tmp_path / "zs.json").read_text())
+    assert zs["num_views"] == 2 and zs["psnr"] > 8 and zs["options"]["scene_data"] == str(sphere)
     assert main(["train", "pointfield", "--data", str(sphere), "--output", str(tmp_path / "ft"), "--max-steps", "1",
                  "--no-progress", "--init-from", str(run), *opts]) == 0
     assert "fine-tuning" in capsys.readouterr().out
+    # across scenes: two datasets, one network (here the same folder twice: each scene its own points)
+    assert main(["train", "pointfield", "--data", str(sphere), "--output", str(tmp_path / "x"), "--max-steps", "2",
+                 "--no-progress", "--scenes", str(sphere), *opts]) == 0
+    m3 = engine.load(next((tmp_path / "x" / "sphere" / "pointfield").iterdir()))
+    assert len(m3.scenes) == 2 and m3.scenes[1].num_points == m3.scenes[0].num_points
 
 
 # ------------------------------------------------------------------------------------ bad input
