@@ -24,8 +24,9 @@ from __future__ import annotations
 import os
 import re
 import threading
+import weakref
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import CancelledError, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -170,6 +171,22 @@ class ImageSource:
 
 
 # ------------------------------------------------------------------------------------------- cache
+_LIVE: "weakref.WeakSet[ImageCache]" = weakref.WeakSet()
+
+
+def _cancel_prefetches() -> None:
+    """At interpreter exit, before worker threads are joined: drop queued decodes (the process
+    would otherwise decode every image still queued before it can exit)."""
+    for cache in list(_LIVE):
+        cache.close(wait=False)
+
+
+try:   # threading's exit hooks run before concurrent.futures joins its workers (atexit is too late)
+    threading._register_atexit(_cancel_prefetches)   # noqa: SLF001
+except (AttributeError, RuntimeError):   # pragma: no cover - other Pythons: exits after the queue drains
+    pass
+
+
 class ImageCache:
     """Least-recently-used decoded images of a dataset's splits, at most ``budget_bytes`` (the image
     in use is never evicted, so one image more than the budget can be resident), with ``workers``
@@ -188,6 +205,7 @@ class ImageCache:
         self._pool = None
         self.bytes = 0
         self.hits = self.misses = self.prefetched = self.waits = 0
+        _LIVE.add(self)
 
     def capacity(self, source: ImageSource) -> int:
         """How many of ``source``'s images fit the budget (at least 1)."""
@@ -221,7 +239,10 @@ class ImageCache:
             else:
                 self.misses += 1
         if fut is not None:
-            return fut.result()      # a DataError raised in the worker reaches the caller unchanged
+            try:
+                return fut.result()      # a DataError raised in the worker reaches the caller unchanged
+            except CancelledError:       # close() dropped it: decode here
+                pass
         entry = source.decode(int(i))
         with self._lock:
             self._insert(key, entry)
@@ -245,10 +266,16 @@ class ImageCache:
                 self._inflight[key] = None
             if not todo:
                 return 0
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="kernelight-images")
-            for key in todo:
-                self._inflight[key] = self._pool.submit(self._work, source, key)
+            try:
+                if self._pool is None:
+                    self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="kernelight-images")
+                for key in todo:
+                    self._inflight[key] = self._pool.submit(self._work, source, key)
+            except RuntimeError:         # interpreter shutting down: no more background work
+                for key in todo:
+                    if self._inflight.get(key) is None:
+                        self._inflight.pop(key, None)
+                return 0
         return len(todo)
 
     def _work(self, source: ImageSource, key) -> Decoded:
@@ -285,10 +312,15 @@ class ImageCache:
                 except Exception:   # noqa: BLE001 - reported to whoever reads that image
                     pass
 
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+    def close(self, wait: bool = True) -> None:
+        """Stop the background decoding (queued images are dropped; reads still decode on demand)."""
+        with self._lock:
+            pool, self._pool = self._pool, None
+            for key, fut in list(self._inflight.items()):
+                if fut is not None and fut.cancel():
+                    del self._inflight[key]
+        if pool is not None:
+            pool.shutdown(wait=wait, cancel_futures=True)
 
 
 # ------------------------------------------------------------------------------------------- store

@@ -129,3 +129,26 @@ def test_wrong_size_image_named_before_training(lego_100, tmp_path):
     Image.new("RGBA", (50, 50)).save(bad)
     with pytest.raises(DataError, match=r"r_3\.png.*50x50 pixels but its camera says 100x100"):
         load_dataset(d, image_cache="1MB")
+
+
+def test_damaged_image_named_when_it_is_read(lego_100, tmp_path):
+    """A file whose header is fine but whose data is cut off fails when it is decoded (in the
+    background or on demand) with the eager path's one-line DataError naming it."""
+    d = link_tree(lego_100, tmp_path / "lego")
+    bad = replace_with_copy(d / "train" / "r_5.png")
+    bad.write_bytes(bad.read_bytes()[:400])
+    ds = load_dataset(d, image_cache="1MB")
+    assert ds.train.images[4].shape == (100, 100, 3)
+    ds.train.prefetch([5])
+    with pytest.raises(DataError, match=r"r_5\.png: cannot decode image"):
+        ds.train.images[5]
+    with pytest.raises(DataError, match=r"r_5\.png: cannot decode image"):   # not cached: fails again
+        ds.train.images[torch.tensor([5, 6]), torch.tensor([0, 0]), torch.tensor([0, 0])]
+
+
+def test_close_drops_queued_decodes_and_reads_still_work(lego_100):
+    ds = load_dataset(lego_100, image_cache="2MB")
+    ds.train.prefetch(range(50))
+    ds.image_cache.close(wait=False)                 # what the interpreter-exit hook does
+    assert ds.train.images[40].shape == (100, 100, 3)
+    ds.image_cache.wait()

@@ -59,3 +59,12 @@ def test_training_streams_under_a_memory_bound(lego_x20, tmp_path, mode, steps):
         assert cache["misses"] + cache["prefetched"] <= 4 * 26 + 8, cache
     else:
         assert res["working_set"] is None
+
+
+def test_bad_image_cache_is_one_line(capsys, tmp_path, lego_x20):
+    from engine.cli import main
+
+    rc = main(["train", "raygauss", "--data", str(lego_x20), "--image-cache", "lots", "--output", str(tmp_path)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "--image-cache 'lots': expected auto, all, a size in MB" in err[0], err
+    assert not list(tmp_path.iterdir())
