@@ -203,6 +203,25 @@ def opaque_gdf(vol, threshold: float = OPAQUE) -> torch.Tensor:
     return torch.from_numpy(np.asarray(d, np.float32)).reshape(n, n, n)
 
 
+def volume_from_grid(grid: torch.Tensor, box):
+    """A :class:`~engine.methods.gvolume.model.GaussianVolume` holding an (N, N, N, C) grid in GVGEN's
+    channel order (``volume.pt``'s ``grid`` or a generated one): free slots (opacity logit exactly
+    -10) stay inactive. Renders like the volume the grid came from (``render_camera``)."""
+    from ..gvolume.model import GaussianVolume
+
+    n, C = int(grid.shape[0]), int(grid.shape[-1])
+    K = 1 + (C - 14) // 3
+    deg = int(round(math.sqrt(K))) - 1
+    if C < 14 or (deg + 1) ** 2 != K or 14 + 3 * (K - 1) != C:
+        raise ValueError(f"a GaussianVolume grid has 14 + 3 ((d + 1)^2 - 1) channels, got {C}")
+    g = grid.detach().float().reshape(-1, C).cpu()
+    params = {"offset": g[:, 0:3], "sh_dc": g[:, 3:6][:, None], "sh_rest": g[:, 14:].reshape(len(g), K - 1, 3),
+              "log_scales": g[:, 6:9], "quats": g[:, 9:13], "opacity": g[:, 13]}
+    vol = GaussianVolume(torch.as_tensor(box, dtype=torch.float32), n, deg, params=params, active=g[:, 13] != -10.0)
+    vol.active_sh_degree = deg
+    return vol
+
+
 @torch.no_grad()
 def gdf_from_grid(grid: torch.Tensor, box, min_opacity: float = OPAQUE) -> torch.Tensor:
     """The distance field of an (N, N, N, C) grid in GVGEN's channel order (a fitted volume's

@@ -139,6 +139,13 @@ def test_build_resume_and_bad_folders(tmp_path, monkeypatch):
     assert torch.allclose(v["gdf_opaque"], ref_op.float(), atol=1e-5)
     assert torch.allclose(D.gdf_from_grid(g, v["box"]), v["gdf_opaque"], atol=1e-5)
     assert math.isfinite(v["psnr"]) and v["fit_seconds"] > 0
+    # the grid alone renders the fitted test PSNR (nothing of the volume is lost in volume.pt)
+    vol = D.volume_from_grid(g, v["box"])
+    t = ds.splits["test"]
+    with torch.no_grad():
+        ps = [float(-10 * torch.log10(((vol.render_camera(t.cameras, i, ds.background)["rgb"] - t.images[i]) ** 2)
+                                       .mean())) for i in range(len(t.cameras))]
+    assert abs(np.mean(ps) - v["psnr"]) < 1e-3
 
     # resume: a finished object is skipped, a lost volume.pt and a half-written folder are rebuilt
     (out / "objects" / "torus-red-large" / "volume.pt").unlink()
