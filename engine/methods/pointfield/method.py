@@ -115,7 +115,15 @@ class PointFieldMethod(Method):
         for i, s in enumerate(self.scenes):
             groups.append({"name": f"point_feat_{i}", "params": [s.point_feat], "lr": c.lr_points})
             groups.append({"name": f"point_conf_{i}", "params": [s.point_conf], "lr": c.lr_points})
+        for g in groups:
+            g["base_lr"] = g["lr"]
         return torch.optim.Adam(groups, lr=c.lr)
+
+    def update_learning_rates(self, optimizer, step: int, progress: float = 0.0) -> dict:
+        k = float(self.cfg.lr_final_frac) ** min(max(float(progress), 0.0), 1.0)
+        for g in optimizer.param_groups:
+            g["lr"] = g.get("base_lr", g["lr"]) * k
+        return {g["name"]: g["lr"] for g in optimizer.param_groups}
 
     def _rays_of_pixels(self, cams, index, pix, W):
         uv = torch.stack([(pix % W).float() + 0.5, torch.div(pix, W, rounding_mode="floor").float() + 0.5], -1)
