@@ -4,6 +4,10 @@
 >>> ds = load_dataset("../shared/data/nerf_synthetic/lego_100")
 >>> ds.train.images.shape, ds.train.cameras       # (100, 100, 100, 3), Cameras(n=100, ...)
 
+A dataset whose decoded images exceed the image-cache budget (``load_dataset(..., image_cache=)``,
+default half the available memory) streams from disk instead: its splits hold
+:class:`~engine.data.stream.ImageStore` objects that read like the tensors (:mod:`engine.data.stream`).
+
 Submodules are imported lazily, so ``import engine.data`` is cheap.
 """
 from __future__ import annotations
