@@ -212,13 +212,30 @@ def leaf_code(start: ti.i32, count: ti.i32) -> ti.i32:
     return -1 - (start * 8 + count - 1)
 
 
+#: Packed traversal node (16 float32): both child boxes stored in the parent, per axis ``k`` as
+#: ``[4k .. 4k+3] = (lo of child 0, lo of child 1, hi of child 0, hi of child 1)``, then the two
+#: child codes (int32 bits) at 12, 13 and two unused entries. Per axis, the two near planes and
+#: the two far planes of a ray are adjacent pairs (which pair is "near" depends only on the sign
+#: of the ray's direction component), so the slab test of both children compiles to 2-wide
+#: vector loads and arithmetic without min/max of the plane distances.
+PACKED_LO = ((0, 4, 8), (1, 5, 9))    # PACKED_LO[c][k]: column of child c's lo_k
+PACKED_HI = ((2, 6, 10), (3, 7, 11))  # PACKED_HI[c][k]: column of child c's hi_k
+PACKED_CODE = (12, 13)                # column of child c's code
+
+
+def packed_child_boxes(packed, c: int):
+    """``(lo, hi)``, (M, 3) each, of child ``c`` (0 or 1) of every packed row (torch)."""
+    return packed[:, list(PACKED_LO[c])], packed[:, list(PACKED_HI[c])]
+
+
 @ti.kernel
 def _pack_nodes(node_lo: _V3, node_hi: _V3, children: _I2, span: _I2, leaf_max: ti.i32,
                 packed: ti.types.ndarray(dtype=ti.types.vector(16, ti.f32), ndim=1)):
-    """packed[i] = (lo, hi of child 0, lo, hi of child 1, code 0, code 1, 0, 0) per internal
-    node i. A child code >= 0 is an internal node id; a child whose subtree holds at most
-    ``leaf_max`` primitives (a contiguous slot range, since leaves are in Morton order) becomes a
-    leaf code (:func:`leaf_code`). Codes are stored as int32 bits in the float32 array."""
+    """packed[i] = the two child boxes (layout: :data:`PACKED_LO`), code 0, code 1, 0, 0 per
+    internal node i. A child code >= 0 is an internal node id; a child whose subtree holds at
+    most ``leaf_max`` primitives (a contiguous slot range, since leaves are in Morton order)
+    becomes a leaf code (:func:`leaf_code`). Codes are stored as int32 bits in the float32
+    array."""
     nint = span.shape[0]
     for i in range(nint):
         codes = ti.Vector([0, 0], dt=ti.i32)
@@ -237,7 +254,7 @@ def _pack_nodes(node_lo: _V3, node_hi: _V3, children: _I2, span: _I2, leaf_max: 
         b0 = node_hi[children[i][0]]
         a1 = node_lo[children[i][1]]
         b1 = node_hi[children[i][1]]
-        packed[i] = ti.Vector([a0[0], a0[1], a0[2], b0[0], b0[1], b0[2],
-                               a1[0], a1[1], a1[2], b1[0], b1[1], b1[2],
+        packed[i] = ti.Vector([a0[0], a1[0], b0[0], b1[0], a0[1], a1[1], b0[1], b1[1],
+                               a0[2], a1[2], b0[2], b1[2],
                                ti.bit_cast(codes[0], ti.f32), ti.bit_cast(codes[1], ti.f32),
                                0.0, 0.0], dt=ti.f32)

@@ -495,9 +495,9 @@ def _sah_pack(node_lo: ti.types.ndarray(), node_hi: ti.types.ndarray(),
                     code = leaf_code(node_i[child * 8 + _START], node_i[child * 8 + _COUNT])
                 else:
                     code = row_of[child]
-                for k in ti.static(range(3)):
-                    packed[row * 16 + 6 * c + k] = node_lo[child * 3 + k]
-                    packed[row * 16 + 6 * c + 3 + k] = node_hi[child * 3 + k]
+                for k in ti.static(range(3)):  # layout: bvh_build.PACKED_LO / PACKED_HI
+                    packed[row * 16 + 4 * k + c] = node_lo[child * 3 + k]
+                    packed[row * 16 + 4 * k + 2 + c] = node_hi[child * 3 + k]
                 packed[row * 16 + 12 + c] = ti.bit_cast(code, ti.f32)
             packed[row * 16 + 14] = 0.0
             packed[row * 16 + 15] = 0.0

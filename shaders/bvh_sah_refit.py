@@ -7,6 +7,7 @@ traversal tree of either builder independently of the machine.
 import taichi as ti
 import torch
 
+from .bvh_build import packed_child_boxes
 from .bvh_sah import _C0, _C1, _COUNT, _DEFER, _KIND, _NLEFT, _BIN, _START, SAHTree, _pack
 
 
@@ -93,7 +94,7 @@ def sah_cost(packed, root_lo, root_hi, root_code: int, c_trav: float = 1.0,
     while rows.numel():
         nxt = []
         for c in range(2):
-            a = area(p[rows, 6 * c:6 * c + 3], p[rows, 6 * c + 3:6 * c + 6])
+            a = area(*packed_child_boxes(p[rows], c))
             code = codes[rows, c]
             leaf = code < 0
             size = ((-1 - code) & 7) + 1

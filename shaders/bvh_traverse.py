@@ -172,23 +172,6 @@ def _segment_query_kernel(node_lo: ti.types.ndarray(), node_hi: ti.types.ndarray
 
 
 @ti.func
-def _packed_box(packed: ti.template(), node: ti.i32, c: ti.template(), inv, oinv, tmin: ti.f32,
-                tmax: ti.f32):
-    """Slab test of child ``c`` of packed node ``node``; ``packed`` is the flat (M * 16,) view
-    (a 1-D ndarray indexed by hand compiles to ~3x faster loads than a 2-D one in Taichi)."""
-    base = node * 16 + 6 * c
-    lo = ti.Vector([packed[base + 0], packed[base + 1], packed[base + 2]], dt=ti.f32)
-    hi = ti.Vector([packed[base + 3], packed[base + 4], packed[base + 5]], dt=ti.f32)
-    a = lo * inv - oinv
-    b = hi * inv - oinv
-    near = ti.min(a, b)
-    far = ti.max(a, b)
-    tn = ti.max(tmin, ti.max(near[0], ti.max(near[1], near[2])))
-    tf = ti.min(tmax, ti.min(far[0], ti.min(far[1], far[2])))
-    return tn <= tf, tn
-
-
-@ti.func
 def _shear(tri: ti.template(), slot: ti.i32, c: ti.template(), o, kx: ti.i32, ky: ti.i32, kz: ti.i32,
            sx: ti.f32, sy: ti.f32, sz: ti.f32):
     """Vertex ``c // 3`` of slot ``slot`` (``tri`` is the flat (F * 9,) view) relative to the ray
@@ -225,6 +208,14 @@ def _closest_hit_kernel(node_lo: ti.types.ndarray(), node_hi: ti.types.ndarray()
                 dk = 1e-20 if dk >= 0.0 else -1e-20
             inv[k] = 1.0 / dk
         oinv = o * inv
+        # sign-selected slab planes: columns of the near / far plane pair of each axis in a
+        # packed node (bvh_build.PACKED_LO: per axis lo0, lo1, hi0, hi1)
+        nx = 0 if inv[0] >= 0.0 else 2
+        ny = 4 if inv[1] >= 0.0 else 6
+        nz = 8 if inv[2] >= 0.0 else 10
+        fx = 2 - nx
+        fy = 10 - ny
+        fz = 18 - nz
         # watertight triangle test set-up: the dominant axis and the shear onto it
         ad = ti.abs(d)
         kz = 0
@@ -280,10 +271,28 @@ def _closest_hit_kernel(node_lo: ti.types.ndarray(), node_hi: ti.types.ndarray()
                             best_u = ti.cast(ev * rdet, ti.f32)
                             best_v = ti.cast(ew * rdet, ti.f32)
             else:
-                h0, n0 = _packed_box(packed, code, 0, inv, oinv, tmin, best_t)
-                h1, n1 = _packed_box(packed, code, 1, inv, oinv, tmin, best_t)
-                c0 = ti.bit_cast(packed[code * 16 + 12], ti.i32)
-                c1 = ti.bit_cast(packed[code * 16 + 13], ti.i32)
+                # both children's slabs: near planes give the entry distances n0, n1, far
+                # planes the exits (the rounding of x * inv - oinv is monotone in x, so this is
+                # exactly min/max of the two plane distances)
+                b = code * 16
+                n0x = packed[b + nx] * inv[0] - oinv[0]
+                n1x = packed[b + nx + 1] * inv[0] - oinv[0]
+                f0x = packed[b + fx] * inv[0] - oinv[0]
+                f1x = packed[b + fx + 1] * inv[0] - oinv[0]
+                n0y = packed[b + ny] * inv[1] - oinv[1]
+                n1y = packed[b + ny + 1] * inv[1] - oinv[1]
+                f0y = packed[b + fy] * inv[1] - oinv[1]
+                f1y = packed[b + fy + 1] * inv[1] - oinv[1]
+                n0z = packed[b + nz] * inv[2] - oinv[2]
+                n1z = packed[b + nz + 1] * inv[2] - oinv[2]
+                f0z = packed[b + fz] * inv[2] - oinv[2]
+                f1z = packed[b + fz + 1] * inv[2] - oinv[2]
+                n0 = ti.max(ti.max(n0x, tmin), ti.max(n0y, n0z))
+                n1 = ti.max(ti.max(n1x, tmin), ti.max(n1y, n1z))
+                h0 = n0 <= ti.min(ti.min(f0x, best_t), ti.min(f0y, f0z))
+                h1 = n1 <= ti.min(ti.min(f1x, best_t), ti.min(f1y, f1z))
+                c0 = ti.bit_cast(packed[b + 12], ti.i32)
+                c1 = ti.bit_cast(packed[b + 13], ti.i32)
                 if h0 and h1:
                     pop = False
                     if n1 < n0:

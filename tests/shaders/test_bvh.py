@@ -15,6 +15,7 @@ import taichi as ti
 import torch
 
 from shaders import bvh, bvh_ref, runtime
+from shaders.bvh_build import PACKED_HI, PACKED_LO, packed_child_boxes
 from tests.conftest import require
 
 GRAZE_REL = 1e-5
@@ -239,9 +240,8 @@ def _check_traversal_tree(tb):
             pts = tri[start:start + count].reshape(-1, 3)
             assert bool((pts >= lo).all()) and bool((pts <= hi).all())
         else:
-            row = tb.packed[code]
             for c in (0, 1):
-                clo, chi = row[6 * c:6 * c + 3], row[6 * c + 3:6 * c + 6]
+                clo, chi = (b[0] for b in packed_child_boxes(tb.packed[code:code + 1], c))
                 assert bool((clo >= lo).all()) and bool((chi <= hi).all())
                 stack.append((int(codes[code, c]), clo, chi, depth + 1))
     assert bool((covered == 1).all())
@@ -466,8 +466,8 @@ def test_sah_cost_prefers_the_sah_tree():
     # one per internal node plus one per triangle
     bloated = tb.packed.clone()
     for c in range(2):
-        bloated[:, 6 * c:6 * c + 3] = tb.root_lo[0]
-        bloated[:, 6 * c + 3:6 * c + 6] = tb.root_hi[0]
+        bloated[:, list(PACKED_LO[c])] = tb.root_lo[0]
+        bloated[:, list(PACKED_HI[c])] = tb.root_hi[0]
     worst = bvh_sah_refit.sah_cost(bloated, tb.root_lo, tb.root_hi, tb.root_code)
     assert worst > 20 * costs["lbvh"]
     assert worst == pytest.approx((tb.packed.shape[0] + 2000), rel=1e-6)
