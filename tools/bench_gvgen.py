@@ -13,7 +13,7 @@
   the generation's PSNR with its fitted volume's PSNR (the gap in dB; target <= 2 dB).
 * **Speed:** generation seconds per object (text encoding + DDIM + stage 2; wall and process CPU)
   at N = 16 (the model) and N = 32 (the same architecture with patch 4, untrained weights: the time
-  does not depend on them), with 1 and 2 intra-op threads, plus the load average (the machine is
+  does not depend on them), with 1 intra-op thread (``--speed-threads 1 2`` for more), plus the load average (the machine is
   shared; wall times compare only within one run).
 
 Writes ``tools/results/bench_gvgen.json`` (``--out``).
@@ -123,6 +123,9 @@ def main(argv=None) -> int:
     ap.add_argument("--max-train", type=int, default=0, help="at most this many training objects (0: all)")
     ap.add_argument("--speed-repeats", type=int, default=3)
     ap.add_argument("--no-speed", action="store_true")
+    ap.add_argument("--speed-threads", type=int, nargs="+", default=[1],
+                    help="intra-op thread counts timed (default 1: on this shared 2-core machine under load ~20, "
+                         "2 threads took 150 s wall / 45 s CPU per N=16 generation against 7 s / 1.2 s for 1)")
     ap.add_argument("--threads", type=int, default=1, help="intra-op threads for the quality part")
     ap.add_argument("--out", default=str(REPO / "tools" / "results" / "bench_gvgen.json"))
     args = ap.parse_args(argv)
@@ -189,7 +192,7 @@ def main(argv=None) -> int:
     spd = []
     if not args.no_speed:
         for n in (16, 32):
-            for th in (1, 2):
+            for th in args.speed_threads:
                 r = speed(gen, n, th, args.speed_repeats, steps)
                 spd.append(r)
                 print(f"speed N={n} threads={th}: {r['wall_s']} s wall, {r['cpu_s']} s CPU per generation "

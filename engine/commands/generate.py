@@ -62,6 +62,14 @@ def run(args) -> int:
     bg = parse_background(args.background)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    import os
+
+    import torch
+
+    if "OMP_NUM_THREADS" not in os.environ:
+        # the U-Nets run on 8^3 grids: one intra-op thread is as fast on an idle 2-core machine and 20x
+        # faster on a loaded one (OpenMP workers spin against each other; tools/bench_gvgen.py)
+        torch.set_num_threads(1)
     gen = gen_mod.load_generator(args.model, **({} if args.grid_size is None else {"grid_size": args.grid_size}))
     with Progress(TextColumn("[bold]generate"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   transient=True) as prog:
