@@ -51,13 +51,13 @@ def nearest_free_anchors(pos: torch.Tensor, free: torch.Tensor, n: int, radius: 
         their next nearest (ties in distance: the lower slot index).
     """
     C = pos.shape[0]
-    out = torch.full((C,), -1, dtype=torch.long)
+    out = torch.full((C,), -1, dtype=torch.long, device="cpu")
     if C == 0:
         return out
     pos = pos.detach().float().cpu()
     free = free.detach().cpu().clone()
     r = int(math.ceil(radius))
-    d = torch.arange(-r, r + 1)
+    d = torch.arange(-r, r + 1, device="cpu")
     offs = torch.stack(torch.meshgrid(d, d, d, indexing="ij"), -1).reshape(-1, 3)      # (M, 3)
     cand = pos.round().long()[:, None, :] + offs[None]                                 # (C, M, 3)
     inside = ((cand >= 0) & (cand < n)).all(-1)
@@ -68,8 +68,8 @@ def nearest_free_anchors(pos: torch.Tensor, free: torch.Tensor, n: int, radius: 
     key = torch.where(ok, dist, torch.full_like(dist, float("inf")))
     key, order = torch.sort(key + slot.float() * 1e-9, dim=1)   # nearest first, ties by slot index
     slot, ok = slot.gather(1, order), ok.gather(1, order)
-    pending = torch.ones(C, dtype=torch.bool)
-    rows = torch.arange(C)
+    pending = torch.ones(C, dtype=torch.bool, device="cpu")
+    rows = torch.arange(C, device="cpu")
     while True:
         avail = ok & free[slot] & pending[:, None]
         has = avail.any(1)
@@ -77,7 +77,7 @@ def nearest_free_anchors(pos: torch.Tensor, free: torch.Tensor, n: int, radius: 
             break
         kids = rows[has]
         want = slot[kids, avail[kids].float().argmax(1)]
-        winner = torch.full((free.shape[0],), C, dtype=torch.long)
+        winner = torch.full((free.shape[0],), C, dtype=torch.long, device="cpu")
         winner.scatter_reduce_(0, want, kids, reduce="amin")
         won = winner[want] == kids
         out[kids[won]] = want[won]
@@ -207,7 +207,8 @@ class CandidatePoolStrategy:
         # the children: clones at their parent, split pairs sampled from the parent Gaussian
         scales = torch.exp(vol.log_scales.detach()[si])
         R = quat_to_rotmat(vol.quats.detach()[si])
-        z = torch.randn(2, si.shape[0], 3, generator=self.gen).to(scales) * scales
+        # drawn on the CPU generator (the same children on every device), then moved: once per round
+        z = torch.randn(2, si.shape[0], 3, generator=self.gen, device="cpu").to(scales) * scales
         split_pos = means[si][None] + (R[None] @ z[..., None])[..., 0]                 # (2, k, 3)
         parent = torch.cat([ci, si, si])
         pos = torch.cat([means[ci], split_pos[0], split_pos[1]])

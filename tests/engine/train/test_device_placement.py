@@ -84,3 +84,47 @@ def test_gvolume_to_moves_volume_and_pool_statistics():
     same = m.to("cpu")
     assert same is m and m.vol.offset is opt.param_groups[0]["params"][0]      # moved in place
     assert m.strategy.grad_accum.device.type == "cpu" and "cuda" in GVolumeMethod.devices
+
+
+def _pool_round(default_device=None):
+    """A densify + prune round, then the end of densification, on a 4^3 CPU volume; with
+    ``default_device="meta"`` every tensor made without ``device=`` lands on the meta device, so
+    mixing it with the volume's tensors fails: the round must create its tensors on the volume's
+    device (or explicitly on the CPU), as it must on a GPU."""
+    import contextlib
+    import math
+
+    from engine.methods.gvolume.config import GVolumeConfig
+    from engine.methods.gvolume.model import GaussianVolume
+    from engine.methods.gvolume.pool import CandidatePoolStrategy
+
+    n = 4
+    cfg = GVolumeConfig(grid_size=n, densify_grad_thr=1e-3, clone_scale_frac=0.05, prune_opacity=0.005,
+                        densify_from=1, densify_until=10, densify_every=1, reactivate_opacity=1e-4)
+    vol = GaussianVolume(torch.tensor([[0.0] * 3, [float(n - 1)] * 3]), n, 0, init_scale_cells=0.1)
+    A, B, C = 21, 42, 48
+    for s in (A, B, C):
+        vol.reset_rows(torch.tensor([s]), opacity=0.5)
+        vol.active[s] = True
+    vol.offset.data[A] = torch.tensor([0.4, 0.0, 0.0])
+    vol.log_scales.data[B] = math.log(0.5)                 # split
+    vol.opacity.data[C] = math.log(0.001 / 0.999)          # pruned
+    opt = torch.optim.Adam([{"name": k, "params": [p]} for k, p in vol.param_dict().items()], lr=0.01)
+    for p in vol.param_dict().values():
+        p.grad = torch.ones_like(p)
+    opt.step()
+    st = CandidatePoolStrategy(cfg, extent=vol.extent, seed=0)
+    view = (torch.tensor([[1.0, 0, 0, 1.5], [0, 1, 0, 1.5], [0, 0, 1, -4], [0, 0, 0, 1]]), 50.0, 50.0, 64, 64)
+    with torch.device(default_device) if default_device else contextlib.nullcontext():
+        st.after_backward(vol, view)
+        res = st.densify_and_prune(vol, opt)
+        end = st.step(vol, opt, step=9)
+    return vol, res, end
+
+
+def test_gvolume_densification_is_device_clean():
+    vol, res, end = _pool_round("meta")
+    ref_vol, ref_res, ref_end = _pool_round()
+    assert res == ref_res and end == ref_end and res["split"] == 1 and res["pruned"] >= 1 and res["cloned"] >= 1
+    for k, v in ref_vol.state_dict().items():
+        assert v.device.type == "cpu" and torch.equal(vol.state_dict()[k], v), k
