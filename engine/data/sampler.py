@@ -116,11 +116,11 @@ class RaySampler:
         out = []
         while len(out) < K:
             if not self._perm:
-                self._perm = torch.randperm(N, generator=self._set_gen).tolist()
+                self._perm = torch.randperm(N, generator=self._set_gen, device="cpu").tolist()
             take = min(K - len(out), len(self._perm))
             out += self._perm[:take]
             del self._perm[:take]
-        return torch.tensor(out, dtype=torch.long)
+        return torch.tensor(out, dtype=torch.long, device="cpu")
 
     def _image_set(self) -> torch.Tensor:
         """This step's working set (advancing every ``refresh_every`` steps; the next one prefetched)."""
@@ -155,14 +155,14 @@ class RaySampler:
         g = self.generator
         local = None
         if self.working_set is None:
-            img = torch.randint(0, N, (n,), generator=g)
+            img = torch.randint(0, N, (n,), generator=g, device="cpu")
         else:
             ws = self._image_set()
-            local = torch.randint(0, len(ws), (n,), generator=g)
+            local = torch.randint(0, len(ws), (n,), generator=g, device="cpu")
             img = ws[local]
-        flat = torch.randint(0, H * W, (n,), generator=g)
+        flat = torch.randint(0, H * W, (n,), generator=g, device="cpu")   # drawn on the CPU, then moved
         pixel = torch.stack([flat % W, flat // W], -1)
-        jit = torch.rand(n, 2, generator=g) if self.jitter else None
+        jit = torch.rand(n, 2, generator=g, device="cpu") if self.jitter else None
         r, w = self.shard
         if w > 1:
             sl = slice(r * n // w, (r + 1) * n // w)
@@ -203,8 +203,8 @@ class RaySampler:
         if ws and self.working_set == ws.get("size") and self.refresh_every == ws.get("refresh_every"):
             self._set_gen.set_state(ws["generator"])
             self._perm = list(ws["perm"])
-            self._current = None if ws["current"] is None else torch.tensor(ws["current"], dtype=torch.long)
-            self._next = None if ws["next"] is None else torch.tensor(ws["next"], dtype=torch.long)
+            self._current = None if ws["current"] is None else torch.tensor(ws["current"], dtype=torch.long, device="cpu")
+            self._next = None if ws["next"] is None else torch.tensor(ws["next"], dtype=torch.long, device="cpu")
             self._uses = int(ws["uses"])
             if getattr(self.split, "streaming", False) and self._current is not None:
                 self._gather_set()

@@ -435,13 +435,13 @@ class ImageStore:
 
     def _gather(self, idx: torch.Tensor, v, u) -> torch.Tensor:
         idx = idx.cpu().long()
-        v = torch.as_tensor(v).cpu().long().expand_as(idx)
-        u = torch.as_tensor(u).cpu().long().expand_as(idx)
+        v = torch.as_tensor(v, device="cpu").long().expand_as(idx)
+        u = torch.as_tensor(u, device="cpu").long().expand_as(idx)
         w, h = self.source.size_out
         c = _FIELDS[self.field]
         uniq, inverse = torch.unique(idx, return_inverse=True)
         self.cache.prefetch(self.source, [int(i) for i in uniq if not self.cache.cached(self.source, int(i))])
-        out = torch.empty((idx.shape[0],) + ((c,) if c else ()), dtype=self._native)
+        out = torch.empty((idx.shape[0],) + ((c,) if c else ()), dtype=self._native, device="cpu")
         order = torch.argsort(inverse, stable=True)
         counts = torch.bincount(inverse, minlength=len(uniq)).tolist()
         start = 0

@@ -152,3 +152,17 @@ def test_close_drops_queued_decodes_and_reads_still_work(lego_100):
     ds.image_cache.close(wait=False)                 # what the interpreter-exit hook does
     assert ds.train.images[40].shape == (100, 100, 3)
     ds.image_cache.wait()
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_sampler_is_device_clean(lego_pair, streamed):
+    """With torch's default device set to meta, every tensor made without ``device=`` lands there
+    and mixing it with the split's fails: the sampler's draws are explicitly on the CPU (its
+    generator) and everything else follows the split's device, as it must on a GPU."""
+    split = lego_pair[1 if streamed else 0].train
+    ref = RaySampler(split, 128, seed=2, jitter=True, working_set=8, refresh_every=2)
+    s = RaySampler(split, 128, seed=2, jitter=True, working_set=8, refresh_every=2)
+    for _ in range(3):
+        with torch.device("meta"):
+            b = s.sample()
+        _batches_equal(b, ref.sample())
