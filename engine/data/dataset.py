@@ -286,6 +286,9 @@ def finish_loading(ds: "Dataset", image_cache=None) -> "Dataset":
         for path, (w, h, _), want in zip(p.paths, heads, p.sizes_in):
             if (w, h) != tuple(want):
                 raise DataError(path, f"image is {w}x{h} pixels but its camera says {want[0]}x{want[1]}")
+        for mp in p.mask_paths or ():
+            if not mp.is_file():
+                raise DataError(mp, "mask file is missing")
         src = ImageSource(k, p.paths, p.sizes_in, p.size_out, p.background, any(a for _, _, a in heads),
                           p.mask_paths)
         s = ds.splits[k]
