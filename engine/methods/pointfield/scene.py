@@ -206,7 +206,10 @@ class PointScene(nn.Module):
 
 # ------------------------------------------------------------------------------------ creation
 def _hull_filter(points: np.ndarray, colors, split, cov) -> tuple[np.ndarray, np.ndarray | None, int]:
-    """Keep points that, in every view where they project inside the image, land on coverage >= 0.5."""
+    """Keep points that, in every view where they project inside the image, land within one pixel of
+    coverage >= 0.5 (the mask dilated by one pixel: points on the object's surface project onto its
+    silhouette's edge pixels)."""
+    cov = Fn.max_pool2d(cov.float()[:, None], 3, stride=1, padding=1)[:, 0]
     p = torch.as_tensor(points, dtype=torch.float32)
     keep = torch.ones(len(p), dtype=torch.bool)
     H, W = cov.shape[1:]
@@ -249,7 +252,9 @@ def scene_points(ds, cfg, notes: list[str]):
     cov = split_coverage(ds.train) if "train" in ds.splits else None
     if pc.source in ("dataset", "file") and cfg.hull_filter and cov is not None:
         pts, cols, dropped = _hull_filter(pc.points, pc.colors, ds.train, cov.cpu())
-        if len(pts) >= 100:
+        # most points outside the hull: a box-filling initialisation (mic's points3d.ply is 3DGS's
+        # uniform random cloud), not a reconstruction of the object: the hull's surface is better
+        if len(pts) >= 100 and len(pts) >= 0.1 * len(pc):
             line += f"; {dropped} outside the visual hull of the masks/alpha dropped, {len(pts)} kept"
             pc = PointCloud(pts, cols, pc.source, pc.detail, dict(pc.stats, hull_dropped=dropped))
         else:
@@ -258,7 +263,8 @@ def scene_points(ds, cfg, notes: list[str]):
             except NoPoints as exc:
                 raise PointFieldError(f"{ds.root}: only {len(pts)} dataset points lie in the visual hull and "
                                       f"carving failed too ({exc})") from None
-            line += f"; only {len(pts)} inside the visual hull of the masks/alpha, so carving instead: {pc.describe()}"
+            line += (f"; only {len(pts)} of them inside the visual hull of the masks/alpha (a box-filling "
+                     f"initialisation, not the object), so carving instead: {pc.describe()}")
     pc = cap_points(pc, int(cfg.max_points), cfg.seed)
     notes.append(line)
     return pc

@@ -281,3 +281,25 @@ def test_checkpoint_of_another_method(tmp_path, model):
         methods.get_method("pointfield").create(methods.make_config("pointfield", dict(FAST, init_from=str(ck))), ds)
     with pytest.raises(CheckpointError, match="not a pointfield model state"):
         methods.get_method("pointfield").from_state_dict(methods.make_config("pointfield", {}), {"means": 1})
+
+
+def test_dataset_points_filtered_by_the_hull(tmp_path):
+    """A .ply beside the data is used (hull-filtered); a box-filling random cloud is replaced by carving."""
+    from engine.data import load_dataset
+    from engine.geometry.points import PointCloud, write_points_ply
+    from engine.methods.pointfield.scene import build_scene
+
+    root = _write_sphere_scene(tmp_path / "s", n_train=8, n_test=1)
+    rng = np.random.default_rng(0)
+    cfg = methods.make_config("pointfield", FAST)
+    d = rng.normal(size=(3000, 3))
+    surf = (0.6 * d / np.linalg.norm(d, axis=1, keepdims=True)).astype(np.float32)
+    write_points_ply(root / "points3d.ply", PointCloud(np.concatenate([surf, surf[:100] * 3]), None, "t", "t"))
+    notes = []
+    sc = build_scene(load_dataset(root), cfg, notes)
+    assert "points3d.ply" in notes[0] and "100 outside the visual hull" in notes[0] and sc.num_points == 3000
+    box = rng.uniform(-1.3, 1.3, size=(20000, 3)).astype(np.float32)
+    write_points_ply(root / "points3d.ply", PointCloud(box, None, "t", "t"))
+    notes = []
+    build_scene(load_dataset(root), cfg, notes)
+    assert "box-filling" in notes[0] and "carving instead" in notes[0]
