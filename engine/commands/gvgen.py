@@ -92,6 +92,8 @@ def run_dataset(args: argparse.Namespace) -> int:
                         shapes=_names(args.shapes), colours=_names(args.colours), sizes=_names(args.sizes),
                         heldout=[list(p) for p in held], meshes_dir=args.meshes_dir)
     opts.validate()
+    for w in opts.heldout_warnings():
+        console.print(f"[yellow]warning: {w}[/yellow]")
     used = [s for s in opts.shapes if s in P.MESHES]
     for s in used:
         console.print(f"mesh shape {s!r}: {P.MESHES[s].file}, {P.MESHES[s].licence}")

@@ -92,6 +92,26 @@ class BuildOptions:
             bad = [n for n in names if n not in known]
             if bad:
                 raise ConfigError(f"unknown {what}(s) {', '.join(bad)}; available: {', '.join(known)}")
+        for shape in self.shapes:   # a licensed mesh must be on disk before any worker starts
+            if shape in P.MESHES:
+                path = Path(self.meshes_dir or P.shared_meshes_dir()) / P.MESHES[shape].file
+                if not path.is_file():
+                    raise DataError(path, f"mesh of shape {shape!r} not found (--meshes-dir DIR, or KERNELIGHT_DATA)")
+
+    def heldout_warnings(self) -> list[str]:
+        """Held-out pairs whose colour or shape never appears in training (the generator could not
+        know that word from any training object)."""
+        held = {tuple(p) for p in self.heldout}
+        train = [(c, s) for s in self.shapes for c in self.colours if (c, s) not in held]
+        out = []
+        for c, s in sorted(held):
+            if s not in self.shapes or c not in self.colours:
+                continue
+            if not any(tc == c for tc, _ in train):
+                out.append(f"held-out pair '{c} {s}': no training object is {c}")
+            if not any(ts == s for _, ts in train):
+                out.append(f"held-out pair '{c} {s}': no training object is a {s}")
+        return out
 
 
 def object_id(shape: str, colour: str, size: str) -> str:

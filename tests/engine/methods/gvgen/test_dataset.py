@@ -191,3 +191,8 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert "no such file" in capsys.readouterr().err
     with pytest.raises(KernelightError):
         _opts(steps=0).validate()
+    with pytest.raises(DataError, match="spot.obj"):
+        _opts(shapes=["cow"], meshes_dir=str(tmp_path)).validate()
+    assert _opts(colours=["red", "blue"]).heldout_warnings() == []
+    assert _opts(shapes=["torus", "sphere"], colours=["red"], heldout=[["red", "torus"]]).heldout_warnings() == \
+        ["held-out pair 'red torus': no training object is a torus"]
