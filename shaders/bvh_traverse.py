@@ -194,13 +194,15 @@ def _closest_hit_kernel(node_lo: ti.types.ndarray(), node_hi: ti.types.ndarray()
                         out_face: ti.types.ndarray(), out_uv: ti.types.ndarray()):
     """Closest hit over the packed nodes (child boxes stored in the parent, leaves of up to 8
     triangles as slot ranges; see ``bvh_build._pack_nodes``). ``packed`` and ``tri`` are the
-    flat views ``packed.view(-1)``, ``tri.view(-1)``. Near child first (entry
+    flat views ``packed.view(-1)``, ``tri.view(-1)``; ``node_lo``, ``node_hi`` (root box in row 0),
+    ``origins``, ``dirs`` and ``out_uv`` are flat views too (1-D loads are cheaper in Taichi 1.7 on
+    the CPU, see :mod:`shaders.bvh`). Near child first (entry
     distance); the far child is pushed and, when popped, its children's boxes are tested
     against the closest hit so far. (Also storing the far child's entry distance and skipping
     it on pop measured ~1.4x slower on CPU.)"""
-    for r in range(origins.shape[0]):
-        o = ti.math.vec3(origins[r, 0], origins[r, 1], origins[r, 2])
-        d = ti.math.vec3(dirs[r, 0], dirs[r, 1], dirs[r, 2])
+    for r in range(out_t.shape[0]):
+        o = ti.math.vec3(origins[3 * r], origins[3 * r + 1], origins[3 * r + 2])
+        d = ti.math.vec3(dirs[3 * r], dirs[3 * r + 1], dirs[3 * r + 2])
         inv = ti.math.vec3(0.0, 0.0, 0.0)
         for k in ti.static(range(3)):
             dk = d[k]
@@ -238,8 +240,8 @@ def _closest_hit_kernel(node_lo: ti.types.ndarray(), node_hi: ti.types.ndarray()
         stack = ti.Vector.zero(ti.i32, STACK_SIZE)
         sp = 0
         code = root_code
-        root_lo = ti.math.vec3(node_lo[0, 0], node_lo[0, 1], node_lo[0, 2])
-        root_hi = ti.math.vec3(node_hi[0, 0], node_hi[0, 1], node_hi[0, 2])
+        root_lo = ti.math.vec3(node_lo[0], node_lo[1], node_lo[2])
+        root_hi = ti.math.vec3(node_hi[0], node_hi[1], node_hi[2])
         ra = root_lo * inv - oinv
         rb = root_hi * inv - oinv
         rn = ti.min(ra, rb)
@@ -319,5 +321,5 @@ def _closest_hit_kernel(node_lo: ti.types.ndarray(), node_hi: ti.types.ndarray()
         if best_s >= 0:
             out_t[r] = best_t
             out_face[r] = order[best_s]
-        out_uv[r, 0] = best_u
-        out_uv[r, 1] = best_v
+        out_uv[2 * r] = best_u
+        out_uv[2 * r + 1] = best_v
