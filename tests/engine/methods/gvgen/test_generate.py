@@ -19,7 +19,7 @@ def one_thread():
     torch.set_num_threads(n)
 
 
-OPTS = {"text_encoder": "stub", "channels": 8, "batch_objects": 2, "ddim_steps": 4, "eval_every": 3,
+OPTS = {"text_encoder": "stub", "channels": 8, "batch_objects": 2, "ddim_steps": 4, "eval_every": 0,
         "eval_views": 1, "checkpoint_every": 2, "log_every": 1}
 
 
@@ -162,3 +162,17 @@ def test_viewer_prompt_box_logic(trained):
     t = panel.start("a red sphere", 1)
     t.join(60)
     assert method.cfg.caption == "a red sphere"
+
+
+def test_training_refuses_another_n_and_a_scene_that_is_not_a_set(trained, tmp_path):
+    from engine.api import train
+    from engine.errors import ConfigError
+
+    root, _ = trained
+    with pytest.raises(ConfigError, match="volumes are 8\\^3"):
+        train({"method": "gvgen", "data": root, "output": tmp_path, "progress": False, "quiet": True,
+               "options": {**OPTS, "grid_size": 16, "max_steps": 1}})
+    scene = root / "objects" / "box-red"            # a Blender scene, not a training set
+    with pytest.raises(ConfigError, match="trains on a GVGEN training set"):
+        train({"method": "gvgen", "data": scene, "output": tmp_path, "progress": False, "quiet": True,
+               "options": {**OPTS, "max_steps": 1}})
