@@ -47,14 +47,15 @@ class MethodScene:
                 center = look_at_center(self.train_cameras)
                 pos = self.train_cameras.c2w[:, :3, 3].double()
                 radius = float((pos - center).norm(dim=1).mean()) / 2
-                return center.numpy(), max(radius, 1e-3)
+                return center.cpu().numpy(), max(radius, 1e-3)
             pts = self.method.points()
             if pts is not None and pts.shape[0] > 0:
+                pts = pts.detach().cpu()
                 if pts.shape[0] > 20000:
                     pts = pts[torch.linspace(0, pts.shape[0] - 1, 20000).long()]
                 lo, hi = torch.quantile(pts.float(), 0.02, 0), torch.quantile(pts.float(), 0.98, 0)
             else:
-                lo, hi = self.method.bounds().float()
+                lo, hi = self.method.bounds().detach().cpu().float()
             return ((lo + hi) / 2).double().numpy(), max(float((hi - lo).norm()) / 2, 1e-3)
 
     def _default_up(self):
@@ -70,12 +71,14 @@ class MethodScene:
 
     def render(self, cameras, background) -> dict:
         """Render camera 0 of ``cameras`` under the kernel lock (thread safe): the rendering
-        contract's keys (rgb, alpha, depth, depth_sum, cost) plus ``normal`` where the method has it."""
+        contract's keys (rgb, alpha, depth, depth_sum, cost) plus ``normal`` where the method has it,
+        on the CPU whatever the model's device (:func:`engine.api.render` moves the cameras there)."""
+        from engine.api import render
         from engine.kernels import lock
 
         with lock(), torch.no_grad():
-            out = self.method.render(cameras, 0, background=background)
-            return {k: v.detach().clone() for k, v in out.items() if torch.is_tensor(v)}
+            out = render(self.method, cameras, 0, background=background)
+            return {k: v.detach().cpu().clone() for k, v in out.items() if torch.is_tensor(v)}
 
 
 class MeshScene:
