@@ -21,6 +21,14 @@ pretrains one network on the train scenes for ``--minutes``, then on the target:
 (``scene_data``: the target's own points and images, no training), PSNR after each fine-tuning
 budget (``init_from``), and from scratch for the same budgets.
 
+Evaluating a finished run in parts (a loaded machine: per-view results are appended as they come,
+so an interrupted evaluation keeps what it measured; several parts can run at once)::
+
+    python tools/bench_pointfield.py --eval-run RUN --views 0:100 --part /tmp/a.jsonl
+    python tools/bench_pointfield.py --eval-run RUN --speed-only --part /tmp/speed.json
+    python tools/bench_pointfield.py --merge RUN /tmp/a.jsonl /tmp/b.jsonl --speed-part /tmp/speed.json \
+        --beside-part raygauss.json --out tools/results/bench_pointfield_lego_100.json
+
 Reference: TensoRF reaches 31.37 dB on lego_100 on this machine (issue 15).
 """
 from __future__ import annotations
@@ -169,6 +177,77 @@ def cross(args) -> int:
     return 0
 
 
+def eval_run(args) -> int:
+    """``--eval-run RUN``: per-view PSNR / SSIM of views ``--views A:B`` appended to ``--part`` (JSON lines),
+    or with ``--speed-only`` the rays/s at 200 px written to ``--part``."""
+    import torch
+
+    import engine
+    from engine.config import load_scene
+    from engine.data import load_dataset
+    from engine.train import metrics
+    from engine.train.trainer import eval_target
+
+    torch.set_num_threads(args.threads)
+    m = engine.load(args.eval_run)
+    if args.speed_only:
+        Path(args.part).write_text(json.dumps(dict(speed(m, Path(args.speed_data)), load_average=list(os.getloadavg()))))
+        return 0
+    sc = load_scene(Path(args.eval_run) / "config.toml")
+    ds = load_dataset(sc.data, downscale=sc.downscale, background=sc.background, format=sc.format)
+    sp = ds.splits["test"]
+    a, _, b = args.views.partition(":")
+    bg = torch.as_tensor(ds.background, dtype=torch.float32)
+    with open(args.part, "a", encoding="utf-8") as f, torch.no_grad():
+        for i in range(int(a or 0), min(int(b or len(sp.cameras)), len(sp.cameras))):
+            t1, c1 = time.perf_counter(), time.process_time()
+            pred = m.render(sp.cameras, i, background=bg)["rgb"].clamp(0, 1)
+            gt = eval_target(m, sp, i, bg)
+            f.write(json.dumps({"index": i, "psnr": float(metrics.psnr(pred, gt)), "ssim": float(metrics.ssim(pred, gt)),
+                                "wall_s": time.perf_counter() - t1, "cpu_s": time.process_time() - c1,
+                                "masked": bool(m.masked_eval and sp.masks is not None)}) + "\n")
+            f.flush()
+    return 0
+
+
+def merge(args) -> int:
+    run = Path(args.merge[0])
+    rows = {}
+    for p in args.merge[1:]:
+        for line in Path(p).read_text().splitlines():
+            if line.strip():
+                r = json.loads(line)
+                rows[r["index"]] = r
+    from engine.config import load_scene
+    from engine.data import load_dataset
+
+    sc = load_scene(run / "config.toml")
+    n_test = len(load_dataset(sc.data, downscale=sc.downscale, format=sc.format).splits["test"].cameras)
+    recs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    last = [r for r in recs if "num_primitives" in r]
+    v = [rows[k] for k in sorted(rows)]
+    pf = {"method": "pointfield", "run_dir": str(run), "steps": recs[-1]["step"],
+          "train_time_s": recs[-1].get("train_time_s"), "num_primitives": last[-1]["num_primitives"] if last else None,
+          "trainer_final_eval": recs[-1] if recs[-1].get("final") else None,
+          "psnr": sum(r["psnr"] for r in v) / len(v), "ssim": sum(r["ssim"] for r in v) / len(v),
+          "views": len(v), "test_views_in_split": n_test, "all_test_views": len(v) == n_test,
+          "masked": bool(v and v[0]["masked"]), "render_cpu_s_per_view_median": sorted(r["cpu_s"] for r in v)[len(v) // 2]}
+    if args.speed_part and Path(args.speed_part).is_file():
+        pf["speed"] = json.loads(Path(args.speed_part).read_text())
+    res = {"pointfield": pf}
+    for p in args.beside_part or []:
+        r = json.loads(Path(p).read_text())
+        res[r["method"]] = r
+    out = {"data": sc.data and str(sc.data), "minutes": args.minutes, "results": res, "tensorf_lego_100_psnr": 31.37,
+           "load_average_at_merge": list(os.getloadavg())}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=1))
+    for name, r in res.items():
+        print(f"{name:<11} {r['steps']:>6} {r['psnr']:>7.2f} dB {r['ssim']:>7.4f} on {r['views']} views")
+    print(f"wrote {args.out}")
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=str(DATA / "nerf_synthetic" / "lego_100"))
@@ -186,12 +265,24 @@ def main(argv=None) -> int:
     ap.add_argument("--target", default=str(DATA / "dtu" / "scan24_400"))
     ap.add_argument("--finetune-minutes", nargs="*", type=float, default=[1.0, 5.0])
     ap.add_argument("--eval-views", type=int, default=0, help="cross: evaluate at most N test views (0 = all)")
+    ap.add_argument("--eval-run", default=None, metavar="RUN", help="evaluate a finished run (module docstring)")
+    ap.add_argument("--views", default="0:", help="--eval-run: test views A:B")
+    ap.add_argument("--speed-only", action="store_true", help="--eval-run: only rays/s at 200 px")
+    ap.add_argument("--merge", nargs="+", default=None, metavar="RUN PART", help="assemble --eval-run parts")
+    ap.add_argument("--speed-part", default=None)
+    ap.add_argument("--beside-part", nargs="*", default=None, help="worker JSONs of the methods trained beside")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--preset", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--part", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
         return worker(args)
+    if args.eval_run:
+        return eval_run(args)
+    if args.merge:
+        if not args.out:
+            ap.error("--merge needs --out")
+        return merge(args)
     tag = Path(args.data).name
     if args.cross:
         if not args.train_scenes:
