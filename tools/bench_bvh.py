@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import statistics
 import sys
 import time
@@ -165,6 +166,7 @@ def bench_mesh(path: Path, n_rays: int, repeats: int) -> dict:
         "cast_cpu_s_ours": med(ours_cpu),
         "cast_cpu_s_embree": med(embree_cpu),
         "cast_cpu_ratio_ours_over_embree": med(ours_cpu) / med(embree_cpu),
+        "cast_cpu_ratio_median": statistics.median(ours_cpu) / statistics.median(embree_cpu),
         "cast_s_ours_lbvh_traversal": med(lbvh_cast),
         "cast_time_ratio_lbvh_traversal_over_embree": med(lbvh_cast) / med(embree_cast),
         "build_time_ratio_ours_over_embree": statistics.median(ours_build) / max(
@@ -173,6 +175,8 @@ def bench_mesh(path: Path, n_rays: int, repeats: int) -> dict:
         "build_cpu_s_embree": statistics.median(embree_build_cpu),
         "build_cpu_ratio_ours_over_embree": statistics.median(ours_build_cpu) / max(
             statistics.median(embree_build_cpu), 1e-9),
+        "build_time_ratio_min": min(ours_build) / max(min(embree_build), 1e-9),
+        "build_cpu_ratio_min": min(ours_build_cpu) / max(min(embree_build_cpu), 1e-9),
         "sah_cost": sah_cost(tbvh.packed, tbvh.root_lo, tbvh.root_hi, tbvh.root_code),
         "sah_cost_lbvh_traversal": sah_cost(tbvh_lbvh.packed, tbvh_lbvh.root_lo,
                                             tbvh_lbvh.root_hi, tbvh_lbvh.root_code),
@@ -230,6 +234,7 @@ def main(argv=None) -> int:
 
     arch = runtime.init()
     console = Console(width=200)
+    load_start = os.getloadavg()
     meshes = []
     for rel in MESHES:
         path = args.data / rel
@@ -268,7 +273,9 @@ def main(argv=None) -> int:
                f"{aabb['segment_mean_hits']:.1f}")
     console.print(t2)
     result = {"arch": arch, "meshes": meshes, "aabb": aabb, "rays_requested": args.rays,
-              "repeats": args.repeats}
+              "repeats": args.repeats, "cpu_count": os.cpu_count(),
+              "load_average_1_5_15min": {"start": load_start, "end": os.getloadavg()}}
+    console.print(f"load average (1, 5, 15 min): start {load_start}, end {os.getloadavg()}")
     with atomic_write(args.out, "w") as f:
         json.dump(result, f, indent=2)
     console.print(f"wrote {args.out}")

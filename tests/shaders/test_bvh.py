@@ -313,6 +313,25 @@ def test_closest_hit_matches_brute_force(builder, leaf_size):
     _compare_with_ref(tb, v, f, o, d, tmin=0.9, tmax=1.3)
 
 
+def test_closest_hit_slab_orders_agree():
+    """tmin >= +0 compares slab distances as int32 bits, tmin < 0 as floats (shaders.bvh_traverse):
+    both against the reference, with ray origins inside the soup (boxes around and behind the
+    origin, negative slab distances) and a window reaching behind the origin; and for a tmin
+    that excludes nothing more, the two orders give the same hits bit for bit."""
+    gen = torch.Generator().manual_seed(77)
+    v, f = _random_soup(600, gen)
+    tb = bvh.build_triangle_bvh(v, f)
+    o = torch.rand(1500, 3, generator=gen)
+    d = torch.randn(1500, 3, generator=gen)
+    t_int, face_int = _compare_with_ref(tb, v, f, o, d)                     # int order
+    t_neg, face_neg = _compare_with_ref(tb, v, f, o, d, tmin=-0.4, tmax=2.0)  # float order
+    assert bool((t_neg[face_neg >= 0] < 0).any())                  # hits behind the origin found
+    t_f, face_f, uv_f = bvh.closest_hit(tb, o, d, tmin=-1e-30)      # float order, same window
+    t_i, face_i, uv_i = bvh.closest_hit(tb, o, d, tmin=-0.0)        # -0 -> +0: int order
+    assert torch.equal(face_f, face_i) and torch.equal(face_i, face_int)
+    assert torch.equal(t_f, t_i) and torch.equal(uv_f, uv_i)
+
+
 @pytest.mark.parametrize("builder", ["sah", "lbvh"])
 @pytest.mark.parametrize("nf", [1, 2, 5])
 def test_closest_hit_tiny_meshes(nf, builder):
