@@ -5,14 +5,26 @@ grid (:mod:`.volume`), loss ``L1(rgb) + eikonal_weight * eikonal + mask_weight *
 mask or alpha) + kernel_reg_weight * mean(1 / (a s(x)))``. After step ``k`` of
 ``shell_finetune_from`` (by default the last seventh of training; 0 = never) the shells are
 extracted (:mod:`.extract`) and later steps render only inside the band (:mod:`.render`),
-exactly as the shells will be rendered. With the probe sampler (the default) these steps train the
-colour network only (``shell_finetune_params``): its crossing samples take their opacity from the
-probe grid, so the image loss cannot hold the geometry in place: training everything gave 25.88 dB
-(lego_200) and 23.36 dB (scan24_400) on all test views, colour only 26.47 and 24.25 dB. The
-geometry then stays exactly as volume rendering left it. Giving the crossings a differentiable
-opacity (the descent's NeuS opacity recomputed from network evaluations at its probe points) did
-not rescue fine-tuning everything: from the default runs' step-12,000 checkpoints 26.25 and 23.22
-dB, against 26.52 and 24.03 colour only (so it was not kept).
+exactly as the shells will be rendered. What those steps train is ``shell_finetune_params``:
+
+* ``color`` (``auto``'s choice with the probe sampler): the colour network only; the geometry stays
+  exactly as volume rendering left it, and the crossing samples take their opacity from the probe
+  grid (no gradient).
+* ``all``: the whole field. The probe sampler still places the samples (from its grid), but each
+  crossing's opacity is recomputed from the field -- SDF network, hash grid and kernel size -- at
+  its descent's probe points (:meth:`.field.ShellField.descent_opacity`, differentiable); near
+  misses use the field's own NeuS opacity as in rendering.
+* ``shell_finetune_sampler step`` (``auto`` then trains all): a sample every
+  ``shell_finetune_step`` in every band interval with the field's own NeuS opacity -- volume
+  rendering restricted to the band, the paper's fine-tuning.
+
+Measured side by side from one lego_200 volumetric checkpoint (step 2,000 of a 4,000-step
+schedule; 600 fine-tuning steps each; shells rendered with the probe sampler, all 200 test views,
+``tools/results/bench_shells_finetune.json``): colour only 22.20 dB, all 23.08 dB, step sampler
+23.39 dB. From the
+default runs' step-12,000 checkpoints an earlier session measured the opposite (differentiable
+crossings 26.25 / 23.22 dB against 26.52 / 24.03 colour only on lego_200 / scan24_400), so the
+default stays ``auto`` until a full-length comparison (README "Adaptive Shells").
 
 Rendering (:meth:`ShellsMethod.render`): ``render_mode`` ``auto`` uses the shells when they exist,
 else full volumetric rendering. Outputs: ``rgb (H,W,3)``, ``alpha``, ``depth`` (expected depth
