@@ -179,7 +179,7 @@ def _bits(x):
     return ti.bit_cast(x, ti.i32)
 
 
-_int_order_note = """Slab distances compared as int32 bits (``int_order``, used when ``tmin >= +0``).
+_int_order_note = """Slab distances compared as int32 bits (``int_order``: when ``tmin >= +0``).
 
 For float32 values ``>= +0`` the int32 order of the bit patterns is the float order, and every
 negative float (``-0`` included) has the sign bit set, so its bits are a negative int below all
@@ -224,7 +224,8 @@ def _closest_hit_kernel(node_lo: ti.types.ndarray(), node_hi: ti.types.ndarray()
     the CPU, see :mod:`shaders.bvh`). Near child first (entry
     distance); the far child is pushed and, when popped, its children's boxes are tested
     against the closest hit so far. (Also storing the far child's entry distance and skipping
-    it on pop measured ~1.4x slower on CPU.)"""
+    it on pop measured ~1.4x slower on CPU.) ``int_order`` (compile-time): compare slab
+    distances as int32 bits, valid only for ``tmin >= +0`` (:data:`_int_order_note`)."""
     for r in range(out_t.shape[0]):
         o = ti.math.vec3(origins[3 * r], origins[3 * r + 1], origins[3 * r + 2])
         d = ti.math.vec3(dirs[3 * r], dirs[3 * r + 1], dirs[3 * r + 2])
