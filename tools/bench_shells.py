@@ -13,8 +13,8 @@ N evenly spaced ones):
   in the probe modes; 0 for the mesh-only shell rules) and ``evaluations_per_ray`` (their sum: a
   grid probe counts as a sample). Ray/mesh intersection queries are not field evaluations; their
   cost is in the times;
-* ``time_s`` per image, and ``first_frame_s``: the time from a loaded model to its first image,
-  one-time work included (the shells' BVH; the probe grid, built from the field; the extraction
+* ``time_s`` (wall) and ``cpu_s`` (this process's CPU time) per image, and ``first_frame_s``:
+  the time from a loaded model to its first image, one-time work included (the shells' BVH; the probe grid, built from the field; the extraction
   when it is done here is reported apart as ``extract_time_s``). Taichi compiles its kernels on
   first use: a warm-up render before any timing keeps compilation out of both;
 * shell face counts, extraction time and the run's training time.
@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -188,12 +189,12 @@ def bench_run(run: Path, views: int, grid_res: int | None, target_faces: int | N
             gt = gt * m + bg * (1 - m)
         for mode in modes:                     # interleaved: all modes see the same machine load
             rmode = set_mode(mode)
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             out = model.render(split.cameras, i, background=bg, mode=rmode)
-            dt = time.perf_counter() - t
+            dt, dc = time.perf_counter() - t, time.process_time() - c
             hit = out["alpha"] > 0.5
             rows[mode].append({"view": i, "psnr": _psnr(out["rgb"], gt), "ssim": _ssim(out["rgb"], gt),
-                               "time_s": dt, **cost_per_ray(out),
+                               "time_s": dt, "cpu_s": dc, **cost_per_ray(out),
                                "samples_per_hit_ray": float(out["cost"][hit].mean()) if hit.any() else 0.0})
     metrics = []
     mfile = Path(run) / "metrics.jsonl"
@@ -205,8 +206,9 @@ def bench_run(run: Path, views: int, grid_res: int | None, target_faces: int | N
            "image_size": [split.width, split.height], "views": idx,
            "shell_faces": shells.face_counts(), "extract_time_s": t_extract,
            "probe_grid": probe_res if probe else None, "probe_grid_time_s": t_probe,
-           "shell_halfwidth_mean": shells.info.get("halfwidth_mean_near_surface")}
-    keys = ("psnr", "ssim", "time_s", "samples_per_ray", "probes_per_ray", "geo_evals_per_ray",
+           "shell_halfwidth_mean": shells.info.get("halfwidth_mean_near_surface"),
+           "load_average_at_end": list(os.getloadavg())}
+    keys = ("psnr", "ssim", "time_s", "cpu_s", "samples_per_ray", "probes_per_ray", "geo_evals_per_ray",
             "evaluations_per_ray", "samples_per_hit_ray")
     for mode, rs in rows.items():
         k = len(rs)
