@@ -14,9 +14,10 @@ N evenly spaced ones):
   grid probe counts as a sample). Ray/mesh intersection queries are not field evaluations; their
   cost is in the times;
 * ``time_s`` (wall) and ``cpu_s`` (this process's CPU time) per image, and ``first_frame_s``:
-  the time from a loaded model to its first image, one-time work included (the shells' BVH; the probe grid, built from the field; the extraction
-  when it is done here is reported apart as ``extract_time_s``). Taichi compiles its kernels on
-  first use: a warm-up render before any timing keeps compilation out of both;
+  the time from a loaded model to its first image, one-time work included (the shells' BVH; the
+  probe grid, built from the field; the extraction when it is done here is reported apart as
+  ``extract_time_s``). Taichi compiles its kernels on first use: a warm-up render before any
+  timing keeps compilation out of both;
 * shell face counts, extraction time and the run's training time.
 
 Writes JSON (``--out``).
