@@ -100,6 +100,8 @@ class ShellField(torch.nn.Module):
         self.cfg = cfg
         g = torch.Generator().manual_seed(seed)
         self.resolutions = level_resolutions(cfg.hash_levels, cfg.hash_base_res, cfg.hash_max_res)
+        # the same, as a tensor that follows the module's device (no host-device copy per encoding)
+        self.register_buffer("resolution_t", torch.tensor(self.resolutions, dtype=torch.int32), persistent=False)
         T = 2 ** int(cfg.hash_log2_size)
         self.table = torch.nn.Parameter(
             (torch.rand(cfg.hash_levels, T, cfg.hash_features, generator=g) * 2 - 1) * 1e-4)
@@ -131,7 +133,7 @@ class ShellField(torch.nn.Module):
     def geometry(self, x: torch.Tensor):
         """SDF (N,), log kernel size (N,) and geometry features (N, G) at world points ``x (N, 3)``."""
         p = self.normalise(x)
-        enc = hash_encode((p * 0.5 + 0.5).contiguous(), self.table, self.resolutions)
+        enc = hash_encode((p * 0.5 + 0.5).contiguous(), self.table, self.resolution_t)
         h = Fn.softplus(self.sdf_l0(torch.cat([enc, p], -1)), beta=100.0)
         out = self.sdf_l1(h)
         sdf = (p.norm(dim=-1) - self.cfg.init_radius + out[:, 0]) * self.half_size
