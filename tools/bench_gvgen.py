@@ -120,6 +120,8 @@ def main(argv=None) -> int:
     ap.add_argument("--views", type=int, default=4, help="K test views per object")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the model's)")
+    ap.add_argument("--guidance", type=float, default=None, help="classifier-free guidance (default: the model's)")
+    ap.add_argument("--no-train", action="store_true", help="skip the training-caption comparison")
     ap.add_argument("--max-train", type=int, default=0, help="at most this many training objects (0: all)")
     ap.add_argument("--speed-repeats", type=int, default=3)
     ap.add_argument("--no-speed", action="store_true")
@@ -149,11 +151,13 @@ def main(argv=None) -> int:
     data = {oid: load_object(root, o, args.views) for oid, o in objs.items()}
     held = [o for o in done if o.get("split") == "heldout"]
     train = [o for o in done if o.get("split", "train") == "train"]
-    if args.max_train:
+    if args.no_train:
+        train = []
+    elif args.max_train:
         train = train[:: max(1, len(train) // args.max_train)][: args.max_train]
 
     def generate(o):
-        g = gen.generate(o.get("caption") or o["captions"][0], seed=args.seed, steps=steps)
+        g = gen.generate(o.get("caption") or o["captions"][0], seed=args.seed, steps=steps, guidance=args.guidance)
         return g
 
     # candidates' renders at each held-out object's cameras, cached per (query, candidate)
@@ -212,6 +216,7 @@ def main(argv=None) -> int:
     }
     doc = {"bench": "gvgen", "data": str(root), "model": gen.source if hasattr(gen, "source") else str(args.model),
            "model_step": gen.step, "N": gen.grid_size, "views": args.views, "seed": args.seed, "ddim_steps": steps,
+           "guidance": args.guidance if args.guidance is not None else gen.cfg.guidance,
            "objects_complete": len(done), "objects_missing": missing, "summary": summary,
            "heldout": rows_h, "train": rows_t,
            "quality_wall_s": round(quality_wall, 1), "quality_cpu_s": round(quality_cpu, 1),
