@@ -26,7 +26,7 @@ def register(sub) -> None:
                    help="a gvgen run folder or checkpoint .pt (default: the shipped generator)")
     p.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the generator's, 50)")
     p.add_argument("--guidance", type=float, default=None,
-                   help="classifier-free guidance scale (default: the generator's, 1 = none)")
+                   help="classifier-free guidance scale (default: the generator's, 3; 1 = none, half the time)")
     p.add_argument("--grid-size", type=int, default=None, metavar="N",
                    help="insist on an N^3 generator (an error if the model makes another N)")
     p.add_argument("--frames", type=int, default=60, help="turntable frames (default 60)")
