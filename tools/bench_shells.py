@@ -36,8 +36,8 @@ modes. ``--one-sample-max-lens`` adds ``shells1@STEP/LMAX``
 modes: the one-sample rules only for band intervals at most LMAX (times the half-size) long, the
 step rule for longer ones (``shell_one_sample_max_len``: grazing rays and near misses).
 
-Train with the defaults (14,000 steps; the shells are extracted after 12,000 and the colour network
-is fine-tuned inside them) and benchmark::
+Train with the defaults (8,000 steps of 1,024 rays; the shells are extracted after 7,000 and the
+colour network is fine-tuned inside them) and benchmark::
 
     kernelight train shells --data ../shared/data/nerf_synthetic/lego_200 --eval-every 0 \
         --output outputs --name lego_200
@@ -46,10 +46,10 @@ is fine-tuned inside them) and benchmark::
     python tools/bench_shells.py outputs/lego_200/shells/<stamp> outputs/scan24_400/shells/<stamp> \
         --crossings off --shell-steps 0.01 --out tools/results/bench_shells_accounting.json
 
-For the volumetric-only baseline train with ``--shell-finetune-from 0 --max-steps 12000`` and
+For the volumetric-only baseline train with ``--shell-finetune-from 0 --max-steps 7000`` and
 benchmark that run (its shells are extracted here, ``--grid-res 256``). To fine-tune an existing
 volumetric run instead, copy its config and last checkpoint to a new folder and continue it with
-``kernelight train --resume NEW --max-steps 14000 --shell-finetune-from 12001``.
+``kernelight train --resume NEW --max-steps 8000 --shell-finetune-from 7001``.
 """
 from __future__ import annotations
 

@@ -1,10 +1,14 @@
 """Configuration of the Adaptive Shells method (``kernelight train shells --data DIR ...``).
 
-Defaults are the recipe measured on a 2-core CPU at the datasets' full resolution (lego_200,
-scan24_400: about 25 minutes; README "Adaptive Shells"): 12,000 volumetric steps of 256 rays, then
-the shells are extracted and 2,000 steps fine-tune the colour network inside them, rendered with
-the probe sampler (one sample per descent through the surface). The paper trains on a GPU with
-much larger tables and batches. Every field can be set from the command line (``--max-steps
+Defaults: 7,000 volumetric steps of 1,024 rays, then the shells are extracted and 1,000 steps
+fine-tune the colour network inside them, rendered with the probe sampler (one sample per descent
+through the surface). On a 2-core CPU a 1,024-ray step costs about 1.7x a 256-ray one, so this
+takes about the time of the earlier recipe (12,000 + 2,000 steps of 256 rays, about 25 minutes
+for lego_200 or scan24_400 at full resolution) and sees 2.3x the rays: continuing one lego_200
+field from step 2,000 for 900 s side by side, 1,024 rays reached 25.21 dB where 256 rays reached
+24.71 (25 test views; ``tools/results/bench_shells_gap.json``). The new defaults have not been
+trained end to end yet (README "Adaptive Shells"). The paper trains on a GPU with much larger
+tables and batches. Every field can be set from the command line (``--max-steps
 2000``) or a scene TOML's ``[method.options]``. Lengths
 are in units of the half-size ``a`` of the (cubic) scene box unless they say otherwise, so the same
 defaults fit DTU's unit sphere and NeRF-synthetic's box.
@@ -48,8 +52,8 @@ class ShellsConfig(MethodConfig):
     mask_weight: float = option(0.1, 'BCE of opacity vs mask / alpha where the data has them')
     kernel_reg_weight: float = option(0.3, 'mean(1 / (a s(x))): pushes s up (solid) unless colour needs it wide')
     # ---- optimisation ------------------------------------------------------------------------
-    max_steps: int = option(14000, MethodConfig.field_help()['max_steps'])
-    rays_per_batch: int = option(256, 'random rays (across all training images) per step')
+    max_steps: int = option(8000, MethodConfig.field_help()['max_steps'])
+    rays_per_batch: int = option(1024, 'random rays (across all training images) per step')
     lr_encoding: float = option(1e-2, 'learning rate of the hash table')
     lr_network: float = option(2e-3, 'learning rate of the SDF and colour networks')
     lr_s: float = option(1e-2, 'learning rate of the global kernel size log s')
@@ -77,7 +81,7 @@ class ShellsConfig(MethodConfig):
     shell_finetune_sampler: str = option("probe", 'how fine-tuning samples the band: probe (as the renderer does) or step (a sample every shell_finetune_step in every band interval and the field\'s own NeuS opacity: volume rendering restricted to the band, as in the paper; auto params then train all)',
                                          choices=("probe", "step"))
     shell_finetune_step: float = option(0.01, 'sample spacing of shell_finetune_sampler step (times a)')
-    shell_finetune_from: float = option(0.857143, 'extract the shells here and fine-tune inside them: a fraction of max_steps (< 1) or a step (>= 1); 0 = never (volumetric only)')
+    shell_finetune_from: float = option(0.875, 'extract the shells here and fine-tune inside them: a fraction of max_steps (< 1) or a step (>= 1); 0 = never (volumetric only)')
     render_mode: str = option("auto", 'auto (shells when extracted) | shells | volume', render=True,
                               choices=("auto", "shells", "volume"))
     # ---- bookkeeping -------------------------------------------------------------------------

@@ -54,7 +54,7 @@ def lr_factor(step: int, cfg: ShellsConfig) -> float:
     The volumetric phase decays over its own length: with fine-tuning from step ``k``
     (:attr:`ShellsConfig.finetune_step`) the rate reaches ``lr_final_frac`` at ``k``, as in a
     volume-only run of ``k`` steps; the fine-tuning steps then follow the cosine over
-    ``max_steps`` (for the default 12,000 + 2,000: from 0.145 down to 0.1 of the base rates).
+    ``max_steps`` (for the earlier default 12,000 + 2,000: from 0.145 down to 0.1 of the base rates).
     With the decay over all ``max_steps`` the default recipe rendered lego_200 at 26.23 dB (all
     test views); continuing a decayed 12,000-step volume-only run the same way gave 26.47 dB.
     """

@@ -210,8 +210,8 @@ def test_extraction_on_the_band_grid_equals_the_dense_extraction():
 
 
 def test_finetune_step_fraction_or_step():
-    assert ShellsConfig().finetune_step == 12000                        # default: 12,000 + 2,000 steps
-    assert ShellsConfig(max_steps=7000).finetune_step == 6000
+    assert ShellsConfig().finetune_step == 7000                         # default: 7,000 + 1,000 steps
+    assert ShellsConfig(max_steps=1600).finetune_step == 1400
     assert ShellsConfig(max_steps=300, shell_finetune_from=0.5).finetune_step == 150
     assert ShellsConfig(max_steps=300, shell_finetune_from=120).finetune_step == 120
     assert ShellsConfig(shell_finetune_from=0).finetune_step == 0
