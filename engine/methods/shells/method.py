@@ -76,6 +76,7 @@ class ShellsMethod(Method):
     config_cls = ShellsConfig
     batch_mode = "rays"
     masked_eval = True  # on data with masks (DTU) evaluate inside the mask, background outside
+    devices = ("cpu", "cuda")   # field, occupancy grid, probe grid and render rays follow the field's device
     export_formats = {"shells": "outer.ply, inner.ply and surface.ply (the SDF zero level set) in a folder"}
 
     def __init__(self, cfg: ShellsConfig, field: ShellField, occ: OccupancyGrid | None = None):

@@ -53,7 +53,7 @@ def test_load_on_cpu(ply):
 
 def test_method_devices_decide_placement(monkeypatch):
     """With the runtime faked to answer cuda: a CPU-only method is refused for --device cuda and
-    kept on the CPU (with a note) for auto; raygauss and gvolume go to the GPU."""
+    kept on the CPU (with a note) for auto; raygauss, gvolume and shells go to the GPU."""
     from engine import api
     from engine.methods import get_method
     from engine.methods.base import Method
@@ -68,7 +68,7 @@ def test_method_devices_decide_placement(monkeypatch):
         api.place_method(CpuOnly, "cuda")
     dev, note = api.place_method(CpuOnly, "auto")
     assert dev.type == "cpu" and "keeps its model on the CPU" in note
-    for name in ("raygauss", "gvolume"):
+    for name in ("raygauss", "gvolume", "shells"):
         assert api.place_method(get_method(name), "cuda") == (torch.device("cuda"), None)
 
 

@@ -313,16 +313,20 @@ def test_batch_mean_and_shard_in_one_process():
 
 
 def test_cpu_only_method_on_a_gpu_machine(monkeypatch, tmp_path):
-    """A method whose ``devices`` lack cuda (shells): --device cuda is refused in one line, auto
-    keeps its model on the CPU with a note (the device resolution is faked: no GPU here)."""
+    """A method whose ``devices`` lack cuda (here shells declared CPU-only by a subclass): --device
+    cuda is refused in one line, auto keeps its model on the CPU with a note (the device resolution
+    is faked: no GPU here)."""
     from engine.errors import ConfigError
     from engine.methods import get_method
     from engine.train import distributed
     from engine.train.trainer import Trainer, TrainSettings
 
-    assert "cuda" in get_method("raygauss").devices and "cuda" not in get_method("shells").devices
+    class CpuOnlyShells(get_method("shells")):
+        devices = ("cpu",)
+
+    assert "cuda" in get_method("raygauss").devices and "cuda" not in CpuOnlyShells.devices
     monkeypatch.setattr(distributed, "resolve_device", lambda *a, **k: torch.device("cuda"))
-    settings = TrainSettings(method=get_method("shells"), data=MIC, downscale=4, output=tmp_path,
+    settings = TrainSettings(method=CpuOnlyShells, data=MIC, downscale=4, output=tmp_path,
                              options={"max_steps": 1}, progress=False, quiet=True, device="cuda")
     with pytest.raises(ConfigError, match="--device cuda: method shells keeps its model on cpu"):
         Trainer(settings)
