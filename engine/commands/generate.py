@@ -66,7 +66,7 @@ def run(args) -> int:
 
     import torch
 
-    if "OMP_NUM_THREADS" not in os.environ:
+    if not os.environ.get("OMP_NUM_THREADS"):
         # the U-Nets run on 8^3 grids: one intra-op thread is as fast on an idle 2-core machine and 20x
         # faster on a loaded one (OpenMP workers spin against each other; tools/bench_gvgen.py)
         torch.set_num_threads(1)
