@@ -4,7 +4,7 @@
 >>> engine.__version__
 '0.1.0'
 >>> engine.methods.available()
-['gvolume', 'raygauss', 'shells']
+['gvgen', 'gvolume', 'pointfield', 'raygauss', 'shells']
 
 Entry points (see :mod:`engine.api`):
 

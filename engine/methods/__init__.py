@@ -7,7 +7,7 @@ below (or a call to :func:`register` from user code: the spec may name classes d
 
 >>> from engine import methods
 >>> methods.available()
-['gvolume', 'pointfield', 'raygauss', 'shells']
+['gvgen', 'gvolume', 'pointfield', 'raygauss', 'shells']
 >>> methods.get("raygauss").export_formats["ply"][:22]
 'standard 3DGS .ply (x '
 """
