@@ -160,11 +160,19 @@ def _volume_ok(path: Path, n: int) -> bool:
 
 
 # ---------------------------------------------------------------------------------------- one object
+def _gvolume():
+    """The gvolume method class, through the registry (a method package does not import another)."""
+    from .. import get_method
+
+    return get_method("gvolume")
+
+
 def fit_volume(folder: Path, opts: BuildOptions, box=BOX) -> tuple:
     """Fit a GaussianVolume to the Blender-format renders in ``folder`` with the gvolume method's own
     steps (one training image per step, the trainer's order of calls). Returns (method, stats)."""
     from ...data import blender
-    from ..gvolume.method import GVolumeMethod
+
+    GVolumeMethod = _gvolume()
 
     ds = blender.load(folder)
     ds.scene_box = torch.as_tensor(box, dtype=torch.float32)
@@ -227,7 +235,7 @@ def volume_from_grid(grid: torch.Tensor, box):
     """A :class:`~engine.methods.gvolume.model.GaussianVolume` holding an (N, N, N, C) grid in GVGEN's
     channel order (``volume.pt``'s ``grid`` or a generated one): free slots (opacity logit exactly
     -10) stay inactive. Renders like the volume the grid came from (``render_camera``)."""
-    from ..gvolume.model import GaussianVolume
+    GaussianVolume = _gvolume().volume_cls
 
     n, C = int(grid.shape[0]), int(grid.shape[-1])
     K = 1 + (C - 14) // 3
@@ -250,7 +258,7 @@ def gdf_from_grid(grid: torch.Tensor, box, min_opacity: float = OPAQUE) -> torch
     free ones, whose opacity logit is exactly -10, i.e. :meth:`GaussianVolume.gdf`)."""
     from scipy.spatial import cKDTree
 
-    from ..gvolume.model import grid_points
+    grid_points = _gvolume().grid_points
 
     n = int(grid.shape[0])
     flat = grid.reshape(-1, grid.shape[-1]).detach().cpu().double()

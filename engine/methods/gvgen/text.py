@@ -207,7 +207,8 @@ class TextEncoder:
         return {"pooled": pooled, "tokens": tokens, "mask": mask}
 
     def _encode_batch(self, captions: list[str]):
-        raise NotImplementedError
+        """Each subclass (MiniLM, CLIP) encodes a batch (see the class docstring for what it returns)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement _encode_batch")
 
 
 class MiniLMEncoder(TextEncoder):

@@ -17,7 +17,7 @@ from ...errors import ConfigError
 from ...train.metrics import dssim_loss
 from ..base import Method
 from .config import GVolumeConfig
-from .model import PARAMS, SH_C0, GaussianVolume
+from .model import PARAMS, SH_C0, GaussianVolume, grid_points
 from .pool import CandidatePoolStrategy
 
 
@@ -32,6 +32,9 @@ class GVolumeMethod(Method):
 
     name = "gvolume"
     config_cls = GVolumeConfig
+    # for methods built on fitted volumes (gvgen), reached through the registry, never by import
+    volume_cls = GaussianVolume
+    grid_points = staticmethod(grid_points)
     export_formats = {"ply": "standard 3DGS .ply of the active Gaussians (all N^3 once densification ended)",
                       "gdf": "Gaussian Distance Field: (N, N, N) float32 .npy, per grid point the distance "
                              "(world units) to the nearest Gaussian centre"}
