@@ -12,6 +12,11 @@ def register(sub) -> None:
     )
     p.add_argument("run", help="run folder or checkpoint .pt (or a 3DGS .ply with --cameras)")
     p.add_argument("--cameras", metavar="DATASET", help="dataset to evaluate on (default: the run's)")
+    p.add_argument("--data", metavar="UNSEEN", default=None,
+                   help="evaluate on an unseen scene with no training: its test cameras and images, and the "
+                        "scene itself rebuilt from that dataset (pointfield: its own points from COLMAP / .ply "
+                        "/ carving and its own source images; same as --cameras UNSEEN --scene-data UNSEEN). "
+                        "Only methods that build their scene from data at render time accept it")
     p.add_argument("--split", default="test")
     p.add_argument("--max-views", type=int, default=None, help="evaluate at most N views (evenly spaced)")
     p.add_argument("--out", default=None, help="output JSON (default: <run>/eval.json)")
@@ -45,6 +50,8 @@ def run(args) -> int:
     from ._common import collect_method_options
 
     options = collect_method_options(args)
+    if args.data:
+        _unseen_scene(args, options)
     model = api.load(args.run, device=args.device, **options)
     dev = api.model_device(model)
     run_dir = model.run_dir
@@ -105,3 +112,45 @@ def run(args) -> int:
           f"{result['fps']:.2f} fps, {result['num_primitives']} primitives")
     print(f"wrote {out_path}")
     return 0
+
+
+def _unseen_scene(args, options: dict) -> None:
+    """``--data UNSEEN``: evaluate on UNSEEN's cameras with the scene rebuilt from it (the method's
+    render-time ``scene_data`` option); a method without one is refused in one line saying why."""
+    import dataclasses
+    from pathlib import Path
+
+    from .. import api
+    from .. import methods as registry
+    from ..config import load_scene
+    from ..errors import ConfigError
+
+    data = Path(args.data)
+    if not data.exists():
+        raise ConfigError(f"--data {args.data}: dataset folder not found")
+    if args.cameras and Path(args.cameras).resolve() != data.resolve():
+        raise ConfigError(f"--data {args.data} and --cameras {args.cameras} disagree: --data evaluates on the "
+                          f"unseen scene's own cameras; give one of them")
+    if options.get("scene_data") and Path(options["scene_data"]).resolve() != data.resolve():
+        raise ConfigError(f"--data {args.data} and --scene-data {options['scene_data']} disagree; give one of them")
+    path = Path(args.run)
+    if path.is_file() and path.suffix.lower() != ".pt":
+        spec = registry.reader_for(path)
+        name = spec.name if spec is not None else path.suffix
+    else:
+        run_dir, ckpt = api.find_run_checkpoint(path)
+        name = None
+        if run_dir is not None and (run_dir / "config.toml").is_file():
+            name = load_scene(run_dir / "config.toml").method
+        if not name:
+            from ..io.checkpoint import load_checkpoint
+
+            name = load_checkpoint(ckpt)["method"]
+    fields = {f.name for f in dataclasses.fields(registry.get(name).config_class())} if name in registry.available() \
+        else set()
+    if "scene_data" not in fields:
+        raise ConfigError(f"--data: method {name} cannot render an unseen scene without training (its model is "
+                          f"fitted to the scene it was trained on; only a method whose scene is built from a "
+                          f"dataset at render time, such as pointfield, can); train {name} on {args.data} instead")
+    options["scene_data"] = str(data)
+    args.cameras = str(data)

@@ -232,6 +232,12 @@ def test_train_resume_export_load_render(sphere, tmp_path, capsys):
                  "--out", str(tmp_path / "zs.json")]) == 0
     zs = json.loads((tmp_path / "zs.json").read_text())
     assert zs["num_views"] == 2 and zs["psnr"] > 8 and zs["options"]["scene_data"] == str(sphere)
+    # kernelight eval RUN --data UNSEEN: a scene the run never saw (a smaller sphere, other cameras)
+    unseen = _write_sphere_scene(tmp_path / "unseen", n_train=8, n_test=2, radius=0.45)
+    assert main(["eval", str(run), "--data", str(unseen), "--out", str(tmp_path / "unseen.json")]) == 0
+    ev = json.loads((tmp_path / "unseen.json").read_text())
+    assert ev["num_views"] == 2 and ev["options"]["scene_data"] == str(unseen)
+    assert ev["psnr"] > 8 and np.isfinite(ev["ssim"])
     assert main(["train", "pointfield", "--data", str(sphere), "--output", str(tmp_path / "ft"), "--max-steps", "1",
                  "--no-progress", "--init-from", str(run), *opts]) == 0
     assert "fine-tuning" in capsys.readouterr().out
@@ -243,6 +249,22 @@ def test_train_resume_export_load_render(sphere, tmp_path, capsys):
 
 
 # ------------------------------------------------------------------------------------ bad input
+def test_eval_data_refused_for_a_method_without_unseen_scenes(tmp_path, sphere, capsys):
+    """``eval --data`` on a run of a method that cannot render an unseen scene: one line, exit 2."""
+    from engine.cli import main
+    from engine.io.checkpoint import save_checkpoint
+
+    save_checkpoint(tmp_path / "rg" / "checkpoints" / "step-000001.pt", {"model": {}}, method="raygauss", step=1)
+    assert main(["eval", str(tmp_path / "rg"), "--data", str(sphere)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--data" in err[0] and "raygauss cannot render an unseen scene" in err[0]
+    assert main(["eval", str(tmp_path / "rg"), "--data", str(tmp_path / "nowhere")]) == 2
+    assert "dataset folder not found" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["eval", "--help"])
+    assert "unseen scene with no training" in " ".join(capsys.readouterr().out.split())
+
+
 def test_bad_point_clouds(sphere):
     from engine.data import load_dataset
     from engine.methods.pointfield.scene import PointFieldError, build_scene
