@@ -79,11 +79,15 @@ def evaluate(method, dataset, split="test", max_views=None) -> dict:
             gt = eval_target(method, sp, i, bg)
             ps.append(float(metrics.psnr(pred, gt)))
             ss.append(float(metrics.ssim(pred, gt)))
-    return {"psnr": sum(ps) / len(ps), "ssim": sum(ss) / len(ss), "views": len(ps),
-            "masked": bool(method.masked_eval and sp.masks is not None), "s_per_image_median": sorted(ts)[len(ts) // 2]}
+    return {"psnr": sum(ps) / len(ps), "ssim": sum(ss) / len(ss), "views": len(ps), "test_views_in_split": n,
+            "masked": bool(method.masked_eval and sp.masks is not None), "s_per_image_median": sorted(ts)[len(ts) // 2],
+            "per_view_psnr": [round(x, 3) for x in ps]}
 
 
-def train_run(name, data, output, opts, minutes, max_steps, preset=None, extra_data=None):
+def train_run(name, data, output, opts, minutes, max_steps, preset=None, extra_data=None, final_eval=False):
+    """Train ``name`` on ``data`` for ``minutes`` through the trainer. ``final_eval``: the trainer's own
+    end-of-run test evaluation becomes :func:`evaluate` (PSNR and SSIM, all test views up to the
+    trainer's 25) and its result is returned in the record, so the test views are rendered once."""
     from engine import methods
     from engine.train.trainer import Trainer, TrainSettings
 
@@ -95,8 +99,16 @@ def train_run(name, data, output, opts, minutes, max_steps, preset=None, extra_d
     tr = Trainer(TrainSettings(method=methods.get_method(name), data=Path(data), output=Path(output), options=o,
                                progress=False, quiet=True))
     setup_s = time.time() - t0
+    full = {}
+    if final_eval:
+        def _final(max_views=None):
+            t1, c1 = time.time(), time.process_time()
+            full.update(evaluate(tr.method, tr.dataset, max_views=max_views))
+            full.update(eval_wall_s=round(time.time() - t1, 1), eval_cpu_s=round(time.process_time() - c1, 1))
+            return {"test_psnr": full["psnr"], "test_views": full["views"]}
+        tr.evaluate = _final
     tr.train()
-    return tr, {"method": name, "preset": preset, "options": o, "steps": tr.step, "train_time_s": round(tr.train_time, 1),
+    return tr, {**full, "method": name, "preset": preset, "options": o, "steps": tr.step, "train_time_s": round(tr.train_time, 1),
                 "setup_s": round(setup_s, 1), "cpu_s": round(time.process_time() - c0, 1),
                 "num_primitives": tr.method.num_primitives, "label": tr.method.progress_label(),
                 "run_dir": str(tr.run_dir), "notes": tr.notes}
@@ -140,41 +152,129 @@ def worker(args) -> int:
     return 0
 
 
+def _arm(fn):
+    """Run ``fn()`` (one arm: a training and/or an evaluation) and add its wall and process CPU time and
+    the load average before and after (the lead's benchmarks may share the machine)."""
+    la0, t0, c0 = list(os.getloadavg()), time.time(), time.process_time()
+    res = fn()
+    res.update(arm_wall_s=round(time.time() - t0, 1), arm_cpu_s=round(time.process_time() - c0, 1),
+               load_average_start=[round(x, 2) for x in la0],
+               load_average_end=[round(x, 2) for x in os.getloadavg()])
+    return res
+
+
 def cross(args) -> int:
-    """Pretrain on the train scenes, then zero-shot / fine-tune / scratch on the target (module docstring)."""
+    """Pretrain on the train scenes, then zero-shot / fine-tune / scratch on the target (module docstring).
+    The JSON is rewritten (atomically) after every stage, so an interrupted run keeps what it measured;
+    ``--pretrained RUN`` skips the pretraining and starts from a finished one."""
     import torch
 
     from engine import methods
     from engine.data import load_dataset
+    from engine.io.atomic import atomic_write_text
+    from engine.io.checkpoint import latest_valid_checkpoint, load_checkpoint
 
     torch.set_num_threads(args.threads)
     first, rest = args.train_scenes[0], args.train_scenes[1:]
     opts = _opts(args.set)
-    out = {"train_scenes": args.train_scenes, "target": args.target, "pretrain_minutes": args.minutes}
-    tr, pre = train_run("pointfield", first, args.output, dict(opts, scenes=",".join(rest)), args.minutes, args.max_steps)
-    out["pretrain"] = pre
-    ds = load_dataset(args.target)
-    run = Path(pre["run_dir"])
-    cls = methods.get_method("pointfield")
-    from engine.io.checkpoint import latest_valid_checkpoint, load_checkpoint
+    out = {"train_scenes": args.train_scenes, "target": args.target, "pretrain_minutes": args.minutes,
+           "finetune_minutes": args.finetune_minutes, "options": opts, "threads": args.threads,
+           "eval_views": args.eval_views or "all", "command": " ".join([Path(sys.executable).name] + sys.argv),
+           "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "complete": False,
+           "finetune": [], "scratch": []}
+    t_all, c_all = time.time(), time.process_time()
 
-    ck = load_checkpoint(latest_valid_checkpoint(run / "checkpoints", method="pointfield"), method="pointfield")
-    zs = cls.from_state_dict(methods.make_config("pointfield", dict(opts, scene_data=str(args.target))), ck["model"])
-    out["zero_shot"] = evaluate(zs, ds, max_views=args.eval_views)
-    out["finetune"], out["scratch"] = [], []
+    def save(stage):
+        out["last_stage"] = stage
+        out["total_wall_s"] = round(time.time() - t_all, 1)
+        out["total_cpu_s"] = round(time.process_time() - c_all, 1)
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(Path(args.out), json.dumps(out, indent=1))
+        print(f"[{time.strftime('%H:%M:%S')}] {stage} done; wrote {args.out}", flush=True)
+
+    def arm(name, target_opts, minutes):
+        tr, r = train_run("pointfield", args.target, args.output, target_opts, minutes, args.max_steps,
+                          final_eval=not args.eval_views)
+        if args.eval_views:
+            t1, c1 = time.time(), time.process_time()
+            r.update(evaluate(tr.method, tr.dataset, max_views=args.eval_views))
+            r.update(eval_wall_s=round(time.time() - t1, 1), eval_cpu_s=round(time.process_time() - c1, 1))
+        if r.get("test_views_in_split", 0) > 25 and not args.eval_views:
+            r.update(evaluate(tr.method, tr.dataset))          # more test views than the trainer's 25
+        r.update(minutes=minutes, arm=name)
+        return r
+
+    if args.pretrained:
+        run = Path(args.pretrained)
+        out["pretrain"] = {"run_dir": str(run), "reused": True}
+    else:
+        def pretrain():
+            _, pre = train_run("pointfield", first, args.output, dict(opts, scenes=",".join(rest)), args.minutes,
+                               args.max_steps, final_eval=True)
+            pre["final_eval_scene"] = first
+            return pre
+        out["pretrain"] = _arm(pretrain)
+        run = Path(out["pretrain"]["run_dir"])
+        save("pretrain")
+    ck_path = latest_valid_checkpoint(run / "checkpoints", method="pointfield")
+    if ck_path is None:
+        print(f"{run}: no pointfield checkpoint", file=sys.stderr)
+        return 1
+    ck = load_checkpoint(ck_path, method="pointfield")
+    out["pretrain"]["checkpoint"] = str(ck_path)
+    out["pretrain"]["checkpoint_step"] = ck.get("step")
+
+    def zero_shot():
+        t1, c1 = time.time(), time.process_time()
+        cls = methods.get_method("pointfield")
+        cfg = methods.make_config("pointfield", dict(load_scene_options(run), **opts, scene_data=str(args.target)))
+        zs = cls.from_state_dict(cfg, ck["model"])
+        build = {"scene_build_wall_s": round(time.time() - t1, 1), "notes": zs.notes}
+        t1, c1 = time.time(), time.process_time()
+        r = evaluate(zs, load_dataset(args.target), max_views=args.eval_views)
+        r.update(build, eval_wall_s=round(time.time() - t1, 1), eval_cpu_s=round(time.process_time() - c1, 1))
+        return r
+    out["zero_shot"] = _arm(zero_shot)
+    save("zero-shot")
+    print(f"zero-shot {out['zero_shot']['psnr']:.2f} dB", flush=True)
     for m in args.finetune_minutes:
-        t1, r1 = train_run("pointfield", args.target, args.output, dict(opts, init_from=str(run)), m, args.max_steps)
-        r1.update(evaluate(t1.method, t1.dataset, max_views=args.eval_views), minutes=m)
-        out["finetune"].append(r1)
-        t2, r2 = train_run("pointfield", args.target, args.output, dict(opts), m, args.max_steps)
-        r2.update(evaluate(t2.method, t2.dataset, max_views=args.eval_views), minutes=m)
-        out["scratch"].append(r2)
-        print(f"{m:g} min: fine-tuned {r1['psnr']:.2f} dB, scratch {r2['psnr']:.2f} dB", flush=True)
+        out["finetune"].append(_arm(lambda: arm("finetune", dict(opts, init_from=str(run)), m)))
+        save(f"fine-tune {m:g} min")
+        out["scratch"].append(_arm(lambda: arm("scratch", dict(opts), m)))
+        save(f"scratch {m:g} min")
+        print(f"{m:g} min: fine-tuned {out['finetune'][-1]['psnr']:.2f} dB, scratch {out['scratch'][-1]['psnr']:.2f} dB",
+              flush=True)
+    curve = {"zero_shot_psnr": out["zero_shot"]["psnr"]}
+    for f, s in zip(out["finetune"], out["scratch"]):
+        curve[f"{f['minutes']:g}_min"] = {"finetuned_psnr": f["psnr"], "scratch_psnr": s["psnr"],
+                                          "gain_db": f["psnr"] - s["psnr"], "finetuned_steps": f["steps"],
+                                          "scratch_steps": s["steps"]}
+    out["curve"] = curve
+    by_min = {f["minutes"]: (f["psnr"], s["psnr"]) for f, s in zip(out["finetune"], out["scratch"])}
+    targets = {}
+    if 5.0 in by_min:
+        targets["finetune_5min_beats_scratch_5min_by_1.5dB"] = {"gain_db": by_min[5.0][0] - by_min[5.0][1],
+                                                              "met": by_min[5.0][0] - by_min[5.0][1] >= 1.5}
+    if 1.0 in by_min:
+        targets["zero_shot_beats_scratch_1min"] = {"margin_db": out["zero_shot"]["psnr"] - by_min[1.0][1],
+                                                   "met": out["zero_shot"]["psnr"] > by_min[1.0][1]}
+    out["targets"] = targets
+    out["complete"] = True
     out["load_average_at_end"] = list(os.getloadavg())
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=1))
-    print(f"zero-shot {out['zero_shot']['psnr']:.2f} dB; wrote {args.out}")
+    save("all")
     return 0
+
+
+def load_scene_options(run: Path) -> dict:
+    """The method options a run was trained with (its config.toml), minus those that name its data."""
+    from engine.config import load_scene
+
+    if not (run / "config.toml").is_file():
+        return {}
+    o = dict(load_scene(run / "config.toml").method_options)
+    for k in ("scenes", "init_from", "scene_data", "points", "max_steps", "time_budget_s"):
+        o.pop(k, None)
+    return o
 
 
 def eval_run(args) -> int:
@@ -265,6 +365,8 @@ def main(argv=None) -> int:
     ap.add_argument("--target", default=str(DATA / "dtu" / "scan24_400"))
     ap.add_argument("--finetune-minutes", nargs="*", type=float, default=[1.0, 5.0])
     ap.add_argument("--eval-views", type=int, default=0, help="cross: evaluate at most N test views (0 = all)")
+    ap.add_argument("--pretrained", default=None, metavar="RUN",
+                    help="cross: skip the pretraining, start from this finished pointfield run")
     ap.add_argument("--eval-run", default=None, metavar="RUN", help="evaluate a finished run (module docstring)")
     ap.add_argument("--views", default="0:", help="--eval-run: test views A:B")
     ap.add_argument("--speed-only", action="store_true", help="--eval-run: only rays/s at 200 px")
