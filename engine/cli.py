@@ -34,6 +34,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _build_parser_for(argv: list[str]) -> argparse.ArgumentParser:
+    """The parser; for ``kernelight train METHOD --help`` one whose help lists that method's options only
+    (it is built for the help output alone: ``--help`` exits while parsing)."""
+    from .commands import _common
+
+    if len(argv) >= 2 and argv[0] == "train" and ("-h" in argv or "--help" in argv):
+        from .methods import available
+
+        names = [a for a in argv[1:] if a in available()]
+        if names:
+            _common.HELP_METHOD = names[0]
+    try:
+        return build_parser()
+    finally:
+        _common.HELP_METHOD = None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line. Exit codes: 0 done, 2 a user error (one line naming the input), 1 an
     internal error (one line; ``--debug`` or ``KERNELIGHT_DEBUG=1`` shows the traceback), 130 Ctrl-C."""
@@ -44,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     if "--debug" in argv:
         argv.remove("--debug")
         debug = True
-    parser = build_parser()
+    parser = _build_parser_for(argv)
     args = parser.parse_args(argv)
     args.argv = argv   # the command as given (kernelight train --nproc re-runs it under torchrun)
     if not getattr(args, "func", None):

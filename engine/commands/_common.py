@@ -4,17 +4,24 @@ from __future__ import annotations
 import argparse
 
 
+# set by ``engine.cli.main`` for ``kernelight train METHOD --help``: the help then lists that method's options only
+HELP_METHOD: str | None = None
+
+
 def add_method_options(parser: argparse.ArgumentParser, render_only: bool = False) -> None:
     """One ``--field-name`` flag per field of every registered method's config (default: not set),
     its help the field's :func:`~engine.methods.base.option` documentation; a field several methods
     share lists each default. ``render_only``: only the fields marked ``render=True`` (the options
-    ``render`` / ``eval`` / ``view`` accept)."""
+    ``render`` / ``eval`` / ``view`` accept). With :data:`HELP_METHOD` set (help output only), the
+    flags of that one method."""
     import dataclasses
 
     from ..methods import specs
 
     fields: dict[str, list] = {}        # name -> [(method, field)], in order of first appearance
     for spec in specs():
+        if HELP_METHOD is not None and spec.name != HELP_METHOD:
+            continue
         cls = spec.config_class()
         for f in dataclasses.fields(cls):
             if render_only and not f.metadata.get("render"):

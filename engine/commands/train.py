@@ -15,7 +15,7 @@ def register(sub) -> None:
         "scene TOML file (data, method and options come from it; flags override). Writes "
         "<output>/<scene>/<method>/<timestamp>/ with config.toml, checkpoints/, metrics.jsonl. "
         "Ctrl-C saves a checkpoint; --resume RUN continues from the newest one. "
-        "Methods:\n" + "".join(f"  {sp.name:<10} {sp.description}\n" for sp in specs()),
+        "'kernelight train METHOD --help' lists that method's options only. Methods:\n" + "".join(f"  {sp.name:<10} {sp.description}\n" for sp in specs()),
         epilog="examples:\n  kernelight train raygauss --data ../shared/data/nerf_synthetic/lego_100 "
         "--max-steps 3000\n  kernelight train scenes/mic.toml\n  kernelight train --resume "
         "outputs/mic/raygauss/2026-01-01_120000",

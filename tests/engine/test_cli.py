@@ -157,3 +157,20 @@ def test_one_scene_toml_schema_for_every_command(tmp_path, capsys):
     old.write_text('data = "somewhere"\n')            # the other schema a reader once accepted
     assert main(["dataset", str(old)]) == 2
     assert "missing [scene] table" in capsys.readouterr().err
+
+
+def test_train_method_help_lists_that_methods_options_only(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "shells", "--help"])
+    out = capsys.readouterr().out
+    assert "--hash-levels" in out and "--eikonal-weight" in out and "--max-steps" in out and "--data" in out
+    assert "--lr-means-init" not in out and "--guidance" not in out and "--densify-every" not in out
+    from engine.commands import _common
+
+    assert _common.HELP_METHOD is None     # reset as soon as that parser is built
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])          # no method named: every method's options
+    out = capsys.readouterr().out
+    assert "--hash-levels" in out and "--lr-means-init" in out and "--guidance" in out
+    # the filter is for help output only: parsing afterwards still knows every method's flags
+    build_parser().parse_args(["train", "raygauss", "--lr-means-init", "1e-4", "--data", "x"])
