@@ -48,7 +48,8 @@ class ShellsConfig(MethodConfig):
     occ_eps: float = option(1e-3, 'cell occupied when |f| < cell radius + ln(4/eps)/s')
     cos_anneal_steps: int = option(500, 'NeuS cosine annealing (0 = off)')
     # ---- losses ------------------------------------------------------------------------------
-    eikonal_weight: float = option(0.1, 'weight of the eikonal loss (|grad f| - 1)^2')
+    eikonal_weight: float = option(0.01, 'weight of the eikonal loss (|grad f| - 1)^2 (NeuS: 0.1; 0.01 rendered '
+                                   'lego_200 1.0 dB sharper at equal time, tools/results/bench_shells_levers.json)')
     mask_weight: float = option(0.1, 'BCE of opacity vs mask / alpha where the data has them')
     kernel_reg_weight: float = option(0.3, 'mean(1 / (a s(x))): pushes s up (solid) unless colour needs it wide')
     # ---- optimisation ------------------------------------------------------------------------
