@@ -19,7 +19,11 @@ Across scenes (``--cross``)::
 
 pretrains one network on the train scenes for ``--minutes``, then on the target: zero-shot PSNR
 (``scene_data``: the target's own points and images, no training), PSNR after each fine-tuning
-budget (``init_from``), and from scratch for the same budgets.
+budget (``init_from``), and from scratch for the same budgets, one arm after the other in one
+process. Every arm is evaluated on all the target's test views (the trainer's own end-of-run
+evaluation is this script's :func:`evaluate`, so the views are rendered once) and records its wall
+and process CPU time and the load average before and after. The JSON is rewritten atomically after
+each stage (``last_stage``, ``complete``); ``--pretrained RUN`` starts from a finished pretraining.
 
 Evaluating a finished run in parts (a loaded machine: per-view results are appended as they come,
 so an interrupted evaluation keeps what it measured; several parts can run at once)::
@@ -82,6 +86,29 @@ def evaluate(method, dataset, split="test", max_views=None) -> dict:
     return {"psnr": sum(ps) / len(ps), "ssim": sum(ss) / len(ss), "views": len(ps), "test_views_in_split": n,
             "masked": bool(method.masked_eval and sp.masks is not None), "s_per_image_median": sorted(ts)[len(ts) // 2],
             "per_view_psnr": [round(x, 3) for x in ps]}
+
+
+def trivial_baselines(dataset, split="test") -> dict:
+    """PSNR of two predictions that need no model, scored like :func:`evaluate` on data with masks:
+    the background everywhere (an empty render) and the mean colour inside the true mask (a flat
+    silhouette). A learned result near the second has learned little beyond the mask."""
+    import torch
+
+    from engine.train import metrics
+
+    sp = dataset.splits[split]
+    if sp.masks is None:
+        return {}
+    bg = torch.as_tensor(dataset.background, dtype=torch.float32)
+    e, f = [], []
+    for i in range(len(sp.cameras)):
+        img = sp.images[i]
+        m = sp.masks[i].to(img.dtype)[..., None]
+        gt = img * m + bg * (1 - m)
+        e.append(float(metrics.psnr(bg.expand_as(gt), gt)))
+        mean = (img * m).sum((0, 1)) / m.sum().clamp_min(1)
+        f.append(float(metrics.psnr(mean * m + bg * (1 - m), gt)))
+    return {"empty_render_psnr": sum(e) / len(e), "flat_mean_colour_in_mask_psnr": sum(f) / len(f), "views": len(e)}
 
 
 def train_run(name, data, output, opts, minutes, max_steps, preset=None, extra_data=None, final_eval=False):
@@ -234,6 +261,7 @@ def cross(args) -> int:
         r = evaluate(zs, load_dataset(args.target), max_views=args.eval_views)
         r.update(build, eval_wall_s=round(time.time() - t1, 1), eval_cpu_s=round(time.process_time() - c1, 1))
         return r
+    out["trivial_baselines"] = trivial_baselines(load_dataset(args.target))
     out["zero_shot"] = _arm(zero_shot)
     save("zero-shot")
     print(f"zero-shot {out['zero_shot']['psnr']:.2f} dB", flush=True)
