@@ -85,8 +85,7 @@ def main(argv=None) -> int:
     con.print(f"training {args.preset} preset on {args.data} for {args.minutes} min; notes: {tr.notes}")
     while tr.train_time < args.minutes * 60 and tr.step < args.max_steps:
         t0 = time.perf_counter()
-        idx = tr._next_index()
-        tr._step(idx)
+        tr._step(tr._next_indices() if tr.batch_mode == "image" else None)
         tr.train_time += time.perf_counter() - t0
         tr.step += 1
         while marks and tr.train_time >= marks[0] * 60:
