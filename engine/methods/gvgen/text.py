@@ -24,6 +24,7 @@ atomically, read with ``weights_only=True``), keyed by encoder name and caption.
 """
 from __future__ import annotations
 
+import abc
 import os
 import re
 import threading
@@ -118,7 +119,7 @@ def _quiet_transformers() -> None:
         pass
 
 
-class TextEncoder:
+class TextEncoder(abc.ABC):
     """Caption -> embeddings, with an in-memory and an optional on-disk cache.
 
     Subclasses set ``name`` and ``dim`` and implement :meth:`_encode_batch` (captions already
@@ -206,9 +207,10 @@ class TextEncoder:
             mask[i, :len(t)] = True
         return {"pooled": pooled, "tokens": tokens, "mask": mask}
 
+    @abc.abstractmethod
     def _encode_batch(self, captions: list[str]):
-        """Each subclass (MiniLM, CLIP) encodes a batch (see the class docstring for what it returns)."""
-        raise NotImplementedError(f"{type(self).__name__} must implement _encode_batch")
+        """Each subclass (MiniLM, CLIP, a registered one) encodes a batch (see the class docstring for what
+        it returns); a subclass without it cannot be instantiated."""
 
 
 class MiniLMEncoder(TextEncoder):

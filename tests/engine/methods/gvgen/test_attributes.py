@@ -8,12 +8,7 @@ import torch
 from engine.methods.gvgen import attributes as attr
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_decode_ranges_and_neutral_output():

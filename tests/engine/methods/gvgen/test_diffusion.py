@@ -8,14 +8,7 @@ from engine.methods.gvgen.diffusion import (Schedule, ddim_sample, denormalize_g
 from engine.methods.gvgen.unet import Conv3d3, UNet3D, depth_to_space, space_to_depth
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small tensors: one intra-op thread (two spin-wait against each other on a loaded 2-core machine,
-    10-20x slower here)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("shape", [(2, 3, 5, 4, 6), (1, 2, 1, 3, 3)])

@@ -5,12 +5,7 @@ import torch
 from engine.generate import DEFAULT_WEIGHTS
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_shipped_generator_generates_a_held_out_caption(tmp_path):

@@ -56,6 +56,11 @@ def test_registry_errors_and_plugins(tmp_path, monkeypatch):
                     mask[i, j] = True
             return torch.nn.functional.normalize(tok.sum(1), dim=-1), tok, mask
 
+    class NoEncode(T.TextEncoder):  # forgets _encode_batch: refused when made, not on first use
+        name, dim = "none", 3
+
+    with pytest.raises(TypeError, match="_encode_batch"):
+        NoEncode()
     monkeypatch.setitem(T.ENCODERS, "letters", Letters)
     cache = tmp_path / "cache.pt"
     enc = T.get_encoder("letters", cache=cache)
