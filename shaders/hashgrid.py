@@ -23,6 +23,8 @@ Float32 and float64 are supported: ``x`` and ``table`` of one call share the dty
 variable of the kernels uses that dtype (kernels are built per dtype by :func:`_kernels`).
 """
 import math
+import sys
+import threading
 
 import taichi as ti
 import torch
@@ -35,6 +37,10 @@ __all__ = ["level_resolutions", "hash_encode", "HashEncodeFn", "PRIMES"]
 PRIMES = (1, 2654435761, 805459861)
 
 _CACHE: dict = {}
+
+#: Table-gradient buffers of :meth:`HashEncodeFn.backward`, one per (shape, dtype, device).
+_GRAD_POOL: dict = {}
+_GRAD_POOL_LOCK = threading.Lock()
 
 
 def level_resolutions(levels: int, base_resolution: int, max_resolution: int) -> list[int]:
@@ -168,6 +174,28 @@ def _check(x, table, res):
                          f"({table.shape[0]},) (one per level of the table)")
 
 
+def _table_grad_buffer(like: torch.Tensor) -> torch.Tensor:
+    """A zeroed tensor shaped like the table, for the backward's scatter-add.
+
+    The backward returns a dense table gradient (12 x 2^16 x 2 floats = 6.3 MB for the shells'
+    default) and a step makes one call per group of samples. A fresh allocation of that size cost
+    4-5 ms per call on the CPU (the first writes to new pages: ``zeros_like`` ran at about 1.5 GB/s),
+    more than the scatter itself for a few thousand points; zeroing a kept buffer costs 0.2 ms.
+    So the buffer is kept and reused once nothing else holds it: autograd accumulates a
+    returned gradient into ``.grad`` by copying or adding (never by taking a tensor that another
+    reference holds), and a caller that kept one (``torch.autograd.grad``) holds a Python
+    reference, so a new buffer is made instead and the kept one is never overwritten."""
+    key = (tuple(like.shape), like.dtype, like.device)
+    with _GRAD_POOL_LOCK:
+        buf = _GRAD_POOL.get(key)
+        # references: the pool's dict, this local and getrefcount's argument -- nothing else
+        if buf is not None and buf._use_count() == 1 and sys.getrefcount(buf) <= 3:
+            return buf.zero_()
+        buf = torch.zeros_like(like)
+        _GRAD_POOL[key] = buf
+        return buf
+
+
 class HashEncodeFn(torch.autograd.Function):
     """Autograd wrapper: ``forward(x, table, resolutions) -> (N, L F)``."""
 
@@ -192,7 +220,7 @@ class HashEncodeFn(torch.autograd.Function):
     def backward(ctx, grad_out):
         xc, tc, rc = ctx.saved_tensors
         want_x, want_t = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        gt = torch.zeros_like(tc) if want_t else torch.zeros((1, 1, 1), dtype=tc.dtype, device=tc.device)
+        gt = _table_grad_buffer(tc) if want_t else torch.zeros((1, 1, 1), dtype=tc.dtype, device=tc.device)
         gx = torch.zeros_like(xc) if want_x else torch.zeros((1, 3), dtype=xc.dtype, device=xc.device)
         if xc.shape[0] > 0 and (want_x or want_t):
             _, bwd = _kernels(_REAL[xc.dtype], int(tc.shape[2]))

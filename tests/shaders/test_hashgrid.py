@@ -82,6 +82,40 @@ def test_only_table_gradient():
     torch.testing.assert_close(t.grad.sum(1), torch.full((4, 2), 50.0), atol=1e-3, rtol=0)
 
 
+def test_table_gradient_buffer_is_reused_and_never_overwritten():
+    """The backward's table gradient comes from a kept buffer (shaders.hashgrid._GRAD_POOL):
+    several backward passes still accumulate exactly, the buffer is reused when autograd has
+    consumed it, and a gradient a caller kept is never overwritten by a later backward."""
+    from shaders import hashgrid
+
+    x, table, res = _setup(n=200, seed=7)
+    g = torch.Generator().manual_seed(8)
+    w1, w2 = torch.randn(100, 8, generator=g), torch.randn(100, 8, generator=g)
+    xa, xb = x[:100], x[100:]
+    ref = []
+    for xi, wi in ((xa, w1), (xb, w2)):
+        tr = table.clone().requires_grad_()
+        (hash_encode_reference(xi, tr, res) * wi).sum().backward()
+        ref.append(tr.grad)
+    t = table.clone().requires_grad_()
+    (hash_encode(xa, t, res) * w1).sum().backward()
+    key = (tuple(table.shape), table.dtype, table.device)
+    ptr = hashgrid._GRAD_POOL[key].data_ptr()
+    (hash_encode(xb, t, res) * w2).sum().backward()
+    (hash_encode(xb, t, res) * w2).sum().backward()
+    assert hashgrid._GRAD_POOL[key].data_ptr() == ptr            # reused, not reallocated
+    assert t.grad.data_ptr() != ptr                               # .grad is autograd's own copy
+    torch.testing.assert_close(t.grad, ref[0] + 2 * ref[1], atol=1e-4, rtol=1e-4)
+    # kept gradients stay as they were
+    ga, = torch.autograd.grad((hash_encode(xa, t, res) * w1).sum(), t)
+    kept = ga.clone()
+    gb, = torch.autograd.grad((hash_encode(xb, t, res) * w2).sum(), t)
+    assert ga.data_ptr() != gb.data_ptr()
+    torch.testing.assert_close(ga, kept, atol=0, rtol=0)
+    torch.testing.assert_close(ga, ref[0], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(gb, ref[1], atol=1e-4, rtol=1e-4)
+
+
 def test_gradcheck_float64():
     g = torch.Generator().manual_seed(3)
     x = (torch.rand(6, 3, generator=g, dtype=torch.float64) * 0.9 + 0.05).requires_grad_()
