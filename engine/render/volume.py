@@ -87,20 +87,39 @@ class OccupancyGrid:
 
     @torch.no_grad()
     def update(self, occupied: Callable[[torch.Tensor, float], torch.Tensor],
-               generator: torch.Generator | None = None, chunk: int = 65536) -> float:
-        """Re-evaluate every cell (one jittered point each); returns the occupied fraction. The
-        points are on the device of :attr:`center` (a CPU ``generator`` draws the jitter there)."""
+               generator: torch.Generator | None = None, chunk: int = 65536,
+               cells: torch.Tensor | None = None) -> float:
+        """Re-evaluate every cell (one jittered point each), or only where ``cells`` (bool
+        ``(res, res, res)``) is set, the others keeping their state; returns the occupied fraction.
+        The points are on the device of :attr:`center` (a CPU ``generator`` draws the jitter there)."""
         r = self.res
         dev = self.center.device
-        ii = torch.stack(torch.meshgrid(*[torch.arange(r, device=dev)] * 3, indexing="ij"), -1).reshape(-1, 3)
+        if cells is None:
+            ii = torch.stack(torch.meshgrid(*[torch.arange(r, device=dev)] * 3, indexing="ij"), -1).reshape(-1, 3)
+        else:
+            ii = cells.to(dev).reshape(r, r, r).nonzero()
         jit = torch.rand(ii.shape, generator=generator).to(dev)
         p = self.center - self.half_size + (ii + jit) * self.cell
         occ = torch.empty(p.shape[0], dtype=torch.bool, device=dev)
         radius = self.cell * math.sqrt(3) / 2
         for i in range(0, p.shape[0], chunk):
             occ[i:i + chunk] = occupied(p[i:i + chunk], radius)
-        self.occ = occ.reshape(r, r, r)
+        if cells is None:
+            self.occ = occ.reshape(r, r, r)
+        else:
+            grid = self.occ.to(dev).clone()
+            grid[ii[:, 0], ii[:, 1], ii[:, 2]] = occ
+            self.occ = grid
         return float(self.occ.float().mean())
+
+    def refresh_cells(self, fraction: float, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The cells a partial refresh re-evaluates (bool ``(res, res, res)``): every occupied cell
+        and its 26 neighbours (a surface moving by less than a cell per refresh stays covered), and
+        a random ``fraction`` of the others (new parts far from the current ones)."""
+        occ = self.occ.float()[None, None]
+        near = torch.nn.functional.max_pool3d(occ, 3, stride=1, padding=1)[0, 0] > 0
+        rand = torch.rand(self.occ.shape, generator=generator).to(near.device) < float(fraction)
+        return near | rand
 
     def state_dict(self) -> dict:
         return {"occ": self.occ.clone(), "center": self.center.clone(), "half_size": self.half_size}

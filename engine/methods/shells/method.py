@@ -1,8 +1,9 @@
 """Adaptive Shells as a trainable method (the interface the generic trainer drives).
 
 Training: random ray batches (``batch_mode = "rays"``), volumetric rendering with an occupancy
-grid (:mod:`.volume`), loss ``L1(rgb) + eikonal_weight * eikonal + mask_weight * BCE(opacity,
-mask or alpha) + kernel_reg_weight * mean(1 / (a s(x)))``. After step ``k`` of
+grid (:mod:`.volume`; refreshed every ``occ_update_every`` steps, partially by default:
+``occ_refresh_fraction``), loss ``L1(rgb) (or MSE: rgb_loss) + eikonal_weight * eikonal +
+mask_weight * BCE(opacity, mask or alpha) + kernel_reg_weight * mean(1 / (a s(x)))``. After step ``k`` of
 ``shell_finetune_from`` (by default the last seventh of training; 0 = never) the shells are
 extracted (:mod:`.extract`) and later steps render only inside the band (:mod:`.render`),
 exactly as the shells will be rendered. What those steps train is ``shell_finetune_params``:
@@ -148,6 +149,17 @@ class ShellsMethod(Method):
         f, log_s, _ = self.field.geometry(p)
         return f.abs() < 2.0 * cell_radius + math.log(4.0 / self.cfg.occ_eps) * torch.exp(-log_s)
 
+    def _refresh_cells(self, s: int):
+        """The cells the occupancy refresh after step ``s`` re-evaluates: all (None), or with
+        ``occ_refresh_fraction`` f < 1 a partial set (:meth:`OccupancyGrid.refresh_cells`) except on
+        every ``round(1 / f)``-th refresh, which re-evaluates every cell."""
+        f = float(self.cfg.occ_refresh_fraction)
+        if not 0.0 < f <= 1.0:
+            raise ConfigError(f"occ_refresh_fraction must be in (0, 1], got {f}")
+        if f == 1.0 or (s // self.cfg.occ_update_every) % max(int(round(1.0 / f)), 1) == 0:
+            return None
+        return self.occ.refresh_cells(f, self.gen)
+
     def _anneal(self, step: int) -> float:
         n = self.cfg.cos_anneal_steps
         return 1.0 if n <= 0 else min(1.0, step / n)
@@ -221,8 +233,14 @@ class ShellsMethod(Method):
             target = target * mask_t[:, None] + bg * (1 - mask_t[:, None])
         elif batch.alpha is not None:
             mask_t = batch.alpha.float()
-        l1 = (out["rgb"] - target).abs().mean()
-        loss = l1
+        err = out["rgb"] - target
+        l1 = err.abs().mean()
+        if c.rgb_loss == "mse":
+            loss = (err ** 2).mean()
+        elif c.rgb_loss == "l1":
+            loss = l1
+        else:
+            raise ConfigError(f"rgb_loss must be l1 or mse, got {c.rgb_loss!r}")
         stats = {}
         # eikonal on the samples and on random points of the box
         pts = (torch.rand(256, 3, generator=self.gen)[self.shard(256)].to(self.field.center.device) * 2 - 1) \
@@ -272,7 +290,7 @@ class ShellsMethod(Method):
         s = step + 1
         res = None
         if s >= c.occ_warmup and s % c.occ_update_every == 0 and self.shells is None:
-            frac = self.occ.update(self._occupied, self.gen)
+            frac = self.occ.update(self._occupied, self.gen, cells=self._refresh_cells(s))
             res = {"occupied": round(frac, 4)}
         if (self.shells is not None and self._renderer is not None and not self.finetune_colour_only
                 and s % (4 * c.occ_update_every) == 0):

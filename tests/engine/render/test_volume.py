@@ -61,6 +61,41 @@ def test_occupancy_grid_skips_empty_space_and_misses_render_nothing():
     assert torch.allclose(tn[0], torch.tensor(2.0)) and bool(tf[1] <= tn[1])
 
 
+def test_partial_occupancy_refresh_follows_a_moving_band_and_keeps_the_rest():
+    """A partial refresh re-evaluates the occupied cells, their neighbours and a random fraction of
+    the rest: a band that moves by less than a cell is followed exactly as a full refresh would,
+    cells outside the chosen set keep their state, and the predicate sees only the chosen cells."""
+    occ = OccupancyGrid(torch.zeros(3), 1.0, 16)
+    layer = lambda p, k: ((p[:, 2] + 1.0) / occ.cell).floor() == k       # the cells of one z layer, any jitter
+    occ.update(lambda p, r: layer(p, 8))                                # a thin band: layer 8
+    g = torch.Generator().manual_seed(0)
+    cells = occ.refresh_cells(0.0, g)
+    # occupied cells and their 26 neighbours, nothing else (fraction 0)
+    near = torch.nn.functional.max_pool3d(occ.occ.float()[None, None], 3, 1, 1)[0, 0] > 0
+    assert torch.equal(cells, near) and int(cells.sum()) < occ.occ.numel() // 3
+    seen = []
+
+    def moved(p, r):
+        seen.append(p.shape[0])
+        # the band moved by one cell, and a new part appeared far from it
+        return layer(p, 9) | (p > 0.75).all(-1)
+
+    cells = occ.refresh_cells(0.0, g)
+    occ.update(moved, g, cells=cells)
+    assert seen == [int(cells.sum())]
+    full = OccupancyGrid(torch.zeros(3), 1.0, 16)
+    full.update(moved)
+    far = torch.zeros_like(full.occ)
+    far[14:, 14:, 14:] = True                                           # the new part's cells
+    assert bool(full.occ[far].all()) and not bool(occ.occ[far].any())   # not chosen: kept as they were
+    assert torch.equal(occ.occ[~far], full.occ[~far])                   # the band: as a full refresh
+    # the far part is found by a refresh that draws it, or by the next full one
+    occ.update(moved, g, cells=occ.refresh_cells(1.0, g))
+    assert torch.equal(occ.occ, full.occ)
+    # a fraction of 1 chooses every cell
+    assert bool(occ.refresh_cells(1.0, g).all())
+
+
 def test_composite_gradients_float64():
     g = torch.Generator().manual_seed(0)
     alpha = torch.rand(3, 5, generator=g, dtype=torch.float64).requires_grad_()

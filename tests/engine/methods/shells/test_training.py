@@ -226,6 +226,24 @@ def test_training_extracts_shells_at_the_finetune_fraction():
     assert m.shells is not None and m.active_mode == "shells"
 
 
+def test_partial_occupancy_refresh_schedule():
+    """occ_refresh_fraction 0.25: refreshes re-evaluate part of the grid, and every 4th all of it;
+    the grid still follows the field while training; 0 is refused by name."""
+    from engine.errors import ConfigError
+
+    ds = _sphere_dataset()
+    m = ShellsMethod.create(_cfg(occ_refresh_fraction=0.25), ds)
+    every = m.cfg.occ_update_every
+    kinds = [m._refresh_cells(k * every) is None for k in range(1, 9)]
+    assert kinds == [False, False, False, True] * 2                    # full on every 4th refresh
+    _train(m, ds, 30)                               # refreshes after steps 10, 15, ..., 30
+    assert 0.0 < float(m.occ.occ.float().mean()) < 0.5
+    part = m._refresh_cells(every)                  # the occupied cells, their neighbours, some others
+    assert part.dtype == torch.bool and bool(part[m.occ.occ].all()) and 0 < int(part.sum()) < part.numel()
+    with pytest.raises(ConfigError, match="occ_refresh_fraction"):
+        ShellsMethod.create(_cfg(occ_refresh_fraction=0.0), ds)._refresh_cells(every)
+
+
 def test_volumetric_phase_decays_its_learning_rate_before_fine_tuning():
     from engine.methods.shells.method import lr_factor
 
