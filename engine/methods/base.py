@@ -206,6 +206,12 @@ class Method:
         train time / time budget. Returns ``{group name: lr}``. Default: constant rates."""
         return {g.get("name", str(i)): g["lr"] for i, g in enumerate(optimizer.param_groups)}
 
+    def bind_training_data(self, dataset) -> None:
+        """Called by the trainer once the method exists (made by :meth:`create` or loaded by
+        :meth:`from_state_dict` when resuming) with the run's dataset, before the first step: keep
+        what training needs from it beyond the images the trainer hands over (RayGauss: the
+        training masks). Default: nothing."""
+
     def train_step(self, step: int, image: torch.Tensor, cameras, index: int, background) -> tuple:
         """``batch_mode == "image"``: render training view ``index`` and return
         ``(loss, stats, prediction (H, W, 3))``; ``stats`` has at least ``psnr``."""

@@ -203,9 +203,11 @@ class Trainer:
                                   f"the next set every {self.sampler.refresh_every} steps (decoded in the background)")
 
     def _attach(self, method):
-        """Put a method on the run's device and tell it where it sits in a distributed run."""
+        """Put a method on the run's device, tell it where it sits in a distributed run and give it
+        the training data (:meth:`Method.bind_training_data`)."""
         method = method.to(self.device)
         method.dist = self.dist if self.dist.enabled else None
+        method.bind_training_data(self.dataset)
         return method
 
     def _sync_from_rank0(self, what: str) -> None:

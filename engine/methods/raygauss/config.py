@@ -45,6 +45,11 @@ class RayGaussConfig(MethodConfig):
     lr_sh_dc: float = option(1e-3, 'all SH coefficients (original: DC 1e-3, higher orders 2.6e-4)')
     lr_sg: float = option(3e-3, 'SG amplitude, axis, sharpness (original 3.6e-4, 3e-3, 0.045)')
     ssim_weight: float = option(0.2, 'loss = (1 - w) L1 + w D-SSIM')
+    mask_background: bool = option(True, 'on data with masks (DTU): fit and evaluate the object only, the photo '
+                                   'inside the mask and the background colour outside it, as shells and '
+                                   'pointfield do (the Gaussians start inside the masks\' visual hull and cannot '
+                                   'model the photo\'s background: fitting whole photos of scan24_400, the '
+                                   'training PSNR fell from 11.8 to about 7.5 dB over 130 steps)')
     batch_images: int = option(1, 'training images per step, the loss their mean (data-parallel ranks split '
                                'them: the number of ranks must divide it)')
     # ---- densification (strategy) --------------------------------------------------------------

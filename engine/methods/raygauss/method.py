@@ -49,6 +49,19 @@ class RayGaussMethod(Method):
         super().__init__(cfg)
         self.model = model
         self.strategy = RayGaussDensifier(cfg, model.scene_extent, seed=cfg.seed)
+        # mask_background: on data with masks the object is fitted and evaluated alone (eval_target
+        # composites the test views the same way when masked_eval is set)
+        self.masked_eval = bool(cfg.mask_background)
+        self.train_masks = None
+
+    def bind_training_data(self, dataset) -> None:
+        """With ``mask_background`` and training masks, :meth:`train_step` fits the photo inside the
+        mask and the background colour outside it."""
+        masks = getattr(dataset.splits["train"], "masks", None) if self.cfg.mask_background else None
+        self.train_masks = masks
+        if masks is not None:
+            self.notes.append("the data has masks: fitting the object only (the photo inside the mask, the "
+                              "background colour outside; --mask-background false fits whole photos)")
 
     # ---------------------------------------------------------------- creation
     @classmethod
@@ -129,6 +142,9 @@ class RayGaussMethod(Method):
         self._unlock(step)
         out = self.model.render_camera(cameras, index, background=background)
         pred = out["rgb"]
+        if self.train_masks is not None:
+            mk = self.train_masks[index].to(image.device, image.dtype)[..., None]
+            image = image * mk + torch.as_tensor(background, dtype=image.dtype, device=image.device) * (1 - mk)
         w = self.cfg.ssim_weight
         l1 = (pred - image).abs().mean()
         loss = (1 - w) * l1 + (w * dssim_loss(pred, image) if w > 0 else 0.0)

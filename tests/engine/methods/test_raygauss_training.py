@@ -151,3 +151,34 @@ def test_cli_render_eval_export_and_api(trained, tmp_path, monkeypatch):
     # the exported 3DGS file renders too
     out2 = engine.render(ply_model, ds.splits["test"].cameras, 0, background=(1, 1, 1))
     assert out2["rgb"].shape == (25, 25, 3)
+
+
+def test_masked_data_fits_the_object_only_and_resume_keeps_it(shared_data, tmp_path):
+    """On DTU (masks) RayGauss fits the photo inside the mask and the background outside it, as its
+    evaluation does (masked_eval); a resumed run binds the masks again; --mask-background false
+    fits whole photos."""
+    from engine.train.trainer import eval_target
+
+    dtu = shared_data / "dtu" / "scan24_400"
+    opts = {**TINY, "max_steps": 1, "checkpoint_every": 1, "init_points": 200}
+    tr = Trainer(TrainSettings(method=RayGaussMethod, data=dtu, output=tmp_path, downscale=8, options=opts,
+                               progress=False, quiet=True))
+    m, split = tr.method, tr.dataset.splits["train"]
+    assert m.masked_eval and m.train_masks is not None and any("masks" in n for n in tr.notes)
+    bg = torch.as_tensor(tr.background, dtype=torch.float32)
+    img = split.images[2]
+    loss, stats, pred = m.train_step(0, img, split.cameras, 2, bg)
+    target = eval_target(m, split, 2, bg)
+    assert not torch.equal(target, img)                      # the photo has a background to remove
+    psnr = lambda a, b: float(-10 * torch.log10(((a.detach() - b) ** 2).mean()))
+    assert stats["psnr"] == pytest.approx(psnr(pred, target), abs=1e-4)
+    assert abs(stats["psnr"] - psnr(pred, img)) > 0.1
+    run = tr.train()
+    s = TrainSettings(method=RayGaussMethod, data=dtu, output=tmp_path, downscale=8,
+                      options={**opts, "max_steps": 2}, progress=False, quiet=True, run_dir=run)
+    assert Trainer(s).method.train_masks is not None
+    off = Trainer(TrainSettings(method=RayGaussMethod, data=dtu, output=tmp_path, downscale=8,
+                                options={**opts, "mask_background": False}, progress=False, quiet=True))
+    assert not off.method.masked_eval and off.method.train_masks is None
+    _, st_off, pred_off = off.method.train_step(0, img, split.cameras, 2, bg)
+    assert st_off["psnr"] == pytest.approx(psnr(pred_off, img), abs=1e-4)
