@@ -63,8 +63,10 @@ class ShellsConfig(MethodConfig):
     max_steps: int = option(8000, MethodConfig.field_help()['max_steps'])
     rays_per_batch: int = option(1024, 'random rays (across all training images) per step')
     lr_encoding: float = option(1e-2, 'learning rate of the hash table')
-    lr_network: float = option(5e-3, 'learning rate of the SDF and colour networks (1,000 steps on lego_200 '
-                               'with kernel reg 0.1: 2e-3 25.51 dB, 5e-3 25.81, 1e-2 25.70)')
+    lr_network: float = option(2e-3, 'learning rate of the SDF and colour networks (1,000 steps on lego_200 '
+                               'with kernel reg 0.1: 2e-3 25.51 dB, 5e-3 25.81, 1e-2 25.70; but on scan24_400 under a '
+                               '17-minute budget 5e-3 kept the kernel size low and the samples per ray high: '
+                               'README "Levers measured (session 11)")')
     lr_s: float = option(1e-2, 'learning rate of the global kernel size log s')
     lr_warmup: int = option(100, 'linear learning-rate warm-up steps')
     lr_final_frac: float = option(0.1, 'cosine decay to this fraction of the initial rates')
