@@ -46,7 +46,7 @@ def score(model, split, background, views=None) -> dict:
         masks = getattr(split, "masks", None)
         if masks is not None:
             m = masks[i].float()[..., None]
-            comp = img * m + bg * (1 - m)
+            comp = metrics.composite_on_background(img, masks[i], bg)
             acc["psnr_composite"].append(float(metrics.psnr(pred, comp)))
             se = ((pred - img) ** 2 * m).sum() / (m.sum() * 3).clamp_min(1.0)
             acc["psnr_in_mask"].append(float(-10 * torch.log10(se.clamp_min(1e-12))))

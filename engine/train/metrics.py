@@ -30,6 +30,13 @@ SSIM_K1 = 0.01
 SSIM_K2 = 0.03
 
 
+
+def composite_on_background(rgb: torch.Tensor, mask: torch.Tensor, background) -> torch.Tensor:
+    """``rgb (..., 3)`` inside ``mask (...)`` (bool or [0, 1]) and ``background (3,)`` outside it: the
+    target of methods that model a masked object only (DTU), in training and evaluation."""
+    m = mask.to(rgb.device, rgb.dtype)[..., None]
+    return rgb * m + torch.as_tensor(background, dtype=rgb.dtype, device=rgb.device) * (1 - m)
+
 def _as_bhwc(img) -> torch.Tensor:
     t = torch.as_tensor(np.asarray(img) if not torch.is_tensor(img) else img)
     if not t.is_floating_point():

@@ -40,7 +40,7 @@ import torch
 from ..errors import ConfigError, KernelightError
 from ..io.atomic import atomic_write_text
 from ..io.checkpoint import checkpoint_name, latest_valid_checkpoint, load_checkpoint, save_checkpoint
-from . import distributed
+from . import distributed, metrics
 
 
 class TrainingError(KernelightError):
@@ -472,8 +472,7 @@ def eval_target(method, split, index: int, background) -> torch.Tensor:
     field does not model the background there)."""
     img = split.images[index]
     if method.masked_eval and getattr(split, "masks", None) is not None:
-        m = split.masks[index].to(img.dtype)[..., None]
-        img = img * m + torch.as_tensor(background, dtype=img.dtype) * (1 - m)
+        img = metrics.composite_on_background(img, split.masks[index], background)
     return img
 
 

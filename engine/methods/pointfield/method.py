@@ -26,6 +26,7 @@ import torch.nn.functional as Fn
 from torch import nn
 
 from ...errors import CheckpointError, ConfigError
+from ...train.metrics import composite_on_background
 from ..base import Method
 from .config import PointFieldConfig
 from .model import Aggregator, Encoder
@@ -152,7 +153,7 @@ class PointFieldMethod(Method):
         target = img.reshape(-1, 3)[pix]
         m = None if cov is None else cov.reshape(-1)[pix]
         if m is not None and scene.coverage_is_mask:   # DTU: the field models the masked object only
-            target = target * m[:, None] + bg * (1 - m[:, None])
+            target = composite_on_background(target, m, bg)
         mse = ((out["rgb"] - target) ** 2).mean()
         loss = mse
         stats = {"psnr": float(-10 * torch.log10(mse.detach().clamp_min(1e-12))),

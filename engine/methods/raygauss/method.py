@@ -11,7 +11,7 @@ import torch
 
 from ...train.densify import RayGaussDensifier
 from ..base import Method
-from ...train.metrics import dssim_loss
+from ...train.metrics import composite_on_background, dssim_loss
 from .config import RayGaussConfig
 from .model import RayGaussModel
 
@@ -143,8 +143,7 @@ class RayGaussMethod(Method):
         out = self.model.render_camera(cameras, index, background=background)
         pred = out["rgb"]
         if self.train_masks is not None:
-            mk = self.train_masks[index].to(image.device, image.dtype)[..., None]
-            image = image * mk + torch.as_tensor(background, dtype=image.dtype, device=image.device) * (1 - mk)
+            image = composite_on_background(image, self.train_masks[index], background)
         w = self.cfg.ssim_weight
         l1 = (pred - image).abs().mean()
         loss = (1 - w) * l1 + (w * dssim_loss(pred, image) if w > 0 else 0.0)

@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as Fn
 
 from ...errors import ConfigError
+from ...train.metrics import composite_on_background
 from ..base import Method
 from .config import ShellsConfig
 from .field import ShellField
@@ -83,6 +84,8 @@ class ShellsMethod(Method):
     def __init__(self, cfg: ShellsConfig, field: ShellField, occ: OccupancyGrid | None = None):
         if cfg.render_mode not in ("auto", "shells", "volume"):
             raise ConfigError(f"render_mode must be auto, shells or volume, got {cfg.render_mode!r}")
+        if not 0.0 < float(cfg.occ_refresh_fraction) <= 1.0:
+            raise ConfigError(f"occ_refresh_fraction must be in (0, 1], got {cfg.occ_refresh_fraction}")
         super().__init__(cfg)
         self.field = field
         self.model = field
@@ -153,9 +156,7 @@ class ShellsMethod(Method):
         """The cells the occupancy refresh after step ``s`` re-evaluates: all (None), or with
         ``occ_refresh_fraction`` f < 1 a partial set (:meth:`OccupancyGrid.refresh_cells`) except on
         every ``round(1 / f)``-th refresh, which re-evaluates every cell."""
-        f = float(self.cfg.occ_refresh_fraction)
-        if not 0.0 < f <= 1.0:
-            raise ConfigError(f"occ_refresh_fraction must be in (0, 1], got {f}")
+        f = float(self.cfg.occ_refresh_fraction)    # in (0, 1]: checked in __init__
         if f == 1.0 or (s // self.cfg.occ_update_every) % max(int(round(1.0 / f)), 1) == 0:
             return None
         return self.occ.refresh_cells(f, self.gen)
@@ -230,7 +231,7 @@ class ShellsMethod(Method):
         mask_t = None
         if batch.mask is not None:
             mask_t = batch.mask.float()
-            target = target * mask_t[:, None] + bg * (1 - mask_t[:, None])
+            target = composite_on_background(target, mask_t, bg)
         elif batch.alpha is not None:
             mask_t = batch.alpha.float()
         err = out["rgb"] - target

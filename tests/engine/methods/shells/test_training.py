@@ -241,7 +241,7 @@ def test_partial_occupancy_refresh_schedule():
     part = m._refresh_cells(every)                  # the occupied cells, their neighbours, some others
     assert part.dtype == torch.bool and bool(part[m.occ.occ].all()) and 0 < int(part.sum()) < part.numel()
     with pytest.raises(ConfigError, match="occ_refresh_fraction"):
-        ShellsMethod.create(_cfg(occ_refresh_fraction=0.0), ds)._refresh_cells(every)
+        ShellsMethod.create(_cfg(occ_refresh_fraction=0.0), ds)
 
 
 def test_volumetric_phase_decays_its_learning_rate_before_fine_tuning():
