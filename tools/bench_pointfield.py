@@ -102,12 +102,12 @@ def trivial_baselines(dataset, split="test") -> dict:
     bg = torch.as_tensor(dataset.background, dtype=torch.float32)
     e, f = [], []
     for i in range(len(sp.cameras)):
-        img = sp.images[i]
-        m = sp.masks[i].to(img.dtype)[..., None]
-        gt = img * m + bg * (1 - m)
+        img, mask = sp.images[i], sp.masks[i]
+        gt = metrics.composite_on_background(img, mask, bg)
         e.append(float(metrics.psnr(bg.expand_as(gt), gt)))
+        m = mask.to(img.dtype)[..., None]
         mean = (img * m).sum((0, 1)) / m.sum().clamp_min(1)
-        f.append(float(metrics.psnr(mean * m + bg * (1 - m), gt)))
+        f.append(float(metrics.psnr(metrics.composite_on_background(mean.expand_as(img), mask, bg), gt)))
     return {"empty_render_psnr": sum(e) / len(e), "flat_mean_colour_in_mask_psnr": sum(f) / len(f), "views": len(e)}
 
 

@@ -94,6 +94,7 @@ def bench_run(run: Path, views: int, grid_res: int | None, target_faces: int | N
 
     import engine
     from engine.config import load_scene
+    from engine.train.metrics import composite_on_background
 
     model = engine.load(run)
     scene = load_scene(Path(run) / "config.toml")
@@ -186,8 +187,7 @@ def bench_run(run: Path, views: int, grid_res: int | None, target_faces: int | N
     for i in idx:
         gt = split.images[i]
         if split.masks is not None:
-            m = split.masks[i].float()[..., None]
-            gt = gt * m + bg * (1 - m)
+            gt = composite_on_background(gt, split.masks[i], bg)
         for mode in modes:                     # interleaved: all modes see the same machine load
             rmode = set_mode(mode)
             t, c = time.perf_counter(), time.process_time()

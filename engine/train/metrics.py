@@ -37,6 +37,7 @@ def composite_on_background(rgb: torch.Tensor, mask: torch.Tensor, background) -
     m = mask.to(rgb.device, rgb.dtype)[..., None]
     return rgb * m + torch.as_tensor(background, dtype=rgb.dtype, device=rgb.device) * (1 - m)
 
+
 def _as_bhwc(img) -> torch.Tensor:
     t = torch.as_tensor(np.asarray(img) if not torch.is_tensor(img) else img)
     if not t.is_floating_point():
