@@ -436,6 +436,7 @@ def test_load_five_clients_for_30_seconds(tiny_ply):
             windows = []                      # per 5 s window: frames each client received
             prev = {c.client_id: _frames(app, c.client_id) for c in clients}
             max_pending, t0 = 0, time.monotonic()
+            next_window = t0 + 5.0            # windows by the clock: a slow loop must not lose any
             rss_windows = []
             k = 0
             centre = np.asarray(app.scene.center, dtype=np.float64)
@@ -450,7 +451,8 @@ def test_load_five_clients_for_30_seconds(tiny_ply):
                 max_pending = max(max_pending, max(s["pending"] for s in app.render_panel.stats().values()))
                 time.sleep(0.2)
                 k += 1
-                if k % 25 == 0:
+                if time.monotonic() >= next_window:
+                    next_window += 5.0
                     cur = {c.client_id: _frames(app, c.client_id) for c in clients}
                     windows.append({cid: cur[cid] - prev[cid] for cid in cur})
                     rss_windows.append(round(rss_mb(), 1))
