@@ -148,7 +148,7 @@ class PointFieldMethod(Method):
         o, d = self._rays_of_pixels(cams, idx, pix, W)
         tc = ray_center_depth(scene.train_depth(c)[idx], pix, d, cams.c2w[idx])
         views = scene.nearest_views(cams, idx, c.source_views, exclude=idx)
-        ctx = encode_views(self.nets.encoder, scene, c, views)
+        ctx = encode_views(self.nets.encoder, scene, c, views, target=cams.c2w[idx, :3, 3])
         out = render_rays(self.nets.agg, scene, c, ctx, o, d, tc, self.nets.log_s, bg)
         target = img.reshape(-1, 3)[pix]
         m = None if cov is None else cov.reshape(-1)[pix]
@@ -278,7 +278,7 @@ class PointFieldMethod(Method):
         depth = sc.splat(cam, c)[0]
         tc = ray_center_depth(depth, torch.arange(H * W), d, cam.c2w[0])
         views = sc.nearest_views(cams, index, c.source_views)
-        ctx = encode_views(self.nets.encoder, sc, c, views)
+        ctx = encode_views(self.nets.encoder, sc, c, views, target=cam.c2w[0, :3, 3])
         bg = None if background is None else torch.as_tensor(background, dtype=torch.float32)
         keys = ("rgb", "opacity", "depth_sum", "cost")
         acc = {k: [] for k in keys}

@@ -26,19 +26,36 @@ Per target view (GPF):
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as Fn
 
 from ...render.volume import composite
 
 EMPTY_SDF = 1.0
 
 
-def encode_views(encoder, scene, cfg, views: torch.Tensor) -> dict:
-    """Encode source ``views`` (S,) of ``scene``: the pyramid, their cameras at encoder size, depth maps."""
+def encode_views(encoder, scene, cfg, views: torch.Tensor, target=None) -> dict:
+    """Encode source ``views`` (S,) of ``scene``: the pyramid, their cameras at encoder size, depth maps.
+    ``target`` (3,): the centre of the camera being rendered (for ``view_angle_power``; None = unknown,
+    e.g. when exporting features)."""
     imgs = scene.source_images(views, cfg)
     pyr = encoder(imgs)
     cams = scene.source_cameras(cfg)[views]
     return {"pyr": pyr, "cams": cams, "depth": scene.source_depth(cfg)[views], "views": views,
-            "size": (int(imgs.shape[3]), int(imgs.shape[2]))}
+            "size": (int(imgs.shape[3]), int(imgs.shape[2])),
+            "target": None if target is None else torch.as_tensor(target, dtype=torch.float32).reshape(3)}
+
+
+def view_scores(ctx: dict, pts: torch.Tensor, vis: torch.Tensor, power: float) -> torch.Tensor:
+    """Score ``(S, U)`` of each source view for each point: its visibility ``vis``, times
+    ``((1 + cos a) / 2) ** power`` where ``a`` is the angle at the point between the target camera and
+    the source camera (``power`` 0 or no target: the visibility alone, GPF's score)."""
+    if not power > 0 or ctx.get("target") is None:
+        return vis
+    src = ctx["cams"].c2w[:, :3, 3].to(pts)                          # (S, 3)
+    to_t = Fn.normalize(ctx["target"].to(pts)[None] - pts, dim=-1)   # (U, 3)
+    to_s = Fn.normalize(src[:, None, :] - pts[None], dim=-1)         # (S, U, 3)
+    cos = (to_s * to_t[None]).sum(-1).clamp(-1, 1)
+    return vis * ((1 + cos) / 2) ** float(power)
 
 
 def visibility(scene, ctx: dict, pts: torch.Tensor):
@@ -65,6 +82,7 @@ def point_features(net, scene, cfg, ctx: dict, pidx: torch.Tensor) -> torch.Tens
     pts = scene.points[pidx]
     with torch.no_grad():
         uv, vis = visibility(scene, ctx, pts)
+        vis = view_scores(ctx, pts.detach(), vis, float(getattr(cfg, "view_angle_power", 0.0)))
     T = min(int(cfg.top_views), vis.shape[0])
     top = torch.topk(vis, T, dim=0)                                  # (T, U)
     w = torch.softmax(top.values / float(cfg.vis_temperature), 0) * top.values

@@ -99,6 +99,28 @@ def test_visibility_front_point_visible_back_point_occluded():
     assert v[3] == 0.0 and v[4] == 0.0                       # behind the camera / outside the image
 
 
+def test_view_scores_prefer_the_source_camera_nearest_the_target_direction():
+    from engine.methods.pointfield.render import view_scores
+
+    # two source cameras seeing the point at the origin, 30 and 90 degrees from the target camera
+    def cam_at(eye):
+        return torch.as_tensor(_look_at(eye), dtype=torch.float32)
+
+    tgt = torch.tensor([0.0, -4.0, 0.0])
+    a30 = [4 * math.sin(math.pi / 6), -4 * math.cos(math.pi / 6), 0.0]
+    src = Cameras(20.0, 20.0, 16.0, 16.0, 32, 32, torch.stack([cam_at(a30), cam_at([4.0, 0.0, 0.0])]))
+    pts = torch.zeros(1, 3)
+    vis = torch.tensor([[0.9], [1.0]])
+    ctx = {"cams": src, "target": tgt}
+    assert torch.equal(view_scores(ctx, pts, vis, 0.0), vis)                  # GPF: visibility alone
+    assert torch.equal(view_scores({"cams": src, "target": None}, pts, vis, 8.0), vis)   # no target known
+    s = view_scores(ctx, pts, vis, 8.0)
+    cos30 = math.cos(math.pi / 6)
+    assert s[0, 0].item() == pytest.approx(0.9 * ((1 + cos30) / 2) ** 8, rel=1e-5)
+    assert s[1, 0].item() == pytest.approx(1.0 * 0.5 ** 8, rel=1e-5)          # 90 degrees: cos 0
+    assert s[0, 0] > s[1, 0]                                                  # the nearer direction wins
+
+
 def test_log_samples_symmetric_and_clamped():
     from engine.methods.pointfield.render import log_offsets, log_samples
 
