@@ -353,7 +353,8 @@ class PointFieldMethod(Method):
     # ---------------------------------------------------------------- state
     def state_dict(self) -> dict:
         return {"nets": {k: v.detach().clone() for k, v in self.nets.state_dict().items()},
-                "scenes": [s.state() for s in self.scenes], "gen": self.gen.get_state()}
+                "scenes": [s.state() for s in self.scenes], "gen": self.gen.get_state(),
+                "view_angle_power": float(self.cfg.view_angle_power)}
 
     @classmethod
     def from_state_dict(cls, cfg: PointFieldConfig, st: dict) -> "PointFieldMethod":
@@ -367,6 +368,10 @@ class PointFieldMethod(Method):
                                   "training)") from None
         scenes = [PointScene.from_state(s, cfg.feature_dim) for s in st["scenes"]]
         notes = []
+        if "view_angle_power" not in st and cfg.view_angle_power != 0:
+            # trained before the option existed, with GPF's score (visibility alone): render it that way
+            cfg.view_angle_power = 0.0
+            notes.append("view_angle_power 0 (GPF's view score): the checkpoint predates the option")
         if cfg.scene_data:
             from ...data import load_dataset
 

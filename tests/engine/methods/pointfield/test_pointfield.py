@@ -315,6 +315,22 @@ def test_dataset_without_points_or_masks(sphere, tmp_path):
         build_scene(ds, methods.make_config("pointfield", FAST), [])
 
 
+def test_checkpoint_from_before_the_view_angle_option_renders_with_gpf_score(model):
+    m, ds = model
+    cls = methods.get_method("pointfield")
+    st = m.state_dict()
+    assert st["view_angle_power"] == 8.0                            # the default is recorded
+    again = cls.from_state_dict(methods.make_config("pointfield", FAST), st)
+    assert again.cfg.view_angle_power == 8.0
+    old = {k: v for k, v in st.items() if k != "view_angle_power"}  # a checkpoint of session 12
+    legacy = cls.from_state_dict(methods.make_config("pointfield", FAST), old)
+    assert legacy.cfg.view_angle_power == 0.0
+    assert any("predates" in n for n in legacy.notes)
+    a = m.render(ds.splits["test"].cameras, 0)["rgb"]
+    b = legacy.render(ds.splits["test"].cameras, 0)["rgb"]
+    assert not torch.equal(a, b)                                    # the score changes what is rendered
+
+
 def test_checkpoint_of_another_method(tmp_path, model):
     from engine.io.checkpoint import save_checkpoint
 
