@@ -125,6 +125,9 @@ class MethodConfig:
             if choices and v not in choices:
                 raise ConfigError(f"option {key}: expected one of {', '.join(map(str, choices))}, got {v!r}")
             setattr(cfg, key, v)
+        # the names set here rather than left at their defaults (a method can tell an option a run or a
+        # user gave from a default that did not exist when an old checkpoint was written)
+        cfg.given_options = frozenset(str(k).replace("-", "_") for k in options)
         cfg.validate()
         return cfg
 

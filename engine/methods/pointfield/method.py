@@ -368,7 +368,8 @@ class PointFieldMethod(Method):
                                   "training)") from None
         scenes = [PointScene.from_state(s, cfg.feature_dim) for s in st["scenes"]]
         notes = []
-        if "view_angle_power" not in st and cfg.view_angle_power != 0:
+        if ("view_angle_power" not in st and cfg.view_angle_power != 0
+                and "view_angle_power" not in getattr(cfg, "given_options", ())):
             # trained before the option existed, with GPF's score (visibility alone): render it that way
             cfg.view_angle_power = 0.0
             notes.append("view_angle_power 0 (GPF's view score): the checkpoint predates the option")

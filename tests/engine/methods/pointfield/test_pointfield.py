@@ -326,6 +326,8 @@ def test_checkpoint_from_before_the_view_angle_option_renders_with_gpf_score(mod
     legacy = cls.from_state_dict(methods.make_config("pointfield", FAST), old)
     assert legacy.cfg.view_angle_power == 0.0
     assert any("predates" in n for n in legacy.notes)
+    asked = cls.from_state_dict(methods.make_config("pointfield", dict(FAST, view_angle_power=4)), old)
+    assert asked.cfg.view_angle_power == 4.0                        # an option given explicitly wins
     a = m.render(ds.splits["test"].cameras, 0)["rgb"]
     b = legacy.render(ds.splits["test"].cameras, 0)["rgb"]
     assert not torch.equal(a, b)                                    # the score changes what is rendered
