@@ -28,7 +28,7 @@ class PointFieldConfig(MethodConfig):
     view_angle_power: float = option(8.0, "score each source view by visibility x ((1 + cos a) / 2)^P, a the angle "
                                      "at the point between the target and the source camera (0 = visibility "
                                      "only, GPF; 8 gained 0.4-0.5 dB on lego_100 in 5 minutes)", render=True)
-    vis_temperature: float = option(0.9, "softmax temperature of the view blending (weights x visibility)")
+    vis_temperature: float = option(0.9, "softmax temperature of the view blending (weights softmax(score / T) x score)")
     encoder_max_side: int = option(200, "source images are encoded at most this many pixels on their long side")
     feature_dim: int = option(32, "per-point colour feature and geometry feature width (each)")
     splat_radius: float = option(1.0, "disk radius of a point in the depth maps, in point spacings")

@@ -82,7 +82,7 @@ def point_features(net, scene, cfg, ctx: dict, pidx: torch.Tensor) -> torch.Tens
     pts = scene.points[pidx]
     with torch.no_grad():
         uv, vis = visibility(scene, ctx, pts)
-        vis = view_scores(ctx, pts.detach(), vis, float(getattr(cfg, "view_angle_power", 0.0)))
+        vis = view_scores(ctx, pts, vis, float(cfg.view_angle_power))
     T = min(int(cfg.top_views), vis.shape[0])
     top = torch.topk(vis, T, dim=0)                                  # (T, U)
     w = torch.softmax(top.values / float(cfg.vis_temperature), 0) * top.values
