@@ -116,6 +116,42 @@ def test_table_gradient_buffer_is_reused_and_never_overwritten():
     torch.testing.assert_close(gb, ref[1], atol=1e-4, rtol=1e-4)
 
 
+def test_accumulate_grad_into_table_grad():
+    """accumulate_grad=True: several calls of one step add exactly what autograd's path gives into
+    table.grad (one kept buffer, no table gradient returned); after zero_grad(set_to_none=True) the
+    next step starts from zero in the same buffer; gradients w.r.t. x are unchanged."""
+    x, table, res = _setup(n=240, seed=11)
+    g = torch.Generator().manual_seed(12)
+    w = [torch.randn(80, 8, generator=g) for _ in range(3)]
+    xs = [x[:80], x[80:160], x[160:]]
+    tr = table.clone().requires_grad_()
+    xr = [xi.clone().requires_grad_() for xi in xs]
+    sum((hash_encode_reference(xi, tr, res) * wi).sum() for xi, wi in zip(xr, w)).backward()
+    t = torch.nn.Parameter(table.clone())
+    opt = torch.optim.SGD([t], lr=0.0)
+    for step in range(2):
+        opt.zero_grad(set_to_none=True)
+        assert t.grad is None
+        xa = [xi.clone().requires_grad_() for xi in xs]
+        loss = sum((hash_encode(xi, t, res, accumulate_grad=True) * wi).sum() for xi, wi in zip(xa, w))
+        loss.backward()
+        torch.testing.assert_close(t.grad, tr.grad, atol=1e-4, rtol=1e-4)
+        for a, b in zip(xa, xr):
+            torch.testing.assert_close(a.grad, b.grad, atol=1e-4, rtol=1e-4)
+        if step == 0:
+            ptr = t.grad.data_ptr()
+        else:
+            assert t.grad.data_ptr() == ptr         # the kept buffer, zeroed, not a new allocation
+    # without zero_grad a second backward adds on top, as autograd would
+    (hash_encode(xs[0], t, res, accumulate_grad=True) * w[0]).sum().backward()
+    ref0 = table.clone().requires_grad_()
+    (hash_encode_reference(xs[0], ref0, res) * w[0]).sum().backward()
+    torch.testing.assert_close(t.grad, tr.grad + ref0.grad, atol=1e-4, rtol=1e-4)
+    # a non-leaf table is refused (its gradient has nowhere to go)
+    with pytest.raises(ValueError, match="leaf"):
+        hash_encode(xs[0], t * 1.0, res, accumulate_grad=True)
+
+
 def test_gradcheck_float64():
     g = torch.Generator().manual_seed(3)
     x = (torch.rand(6, 3, generator=g, dtype=torch.float64) * 0.9 + 0.05).requires_grad_()

@@ -133,7 +133,8 @@ class ShellField(torch.nn.Module):
     def geometry(self, x: torch.Tensor):
         """SDF (N,), log kernel size (N,) and geometry features (N, G) at world points ``x (N, 3)``."""
         p = self.normalise(x)
-        enc = hash_encode((p * 0.5 + 0.5).contiguous(), self.table, self.resolution_t)
+        # the table's gradient goes straight into table.grad (one dense buffer per step, not one per call)
+        enc = hash_encode((p * 0.5 + 0.5).contiguous(), self.table, self.resolution_t, accumulate_grad=True)
         h = Fn.softplus(self.sdf_l0(torch.cat([enc, p], -1)), beta=100.0)
         out = self.sdf_l1(h)
         sdf = (p.norm(dim=-1) - self.cfg.init_radius + out[:, 0]) * self.half_size

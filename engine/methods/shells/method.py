@@ -44,6 +44,7 @@ import torch.nn.functional as Fn
 
 from ...errors import ConfigError
 from ...train.metrics import composite_on_background
+from ...train.optim import adam
 from ..base import Method
 from .config import ShellsConfig
 from .field import ShellField
@@ -124,7 +125,7 @@ class ShellsMethod(Method):
         groups = [{"name": "encoding", "params": [f.table], "lr": c.lr_encoding, "base_lr": c.lr_encoding},
                   {"name": "networks", "params": nets, "lr": c.lr_network, "base_lr": c.lr_network},
                   {"name": "log_s", "params": [f.log_s], "lr": c.lr_s, "base_lr": c.lr_s}]
-        return torch.optim.Adam(groups, lr=0.0, betas=(0.9, 0.99), eps=1e-15)
+        return adam(groups, lr=0.0, betas=(0.9, 0.99), eps=1e-15)    # fused where torch has it
 
     def _schedule_step(self, step: int) -> int:
         """The step the schedules (learning rate, extraction) see: ``step``, or with a time budget
