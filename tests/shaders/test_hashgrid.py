@@ -13,6 +13,16 @@ from shaders.hashgrid_ref import corner_indices, hash_encode_reference
 runtime.init()
 
 
+@pytest.fixture(autouse=True, params=[True, False], ids=["level-major", "point-parallel"])
+def kernel_layout(request, monkeypatch):
+    """Every test runs with both kernel layouts (the CPU's level-major one and the GPU's
+    point-parallel one), each against the pure-torch reference."""
+    from shaders import hashgrid
+
+    monkeypatch.setattr(hashgrid, "LEVEL_MAJOR", request.param)
+    return request.param
+
+
 def _setup(n=300, L=4, T=64, F=2, dtype=torch.float32, seed=0, res=(2, 3, 7, 16)):
     g = torch.Generator().manual_seed(seed)
     x = torch.rand(n, 3, generator=g, dtype=dtype) * 1.1 - 0.05   # a few points outside [0, 1]
