@@ -180,3 +180,13 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match="one per level"):
         hash_encode(x, table, res[:2])
     assert hash_encode(x[:0], table, res).shape == (0, 8)
+
+
+def test_layout_choice(monkeypatch):
+    """Auto picks the level-major kernels on the CPU only; the module flag forces either."""
+    from shaders import hashgrid
+
+    monkeypatch.setattr(hashgrid, "LEVEL_MAJOR", None)
+    assert hashgrid._level_major("cpu") and not hashgrid._level_major("cuda")
+    monkeypatch.setattr(hashgrid, "LEVEL_MAJOR", False)
+    assert not hashgrid._level_major("cpu")
