@@ -19,10 +19,10 @@ encoding is continuous but only piecewise smooth across cell faces). Second deri
 available (the backward is marked once-differentiable): fields that need ``grad f`` inside a loss
 (eikonal) use finite differences, as Neuralangelo does for hash grids.
 
-Two kernel layouts compute the same sums: point-parallel (a thread per point and level; the table
-gradient by atomic adds), used on a GPU, and level-major (a thread per level, its points in turn;
-no atomics, one level's table in cache), used on the CPU (:data:`LEVEL_MAJOR`). They can differ in
-the last bits of the table gradient (the order of the additions).
+The table gradient has two kernels that compute the same sums: point-parallel (a thread per point;
+atomic adds), used on a GPU, and level-major (one level after another, its points in turn; plain
+adds, one level's table in cache), used on the CPU (:data:`LEVEL_MAJOR`). They can differ in the
+last bits (the order of the additions).
 
 Float32 and float64 are supported: ``x`` and ``table`` of one call share the dtype, and every local
 variable of the kernels uses that dtype (kernels are built per dtype by :func:`_kernels`).
@@ -163,40 +163,16 @@ def _kernels(real, F: int):
                 for k in ti.static(range(3)):
                     grad_x[n, k] = gx[k]
 
-    # ---- CPU variants: one thread per level (the outer loop), every point of that level in turn.
-    # A level's table (2^16 x 2 float32 = 512 KB by default) then stays in that core's cache, and no
-    # two threads ever write the same level, so the table gradient is added without atomics (on x86
-    # a float atomic add is a compare-and-swap loop). Too little parallelism for a GPU (L threads).
-    @ti.kernel
-    def forward_levels(x: ti.types.ndarray(), table: ti.types.ndarray(), res: ti.types.ndarray(),
-                       out: ti.types.ndarray()):
-        N = x.shape[0]
-        L = table.shape[0]
-        T = table.shape[1]
-        ti.loop_config(block_dim=1)
-        for l in range(L):
-            r = res[l]
-            dense = is_dense(r, T)
-            for n in range(N):
-                c, w, _ins = cell(x, n, r)
-                acc = ti.Vector.zero(real, F)
-                for b in ti.static(range(8)):
-                    b0, b1, b2 = b & 1, (b >> 1) & 1, (b >> 2) & 1
-                    wt = (w[0] if b0 else 1.0 - w[0]) * (w[1] if b1 else 1.0 - w[1]) \
-                        * (w[2] if b2 else 1.0 - w[2])
-                    idx = corner_index(c[0] + b0, c[1] + b1, c[2] + b2, r + 1, dense, T)
-                    for f in ti.static(range(F)):
-                        acc[f] += wt * ti.cast(table[l, idx, f], real)
-                for f in ti.static(range(F)):
-                    out[n, l * F + f] = acc[f]
-
+    # ---- CPU variant of the table gradient: levels one after another, each level's points in turn.
+    # Taichi does not split a loop of L (12) iterations across threads, so this runs on one core; it
+    # needs no atomics (on x86 a float atomic add is a compare-and-swap loop) and keeps one level's
+    # table (2^16 x 2 float32 = 512 KB by default) in cache. Too little parallelism for a GPU.
     @ti.kernel
     def backward_table_levels(x: ti.types.ndarray(), res: ti.types.ndarray(), grad_out: ti.types.ndarray(),
                               grad_table: ti.types.ndarray()):
         N = x.shape[0]
         L = grad_table.shape[0]
         T = grad_table.shape[1]
-        ti.loop_config(block_dim=1)
         for l in range(L):
             r = res[l]
             dense = is_dense(r, T)
@@ -211,10 +187,10 @@ def _kernels(real, F: int):
                         * (w[2] if b2 else 1.0 - w[2])
                     idx = corner_index(c[0] + b0, c[1] + b1, c[2] + b2, r + 1, dense, T)
                     for f in ti.static(range(F)):
-                        # a plain load and store: this thread alone writes level l
+                        # a plain load and store: one thread writes the whole table
                         grad_table[l, idx, f] = grad_table[l, idx, f] + wt * g[f]
 
-    _CACHE[key] = (forward, backward, forward_levels, backward_table_levels)
+    _CACHE[key] = (forward, backward, backward_table_levels)
     return _CACHE[key]
 
 
@@ -234,16 +210,16 @@ def _check(x, table, res):
                          f"({table.shape[0]},) (one per level of the table)")
 
 
-#: Which kernels run: None (auto) picks the level-major ones on the CPU and the point-parallel ones
-#: elsewhere; True / False force one kind (tests run both against the reference).
+#: Which table-gradient kernel runs: None (auto) picks the level-major one on the CPU and the
+#: point-parallel one elsewhere; True / False force one (tests run both against the reference).
 LEVEL_MAJOR: bool | None = None
 
 
 def _level_major(device) -> bool:
-    """Whether the level-major kernels run (see ``LEVEL_MAJOR``). On the CPU they were 2.8x
-    (forward) and 4.2x (table gradient) faster than the point-parallel kernels here (30,000 points
-    near a surface, 12 levels of 2^16 x 2, 2 cores): each thread keeps one level's table in cache
-    and adds to it without atomics. A GPU needs the point-parallel kernels' parallelism."""
+    """Whether the level-major table-gradient kernel runs (see ``LEVEL_MAJOR``). Measured here
+    (3,500 points near a surface, 12 levels of 2^16 x 2, quiet 2-core machine, median of 3 runs of
+    200 calls): 4.4 ms on one core against 6-7 ms on two cores with atomics; with 30,000 points
+    24-27 against 35 ms. A GPU needs the point-parallel kernel's parallelism."""
     if LEVEL_MAJOR is not None:
         return bool(LEVEL_MAJOR)
     return torch.device(device).type == "cpu"
@@ -306,8 +282,7 @@ class HashEncodeFn(torch.autograd.Function):
         rc = res.to(dev, torch.int32).contiguous()
         out = torch.empty((xc.shape[0], tc.shape[0] * tc.shape[2]), dtype=x.dtype, device=dev)
         if xc.shape[0] > 0:
-            ks = _kernels(_REAL[x.dtype], int(tc.shape[2]))
-            fwd = ks[2] if _level_major(dev) else ks[0]
+            fwd = _kernels(_REAL[x.dtype], int(tc.shape[2]))[0]
             with runtime.runtime_lock:
                 fwd(xc, tc, rc, out)
         ctx.save_for_backward(xc, tc, rc)
@@ -337,7 +312,7 @@ class HashEncodeFn(torch.autograd.Function):
             with runtime.runtime_lock:
                 if _level_major(xc.device):
                     if want_t:
-                        ks[3](xc, rc, go, gt)
+                        ks[2](xc, rc, go, gt)
                     if want_x:       # x's gradient sums over levels: the point-parallel kernel
                         ks[1](xc, tc, rc, go, gt, gx, 0, 1)
                 else:

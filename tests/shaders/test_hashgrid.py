@@ -15,7 +15,7 @@ runtime.init()
 
 @pytest.fixture(autouse=True, params=[True, False], ids=["level-major", "point-parallel"])
 def kernel_layout(request, monkeypatch):
-    """Every test runs with both kernel layouts (the CPU's level-major one and the GPU's
+    """Every test runs with both table-gradient kernels (the CPU's level-major one and the GPU's
     point-parallel one), each against the pure-torch reference."""
     from shaders import hashgrid
 
