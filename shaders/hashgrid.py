@@ -99,6 +99,20 @@ def _kernels(real, F: int):
         return c, w, inside
 
     @ti.func
+    def corner(c, w, b: ti.template(), r, dense, T):
+        """Trilinear weight and table index of corner ``b`` (0..7, compile time) of cell ``c``."""
+        b0, b1, b2 = b & 1, (b >> 1) & 1, (b >> 2) & 1
+        wt = (w[0] if b0 else 1.0 - w[0]) * (w[1] if b1 else 1.0 - w[1]) * (w[2] if b2 else 1.0 - w[2])
+        return wt, corner_index(c[0] + b0, c[1] + b1, c[2] + b2, r + 1, dense, T)
+
+    @ti.func
+    def grad_row(grad_out: ti.template(), n, l):
+        g = ti.Vector.zero(real, F)
+        for f in ti.static(range(F)):
+            g[f] = ti.cast(grad_out[n, l * F + f], real)
+        return g
+
+    @ti.func
     def is_dense(r, T):
         r1 = ti.cast(r + 1, ti.i64)
         return r1 * r1 * r1 <= ti.cast(T, ti.i64)
@@ -115,10 +129,7 @@ def _kernels(real, F: int):
             c, w, _ins = cell(x, n, r)
             acc = ti.Vector.zero(real, F)
             for b in ti.static(range(8)):
-                b0, b1, b2 = b & 1, (b >> 1) & 1, (b >> 2) & 1
-                wt = (w[0] if b0 else 1.0 - w[0]) * (w[1] if b1 else 1.0 - w[1]) \
-                    * (w[2] if b2 else 1.0 - w[2])
-                idx = corner_index(c[0] + b0, c[1] + b1, c[2] + b2, r + 1, dense, T)
+                wt, idx = corner(c, w, b, r, dense, T)
                 for f in ti.static(range(F)):
                     acc[f] += wt * ti.cast(table[l, idx, f], real)
             for f in ti.static(range(F)):
@@ -138,16 +149,13 @@ def _kernels(real, F: int):
                 dense = is_dense(r, T)
                 c, w, ins = cell(x, n, r)
                 rr = ti.cast(r, real)
-                g = ti.Vector.zero(real, F)
-                for f in ti.static(range(F)):
-                    g[f] = ti.cast(grad_out[n, l * F + f], real)
+                g = grad_row(grad_out, n, l)
                 for b in ti.static(range(8)):
                     b0, b1, b2 = b & 1, (b >> 1) & 1, (b >> 2) & 1
                     f0 = w[0] if b0 else 1.0 - w[0]
                     f1 = w[1] if b1 else 1.0 - w[1]
                     f2 = w[2] if b2 else 1.0 - w[2]
-                    wt = f0 * f1 * f2
-                    idx = corner_index(c[0] + b0, c[1] + b1, c[2] + b2, r + 1, dense, T)
+                    wt, idx = corner(c, w, b, r, dense, T)
                     if want_table:
                         for f in ti.static(range(F)):
                             ti.atomic_add(grad_table[l, idx, f], wt * g[f])
@@ -170,22 +178,14 @@ def _kernels(real, F: int):
     @ti.kernel
     def backward_table_levels(x: ti.types.ndarray(), res: ti.types.ndarray(), grad_out: ti.types.ndarray(),
                               grad_table: ti.types.ndarray()):
-        N = x.shape[0]
-        L = grad_table.shape[0]
         T = grad_table.shape[1]
-        for l in range(L):
-            r = res[l]
-            dense = is_dense(r, T)
-            for n in range(N):
-                c, w, _ins = cell(x, n, r)
-                g = ti.Vector.zero(real, F)
-                for f in ti.static(range(F)):
-                    g[f] = ti.cast(grad_out[n, l * F + f], real)
+        for l in range(grad_table.shape[0]):
+            dense = is_dense(res[l], T)
+            for n in range(x.shape[0]):
+                c, w, _ins = cell(x, n, res[l])
+                g = grad_row(grad_out, n, l)
                 for b in ti.static(range(8)):
-                    b0, b1, b2 = b & 1, (b >> 1) & 1, (b >> 2) & 1
-                    wt = (w[0] if b0 else 1.0 - w[0]) * (w[1] if b1 else 1.0 - w[1]) \
-                        * (w[2] if b2 else 1.0 - w[2])
-                    idx = corner_index(c[0] + b0, c[1] + b1, c[2] + b2, r + 1, dense, T)
+                    wt, idx = corner(c, w, b, res[l], dense, T)
                     for f in ti.static(range(F)):
                         # a plain load and store: one thread writes the whole table
                         grad_table[l, idx, f] = grad_table[l, idx, f] + wt * g[f]
