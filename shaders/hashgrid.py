@@ -217,9 +217,9 @@ LEVEL_MAJOR: bool | None = None
 
 def _level_major(device) -> bool:
     """Whether the level-major table-gradient kernel runs (see ``LEVEL_MAJOR``). Measured here
-    (3,500 points near a surface, 12 levels of 2^16 x 2, quiet 2-core machine, median of 3 runs of
-    200 calls): 4.4 ms on one core against 6-7 ms on two cores with atomics; with 30,000 points
-    24-27 against 35 ms. A GPU needs the point-parallel kernel's parallelism."""
+    (3,500 points near a surface, 12 levels of 2^16 x 2, quiet 2-core machine, 3 runs of 200 calls):
+    4.2-4.8 ms on one core against 4.5-7.2 ms (median 7.1) on two cores with atomics; with 30,000
+    points 24-27 against 35 ms. A GPU needs the point-parallel kernel's parallelism."""
     if LEVEL_MAJOR is not None:
         return bool(LEVEL_MAJOR)
     return torch.device(device).type == "cpu"
