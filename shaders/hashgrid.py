@@ -30,13 +30,14 @@ variable of the kernels uses that dtype (kernels are built per dtype by :func:`_
 import math
 import sys
 import threading
+from typing import NamedTuple
 
 import taichi as ti
 import torch
 
 from . import runtime
 
-__all__ = ["level_resolutions", "hash_encode", "HashEncodeFn", "PRIMES"]
+__all__ = ["level_resolutions", "hash_encode", "hash_encode_jacobian", "HashEncodeFn", "HashEncodeJacobianFn", "PRIMES"]
 
 #: Spatial-hash multipliers per axis (Teschner et al. / Instant-NGP).
 PRIMES = (1, 2654435761, 805459861)
@@ -106,6 +107,29 @@ def _kernels(real, F: int):
         return wt, corner_index(c[0] + b0, c[1] + b1, c[2] + b2, r + 1, dense, T)
 
     @ti.func
+    def corner_dw(w, ins, rr, b: ti.template()):
+        """Gradient of corner ``b``'s trilinear weight w.r.t. ``x`` (``rr`` = the level's
+        resolution; zero along an axis where ``x`` was clamped, ``ins`` = 0)."""
+        b0, b1, b2 = b & 1, (b >> 1) & 1, (b >> 2) & 1
+        f0 = w[0] if b0 else 1.0 - w[0]
+        f1 = w[1] if b1 else 1.0 - w[1]
+        f2 = w[2] if b2 else 1.0 - w[2]
+        return ti.Vector([(1.0 if b0 else -1.0) * f1 * f2 * ins[0],
+                          f0 * (1.0 if b1 else -1.0) * f2 * ins[1],
+                          f0 * f1 * (1.0 if b2 else -1.0) * ins[2]], dt=real) * rr
+
+    @ti.func
+    def jac_coef(grad_out: ti.template(), grad_jac: ti.template(), n, l, wt, dw):
+        """d loss / d table[l, idx, :] from one corner with weight ``wt`` and weight gradient ``dw``,
+        given the gradients of the encoding (``grad_out``) and of its Jacobian (``grad_jac``)."""
+        g = ti.Vector.zero(real, F)
+        for f in ti.static(range(F)):
+            g[f] = wt * ti.cast(grad_out[n, l * F + f], real)
+            for k in ti.static(range(3)):
+                g[f] += dw[k] * ti.cast(grad_jac[n, l * F + f, k], real)
+        return g
+
+    @ti.func
     def grad_row(grad_out: ti.template(), n, l):
         g = ti.Vector.zero(real, F)
         for f in ti.static(range(F)):
@@ -151,10 +175,6 @@ def _kernels(real, F: int):
                 rr = ti.cast(r, real)
                 g = grad_row(grad_out, n, l)
                 for b in ti.static(range(8)):
-                    b0, b1, b2 = b & 1, (b >> 1) & 1, (b >> 2) & 1
-                    f0 = w[0] if b0 else 1.0 - w[0]
-                    f1 = w[1] if b1 else 1.0 - w[1]
-                    f2 = w[2] if b2 else 1.0 - w[2]
                     wt, idx = corner(c, w, b, r, dense, T)
                     if want_table:
                         for f in ti.static(range(F)):
@@ -163,10 +183,7 @@ def _kernels(real, F: int):
                         tv = ti.cast(0.0, real)
                         for f in ti.static(range(F)):
                             tv += ti.cast(table[l, idx, f], real) * g[f]
-                        tv *= rr
-                        gx[0] += tv * (1.0 if b0 else -1.0) * f1 * f2 * ins[0]
-                        gx[1] += tv * f0 * (1.0 if b1 else -1.0) * f2 * ins[1]
-                        gx[2] += tv * f0 * f1 * (1.0 if b2 else -1.0) * ins[2]
+                        gx += tv * corner_dw(w, ins, rr, b)
             if want_x:
                 for k in ti.static(range(3)):
                     grad_x[n, k] = gx[k]
@@ -190,8 +207,76 @@ def _kernels(real, F: int):
                         # a plain load and store: one thread writes the whole table
                         grad_table[l, idx, f] = grad_table[l, idx, f] + wt * g[f]
 
-    _CACHE[key] = (forward, backward, backward_table_levels)
+    # ---- the encoding with its Jacobian w.r.t. x (analytic normals: hash_encode_jacobian) -------
+    @ti.kernel
+    def jac_forward(x: ti.types.ndarray(), table: ti.types.ndarray(), res: ti.types.ndarray(),
+                    out: ti.types.ndarray(), jac: ti.types.ndarray()):
+        N = x.shape[0]
+        L = table.shape[0]
+        T = table.shape[1]
+        for n, l in ti.ndrange(N, L):
+            r = res[l]
+            dense = is_dense(r, T)
+            c, w, ins = cell(x, n, r)
+            rr = ti.cast(r, real)
+            acc = ti.Vector.zero(real, F)
+            J = ti.Matrix.zero(real, F, 3)
+            for b in ti.static(range(8)):
+                wt, idx = corner(c, w, b, r, dense, T)
+                dw = corner_dw(w, ins, rr, b)
+                for f in ti.static(range(F)):
+                    tv = ti.cast(table[l, idx, f], real)
+                    acc[f] += wt * tv
+                    for k in ti.static(range(3)):
+                        J[f, k] += dw[k] * tv
+            for f in ti.static(range(F)):
+                out[n, l * F + f] = acc[f]
+                for k in ti.static(range(3)):
+                    jac[n, l * F + f, k] = J[f, k]
+
+    @ti.kernel
+    def jac_backward(x: ti.types.ndarray(), res: ti.types.ndarray(), grad_out: ti.types.ndarray(),
+                     grad_jac: ti.types.ndarray(), grad_table: ti.types.ndarray()):
+        T = grad_table.shape[1]
+        for n, l in ti.ndrange(x.shape[0], grad_table.shape[0]):
+            r = res[l]
+            dense = is_dense(r, T)
+            c, w, ins = cell(x, n, r)
+            rr = ti.cast(r, real)
+            for b in ti.static(range(8)):
+                wt, idx = corner(c, w, b, r, dense, T)
+                g = jac_coef(grad_out, grad_jac, n, l, wt, corner_dw(w, ins, rr, b))
+                for f in ti.static(range(F)):
+                    ti.atomic_add(grad_table[l, idx, f], g[f])
+
+    @ti.kernel
+    def jac_backward_levels(x: ti.types.ndarray(), res: ti.types.ndarray(), grad_out: ti.types.ndarray(),
+                            grad_jac: ti.types.ndarray(), grad_table: ti.types.ndarray()):
+        T = grad_table.shape[1]
+        for l in range(grad_table.shape[0]):
+            r = res[l]
+            dense = is_dense(r, T)
+            rr = ti.cast(r, real)
+            for n in range(x.shape[0]):
+                c, w, ins = cell(x, n, r)
+                for b in ti.static(range(8)):
+                    wt, idx = corner(c, w, b, r, dense, T)
+                    g = jac_coef(grad_out, grad_jac, n, l, wt, corner_dw(w, ins, rr, b))
+                    for f in ti.static(range(F)):
+                        grad_table[l, idx, f] = grad_table[l, idx, f] + g[f]
+
+    _CACHE[key] = _Kernels(forward, backward, backward_table_levels, jac_forward, jac_backward,
+                           jac_backward_levels)
     return _CACHE[key]
+
+
+class _Kernels(NamedTuple):
+    forward: object
+    backward: object
+    backward_table_levels: object
+    jac_forward: object
+    jac_backward: object
+    jac_backward_levels: object
 
 
 _REAL = {torch.float32: ti.f32, torch.float64: ti.f64}
@@ -225,8 +310,8 @@ def _level_major(device) -> bool:
     return torch.device(device).type == "cpu"
 
 
-def _table_grad_buffer(like: torch.Tensor) -> torch.Tensor:
-    """A zeroed tensor shaped like the table, for the backward's scatter-add.
+def _table_grad_buffer(shape, dtype, device) -> torch.Tensor:
+    """A zeroed tensor of the table's shape, dtype and device, for the backward's scatter-add.
 
     The backward returns a dense table gradient (12 x 2^16 x 2 floats = 6.3 MB for the shells'
     default) and a step makes one call per group of samples. A fresh allocation of that size cost
@@ -236,13 +321,13 @@ def _table_grad_buffer(like: torch.Tensor) -> torch.Tensor:
     returned gradient into ``.grad`` by copying or adding (never by taking a tensor that another
     reference holds), and a caller that kept one (``torch.autograd.grad``) holds a Python
     reference, so a new buffer is made instead and the kept one is never overwritten."""
-    key = (tuple(like.shape), like.dtype, like.device)
+    key = (tuple(shape), dtype, torch.device(device))
     with _GRAD_POOL_LOCK:
         buf = _GRAD_POOL.get(key)
         # references: the pool's dict, this local and getrefcount's argument -- nothing else
         if buf is not None and buf._use_count() == 1 and sys.getrefcount(buf) <= 3:
             return buf.zero_()
-        buf = torch.zeros_like(like)
+        buf = torch.zeros(tuple(shape), dtype=dtype, device=device)
         _GRAD_POOL[key] = buf
         return buf
 
@@ -282,7 +367,7 @@ class HashEncodeFn(torch.autograd.Function):
         rc = res.to(dev, torch.int32).contiguous()
         out = torch.empty((xc.shape[0], tc.shape[0] * tc.shape[2]), dtype=x.dtype, device=dev)
         if xc.shape[0] > 0:
-            fwd = _kernels(_REAL[x.dtype], int(tc.shape[2]))[0]
+            fwd = _kernels(_REAL[x.dtype], int(tc.shape[2])).forward
             with runtime.runtime_lock:
                 fwd(xc, tc, rc, out)
         ctx.save_for_backward(xc, tc, rc)
@@ -302,7 +387,7 @@ class HashEncodeFn(torch.autograd.Function):
         if sink is not None:
             gt = _grad_sink(sink)
         elif want_t:
-            gt = _table_grad_buffer(tc)
+            gt = _table_grad_buffer(tc.shape, tc.dtype, tc.device)
         else:
             gt = torch.zeros((1, 1, 1), dtype=tc.dtype, device=tc.device)
         gx = torch.zeros_like(xc) if want_x else torch.zeros((1, 3), dtype=xc.dtype, device=xc.device)
@@ -312,11 +397,11 @@ class HashEncodeFn(torch.autograd.Function):
             with runtime.runtime_lock:
                 if _level_major(xc.device):
                     if want_t:
-                        ks[2](xc, rc, go, gt)
+                        ks.backward_table_levels(xc, rc, go, gt)
                     if want_x:       # x's gradient sums over levels: the point-parallel kernel
-                        ks[1](xc, tc, rc, go, gt, gx, 0, 1)
+                        ks.backward(xc, tc, rc, go, gt, gx, 0, 1)
                 else:
-                    ks[1](xc, tc, rc, go, gt, gx, int(want_t), int(want_x))
+                    ks.backward(xc, tc, rc, go, gt, gx, int(want_t), int(want_x))
         dx, dt = ctx.devices
         ctx.sink_param = None
         return (gx.to(dx) if want_x else None), (gt.to(dt) if want_t and sink is None else None), None, None
@@ -341,3 +426,76 @@ def hash_encode(x: torch.Tensor, table: torch.Tensor, resolutions, accumulate_gr
     if accumulate_grad and table.requires_grad and not table.is_leaf:
         raise ValueError("hash_encode(accumulate_grad=True): the table must be a leaf tensor (a Parameter)")
     return HashEncodeFn.apply(x, table, res, bool(accumulate_grad))
+
+
+class HashEncodeJacobianFn(torch.autograd.Function):
+    """Autograd wrapper: ``forward(x, table, resolutions, accumulate_grad=False) -> (out (N, L F),
+    jac (N, L F, 3))``; differentiable w.r.t. ``table`` only (see :func:`hash_encode_jacobian`)."""
+
+    @staticmethod
+    def forward(ctx, x, table, res, accumulate_grad=False):
+        runtime.init()
+        dev = runtime.torch_device()
+        xc = x.detach().to(dev).contiguous()
+        tc = table.detach().to(dev).contiguous()
+        rc = res.to(dev, torch.int32).contiguous()
+        LF = tc.shape[0] * tc.shape[2]
+        out = torch.empty((xc.shape[0], LF), dtype=x.dtype, device=dev)
+        jac = torch.empty((xc.shape[0], LF, 3), dtype=x.dtype, device=dev)
+        if xc.shape[0] > 0:
+            fwd = _kernels(_REAL[x.dtype], int(tc.shape[2])).jac_forward
+            with runtime.runtime_lock:
+                fwd(xc, tc, rc, out, jac)
+        ctx.save_for_backward(xc, rc)
+        ctx.table_meta = (tuple(tc.shape), tc.dtype, tc.device, table.device)
+        ctx.sink_param = table if accumulate_grad and table.requires_grad else None
+        return out.to(x.device), jac.to(x.device)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out, grad_jac):
+        xc, rc = ctx.saved_tensors
+        shape, dtype, tdev, dt = ctx.table_meta
+        if not ctx.needs_input_grad[1]:
+            return None, None, None, None
+        sink = ctx.sink_param
+        if sink is not None and sink.device != tdev:
+            sink = None
+        if sink is not None:
+            gt = _grad_sink(sink)
+        else:
+            gt = _table_grad_buffer(shape, dtype, tdev)
+        if xc.shape[0] > 0:
+            ks = _kernels(_REAL[xc.dtype], int(shape[2]))
+            go = grad_out.to(xc.device, xc.dtype).contiguous()
+            gj = grad_jac.to(xc.device, xc.dtype).contiguous()
+            with runtime.runtime_lock:
+                if _level_major(xc.device):
+                    ks.jac_backward_levels(xc, rc, go, gj, gt)
+                else:
+                    ks.jac_backward(xc, rc, go, gj, gt)
+        ctx.sink_param = None
+        return None, (gt.to(dt) if sink is None else None), None, None
+
+
+def hash_encode_jacobian(x: torch.Tensor, table: torch.Tensor, resolutions,
+                         accumulate_grad: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """The encoding of ``x (N, 3)`` and its Jacobian w.r.t. ``x``: ``(N, L F)`` and ``(N, L F, 3)``.
+
+    ``jac[n, l F + f, k] = d out[n, l F + f] / d x[n, k]``, the derivative of the trilinear weights
+    (zero along an axis where ``x`` is clamped; piecewise constant in the cell's own coordinate).
+    Both outputs are linear in ``table`` and differentiable w.r.t. it, so a loss on an analytic
+    SDF gradient (an eikonal term, a NeuS opacity through ``cos``) trains the table in one backward
+    pass: the kernel scatters ``w g_out + dw . g_jac`` per corner. There is no gradient w.r.t. ``x``
+    (that would need second derivatives of the weights); ``x`` that requires grad is refused.
+    ``accumulate_grad`` as in :func:`hash_encode`.
+    """
+    res = torch.as_tensor(resolutions, dtype=torch.int32)
+    _check(x, table, res)
+    if x.requires_grad and torch.is_grad_enabled():
+        raise ValueError("hash_encode_jacobian: no gradient w.r.t. x (second derivatives of the encoding "
+                         "are not available); pass x.detach()")
+    if accumulate_grad and table.requires_grad and not table.is_leaf:
+        raise ValueError("hash_encode_jacobian(accumulate_grad=True): the table must be a leaf tensor "
+                         "(a Parameter)")
+    return HashEncodeJacobianFn.apply(x, table, res, bool(accumulate_grad))

@@ -42,3 +42,34 @@ def hash_encode_reference(x: torch.Tensor, table: torch.Tensor, resolutions) -> 
             acc = acc + wt[:, None] * table[l][idx]
         outs.append(acc)
     return torch.cat(outs, -1)
+
+
+def hash_encode_jacobian_reference(x: torch.Tensor, table: torch.Tensor, resolutions):
+    """The encoding and its Jacobian w.r.t. ``x``: ``(N, L F)`` and ``(N, L F, 3)``, from the
+    derivative of the trilinear weights written out (differentiable w.r.t. ``table``; ``x`` is
+    taken as a constant, as in :func:`shaders.hashgrid.hash_encode_jacobian`)."""
+    L, T, F = table.shape
+    res = [int(r) for r in torch.as_tensor(resolutions).tolist()]
+    x = x.detach()
+    inside = ((x >= 0) & (x <= 1)).to(table.dtype)
+    xc = x.clamp(0.0, 1.0)
+    outs, jacs = [], []
+    for l in range(L):
+        r = res[l]
+        p = xc * r
+        c = torch.floor(p).long().clamp(max=r - 1)
+        w = (p - c.to(p.dtype)).to(table.dtype)
+        acc = torch.zeros(x.shape[0], F, dtype=table.dtype, device=table.device)
+        jac = torch.zeros(x.shape[0], F, 3, dtype=table.dtype, device=table.device)
+        for b in range(8):
+            bits = torch.tensor([b & 1, (b >> 1) & 1, (b >> 2) & 1], device=x.device).bool()
+            f = torch.where(bits, w, 1 - w)                         # (N, 3) per-axis factors
+            sign = torch.where(bits, 1.0, -1.0).to(table.dtype)
+            dw = torch.stack([sign[0] * f[:, 1] * f[:, 2], f[:, 0] * sign[1] * f[:, 2],
+                              f[:, 0] * f[:, 1] * sign[2]], -1) * r * inside
+            rows = table[l][corner_indices(c + bits.long(), r, T)]     # (N, F)
+            acc = acc + f.prod(-1)[:, None] * rows
+            jac = jac + rows[:, :, None] * dw[:, None, :]
+        outs.append(acc)
+        jacs.append(jac)
+    return torch.cat(outs, -1), torch.cat(jacs, 1)

@@ -190,3 +190,81 @@ def test_layout_choice(monkeypatch):
     assert hashgrid._level_major("cpu") and not hashgrid._level_major("cuda")
     monkeypatch.setattr(hashgrid, "LEVEL_MAJOR", False)
     assert not hashgrid._level_major("cpu")
+
+
+# ---------------------------------------------------------------- encoding with its Jacobian
+from shaders.hashgrid import hash_encode_jacobian  # noqa: E402
+from shaders.hashgrid_ref import hash_encode_jacobian_reference  # noqa: E402
+
+
+def test_jacobian_reference_is_the_derivative_of_the_encoding():
+    """The reference's written-out Jacobian equals autograd's derivative of the reference encoding
+    (an independent check of the formula), inside the cube and with clamped coordinates."""
+    x, table, res = _setup(n=40, dtype=torch.float64, seed=21)
+    out, jac = hash_encode_jacobian_reference(x, table, res)
+    torch.testing.assert_close(out, hash_encode_reference(x, table, res))
+    xr = x.clone().requires_grad_()
+    enc = hash_encode_reference(xr, table, res)
+    auto = torch.stack([torch.autograd.grad(enc[:, j].sum(), xr, retain_graph=True)[0]
+                        for j in range(enc.shape[1])], 1)            # (N, LF, 3)
+    torch.testing.assert_close(jac, auto, atol=1e-12, rtol=1e-12)
+    assert (jac.abs() > 0).any()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_jacobian_matches_reference(dtype):
+    """Values of both outputs and the table gradient of a loss on both (the kernel scatters
+    w g_out + dw . g_jac), against the reference; accumulate_grad gives the same into .grad."""
+    x, table, res = _setup(n=300, dtype=dtype, seed=22)
+    g = torch.Generator().manual_seed(23)
+    wo = torch.randn(300, 8, generator=g, dtype=dtype)
+    wj = torch.randn(300, 8, 3, generator=g, dtype=dtype)
+    t1 = table.clone().requires_grad_()
+    out, jac = hash_encode_jacobian(x, t1, res)
+    t2 = table.clone().requires_grad_()
+    ro, rj = hash_encode_jacobian_reference(x, t2, res)
+    tol = 1e-4 if dtype == torch.float32 else 1e-10
+    torch.testing.assert_close(out, ro, atol=tol, rtol=tol)
+    torch.testing.assert_close(jac, rj, atol=tol * 10, rtol=tol)   # jac carries a factor res (<= 16)
+    torch.testing.assert_close(out, hash_encode(x, table, res), atol=tol, rtol=tol)
+    ((out * wo).sum() + (jac * wj).sum()).backward()
+    ((ro * wo).sum() + (rj * wj).sum()).backward()
+    torch.testing.assert_close(t1.grad, t2.grad, atol=tol * 10, rtol=tol)
+    # only one output used: the other's gradient is zero
+    t3 = table.clone().requires_grad_()
+    (hash_encode_jacobian(x, t3, res)[1] * wj).sum().backward()
+    t4 = table.clone().requires_grad_()
+    (hash_encode_jacobian_reference(x, t4, res)[1] * wj).sum().backward()
+    torch.testing.assert_close(t3.grad, t4.grad, atol=tol * 10, rtol=tol)
+    # accumulate_grad: two calls add into .grad
+    tp = torch.nn.Parameter(table.clone())
+    for _ in range(2):
+        o, j = hash_encode_jacobian(x, tp, res, accumulate_grad=True)
+        ((o * wo).sum() + (j * wj).sum()).backward()
+    torch.testing.assert_close(tp.grad, 2 * t2.grad, atol=tol * 20, rtol=tol)
+
+
+def test_jacobian_gradcheck_float64():
+    g = torch.Generator().manual_seed(24)
+    x = torch.rand(6, 3, generator=g, dtype=torch.float64) * 0.9 + 0.05
+    table = torch.randn(3, 32, 2, generator=g, dtype=torch.float64).requires_grad_()
+    res = torch.tensor([2, 5, 9], dtype=torch.int32)
+    wj = torch.randn(6, 6, 3, generator=g, dtype=torch.float64)
+
+    def f(t):
+        o, j = hash_encode_jacobian(x, t, res)
+        return o * 0.5 + (j * wj).sum(-1)
+
+    assert torch.autograd.gradcheck(f, (table,), eps=1e-7, atol=1e-6)
+
+
+def test_jacobian_bad_inputs():
+    x, table, res = _setup(n=4)
+    with pytest.raises(ValueError, match="no gradient w.r.t. x"):
+        hash_encode_jacobian(x.clone().requires_grad_(), table, res)
+    with pytest.raises(ValueError, match="x must be"):
+        hash_encode_jacobian(x[:, :2], table, res)
+    with pytest.raises(ValueError, match="leaf"):
+        hash_encode_jacobian(x, table.requires_grad_() * 1.0, res, accumulate_grad=True)
+    o, j = hash_encode_jacobian(x[:0], table.detach(), res)
+    assert o.shape == (0, 8) and j.shape == (0, 8, 3)

@@ -36,6 +36,10 @@ class ShellsConfig(MethodConfig):
     init_radius: float = option(0.5, 'initial SDF: sphere of this radius (times a)')
     init_s: float = option(20.0, 'initial kernel size s (inverse width of the logistic), 1/a units')
     max_log_s: float = option(9.0, 'clamp of log s(x) (s <= e^9 ~ 8100 / a)')
+    normals: str = option("fd", 'SDF gradient: fd (tetrahedral finite differences, 4 field evaluations a sample) or '
+                          'analytic (1 evaluation; the hash kernel returns the encoding\'s Jacobian); part of the model: a '
+                          'checkpoint renders and resumes with the mode it was trained with',
+                          choices=("fd", "analytic"))
     fd_step: float = option(2e-3, 'finite-difference step for normals (times a)')
     # ---- volumetric rendering ----------------------------------------------------------------
     march_steps: int = option(256, 'candidate samples across the box diagonal (step = diag / this)', render=True)

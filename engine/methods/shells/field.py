@@ -16,8 +16,16 @@ Networks
   ``|f| = ln(4/eps) / s`` -- the band half-width of the shells.
 * Colour network: ``[n (3), SH(view dir), geometry features] -> ReLU -> ReLU -> sigmoid rgb``.
 
-Normals come from a tetrahedral finite difference (the hash encoding has no second derivative, so
-the eikonal loss is trained through finite differences, as in Neuralangelo): the network runs at
+Normals (``normals``, :meth:`ShellField.geometry_grad`) are either analytic or finite differences.
+
+* ``analytic``: one evaluation per point. The hash kernel returns the encoding with its Jacobian
+  w.r.t. the point (:func:`shaders.hashgrid.hash_encode_jacobian`, both linear in the table and
+  differentiable w.r.t. it), and the chain rule through the SDF network is written out:
+  ``grad f = p / |p| + (0.5 J_enc, I) W0^T (sigmoid(100 z) * W1[0])`` with ``z`` the hidden
+  pre-activation (softplus, beta 100). The eikonal loss and the NeuS ``cos`` then train the table,
+  the SDF network and the kernel size in the same single backward pass. The gradient is that of the
+  trilinear interpolation: continuous along a cell's own axis, not across its faces.
+* ``fd``: a tetrahedral finite difference (as in Neuralangelo): the network runs at
 ``x + h k_i`` for the 4 tetrahedron corners ``k_i`` (``(1,-1,-1), (-1,-1,1), (-1,1,-1),
 (1,1,1)``); ``grad f ~ sum_i k_i f(x + h k_i) / (4 h)`` and the value/features/kernel size at
 ``x`` are the mean over the 4 corners (exact for linear fields; the value is off by ``O(h^2)``, the
@@ -40,7 +48,7 @@ import math
 import torch
 import torch.nn.functional as Fn
 
-from shaders.hashgrid import hash_encode, level_resolutions
+from shaders.hashgrid import hash_encode, hash_encode_jacobian, level_resolutions
 
 from ...render.volume import composite  # noqa: F401 (the shared compositor; re-exported for tests)
 
@@ -170,6 +178,37 @@ class ShellField(torch.nn.Module):
         grad = (sdf[..., None] * k[None]).sum(1) / (4.0 * h)
         return sdf.mean(1), grad, log_s.reshape(n, 4).mean(1), feat.reshape(n, 4, -1).mean(1)
 
+    def geometry_analytic(self, x: torch.Tensor):
+        """Analytic normals: sdf (N,), grad (N, 3), log_s (N,), features (N, G) from one evaluation
+        of the field per point (see the module docstring). ``x`` must not require grad."""
+        p = self.normalise(x)
+        enc, jac = hash_encode_jacobian((p * 0.5 + 0.5).contiguous(), self.table, self.resolution_t,
+                                        accumulate_grad=True)
+        z = self.sdf_l0(torch.cat([enc, p], -1))
+        out = self.sdf_l1(Fn.softplus(z, beta=100.0))
+        pn = p.norm(dim=-1)
+        sdf = (pn - self.cfg.init_radius + out[:, 0]) * self.half_size
+        log_s = torch.clamp(self.log_s + out[:, 1], max=self.max_log_s)
+        # d out0 / d [enc, p]: the softplus' derivative is sigmoid(beta z), and 1 where torch's softplus
+        # is linear (beta z > 20, its threshold)
+        dz = torch.where(z * 100.0 > 20.0, torch.ones_like(z), torch.sigmoid(100.0 * z))
+        g_in = (dz * self.sdf_l1.weight[0]) @ self.sdf_l0.weight
+        n_enc = enc.shape[1]
+        # d enc / d p = 0.5 d enc / d u; f = (|p| - r0 + out0) a with p = (x - c) / a: grad_x f = grad_p (...)
+        grad = (g_in[:, :n_enc, None] * jac).sum(1) * 0.5 + g_in[:, n_enc:] \
+            + p / pn.clamp_min(1e-12)[:, None]
+        return sdf, grad, log_s, out[:, 2:]
+
+    def geometry_grad(self, x: torch.Tensor):
+        """sdf (N,), grad f (N, 3), log_s (N,), features (N, G) at ``x (N, 3)``, with the normals
+        of ``cfg.normals`` (``analytic`` or ``fd``)."""
+        mode = getattr(self.cfg, "normals", "fd")
+        if mode == "analytic":
+            return self.geometry_analytic(x)
+        if mode == "fd":
+            return self.geometry_fd(x)
+        raise ValueError(f"shells: normals must be 'analytic' or 'fd', got {mode!r}")
+
     def view_encoding(self, dirs: torch.Tensor) -> torch.Tensor:
         from ...geometry.sh import sh_basis
 
@@ -194,7 +233,7 @@ class ShellField(torch.nn.Module):
         x (N, 3), unit dirs (N, 3), interval lengths delta (N,), view_enc (N, n_sh).
         Returns alpha, rgb (N, 3), sdf, grad (N, 3), log_s, s.
         """
-        sdf, grad, log_s, feat = self.geometry_fd(x)
+        sdf, grad, log_s, feat = self.geometry_grad(x)
         s = torch.exp(log_s)
         cos = (dirs * grad).sum(-1)
         alpha = neus_alpha(sdf, cos, delta, s, anneal)

@@ -247,7 +247,7 @@ class ShellsMethod(Method):
         # eikonal on the samples and on random points of the box
         pts = (torch.rand(256, 3, generator=self.gen)[self.shard(256)].to(self.field.center.device) * 2 - 1) \
             * self.field.half_size + self.field.center
-        _, g_rand, _, _ = self.field.geometry_fd(pts)
+        _, g_rand, _, _ = self.field.geometry_grad(pts)
         grads = torch.cat([out["grad"], g_rand], 0)
         eik = self.batch_mean((grads.norm(dim=-1) - 1.0) ** 2)   # samples differ per rank
         loss = loss + c.eikonal_weight * eik
@@ -367,12 +367,19 @@ class ShellsMethod(Method):
         st = {"field": {k: v.detach().clone() for k, v in self.field.state_dict().items()},
               "occ": self.occ.state_dict(),
               "shells": None if self.shells is None else self.shells.state_dict(),
-              "gen": self.gen.get_state()}
+              "gen": self.gen.get_state(),
+              "normals": self.cfg.normals}       # part of the model: a checkpoint keeps the mode it trained with
         return st
 
     @classmethod
     def from_state_dict(cls, cfg: ShellsConfig, st: dict) -> "ShellsMethod":
         fs = st["field"]
+        # the SDF gradient the model was trained with (checkpoints before the option: finite differences)
+        trained = st.get("normals", "fd")
+        if cfg.normals != trained:
+            import dataclasses
+
+            cfg = dataclasses.replace(cfg, normals=trained)
         center, half = fs["center"], fs["half_size"]
         box = torch.stack([center - half, center + half])
         field = ShellField(box, cfg, seed=cfg.seed)

@@ -38,8 +38,8 @@ def shade_and_composite(field: ShellField, o, d, view_enc, t, delta, valid, grou
     fine-tuning in the band); only for samples that are evaluated (early termination applies).
 
     Returns the renderer's rgb (R, 3) (with background), alpha, depth (normalised), depth_sum, cost
-    (samples evaluated: each runs the SDF network at the 4 finite-difference points and the colour
-    network once), geo_evals (R,) (further points where only the SDF network ran: the descents'
+    (samples evaluated: each runs the SDF network -- at the 4 finite-difference points, or once with
+    ``normals = analytic`` -- and the colour network once), geo_evals (R,) (further points where only the SDF network ran: the descents'
     probe points), normal (R, 3) (weighted), and grad (M, 3) / log_s at the M evaluated samples
     (for losses; log_s without those whose opacity ``fixed_alpha`` gives without ``descent``);
     ``opacity`` and ``samples`` name alpha and cost.
