@@ -217,6 +217,23 @@ class ShellsMethod(Method):
         return r
 
     def train_step_rays(self, step: int, batch, background) -> tuple:
+        if self.shells is None or not self.finetune_colour_only:
+            return self._train_step_rays(step, batch, background)
+        # colour-only fine-tuning: the geometry (hash table, SDF network, kernel size) builds no graph,
+        # so the backward skips the table gradient that after_backward would discard
+        geo = [p for n, p in self.field.named_parameters() if not n.startswith("col_") and p.requires_grad]
+        for p in geo:
+            p.requires_grad_(False)
+        try:
+            loss, stats = self._train_step_rays(step, batch, background)
+        finally:
+            for p in geo:
+                p.requires_grad_(True)
+        if not loss.requires_grad:       # no ray reached the colour network: a zero gradient, not an error
+            loss = loss + 0.0 * self.field.col_l2.bias.sum()
+        return loss, stats
+
+    def _train_step_rays(self, step: int, batch, background) -> tuple:
         c = self.cfg
         bg = torch.as_tensor(background, dtype=torch.float32, device=batch.origins.device)
         # per-ray randomness is drawn for the global batch and sliced (Method.shard): every rank's

@@ -137,6 +137,15 @@ def test_finetune_trains_what_shell_finetune_params_says(trained, params):
         assert torch.equal(m2.renderer.probe.f, grid_before)
     with pytest.raises(Exception, match="shell_finetune_params"):
         ShellsMethod.from_state_dict(_cfg(shell_finetune_params="sdf"), m.state_dict()).finetune_colour_only
+    # colour only: the geometry builds no graph (no table gradient computed to be discarded), and
+    # every parameter requires grad again after the step
+    smp = RaySampler(ds.train, m2.cfg.rays_per_batch, seed=1)
+    m2.field.zero_grad(set_to_none=True)
+    loss, _ = m2.train_step_rays(60, smp.sample(), ds.background)
+    loss.backward()
+    with_grad = {n for n, p in m2.field.named_parameters() if p.grad is not None}
+    assert with_grad == (colour if params != "all" else set(before))
+    assert all(p.requires_grad for p in m2.field.parameters())
 
 
 def test_probe_grid_refresh_follows_the_field_near_the_band(trained):
