@@ -7,8 +7,8 @@ N evenly spaced ones):
 
 * test PSNR and SSIM;
 * the cost per ray, every evaluation counted: ``samples_per_ray`` (network samples: points where
-  the SDF network runs at 4 finite-difference points and the colour network once -- the same unit
-  in every mode), ``probes_per_ray`` (grid lookups: the occupancy grid's, one per candidate
+  the SDF network runs -- at 4 finite-difference points, or once with analytic normals -- and the
+  colour network once; the same unit in every mode), ``probes_per_ray`` (grid lookups: the occupancy grid's, one per candidate
   position in the box, volumetrically; the probe grid's trilinear lookups of SDF and kernel size
   in the probe modes; 0 for the mesh-only shell rules) and ``evaluations_per_ray`` (their sum: a
   grid probe counts as a sample). Ray/mesh intersection queries are not field evaluations; their

@@ -30,8 +30,8 @@ default stays ``auto`` until a full-length comparison (README "Adaptive Shells")
 Rendering (:meth:`ShellsMethod.render`): ``render_mode`` ``auto`` uses the shells when they exist,
 else full volumetric rendering. Outputs: ``rgb (H,W,3)``, ``alpha``, ``depth`` (expected depth
 along the ray), ``normal (H,W,3)`` (opacity-weighted world normal), ``cost (H,W)`` (network
-samples per ray: points where the SDF network runs at the 4 finite-difference points and the colour
-network once; a heat map of the cost), ``probes (H,W)`` (grid lookups per ray: the occupancy grid
+samples per ray: points where the SDF network runs -- at the 4 finite-difference points, or once
+with analytic normals -- and the colour network once; a heat map of the cost), ``probes (H,W)`` (grid lookups per ray: the occupancy grid
 volumetrically, the probe grid in the shells) and ``geo_evals (H,W)`` (points where only the SDF
 network runs: whole-field fine-tuning's descents; 0 when rendering).
 """
