@@ -399,10 +399,16 @@ class ShellsMethod(Method):
             cfg = dataclasses.replace(cfg, normals=trained)
         center, half = fs["center"], fs["half_size"]
         box = torch.stack([center - half, center + half])
+        # the table's shape is the model's too (a bare checkpoint from before the 2^18 default loads)
+        L, T, F = (int(v) for v in fs["table"].shape)
+        if T & (T - 1):
+            raise ConfigError(f"checkpoint hash table {tuple(fs['table'].shape)}: its size {T} is not a power of two")
+        shape = {"hash_levels": L, "hash_log2_size": T.bit_length() - 1, "hash_features": F}
+        if any(getattr(cfg, k) != v for k, v in shape.items()):
+            import dataclasses
+
+            cfg = dataclasses.replace(cfg, **shape)
         field = ShellField(box, cfg, seed=cfg.seed)
-        if tuple(field.table.shape) != tuple(fs["table"].shape):
-            raise ConfigError(f"checkpoint hash table {tuple(fs['table'].shape)} does not match the config "
-                              f"{tuple(field.table.shape)} (hash_* options differ from training)")
         field.load_state_dict(fs)
         m = cls(cfg, field, OccupancyGrid.from_state_dict(st["occ"]))
         if st.get("shells"):

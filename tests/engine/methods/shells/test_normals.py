@@ -102,3 +102,22 @@ def test_a_checkpoint_keeps_the_normals_it_was_trained_with():
     assert ShellsMethod.from_state_dict(fd_cfg, st).cfg.normals == "analytic"
     st.pop("normals")
     assert ShellsMethod.from_state_dict(f.cfg, st).cfg.normals == "fd"
+
+
+def test_a_checkpoint_keeps_its_hash_table_shape():
+    """A bare checkpoint (no run folder config) whose table differs from the config's defaults loads
+    with its own table shape."""
+    import dataclasses
+
+    from engine.errors import ConfigError
+    from engine.methods.shells.method import ShellsMethod
+
+    f, _ = _field(dtype=torch.float32)
+    st = ShellsMethod(f.cfg, f).state_dict()
+    big = dataclasses.replace(f.cfg, hash_log2_size=12, hash_levels=6)
+    m = ShellsMethod.from_state_dict(big, st)
+    assert (m.cfg.hash_levels, m.cfg.hash_log2_size) == (4, 10)
+    assert torch.equal(m.field.table, f.table)
+    st["field"] = dict(st["field"], table=torch.zeros(4, 1000, 2))
+    with pytest.raises(ConfigError, match="power of two"):
+        ShellsMethod.from_state_dict(f.cfg, st)
