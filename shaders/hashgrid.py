@@ -16,8 +16,11 @@ w.r.t. ``x`` is zero where clamping is active). Level ``l`` (``0..L-1``) has res
 Outputs ``(N, L F)``, level-major. Gradients: w.r.t. ``table`` (scatter-add of the trilinear
 weights, atomics) and w.r.t. ``x`` (derivative of the trilinear weights, times ``res[l]``; the
 encoding is continuous but only piecewise smooth across cell faces). Second derivatives are not
-available (the backward is marked once-differentiable): fields that need ``grad f`` inside a loss
-(eikonal) use finite differences, as Neuralangelo does for hash grids.
+available (the backward is marked once-differentiable). A field that needs ``grad f`` inside a loss
+(eikonal, NeuS) either uses finite differences, as Neuralangelo does for hash grids, or
+:func:`hash_encode_jacobian`: the encoding with its Jacobian w.r.t. ``x``, both linear in the table
+and differentiable w.r.t. it (``jac[n, l F + f, k] = sum_b d w_b / d x_k table[l, idx_b, f]``; its
+backward scatters ``w_b g_out + grad w_b . g_jac`` per corner).
 
 The table gradient has two kernels that compute the same sums: point-parallel (a thread per point;
 atomic adds), used on a GPU, and level-major (one level after another, its points in turn; plain
