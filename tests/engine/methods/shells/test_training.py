@@ -95,8 +95,10 @@ def test_state_roundtrip_and_render(trained):
         torch.testing.assert_close(a[k], b[k])
     assert a["rgb"].shape == (16, 16, 3) and a["cost"].shape == (16, 16)
     check_render_output(a, 16, 16)
-    with pytest.raises(Exception, match="hash table"):
-        ShellsMethod.from_state_dict(_cfg(hash_log2_size=10), m.state_dict())
+    # the table's shape is the checkpoint's, whatever the config says (test_normals.py covers the rest)
+    m3 = ShellsMethod.from_state_dict(_cfg(hash_log2_size=10), m.state_dict())
+    assert m3.cfg.hash_log2_size == m.cfg.hash_log2_size
+    torch.testing.assert_close(m3.render(ds.train.cameras, 0, background=ds.background)["rgb"], a["rgb"])
 
 
 def test_export_and_shell_finetune(trained, tmp_path):
@@ -311,34 +313,42 @@ def test_band_finetuning_passes_crossing_opacity_gradients_to_the_geometry(train
         assert int(out["geo_evals"].sum()) == 0
 
 
+@pytest.mark.parametrize("normals", ["analytic", "fd"])
 @pytest.mark.parametrize("mode", ["volume", "shells", "shells-train"])
-def test_reported_evaluations_equal_the_evaluations_made(trained, mode, monkeypatch):
-    """Honest accounting: every point the SDF network evaluates is counted -- 4 finite-difference
-    points per network sample (``cost``) plus ``geo_evals`` (whole-field fine-tuning's descent
-    points); the grid lookups (``probes``) are counted by the kernels (tests/shaders/test_band_probe.py
-    checks the probe kernel's count against an instrumented twin)."""
+def test_reported_evaluations_equal_the_evaluations_made(trained, mode, normals, monkeypatch):
+    """Honest accounting: every point the SDF network evaluates is counted -- per network sample
+    (``cost``) one point with analytic normals, 4 finite-difference points with ``fd`` -- plus
+    ``geo_evals`` (whole-field fine-tuning's descent points); the grid lookups (``probes``) are
+    counted by the kernels (tests/shaders/test_band_probe.py checks the probe kernel's count against
+    an instrumented twin)."""
     import dataclasses
 
     from engine.methods.shells.field import ShellField
 
     ds, m, _ = trained
-    m2 = ShellsMethod.from_state_dict(dataclasses.replace(m.cfg, shell_finetune_params="all"), m.state_dict())
+    st = dict(m.state_dict(), normals=normals)
+    m2 = ShellsMethod.from_state_dict(dataclasses.replace(m.cfg, shell_finetune_params="all"), st)
+    assert m2.field.cfg.normals == normals
     if mode != "volume":
         m2.extract_shells()
         m2.renderer.probe_grid()                        # built before counting (its build is timed apart)
     seen = []
-    real = ShellField.geometry
 
-    def counting(self, x):
-        seen.append(x.shape[0])
-        return real(self, x)
+    def counting(real):
+        def fn(self, x):
+            seen.append(x.shape[0])
+            return real(self, x)
+        return fn
 
-    monkeypatch.setattr(ShellField, "geometry", counting)
+    # every way the SDF network is evaluated: plain (finite differences, descents) and with the Jacobian
+    monkeypatch.setattr(ShellField, "geometry", counting(ShellField.geometry))
+    monkeypatch.setattr(ShellField, "geometry_analytic", counting(ShellField.geometry_analytic))
     o, d = _rays(ds, 2)
     train = mode == "shells-train"
     with torch.set_grad_enabled(train):
         out = m2.render_rays(o, d, ds.background, train=train, mode=mode.split("-")[0])
-    assert sum(seen) == 4 * int(out["cost"].sum()) + int(out["geo_evals"].sum()) > 0
+    per_sample = 1 if normals == "analytic" else 4
+    assert sum(seen) == per_sample * int(out["cost"].sum()) + int(out["geo_evals"].sum()) > 0
     assert (out["geo_evals"].sum() > 0) == train
     assert out["probes"].shape == out["cost"].shape and float(out["probes"].sum()) > 0
     if mode == "volume":
