@@ -146,21 +146,35 @@ def _kernels(real, F: int):
 
     @ti.kernel
     def forward(x: ti.types.ndarray(), table: ti.types.ndarray(), res: ti.types.ndarray(),
-                out: ti.types.ndarray()):
+                out: ti.types.ndarray(), jac: ti.types.ndarray(), with_jac: ti.template()):
+        """The encoding; with ``with_jac`` (compile time) also its Jacobian w.r.t. x into ``jac``
+        (hash_encode_jacobian; otherwise ``jac`` is a placeholder and is not touched)."""
         N = x.shape[0]
         L = table.shape[0]
         T = table.shape[1]
         for n, l in ti.ndrange(N, L):
             r = res[l]
             dense = is_dense(r, T)
-            c, w, _ins = cell(x, n, r)
+            c, w, ins = cell(x, n, r)
+            rr = ti.cast(r, real)
             acc = ti.Vector.zero(real, F)
+            J = ti.Matrix.zero(real, F, 3)
             for b in ti.static(range(8)):
                 wt, idx = corner(c, w, b, r, dense, T)
+                dw = ti.Vector.zero(real, 3)
+                if ti.static(with_jac):
+                    dw = corner_dw(w, ins, rr, b)
                 for f in ti.static(range(F)):
-                    acc[f] += wt * ti.cast(table[l, idx, f], real)
+                    tv = ti.cast(table[l, idx, f], real)
+                    acc[f] += wt * tv
+                    if ti.static(with_jac):
+                        for k in ti.static(range(3)):
+                            J[f, k] += dw[k] * tv
             for f in ti.static(range(F)):
                 out[n, l * F + f] = acc[f]
+                if ti.static(with_jac):
+                    for k in ti.static(range(3)):
+                        jac[n, l * F + f, k] = J[f, k]
 
     @ti.kernel
     def backward(x: ti.types.ndarray(), table: ti.types.ndarray(), res: ti.types.ndarray(),
@@ -210,33 +224,7 @@ def _kernels(real, F: int):
                         # a plain load and store: one thread writes the whole table
                         grad_table[l, idx, f] = grad_table[l, idx, f] + wt * g[f]
 
-    # ---- the encoding with its Jacobian w.r.t. x (analytic normals: hash_encode_jacobian) -------
-    @ti.kernel
-    def jac_forward(x: ti.types.ndarray(), table: ti.types.ndarray(), res: ti.types.ndarray(),
-                    out: ti.types.ndarray(), jac: ti.types.ndarray()):
-        N = x.shape[0]
-        L = table.shape[0]
-        T = table.shape[1]
-        for n, l in ti.ndrange(N, L):
-            r = res[l]
-            dense = is_dense(r, T)
-            c, w, ins = cell(x, n, r)
-            rr = ti.cast(r, real)
-            acc = ti.Vector.zero(real, F)
-            J = ti.Matrix.zero(real, F, 3)
-            for b in ti.static(range(8)):
-                wt, idx = corner(c, w, b, r, dense, T)
-                dw = corner_dw(w, ins, rr, b)
-                for f in ti.static(range(F)):
-                    tv = ti.cast(table[l, idx, f], real)
-                    acc[f] += wt * tv
-                    for k in ti.static(range(3)):
-                        J[f, k] += dw[k] * tv
-            for f in ti.static(range(F)):
-                out[n, l * F + f] = acc[f]
-                for k in ti.static(range(3)):
-                    jac[n, l * F + f, k] = J[f, k]
-
+    # ---- the table gradient of the encoding and its Jacobian w.r.t. x (hash_encode_jacobian) ----
     @ti.kernel
     def jac_backward(x: ti.types.ndarray(), res: ti.types.ndarray(), grad_out: ti.types.ndarray(),
                      grad_jac: ti.types.ndarray(), grad_table: ti.types.ndarray()):
@@ -268,8 +256,7 @@ def _kernels(real, F: int):
                     for f in ti.static(range(F)):
                         grad_table[l, idx, f] = grad_table[l, idx, f] + g[f]
 
-    _CACHE[key] = _Kernels(forward, backward, backward_table_levels, jac_forward, jac_backward,
-                           jac_backward_levels)
+    _CACHE[key] = _Kernels(forward, backward, backward_table_levels, jac_backward, jac_backward_levels)
     return _CACHE[key]
 
 
@@ -277,7 +264,6 @@ class _Kernels(NamedTuple):
     forward: object
     backward: object
     backward_table_levels: object
-    jac_forward: object
     jac_backward: object
     jac_backward_levels: object
 
@@ -358,21 +344,30 @@ def _grad_sink(param: torch.Tensor) -> torch.Tensor:
     return buf
 
 
+def _encode(x, table, res, with_jac: bool):
+    """Run the forward kernel on the Taichi device: ``(x, table, res)`` there, the encoding
+    ``(N, L F)`` and, with ``with_jac``, its Jacobian ``(N, L F, 3)`` (else None)."""
+    runtime.init()
+    dev = runtime.torch_device()
+    xc = x.detach().to(dev).contiguous()
+    tc = table.detach().to(dev).contiguous()
+    rc = res.to(dev, torch.int32).contiguous()
+    LF = tc.shape[0] * tc.shape[2]
+    out = torch.empty((xc.shape[0], LF), dtype=x.dtype, device=dev)
+    jac = torch.empty((xc.shape[0] if with_jac else 1, LF if with_jac else 1, 3), dtype=x.dtype, device=dev)
+    if xc.shape[0] > 0:
+        fwd = _kernels(_REAL[x.dtype], int(tc.shape[2])).forward
+        with runtime.runtime_lock:
+            fwd(xc, tc, rc, out, jac, with_jac)
+    return xc, tc, rc, out, (jac if with_jac else None)
+
+
 class HashEncodeFn(torch.autograd.Function):
     """Autograd wrapper: ``forward(x, table, resolutions, accumulate_grad=False) -> (N, L F)``."""
 
     @staticmethod
     def forward(ctx, x, table, res, accumulate_grad=False):
-        runtime.init()
-        dev = runtime.torch_device()
-        xc = x.detach().to(dev).contiguous()
-        tc = table.detach().to(dev).contiguous()
-        rc = res.to(dev, torch.int32).contiguous()
-        out = torch.empty((xc.shape[0], tc.shape[0] * tc.shape[2]), dtype=x.dtype, device=dev)
-        if xc.shape[0] > 0:
-            fwd = _kernels(_REAL[x.dtype], int(tc.shape[2])).forward
-            with runtime.runtime_lock:
-                fwd(xc, tc, rc, out)
+        xc, tc, rc, out, _ = _encode(x, table, res, False)
         ctx.save_for_backward(xc, tc, rc)
         ctx.devices = (x.device, table.device)
         # accumulate_grad: the backward adds into table.grad itself (see hash_encode)
@@ -437,18 +432,7 @@ class HashEncodeJacobianFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, table, res, accumulate_grad=False):
-        runtime.init()
-        dev = runtime.torch_device()
-        xc = x.detach().to(dev).contiguous()
-        tc = table.detach().to(dev).contiguous()
-        rc = res.to(dev, torch.int32).contiguous()
-        LF = tc.shape[0] * tc.shape[2]
-        out = torch.empty((xc.shape[0], LF), dtype=x.dtype, device=dev)
-        jac = torch.empty((xc.shape[0], LF, 3), dtype=x.dtype, device=dev)
-        if xc.shape[0] > 0:
-            fwd = _kernels(_REAL[x.dtype], int(tc.shape[2])).jac_forward
-            with runtime.runtime_lock:
-                fwd(xc, tc, rc, out, jac)
+        xc, tc, rc, out, jac = _encode(x, table, res, True)
         ctx.save_for_backward(xc, rc)
         ctx.table_meta = (tuple(tc.shape), tc.dtype, tc.device, table.device)
         ctx.sink_param = table if accumulate_grad and table.requires_grad else None
