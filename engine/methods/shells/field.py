@@ -202,7 +202,7 @@ class ShellField(torch.nn.Module):
     def geometry_grad(self, x: torch.Tensor):
         """sdf (N,), grad f (N, 3), log_s (N,), features (N, G) at ``x (N, 3)``, with the normals
         of ``cfg.normals`` (``analytic`` or ``fd``)."""
-        mode = getattr(self.cfg, "normals", "fd")
+        mode = self.cfg.normals
         if mode == "analytic":
             return self.geometry_analytic(x)
         if mode == "fd":

@@ -390,24 +390,20 @@ class ShellsMethod(Method):
 
     @classmethod
     def from_state_dict(cls, cfg: ShellsConfig, st: dict) -> "ShellsMethod":
-        fs = st["field"]
-        # the SDF gradient the model was trained with (checkpoints before the option: finite differences)
-        trained = st.get("normals", "fd")
-        if cfg.normals != trained:
-            import dataclasses
+        import dataclasses
 
-            cfg = dataclasses.replace(cfg, normals=trained)
+        fs = st["field"]
         center, half = fs["center"], fs["half_size"]
         box = torch.stack([center - half, center + half])
-        # the table's shape is the model's too (a bare checkpoint from before the 2^18 default loads)
+        # part of the model, whatever the config says: the SDF gradient it was trained with (checkpoints
+        # before the option: finite differences) and the table's shape (a pre-2^18 checkpoint loads)
         L, T, F = (int(v) for v in fs["table"].shape)
         if T & (T - 1):
             raise ConfigError(f"checkpoint hash table {tuple(fs['table'].shape)}: its size {T} is not a power of two")
-        shape = {"hash_levels": L, "hash_log2_size": T.bit_length() - 1, "hash_features": F}
-        if any(getattr(cfg, k) != v for k, v in shape.items()):
-            import dataclasses
-
-            cfg = dataclasses.replace(cfg, **shape)
+        model = {"normals": st.get("normals", "fd"), "hash_levels": L, "hash_log2_size": T.bit_length() - 1,
+                 "hash_features": F}
+        if any(getattr(cfg, k) != v for k, v in model.items()):
+            cfg = dataclasses.replace(cfg, **model)
         field = ShellField(box, cfg, seed=cfg.seed)
         field.load_state_dict(fs)
         m = cls(cfg, field, OccupancyGrid.from_state_dict(st["occ"]))
