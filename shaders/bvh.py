@@ -116,7 +116,7 @@ from .bvh_build import STACK_SIZE  # noqa: F401
 
 __all__ = [
     "BVH", "TriangleBVH", "build_aabb_bvh", "refit_aabb_bvh", "build_triangle_bvh",
-    "refit_triangle_bvh", "closest_hit", "segment_query", "bvh_segment_collect", "STACK_SIZE",
+    "refit_triangle_bvh", "closest_hit", "closest_hits", "segment_query", "bvh_segment_collect", "STACK_SIZE",
     "morton_order",
 ]
 
@@ -431,7 +431,48 @@ def closest_hit(tbvh: TriangleBVH, origins, dirs, tmin: float = 0.0, tmax: float
             _closest_hit_kernel(tbvh.root_lo.view(-1), tbvh.root_hi.view(-1),
                                 tbvh.packed.view(-1), tbvh.root_code, tbvh.tri.view(-1),
                                 tbvh.slot_face, o.view(-1), d.view(-1), tmin_f, tmax_f,
-                                math.inf, t, face, uv.view(-1), tmin_f >= 0.0)
+                                math.inf, t, face, uv.view(-1), tmin_f >= 0.0, 1, 0.0)
+    return t.to(home), face.to(home), uv.to(home)
+
+
+#: Most hits per ray :func:`closest_hits` gathers in one traversal (a compile-time size per K).
+MAX_HITS = 32
+
+
+def closest_hits(tbvh: TriangleBVH, origins, dirs, k: int, tmin: float = 0.0, tmax: float = math.inf,
+                 dedup: float = 0.0):
+    """The ``k`` nearest hits of each ray ``o + t d`` (t in [tmin, tmax)), front to back, from one
+    traversal (the pruning bound is the k-th hit found so far).
+
+    A hit within ``dedup`` (in units of ``|d|``) of one already kept is dropped: a ray through a
+    shared edge or vertex can hit both triangles there, which would count one crossing of a
+    closed surface twice. (Repeated :func:`closest_hit` queries from just past the previous hit
+    drop the same hits; this is one traversal instead of ``k``.) Returns ``t`` (R, k) float32 (inf
+    after the last hit), ``face`` (R, k) int32 (-1) and ``bary`` (R, k, 2) float32 (0).
+    """
+    from .bvh_traverse import _closest_hit_kernel
+
+    k = int(k)
+    if not 1 <= k <= MAX_HITS:
+        raise ValueError(f"closest_hits: k must be in 1..{MAX_HITS}, got {k}")
+    if not dedup >= 0.0:
+        raise ValueError(f"closest_hits: dedup must be >= 0, got {dedup}")
+    runtime.init()
+    home = _home(origins)
+    o, d = _as_rays(origins, dirs)
+    r = o.shape[0]
+    t = torch.empty((r, k), dtype=torch.float32, device=o.device)
+    face = torch.empty((r, k), dtype=torch.int32, device=o.device)
+    uv = torch.empty((r, k, 2), dtype=torch.float32, device=o.device)
+    if r > 0:
+        tmax_f = min(float(tmax), _F32_MAX)
+        tmin_f = float(tmin) + 0.0
+        with runtime.runtime_lock:
+            _closest_hit_kernel(tbvh.root_lo.view(-1), tbvh.root_hi.view(-1),
+                                tbvh.packed.view(-1), tbvh.root_code, tbvh.tri.view(-1),
+                                tbvh.slot_face, o.view(-1), d.view(-1), tmin_f, tmax_f,
+                                math.inf, t.view(-1), face.view(-1), uv.view(-1), tmin_f >= 0.0, k,
+                                float(dedup))
     return t.to(home), face.to(home), uv.to(home)
 
 

@@ -104,6 +104,31 @@ def closest_hit_ref(vertices, faces, origins, dirs, tmin=0.0, tmax=math.inf):
     return t, face, bary
 
 
+def closest_hits_ref(vertices, faces, origins, dirs, k: int, tmin=0.0, tmax=math.inf, dedup=0.0):
+    """Brute-force k nearest hits (the reference of :func:`shaders.bvh.closest_hits`): every hit,
+    sorted by ``t``; a hit within ``dedup`` of the last kept one is dropped; the first ``k`` kept.
+    Returns ``t`` (R, k) [inf], ``face`` (R, k) int32 [-1], ``bary`` (R, k, 2) [0]."""
+    t_all, u_all, v_all = ray_triangle_ref(vertices, faces, origins, dirs, tmin, tmax)
+    R = t_all.shape[0]
+    t = torch.full((R, k), math.inf, dtype=t_all.dtype)
+    face = torch.full((R, k), -1, dtype=torch.int32)
+    bary = torch.zeros((R, k, 2), dtype=t_all.dtype)
+    ts, order = t_all.sort(dim=1, stable=True)
+    for r in range(R):
+        n, last = 0, -math.inf
+        for j in range(ts.shape[1]):
+            tj = float(ts[r, j])
+            if n == k or not math.isfinite(tj):
+                break
+            if tj - last < dedup:
+                continue
+            fj = int(order[r, j])
+            t[r, n], face[r, n] = ts[r, j], fj
+            bary[r, n, 0], bary[r, n, 1] = u_all[r, fj], v_all[r, fj]
+            n, last = n + 1, tj
+    return t, face, bary
+
+
 def tree_depth(parent: torch.Tensor) -> int:
     """Maximum number of edges from a node to the root, given the ``parent`` array."""
     p = parent.long()

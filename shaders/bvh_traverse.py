@@ -216,7 +216,7 @@ def _closest_hit_kernel(node_lo: ti.types.ndarray(), node_hi: ti.types.ndarray()
                         dirs: ti.types.ndarray(), tmin: ti.f32, tmax: ti.f32,
                         miss_t: ti.f32, out_t: ti.types.ndarray(),
                         out_face: ti.types.ndarray(), out_uv: ti.types.ndarray(),
-                        int_order: ti.template()):
+                        int_order: ti.template(), K: ti.template(), dedup: ti.f32):
     """Closest hit over the packed nodes (child boxes stored in the parent, leaves of up to 8
     triangles as slot ranges; see ``bvh_build._pack_nodes``). ``packed`` and ``tri`` are the
     flat views ``packed.view(-1)``, ``tri.view(-1)``; ``node_lo``, ``node_hi`` (root box in row 0),
@@ -225,8 +225,13 @@ def _closest_hit_kernel(node_lo: ti.types.ndarray(), node_hi: ti.types.ndarray()
     distance); the far child is pushed and, when popped, its children's boxes are tested
     against the closest hit so far. (Also storing the far child's entry distance and skipping
     it on pop measured ~1.4x slower on CPU.) ``int_order`` (compile-time): compare slab
-    distances as int32 bits, valid only for ``tmin >= +0`` (:data:`_int_order_note`)."""
-    for r in range(out_t.shape[0]):
+    distances as int32 bits, valid only for ``tmin >= +0`` (:data:`_int_order_note`).
+
+    ``K`` (compile time): the K closest hits, front to back (``out_t`` etc. hold K per ray, ``r K +
+    k``). A hit closer than ``dedup`` to one already kept is dropped (the two triangles of a shared
+    edge). The bound that prunes the traversal is then the K-th hit so far (the far end until K
+    are found), so ``K = 1`` is the closest hit, unchanged."""
+    for r in range(out_t.shape[0] // K):
         o = ti.math.vec3(origins[3 * r], origins[3 * r + 1], origins[3 * r + 2])
         d = ti.math.vec3(dirs[3 * r], dirs[3 * r + 1], dirs[3 * r + 2])
         inv = ti.math.vec3(0.0, 0.0, 0.0)
@@ -264,6 +269,11 @@ def _closest_hit_kernel(node_lo: ti.types.ndarray(), node_hi: ti.types.ndarray()
         best_s = -1
         best_u = 0.0
         best_v = 0.0
+        # K > 1: the hits so far, sorted (t = tmax where none yet)
+        hit_t = ti.Vector([tmax] * K, dt=ti.f32)
+        hit_s = ti.Vector([-1] * K, dt=ti.i32)
+        hit_u = ti.Vector.zero(ti.f32, K)
+        hit_v = ti.Vector.zero(ti.f32, K)
         stack = ti.Vector.zero(ti.i32, STACK_SIZE)
         sp = 0
         code = root_code
@@ -295,10 +305,37 @@ def _closest_hit_kernel(node_lo: ti.types.ndarray(), node_hi: ti.types.ndarray()
                         rdet = 1.0 / det
                         t = ti.cast((eu * z0 + ev * z1 + ew * z2) * rdet, ti.f32)
                         if t >= tmin and t < best_t:
-                            best_t = t
-                            best_s = slot
-                            best_u = ti.cast(ev * rdet, ti.f32)
-                            best_v = ti.cast(ew * rdet, ti.f32)
+                            if ti.static(K == 1):
+                                best_t = t
+                                best_s = slot
+                                best_u = ti.cast(ev * rdet, ti.f32)
+                                best_v = ti.cast(ew * rdet, ti.f32)
+                            else:
+                                dup = False
+                                for j in ti.static(range(K)):
+                                    if ti.abs(hit_t[j] - t) < dedup:
+                                        dup = True
+                                if not dup:     # insert: shift the later hits back by one
+                                    placed = False
+                                    for jj in ti.static(range(K - 1, 0, -1)):
+                                        if not placed:
+                                            if hit_t[jj - 1] > t:
+                                                hit_t[jj] = hit_t[jj - 1]
+                                                hit_s[jj] = hit_s[jj - 1]
+                                                hit_u[jj] = hit_u[jj - 1]
+                                                hit_v[jj] = hit_v[jj - 1]
+                                            else:
+                                                hit_t[jj] = t
+                                                hit_s[jj] = slot
+                                                hit_u[jj] = ti.cast(ev * rdet, ti.f32)
+                                                hit_v[jj] = ti.cast(ew * rdet, ti.f32)
+                                                placed = True
+                                    if not placed:
+                                        hit_t[0] = t
+                                        hit_s[0] = slot
+                                        hit_u[0] = ti.cast(ev * rdet, ti.f32)
+                                        hit_v[0] = ti.cast(ew * rdet, ti.f32)
+                                    best_t = hit_t[K - 1]
             else:
                 # both children's slabs: near planes give the entry distances n0, n1, far
                 # planes the exits (the rounding of x * inv - oinv is monotone in x, so this is
@@ -356,10 +393,21 @@ def _closest_hit_kernel(node_lo: ti.types.ndarray(), node_hi: ti.types.ndarray()
                 else:
                     sp -= 1
                     code = stack[sp]
-        out_t[r] = miss_t  # a runtime value (inf), not a constant fast-math could fold
-        out_face[r] = -1
-        if best_s >= 0:
-            out_t[r] = best_t
-            out_face[r] = order[best_s]
-        out_uv[2 * r] = best_u
-        out_uv[2 * r + 1] = best_v
+        if ti.static(K == 1):
+            out_t[r] = miss_t  # a runtime value (inf), not a constant fast-math could fold
+            out_face[r] = -1
+            if best_s >= 0:
+                out_t[r] = best_t
+                out_face[r] = order[best_s]
+            out_uv[2 * r] = best_u
+            out_uv[2 * r + 1] = best_v
+        else:
+            for j in ti.static(range(K)):
+                q = r * K + j
+                out_t[q] = miss_t
+                out_face[q] = -1
+                if hit_s[j] >= 0:
+                    out_t[q] = hit_t[j]
+                    out_face[q] = order[hit_s[j]]
+                out_uv[2 * q] = hit_u[j]
+                out_uv[2 * q + 1] = hit_v[j]

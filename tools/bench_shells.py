@@ -89,7 +89,7 @@ def cost_per_ray(out) -> dict:
 def bench_run(run: Path, views: int, grid_res: int | None, target_faces: int | None, out_dir: Path | None,
               shell_steps: list[float] | None = None, reextract: bool = False, crossings: str = "both",
               max_lens: list[float] | None = None, probe: bool = True,
-              probe_settings: list[str] | None = None, volume: bool = True) -> dict:
+              probe_settings: list[str] | None = None, volume: bool = True, render_chunk: int | None = None) -> dict:
     import torch
 
     import engine
@@ -97,6 +97,8 @@ def bench_run(run: Path, views: int, grid_res: int | None, target_faces: int | N
     from engine.train.metrics import composite_on_background
 
     model = engine.load(run)
+    if render_chunk:
+        model.cfg.render_chunk = int(render_chunk)      # rays per chunk: speed only, the images are the same
     scene = load_scene(Path(run) / "config.toml")
     ds = engine.load_dataset(scene.data, downscale=scene.downscale, background=scene.background)
     split = ds.splits.get("test") or ds.splits.get("val") or ds.splits["train"]
@@ -251,6 +253,9 @@ def main(argv=None) -> int:
                     help="extract new shells even when the run has some (runs fine-tuned inside their shells)")
     ap.add_argument("--volume", choices=("on", "off"), default="on",
                     help="also the volumetric render (the reference of the ratios; slow: off for quick comparisons)")
+    ap.add_argument("--render-chunk", type=int, default=None,
+                    help="rays per chunk for every mode (default: the run's render_chunk; runs trained before "
+                         "session 16 stored 8,192, the default is 65,536 now)")
     ap.add_argument("--out", default="bench_shells.json")
     args = ap.parse_args(argv)
 
@@ -264,7 +269,7 @@ def main(argv=None) -> int:
         exp = Path(args.export) / Path(r).parts[-3] if args.export else None
         results.append(bench_run(Path(r), args.views, args.grid_res, args.target_faces, exp, args.shell_steps,
                                  args.reextract, args.crossings, args.one_sample_max_lens, args.probe == "on",
-                                 args.probe_settings, args.volume == "on"))
+                                 args.probe_settings, args.volume == "on", args.render_chunk))
         atomic_write_text(args.out, json.dumps({"results": results}, indent=2))
     hdr = (f"{'scene':<12}{'mode':<20}{'PSNR':>7}{'SSIM':>7}{'spp':>7}{'probes':>8}{'all ev':>8}{'s/img':>7}"
            f"{'1st s':>7}{'fewer spp':>10}{'fewer ev':>9}{'speedup':>8}{'dPSNR':>7}")

@@ -241,21 +241,32 @@ def render_samples(fn: FieldFn, o, d, t, delta, valid, group=None, background=No
     acc = {}
     dsum, cost = torch.zeros(R, device=dev, dtype=dt), torch.zeros(R, device=dev, dtype=dt)
     extras: dict[str, list] = {}
-    n_groups = int(group[valid].max()) + 1 if valid.any() else 0
-    for g in range(n_groups):
-        sel = valid & (group == g) & (T.detach() > t_stop)[:, None]
-        rows = sel.any(1).nonzero(as_tuple=True)[0]
-        if rows.numel() == 0:
+    # the valid samples once, in (ray, column) order, then bucketed by group (a stable sort keeps that
+    # order inside each group): a round touches its own group's samples only, not (R, S) masks
+    vr, vc = valid.nonzero(as_tuple=True)
+    vg = group[vr, vc].long()
+    if vg.numel():
+        vg, perm = torch.sort(vg, stable=True)
+        vr, vc = vr[perm], vc[perm]
+        ids, counts = torch.unique_consecutive(vg, return_counts=True)
+        bounds = [0] + torch.cumsum(counts, 0).tolist()
+    else:
+        ids, bounds = torch.zeros(0, dtype=torch.long), [0]
+    for j in range(ids.numel()):
+        ri, ci = vr[bounds[j]:bounds[j + 1]], vc[bounds[j]:bounds[j + 1]]
+        live = T.detach()[ri] > t_stop
+        ri, ci = ri[live], ci[live]
+        if ri.numel() == 0:
             continue
-        sub = sel[rows]
-        cols = sub.any(0).nonzero(as_tuple=True)[0]
-        sub = sub[:, cols]
-        tt, dd = t[rows][:, cols], delta[rows][:, cols]
-        li, si = sub.nonzero(as_tuple=True)
-        ri = rows[li]
-        x = o[ri] + tt[li, si, None] * d[ri]
-        res = fn(x, d[ri], dd[li, si], ri, cols[si])
-        shape = sub.shape
+        # the group's rows and columns: its samples as a dense (rows, cols) block, rows and columns
+        # in increasing order (rays are sorted already; a round's columns are few)
+        rows, li = torch.unique_consecutive(ri, return_inverse=True)
+        cols, si = torch.unique(ci, sorted=True, return_inverse=True)
+        shape = (rows.numel(), cols.numel())
+        sub = torch.zeros(shape, dtype=torch.bool, device=dev).index_put_((li, si), torch.ones_like(li, dtype=torch.bool))
+        tt, dd = t[rows][:, cols], delta[ri, ci]
+        x = o[ri] + t[ri, ci][:, None] * d[ri]
+        res = fn(x, d[ri], dd, ri, ci)
         alpha = torch.zeros(shape, device=dev, dtype=res["alpha"].dtype).index_put((li, si), res["alpha"])
         col = torch.zeros(*shape, 3, device=dev, dtype=res["rgb"].dtype).index_put((li, si), res["rgb"])
         wv = {k: torch.zeros(*shape, res[k].shape[-1], device=dev, dtype=res[k].dtype).index_put((li, si), res[k])

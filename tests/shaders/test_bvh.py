@@ -313,6 +313,56 @@ def test_closest_hit_matches_brute_force(builder, leaf_size):
     _compare_with_ref(tb, v, f, o, d, tmin=0.9, tmax=1.3)
 
 
+@pytest.mark.parametrize("k", [2, 5, 12])
+def test_closest_hits_match_brute_force(k):
+    """The k nearest hits from one traversal against every hit sorted (the reference), on rays
+    without near-ties; k = 1 is closest_hit exactly."""
+    gen = torch.Generator().manual_seed(40 + k)
+    v, f = _random_soup(2000, gen, size=0.3)
+    tb = bvh.build_triangle_bvh(v, f)
+    o, d = _rays_at(v, 400, gen)
+    t, face, uv = bvh.closest_hits(tb, o, d, k)
+    tr, fr, uvr = bvh_ref.closest_hits_ref(v.double(), f, o.double(), d.double(), k)
+    t_all = bvh_ref.ray_triangle_ref(v.double(), f, o.double(), d.double())[0].sort(dim=1).values
+    gaps = (t_all[:, 1:] - t_all[:, :-1]).nan_to_num(nan=math.inf)
+    ok = (gaps[:, :k] > 1e-4).all(1)             # no two of the first k + 1 hits nearly tied
+    assert ok.float().mean() > 0.5
+    n_hits = (fr >= 0).sum(1)
+    assert bool((n_hits[ok] >= 2).any()) and bool((n_hits == k).any())   # several hits, some rays full
+    assert torch.equal(face[ok], fr[ok])
+    hit = ok[:, None] & (fr >= 0)
+    assert torch.equal(torch.isinf(t[ok]), fr[ok] < 0)
+    assert torch.allclose(t[hit].double(), tr[hit], rtol=1e-5, atol=0)
+    assert torch.allclose(uv[hit].double(), uvr[hit], atol=1e-4)
+    assert bool((t[:, 1:] >= t[:, :-1]).all())    # front to back everywhere
+    t1, f1, uv1 = bvh.closest_hit(tb, o, d)
+    tk, fk, uvk = bvh.closest_hits(tb, o, d, 1)
+    assert torch.equal(tk[:, 0], t1) and torch.equal(fk[:, 0], f1) and torch.equal(uvk[:, 0], uv1)
+    # a window: only hits in [tmin, tmax)
+    tw, fw, _ = bvh.closest_hits(tb, o, d, k, tmin=0.9, tmax=1.3)
+    assert bool(((tw >= 0.9) & (tw < 1.3))[fw >= 0].all())
+
+
+def test_closest_hits_drop_the_second_triangle_of_a_shared_edge():
+    """A ray through the shared edge of two triangles hits both at the same t: with dedup it is one
+    crossing, as repeated closest_hit queries from just past each hit see it."""
+    v = torch.tensor([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [1.0, 1.0, 0.0],
+                      [0.0, 0.0, 1.0], [1.0, 0.0, 1.0], [0.0, 1.0, 1.0], [1.0, 1.0, 1.0]])
+    f = torch.tensor([[0, 1, 2], [1, 3, 2], [4, 5, 6], [5, 7, 6]], dtype=torch.int32)
+    tb = bvh.build_triangle_bvh(v, f)
+    o = torch.tensor([[0.5, 0.5, -1.0], [0.25, 0.25, -1.0]])    # the diagonal edge; inside one triangle
+    d = torch.tensor([[0.0, 0.0, 1.0], [0.0, 0.0, 1.0]])
+    t, face, _ = bvh.closest_hits(tb, o, d, 4, dedup=1e-5)
+    assert t[0, :2].tolist() == [1.0, 2.0] and math.isinf(t[0, 2]) and (face[0, 2:] == -1).all()
+    assert t[1, :2].tolist() == [1.0, 2.0] and math.isinf(t[1, 2])
+    t0, face0, _ = bvh.closest_hits(tb, o, d, 4)          # without dedup: the edge counts twice
+    assert t0[0].tolist() == [1.0, 1.0, 2.0, 2.0]
+    with pytest.raises(ValueError, match="k must be"):
+        bvh.closest_hits(tb, o, d, 0)
+    with pytest.raises(ValueError, match="dedup"):
+        bvh.closest_hits(tb, o, d, 2, dedup=-1.0)
+
+
 def test_closest_hit_slab_orders_agree():
     """tmin >= +0 compares slab distances as int32 bits, tmin < 0 as floats (shaders.bvh_traverse):
     both against the reference, with ray origins inside the soup (boxes around and behind the

@@ -104,40 +104,27 @@ class ShellMeshes:
 def shell_hits(meshes: ShellMeshes, o: torch.Tensor, d: torch.Tensor, max_hits: int = 8,
                eps: float = 1e-5, values: torch.Tensor | None = None):
     """First ``max_hits`` crossings of rays (R, 3) with the meshes: ``ts (R, K)`` (inf when none) and
-    ``kind (R, K)`` int32 (1 outer, 2 inner, 3 surface, 0 none), by repeated closest-hit queries.
+    ``kind (R, K)`` int32 (1 outer, 2 inner, 3 surface, 0 none), from one BVH traversal per ray
+    (:func:`shaders.bvh.closest_hits`; a hit within ``eps`` of a kept one, the second triangle of
+    a shared edge, is dropped).
 
     With per-vertex ``values`` (e.g. :attr:`ShellMeshes.vertex_logit`) also ``vh (R, K)``: those
     values at each crossing, interpolated with the hit's barycentric coordinates.
     """
-    from shaders.bvh import closest_hit
+    from shaders.bvh import closest_hits
 
-    R = o.shape[0]
-    K = int(max_hits)
-    dev = o.device
-    ts = torch.full((R, K), math.inf, device=dev)
-    kind = torch.zeros(R, K, dtype=torch.int32, device=dev)
-    vh = None if values is None else torch.zeros(R, K, device=dev)
-    active = torch.arange(R, device=dev)
-    t_prev = torch.zeros(R, device=dev)
-    for k in range(K):
-        if active.numel() == 0:
-            break
-        start = t_prev[active] + (eps if k > 0 else 0.0)
-        t, face, uv = closest_hit(meshes.bvh, o[active] + start[:, None] * d[active], d[active])
-        h = face >= 0
-        idx = active[h]
-        th = start[h] + t[h]
-        ts[idx, k] = th
-        fc = face[h].long()
-        kind[idx, k] = torch.where(fc < meshes.n_outer, 1, torch.where(fc < meshes.n_outer + meshes.n_inner, 2, 3)
-                                   ).to(torch.int32)
-        if vh is not None:
-            tri = meshes.faces[fc]
-            u, v = uv[h, 0], uv[h, 1]
-            vh[idx, k] = (1 - u - v) * values[tri[:, 0]] + u * values[tri[:, 1]] + v * values[tri[:, 2]]
-        t_prev[idx] = th
-        active = idx
-    return (ts, kind) if vh is None else (ts, kind, vh)
+    ts, face, uv = closest_hits(meshes.bvh, o, d, int(max_hits), dedup=eps)
+    fc = face.long()
+    no = meshes.n_outer
+    kind = torch.where(fc < 0, 0, torch.where(fc < no, 1, torch.where(fc < no + meshes.n_inner, 2, 3))
+                       ).to(torch.int32)
+    if values is None:
+        return ts, kind
+    tri = meshes.faces[fc.clamp_min(0)]                 # (R, K, 3)
+    u, v = uv[..., 0], uv[..., 1]
+    vals = values[tri]
+    vh = (1 - u - v) * vals[..., 0] + u * vals[..., 1] + v * vals[..., 2]
+    return ts, kind, torch.where(fc >= 0, vh, torch.zeros_like(vh))
 
 
 def starts_outside(meshes: ShellMeshes, o: torch.Tensor) -> torch.Tensor:

@@ -231,6 +231,40 @@ def test_band_samples_kernel_matches_reference():
         band_samples(ts, kind, 0.1, 1, 1, fh[:, :2], True)
 
 
+def test_shell_hits_equal_repeated_closest_hit_queries(sphere_meshes):
+    """One traversal for all crossings gives what repeated closest-hit queries from just past each
+    hit give (the way crossings were gathered before): the same faces, kinds and t, on rays that
+    cross both shells, graze them, start inside the band or miss."""
+    from shaders.bvh import closest_hit
+
+    from engine.methods.shells.render import shell_hits
+
+    g = torch.Generator().manual_seed(3)
+    n = 600
+    o = torch.cat([torch.nn.functional.normalize(torch.randn(n - 100, 3, generator=g), dim=-1) * 3.0,
+                   torch.nn.functional.normalize(torch.randn(100, 3, generator=g), dim=-1) * R])  # on the surface
+    d = torch.nn.functional.normalize((torch.rand(n, 3, generator=g) * 2 - 1) * 0.9 - o * (torch.arange(n) < n - 100)[:, None], dim=-1)
+    K, eps = 6, 1e-5
+    ts, kind = shell_hits(sphere_meshes, o, d, K, eps=eps)
+    # the reference: closest_hit again and again, each from just past the previous hit
+    rt = torch.full((n, K), math.inf)
+    rk = torch.zeros(n, K, dtype=torch.int32)
+    t_prev = torch.zeros(n)
+    live = torch.ones(n, dtype=torch.bool)
+    for k in range(K):
+        start = t_prev + (eps if k else 0.0)
+        t, face, _ = closest_hit(sphere_meshes.bvh, o + start[:, None] * d, d)
+        h = live & (face >= 0)
+        rt[h, k] = start[h] + t[h]
+        rk[h, k] = torch.where(face[h] < sphere_meshes.n_outer, 1, 2).to(torch.int32)
+        t_prev = torch.where(h, rt[:, k], t_prev)
+        live = h
+    assert torch.equal(kind, rk)
+    assert (kind > 0).sum(1).max() >= 4 and (kind == 0).all(1).any()
+    torch.testing.assert_close(ts[kind > 0], rt[kind > 0], rtol=0, atol=1e-5)
+    assert torch.isinf(ts[kind == 0]).all()
+
+
 def test_sdf_at_crossings_interpolates_vertex_values(sphere_meshes):
     from engine.methods.shells.render import shell_hits
 
