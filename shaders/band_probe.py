@@ -91,7 +91,7 @@ def _kernel():
     def probe(o: ti.types.ndarray(), d: ti.types.ndarray(), t0: ti.types.ndarray(), t1: ti.types.ndarray(),
               ok: ti.types.ndarray(), gf: ti.types.ndarray(), gl: ti.types.ndarray(),
               lo0: ti.f32, lo1: ti.f32, lo2: ti.f32, inv_cell: ti.f32, step: ti.f32, max_seg: ti.i32,
-              tau: ti.f32, solid: ti.f32, out_t: ti.types.ndarray(), out_d: ti.types.ndarray(), out_g: ti.types.ndarray(),
+              tau: ti.f32, solid: ti.f32, stop: ti.f32, out_t: ti.types.ndarray(), out_d: ti.types.ndarray(), out_g: ti.types.ndarray(),
               out_a: ti.types.ndarray(), count: ti.types.ndarray(), out_ts: ti.types.ndarray(),
               out_n: ti.types.ndarray(), probes: ti.types.ndarray()):
         R = t0.shape[0]
@@ -102,10 +102,11 @@ def _kernel():
             cnt = 0
             rank = 0
             npr = 0
+            trans = 1.0     # through the crossings emitted so far (near misses' opacity is the field's)
             ox, oy, oz = o[r, 0], o[r, 1], o[r, 2]
             dx, dy, dz = d[r, 0], d[r, 1], d[r, 2]
             for j in range(K):
-                if ok[r, j] != 0:
+                if ok[r, j] != 0 and trans >= stop:
                     a = t0[r, j]
                     length = ti.max(t1[r, j] - a, 0.0)
                     n = ti.min(ti.max(ti.cast(ti.ceil(length / step), ti.i32), 1), max_seg)
@@ -150,6 +151,7 @@ def _kernel():
                                     out_ts[r, cnt] = a + ti.cast(run_k, ti.f32) * dl
                                     out_n[r, cnt] = k - run_k
                                     cnt += 1
+                                    trans *= ti.exp(run_log)
                             else:
                                 # a near miss (or a translucent crossing): walk the descent again,
                                 # one sample per opaque segment
@@ -199,7 +201,8 @@ def _check(o, d, t0, t1, ok, grid_f, grid_log_s, step, max_segments, max_samples
 
 
 def probe_samples(o, d, t0, t1, ok, grid_f, grid_log_s, lo, cell: float, probe_step: float,
-                  max_segments: int = 64, tau: float = 0.01, max_samples: int = 32, solid: float = 0.0):
+                  max_segments: int = 64, tau: float = 0.01, max_samples: int = 32, solid: float = 0.0,
+                  t_stop: float | None = None):
     """Samples in band intervals guided by grid probes (see the module docstring).
 
     o, d (R, 3) rays; t0, t1, ok (R, K) band intervals (:func:`shaders.band_sampler.band_intervals_from_hits`);
@@ -215,8 +218,15 @@ def probe_samples(o, d, t0, t1, ok, grid_f, grid_log_s, lo, cell: float, probe_s
     * ``probes (R,)`` int32: the grid lookups made for each ray (each trilinear lookup of ``f`` and
       ``log s`` at one point counts once; a near miss's descent is walked twice), for honest
       accounting of the sampler's cost.
+
+    ``t_stop`` (the renderer's early ray termination, optional): a ray's later band intervals are
+    not walked once the transmittance through its crossings so far is below ``t_stop / 2``. The
+    renderer evaluates nothing there: its own transmittance is at most that one (near misses only
+    lower it) and it stops at ``t_stop`` (half of it leaves room for rounding). Saves the probes
+    of the intervals behind an opaque surface; the samples that are evaluated do not change.
     """
     _check(o, d, t0, t1, ok, grid_f, grid_log_s, probe_step, max_segments, max_samples)
+    stop = -1.0 if t_stop is None else 0.5 * float(t_stop)
     runtime.init()
     dev = runtime.torch_device()
     R = o.shape[0]
@@ -238,7 +248,7 @@ def probe_samples(o, d, t0, t1, ok, grid_f, grid_log_s, lo, cell: float, probe_s
             _kernel()(o.to(**f32).contiguous(), d.to(**f32).contiguous(), t0c, t1c, okc,
                       grid_f.to(**f32).contiguous(), grid_log_s.to(**f32).contiguous(), lo[0], lo[1], lo[2],
                       1.0 / float(cell), float(probe_step), int(max_segments), float(tau), float(solid),
-                      t, dl, g, al, count, ts, ns, probes)
+                      stop, t, dl, g, al, count, ts, ns, probes)
     home = o.device
     return tuple(x.to(home) for x in (t, dl, g, al, count, ts, ns, probes))
 
@@ -268,7 +278,7 @@ def _seg_alpha_ref(fa, fb, ls):
 
 def probe_samples_reference(o, d, t0, t1, ok, grid_f, grid_log_s, lo, cell: float, probe_step: float,
                             max_segments: int = 64, tau: float = 0.01, max_samples: int = 32,
-                            solid: float = 0.0, lookup=None):
+                            solid: float = 0.0, lookup=None, t_stop: float | None = None):
     """Pure-torch twin of :func:`probe_samples` (one ray and interval at a time; small inputs).
 
     Every grid lookup goes through ``lookup(grid_f, grid_log_s, x (N, 3))`` (default: two
@@ -286,11 +296,12 @@ def probe_samples_reference(o, d, t0, t1, ok, grid_f, grid_log_s, lo, cell: floa
     out_n = torch.zeros(R, max_samples, dtype=torch.int32)
     count = torch.zeros(R, dtype=torch.int32)
     probes = torch.zeros(R, dtype=torch.int32)
+    stop = -1.0 if t_stop is None else 0.5 * float(t_stop)
     if lookup is None:
         def lookup(gf, gl, x):
             return trilinear_reference(gf, x, lo, cell), trilinear_reference(gl, x, lo, cell)
     for r in range(R):
-        cnt, rank, npr = 0, 0, 0
+        cnt, rank, npr, trans = 0, 0, 0, 1.0
 
         def look(x):
             nonlocal npr
@@ -306,6 +317,8 @@ def probe_samples_reference(o, d, t0, t1, ok, grid_f, grid_log_s, lo, cell: floa
 
         for j in range(K):
             if not (bool(ok[r, j]) and math.isfinite(float(t0[r, j])) and math.isfinite(float(t1[r, j]))):
+                continue
+            if trans < stop:          # behind an opaque surface: the renderer evaluates nothing here
                 continue
             a = t0[r, j]
             length = (t1[r, j] - a).clamp_min(0)
@@ -329,6 +342,8 @@ def probe_samples_reference(o, d, t0, t1, ok, grid_f, grid_log_s, lo, cell: floa
                 if cross and 1 - torch.prod(1 - alpha[k:e]) >= solid:
                     q = cross[0]
                     tc = a + (q + f[q] / (f[q] - f[q + 1])) * dl
+                    if cnt < max_samples:
+                        trans *= float(torch.prod(1 - alpha[k:e]))
                     emit(tc, dl, 1 - torch.prod(1 - alpha[k:e]), tk[k], e - k)
                 else:
                     # the kernel walks a near miss's descent again (its points looked up once more)

@@ -31,8 +31,8 @@ def test_trilinear_reproduces_linear_functions():
     torch.testing.assert_close(trilinear_reference(g, x, LO.double(), CELL), want)
 
 
-@pytest.mark.parametrize("solid", [0.0, 0.9])
-def test_kernel_matches_reference(solid):
+@pytest.mark.parametrize("solid,t_stop", [(0.0, None), (0.9, None), (0.0, 1e-3)])
+def test_kernel_matches_reference(solid, t_stop):
     gen = torch.Generator().manual_seed(1)
     # a bumpy sphere: crossings, near misses and thin parts; a kernel size that varies in space
     gf = _grid(lambda X, Y, Z: (X * X + Y * Y + Z * Z).sqrt() - 0.6 + 0.05 * torch.sin(7 * X) * torch.cos(5 * Y))
@@ -47,7 +47,7 @@ def test_kernel_matches_reference(solid):
     ok[0] = False                                     # a ray with no interval
     t1[1, 0] = math.inf                               # an open interval is ignored
     args = (0.05, 16, 0.01, 12, solid)
-    got = probe_samples(o, d, t0, t1, ok, gf.float(), gl.float(), LO, CELL, *args)
+    got = probe_samples(o, d, t0, t1, ok, gf.float(), gl.float(), LO, CELL, *args, t_stop=t_stop)
     looked_up = []
 
     def counting_lookup(g_f, g_l, x):        # every grid lookup the reference makes passes here
@@ -55,7 +55,7 @@ def test_kernel_matches_reference(solid):
         return trilinear_reference(g_f, x, LO.double(), CELL), trilinear_reference(g_l, x, LO.double(), CELL)
 
     want = probe_samples_reference(o.double(), d.double(), t0.double(), t1.double(), ok, gf, gl, LO.double(),
-                                   CELL, *args, lookup=counting_lookup)
+                                   CELL, *args, lookup=counting_lookup, t_stop=t_stop)
     assert torch.equal(got[4], want[4])
     # the cost accounting: the kernel's per-ray probe count is the number of lookups actually made
     assert torch.equal(got[7], want[7]) and int(got[7].sum()) == sum(looked_up) > 0
@@ -75,6 +75,37 @@ def test_kernel_matches_reference(solid):
     # samples are front to back along each ray
     t = torch.where(m, got[0], torch.full_like(got[0], math.inf))
     assert (t[:, 1:] >= t[:, :-1]).all()
+
+
+def test_early_stop_keeps_every_sample_the_renderer_evaluates():
+    """With t_stop, a ray's intervals behind crossings that leave less than t_stop / 2 of its
+    transmittance are not walked: the samples before that point are exactly those without t_stop,
+    the ones dropped all lie behind it (the renderer, stopping at t_stop, evaluates none of them),
+    and the probe count falls."""
+    gen = torch.Generator().manual_seed(5)
+    gf = _grid(lambda X, Y, Z: (X * X + Y * Y + Z * Z).sqrt() - 0.6 + 0.05 * torch.sin(7 * X) * torch.cos(5 * Y))
+    gl = _grid(lambda X, Y, Z: torch.full_like(X, math.log(400.0)))       # solid: crossings are opaque
+    R, K = 200, 6
+    o = torch.nn.functional.normalize(torch.randn(R, 3, generator=gen), dim=-1) * 2.0
+    d = torch.nn.functional.normalize(torch.randn(R, 3, generator=gen) * 0.3 - o, dim=-1)
+    edges = torch.linspace(0.5, 3.5, K + 1)
+    t0, t1 = edges[:-1].expand(R, K).contiguous(), edges[1:].expand(R, K).contiguous()
+    ok = torch.ones(R, K, dtype=torch.bool)
+    args = (0.02, 64, 0.003, 32, 0.0)
+    full = probe_samples(o, d, t0, t1, ok, gf.float(), gl.float(), LO, CELL, *args)
+    cut = probe_samples(o, d, t0, t1, ok, gf.float(), gl.float(), LO, CELL, *args, t_stop=1e-3)
+    n_full, n_cut = full[4], cut[4]
+    assert (n_cut <= n_full).all() and (n_cut < n_full).any()
+    assert (cut[7] <= full[7]).all() and cut[7].sum() < 0.8 * full[7].sum()
+    for r in range(R):
+        k = int(n_cut[r])
+        for i in (0, 1, 2, 3, 5, 6):
+            assert torch.equal(cut[i][r, :k], full[i][r, :k])
+        if k < int(n_full[r]):       # what was dropped lies behind crossings with transmittance < t_stop / 2
+            a = full[3][r, :k]
+            cross = a >= 0
+            trans = torch.prod(1 - a[cross].double())
+            assert trans < 0.5e-3 and (full[2][r, k:int(n_full[r])] > full[2][r, k - 1]).all()
 
 
 def test_plane_crossing_is_one_sample_with_the_exact_opacity():

@@ -195,7 +195,7 @@ class ShellField(torch.nn.Module):
         g_in = (dz * self.sdf_l1.weight[0]) @ self.sdf_l0.weight
         n_enc = enc.shape[1]
         # d enc / d p = 0.5 d enc / d u; f = (|p| - r0 + out0) a with p = (x - c) / a: grad_x f = grad_p (...)
-        grad = (g_in[:, :n_enc, None] * jac).sum(1) * 0.5 + g_in[:, n_enc:] \
+        grad = torch.bmm(g_in[:, None, :n_enc], jac)[:, 0] * 0.5 + g_in[:, n_enc:] \
             + p / pn.clamp_min(1e-12)[:, None]
         return sdf, grad, log_s, out[:, 2:]
 

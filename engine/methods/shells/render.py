@@ -248,7 +248,7 @@ class ShellRenderer:
             t0, t1, ok = band_intervals(self.meshes, o, d, c.shell_max_hits)
             t, delta, group, alpha, count, t_start, n_seg, probes = probe_samples(
                 o, d, t0, t1, ok, gf, gl, g.lo, g.cell, c.shell_probe_step * a,
-                tau=c.shell_probe_tau, max_samples=c.shell_max_samples, solid=c.shell_probe_solid)
+                tau=c.shell_probe_tau, max_samples=c.shell_max_samples, solid=c.shell_probe_solid, t_stop=c.t_stop)
             S = int(count.max()) if count.numel() else 0
             t, delta, group, alpha = t[:, :S], delta[:, :S], group[:, :S].long(), alpha[:, :S]
             valid = torch.arange(S, device=dev)[None] < count[:, None]
