@@ -90,8 +90,12 @@ class ShellsConfig(MethodConfig):
     shell_one_sample_max_len: float = option(0.0, 'one-sample rules only for band intervals at most this long (times a; 0 = any length); longer ones (grazing rays, which can pass near the surface without crossing it) get a sample every shell_step', render=True)
     shell_probe_grid: int = option(256, 'probe sampler: SDF / kernel-size grid this fine, probed along band intervals (0 = off: the one-sample rules above place samples)', render=True)
     shell_probe_step: float = option(0.0075, 'probe spacing along band intervals (times a)', render=True)
-    shell_probe_tau: float = option(0.003, "near misses: a sample where a probe segment's opacity exceeds this", render=True)
-    shell_probe_solid: float = option(0.0, 'translucent crossings (opacity under this) get a sample per opaque probe segment, like near misses (0 = one sample per crossing; 0.8: +0.05-0.08 dB for 3-15 % more samples)', render=True)
+    shell_probe_tau: float = option(0.01, "a sample on each probe segment whose opacity exceeds this (near misses, and crossings under shell_probe_solid)", render=True)
+    shell_probe_solid: float = option(1.0, 'crossings less opaque than this get a sample per probe segment above shell_probe_tau, each with the '
+                                      "field's own opacity, like near misses; the others one sample at the crossing with the descent's opacity "
+                                      '(0 = one sample per crossing: faster, blurrier; 1 = every crossing but those opaque to float precision). '
+                                      'Session 16, lego_200, 25 views, one field: 0 29.07 dB at 0.87 samples per ray, 0.99 29.27 at 1.26, '
+                                      '1 29.77 at 2.44; its volumetric render 29.25 at 6.6', render=True)
     shell_finetune_params: str = option("auto", 'what fine-tuning in the band trains: color (the colour network; the geometry stays as volume rendering left it), all (the whole field: with the probe sampler each crossing takes its opacity from the field at its descent\'s probe points, differentiable), or auto (color with the probe sampler, all with the other samplers)',
                                         choices=("auto", "color", "all"))
     shell_finetune_sampler: str = option("probe", 'how fine-tuning samples the band: probe (as the renderer does) or step (a sample every shell_finetune_step in every band interval and the field\'s own NeuS opacity: volume rendering restricted to the band, as in the paper; auto params then train all)',

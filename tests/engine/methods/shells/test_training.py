@@ -284,7 +284,7 @@ def test_band_finetuning_passes_crossing_opacity_gradients_to_the_geometry(train
     import dataclasses
 
     ds, m, _ = trained
-    cfg = dataclasses.replace(m.cfg, shell_finetune_params=params, shell_probe_tau=1.0,
+    cfg = dataclasses.replace(m.cfg, shell_finetune_params=params, shell_probe_tau=1.0, shell_probe_solid=0.0,
                               shell_finetune_sampler=sampler)
     m2 = ShellsMethod.from_state_dict(cfg, m.state_dict())
     m2.extract_shells()
@@ -327,7 +327,8 @@ def test_reported_evaluations_equal_the_evaluations_made(trained, mode, normals,
 
     ds, m, _ = trained
     st = dict(m.state_dict(), normals=normals)
-    m2 = ShellsMethod.from_state_dict(dataclasses.replace(m.cfg, shell_finetune_params="all"), st)
+    # one sample per crossing (solid 0): whole-field fine-tuning then evaluates the crossings' descents
+    m2 = ShellsMethod.from_state_dict(dataclasses.replace(m.cfg, shell_finetune_params="all", shell_probe_solid=0.0), st)
     assert m2.field.cfg.normals == normals
     if mode != "volume":
         m2.extract_shells()
