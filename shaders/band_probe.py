@@ -48,6 +48,10 @@ __all__ = ["probe_samples", "probe_samples_reference", "trilinear_reference"]
 
 _K = {}
 
+#: Most probe segments per band interval (``max_segments``): a run's segment opacities are kept in a
+#: local array of this size, so that a near miss's samples need no second walk.
+MAX_SEGMENTS = 64
+
 
 def _kernel():
     if "k" in _K:
@@ -118,6 +122,7 @@ def _kernel():
                     run_cross = 0
                     run_log = 0.0
                     run_tc = 0.0
+                    seg_al = ti.Vector.zero(ti.f32, MAX_SEGMENTS)   # the run's segment opacities
                     for k in range(n + 1):
                         desc = 0
                         fn = fp
@@ -136,6 +141,7 @@ def _kernel():
                                 run_cross = 0
                                 run_log = 0.0
                             al = seg_alpha(fp, fn, lp)
+                            seg_al[k - run_k] = al
                             run_log += ti.log(ti.max(1.0 - al, 1e-30))
                             if run_cross == 0 and fp > 0.0 and fn <= 0.0:
                                 run_cross = 1
@@ -153,18 +159,9 @@ def _kernel():
                                     cnt += 1
                                     trans *= ti.exp(run_log)
                             else:
-                                # a near miss (or a translucent crossing): walk the descent again,
-                                # one sample per opaque segment
-                                ta = a + ti.cast(run_k, ti.f32) * dl
-                                qf, ql = lookup(gf, gl, ox + ta * dx, oy + ta * dy, oz + ta * dz, lo0, lo1,
-                                                lo2, inv_cell, G)
-                                npr += 1
+                                # a near miss (or a translucent crossing): one sample per opaque segment
                                 for q in range(run_k, k):
-                                    tq = a + ti.cast(q + 1, ti.f32) * dl
-                                    qn, qln = lookup(gf, gl, ox + tq * dx, oy + tq * dy, oz + tq * dz, lo0,
-                                                     lo1, lo2, inv_cell, G)
-                                    npr += 1
-                                    if seg_alpha(qf, qn, ql) > tau and cnt < M:
+                                    if seg_al[q - run_k] > tau and cnt < M:
                                         out_t[r, cnt] = a + (ti.cast(q, ti.f32) + 0.5) * dl
                                         out_d[r, cnt] = dl
                                         out_g[r, cnt] = rank
@@ -172,8 +169,6 @@ def _kernel():
                                         out_ts[r, cnt] = a + ti.cast(q, ti.f32) * dl
                                         out_n[r, cnt] = 1
                                         cnt += 1
-                                    qf = qn
-                                    ql = qln
                         fp = fn
                         lp = ln
                     rank += 1
@@ -195,7 +190,9 @@ def _check(o, d, t0, t1, ok, grid_f, grid_log_s, step, max_segments, max_samples
     if grid_f.ndim != 3 or grid_f.shape != (G, G, G) or grid_log_s.shape != grid_f.shape or G < 2:
         raise ValueError(f"probe_samples: the grids must be the same (G, G, G) shape with G >= 2, got "
                          f"{tuple(grid_f.shape)} and {tuple(grid_log_s.shape)}")
-    if not step > 0 or max_segments < 1 or max_samples < 1:
+    if not 1 <= max_segments <= MAX_SEGMENTS:
+        raise ValueError(f"probe_samples: max_segments must be in 1..{MAX_SEGMENTS}, got {max_segments}")
+    if not step > 0 or max_samples < 1:
         raise ValueError(f"probe_samples: need probe_step > 0, max_segments >= 1, max_samples >= 1; got "
                          f"{step}, {max_segments}, {max_samples}")
 
@@ -216,8 +213,7 @@ def probe_samples(o, d, t0, t1, ok, grid_f, grid_log_s, lo, cell: float, probe_s
       sample: its one segment). A caller that wants the crossing opacity differentiable w.r.t. the
       field evaluates the field there (``ShellRenderer``, whole-field fine-tuning);
     * ``probes (R,)`` int32: the grid lookups made for each ray (each trilinear lookup of ``f`` and
-      ``log s`` at one point counts once; a near miss's descent is walked twice), for honest
-      accounting of the sampler's cost.
+      ``log s`` at one point counts once), for honest accounting of the sampler's cost.
 
     ``t_stop`` (the renderer's early ray termination, optional): a ray's later band intervals are
     not walked once the transmittance through its crossings so far is below ``t_stop / 2``. The
@@ -346,11 +342,8 @@ def probe_samples_reference(o, d, t0, t1, ok, grid_f, grid_log_s, lo, cell: floa
                         trans *= float(torch.prod(1 - alpha[k:e]))
                     emit(tc, dl, 1 - torch.prod(1 - alpha[k:e]), tk[k], e - k)
                 else:
-                    # the kernel walks a near miss's descent again (its points looked up once more)
-                    fq, lq = look(x[k:e + 1])
-                    aq = _seg_alpha_ref(fq[:-1], fq[1:], lq[:-1])
-                    for i, q in enumerate(seg):
-                        if aq[i] > tau:
+                    for q in seg:
+                        if alpha[q] > tau:
                             emit(a + (q + 0.5) * dl, dl, -1.0, tk[q], 1)
                 k = e
             rank += 1

@@ -198,3 +198,5 @@ def test_bad_arguments_name_the_problem():
         probe_samples(o, o, t, t, ok, gf, gf, LO, CELL, 0.0)
     with pytest.raises(ValueError, match="t0, t1, ok"):
         probe_samples(o, o, t, torch.zeros(3, 1), ok, gf, gf, LO, CELL, 0.01)
+    with pytest.raises(ValueError, match="max_segments"):
+        probe_samples(o, o, t, t, ok, gf, gf, LO, CELL, 0.01, max_segments=65)
