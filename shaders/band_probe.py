@@ -22,16 +22,18 @@ network evaluations:
 * ``solid`` > 0: a crossing descent whose opacity is below ``solid`` (a translucent or fuzzy
   surface) is sampled like a near miss, one sample per segment above ``tau``, so its colour is
   integrated over the descent instead of taken at the zero crossing. On the default lego_200 and
-  scan24_400 runs 0.8 gained 0.05-0.08 dB for 3-15 % more samples (README "Adaptive Shells"); the
-  renderer's default is 0.
+  scan24_400 runs of session 11 0.8 gained 0.05-0.08 dB for 3-15 % more samples; since session 16
+  the renderer's default is 1 (every crossing per segment: on a 17-minute lego_200 field 30.01 dB
+  on all test views against 28.88 with 0, and 29.65 volumetric; README "Adaptive Shells").
 
 The threshold ``tau`` drops the faint tail of a near miss: a grazing ray whose SDF falls slowly
 spreads its opacity over many segments each under ``tau`` (``tests/shaders/test_band_probe.py``
 has one that keeps 0.02 of its 0.12 at ``tau`` 0.01). On a volume-only lego_200 field, ``tau``
 0.003 instead of 0.01 changed the test PSNR by +0.01 dB for 6 % more samples; one sample per near
-miss carrying the descent's whole opacity (like a crossing) lost 0.09 dB. The renderer's defaults
-(``shell_probe_step`` 0.0075, ``shell_probe_tau`` 0.003) were chosen on 4 test views of lego_200
-and scan24_400 (README "Adaptive Shells").
+miss carrying the descent's whole opacity (like a crossing) lost 0.09 dB. ``shell_probe_step``
+0.0075 was chosen on 4 test views of lego_200 and scan24_400; ``shell_probe_tau`` is 0.01 since
+session 16 (with ``solid`` 1, 0.003 and 0.01 rendered the same to 0.01 dB, 0.01 with 6 % fewer
+samples; README "Adaptive Shells").
 
 Samples are emitted front to back, at most ``max_samples`` per ray; ``interval`` is the rank of
 the sample's band interval along the ray (for early ray termination). Lookups outside the grid

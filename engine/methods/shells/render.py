@@ -12,9 +12,10 @@
 3. Samples in the band intervals. By default (``shell_probe_grid`` > 0) the probe sampler
    :func:`shaders.band_probe.probe_samples`: the SDF and kernel size on a grid
    (:class:`ProbeGrid`, trilinear, no network) are probed every ``shell_probe_step`` along each
-   interval; each descent of the SDF through the surface gets one sample at the crossing carrying
-   the descent's whole NeuS opacity, and near misses (descents that do not cross) get a sample on
-   each probe segment whose opacity exceeds ``shell_probe_tau``. The older rules
+   interval; descents of the SDF get a sample on each probe segment whose opacity exceeds
+   ``shell_probe_tau``, with the field's own opacity (or, for a crossing at least
+   ``shell_probe_solid`` opaque, one sample at the crossing carrying the descent's whole NeuS
+   opacity; the default ``solid`` 1 leaves that to crossings opaque to float precision). The older rules
    (``shell_probe_grid 0``) decide from the meshes alone:
    :func:`shaders.band_sampler.band_samples` (Taichi; torch twin ``band_samples_reference``): an
    interval of length ``len`` gets ``n = clamp(ceil(len / step), 1,
