@@ -109,6 +109,7 @@ def _kernel():
             rank = 0
             npr = 0
             trans = 1.0     # through the crossings emitted so far (near misses' opacity is the field's)
+            seg_al = ti.Vector.zero(ti.f32, MAX_SEGMENTS)   # a descent's segment opacities (written before read)
             ox, oy, oz = o[r, 0], o[r, 1], o[r, 2]
             dx, dy, dz = d[r, 0], d[r, 1], d[r, 2]
             for j in range(K):
@@ -124,7 +125,6 @@ def _kernel():
                     run_cross = 0
                     run_log = 0.0
                     run_tc = 0.0
-                    seg_al = ti.Vector.zero(ti.f32, MAX_SEGMENTS)   # the run's segment opacities
                     for k in range(n + 1):
                         desc = 0
                         fn = fp
@@ -195,8 +195,7 @@ def _check(o, d, t0, t1, ok, grid_f, grid_log_s, step, max_segments, max_samples
     if not 1 <= max_segments <= MAX_SEGMENTS:
         raise ValueError(f"probe_samples: max_segments must be in 1..{MAX_SEGMENTS}, got {max_segments}")
     if not step > 0 or max_samples < 1:
-        raise ValueError(f"probe_samples: need probe_step > 0, max_segments >= 1, max_samples >= 1; got "
-                         f"{step}, {max_segments}, {max_samples}")
+        raise ValueError(f"probe_samples: need probe_step > 0 and max_samples >= 1; got {step}, {max_samples}")
 
 
 def probe_samples(o, d, t0, t1, ok, grid_f, grid_log_s, lo, cell: float, probe_step: float,
