@@ -30,7 +30,7 @@ the box half-size inside every band interval) and ``shells1@STEP`` (one sample o
 outer-to-inner crossing, opacity from the interval's ends; STEP for the other intervals -- the
 renderer before the probe sampler) and ``probe`` (the default renderer: the probe sampler of
 ``shaders/band_probe.py``, one sample per descent through the surface with its opacity from an
-SDF grid, near misses sampled where the grid says they have opacity; ``probe@STEP/TAU`` with
+SDF grid, near misses sampled where the grid says they have opacity; ``probe@STEP/TAU[/SOLID[/CUT]]`` with
 ``--probe-settings``). ``--crossings`` picks the shells modes, ``--probe off`` drops the probe
 modes. ``--one-sample-max-lens`` adds ``shells1@STEP/LMAX``
 modes: the one-sample rules only for band intervals at most LMAX (times the half-size) long, the
@@ -146,9 +146,10 @@ def bench_run(run: Path, views: int, grid_res: int | None, target_faces: int | N
         if mode.startswith("probe"):
             model.cfg.shell_probe_grid = probe_res
             if "@" in mode:
-                st, tau, *solid = mode.split("@")[1].split("/")
+                st, tau, *rest = mode.split("@")[1].split("/")
                 model.cfg.shell_probe_step, model.cfg.shell_probe_tau = float(st), float(tau)
-                model.cfg.shell_probe_solid = float(solid[0]) if solid else 0.0
+                model.cfg.shell_probe_solid = float(rest[0]) if rest else 0.0
+                model.cfg.shell_probe_cut = float(rest[1]) if len(rest) > 1 else 0.0
             if "probe" not in renderers:
                 model._renderer = None
                 renderers["probe"] = model.renderer
@@ -246,9 +247,10 @@ def main(argv=None) -> int:
                          "0 = any length, the default renderer)")
     ap.add_argument("--probe", choices=("on", "off"), default="on",
                     help="also the probe mode (the default renderer; shell_probe_grid, or 256 if the run has it off)")
-    ap.add_argument("--probe-settings", nargs="+", default=None, metavar="STEP/TAU[/SOLID]",
-                    help="probe modes with these shell_probe_step/shell_probe_tau (/shell_probe_solid, default 0) "
-                         "settings, e.g. 0.01/0.01 0.0075/0.003/0.8 (default: one probe mode with the run's settings)")
+    ap.add_argument("--probe-settings", nargs="+", default=None, metavar="STEP/TAU[/SOLID[/CUT]]",
+                    help="probe modes with these shell_probe_step/shell_probe_tau (/shell_probe_solid, default 0; "
+                         "/shell_probe_cut, default 0) settings, e.g. 0.01/0.01 0.0075/0.003/0.8 0.0075/0.01/1/0.001 "
+                         "(default: one probe mode with the run's settings)")
     ap.add_argument("--reextract", action="store_true",
                     help="extract new shells even when the run has some (runs fine-tuned inside their shells)")
     ap.add_argument("--volume", choices=("on", "off"), default="on",

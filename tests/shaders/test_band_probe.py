@@ -31,8 +31,8 @@ def test_trilinear_reproduces_linear_functions():
     torch.testing.assert_close(trilinear_reference(g, x, LO.double(), CELL), want)
 
 
-@pytest.mark.parametrize("solid,t_stop", [(0.0, None), (0.9, None), (0.0, 1e-3)])
-def test_kernel_matches_reference(solid, t_stop):
+@pytest.mark.parametrize("solid,t_stop,cut", [(0.0, None, 0.0), (0.9, None, 0.0), (0.0, 1e-3, 0.0), (0.9, 1e-3, 0.05)])
+def test_kernel_matches_reference(solid, t_stop, cut):
     gen = torch.Generator().manual_seed(1)
     # a bumpy sphere: crossings, near misses and thin parts; a kernel size that varies in space
     gf = _grid(lambda X, Y, Z: (X * X + Y * Y + Z * Z).sqrt() - 0.6 + 0.05 * torch.sin(7 * X) * torch.cos(5 * Y))
@@ -47,7 +47,7 @@ def test_kernel_matches_reference(solid, t_stop):
     ok[0] = False                                     # a ray with no interval
     t1[1, 0] = math.inf                               # an open interval is ignored
     args = (0.05, 16, 0.01, 12, solid)
-    got = probe_samples(o, d, t0, t1, ok, gf.float(), gl.float(), LO, CELL, *args, t_stop=t_stop)
+    got = probe_samples(o, d, t0, t1, ok, gf.float(), gl.float(), LO, CELL, *args, t_stop=t_stop, cut=cut)
     looked_up = []
 
     def counting_lookup(g_f, g_l, x):        # every grid lookup the reference makes passes here
@@ -55,7 +55,7 @@ def test_kernel_matches_reference(solid, t_stop):
         return trilinear_reference(g_f, x, LO.double(), CELL), trilinear_reference(g_l, x, LO.double(), CELL)
 
     want = probe_samples_reference(o.double(), d.double(), t0.double(), t1.double(), ok, gf, gl, LO.double(),
-                                   CELL, *args, lookup=counting_lookup, t_stop=t_stop)
+                                   CELL, *args, lookup=counting_lookup, t_stop=t_stop, cut=cut)
     assert torch.equal(got[4], want[4])
     # the cost accounting: the kernel's per-ray probe count is the number of lookups actually made
     assert torch.equal(got[7], want[7]) and int(got[7].sum()) == sum(looked_up) > 0
@@ -106,6 +106,49 @@ def test_early_stop_keeps_every_sample_the_renderer_evaluates():
             cross = a >= 0
             trans = torch.prod(1 - a[cross].double())
             assert trans < 0.5e-3 and (full[2][r, k:int(n_full[r])] > full[2][r, k - 1]).all()
+
+
+def test_cut_stops_a_ray_once_the_grid_transmittance_is_below_it():
+    """With ``cut``, a ray's samples are those without it up to the first one after which the
+    grid's estimate of its transmittance (every emitted sample at its grid opacity: a crossing's
+    whole descent, a per-segment sample its segment) is below ``cut``; nothing after it is emitted
+    and fewer probes are made."""
+    gen = torch.Generator().manual_seed(6)
+    gf = _grid(lambda X, Y, Z: (X * X + Y * Y + Z * Z).sqrt() - 0.6 + 0.05 * torch.sin(7 * X) * torch.cos(5 * Y))
+    gl = _grid(lambda X, Y, Z: math.log(60.0) + 0.8 * torch.sin(4 * Z))
+    R, K = 200, 6
+    o = torch.nn.functional.normalize(torch.randn(R, 3, generator=gen), dim=-1) * 2.0
+    d = torch.nn.functional.normalize(torch.randn(R, 3, generator=gen) * 0.3 - o, dim=-1)
+    edges = torch.linspace(0.5, 3.5, K + 1)
+    t0, t1 = edges[:-1].expand(R, K).contiguous(), edges[1:].expand(R, K).contiguous()
+    ok = torch.ones(R, K, dtype=torch.bool)
+    cut_at = 0.02
+    args = (0.02, 64, 0.003, 32, 0.99)            # crossings under 0.99 opaque get per-segment samples
+    full = probe_samples(o, d, t0, t1, ok, gf.float(), gl.float(), LO, CELL, *args)
+    cut = probe_samples(o, d, t0, t1, ok, gf.float(), gl.float(), LO, CELL, *args, cut=cut_at)
+    n_full, n_cut = full[4], cut[4]
+    assert (n_cut <= n_full).all() and (n_cut < n_full).sum() > 20
+    assert (cut[7] <= full[7]).all() and cut[7].sum() < full[7].sum()
+    per_segment = 0
+    for r in range(R):
+        k = int(n_cut[r])
+        for i in (0, 1, 2, 3, 5, 6):
+            assert torch.equal(cut[i][r, :k], full[i][r, :k])
+        # each kept sample's grid opacity: a crossing's is returned, a per-segment one's is its segment's
+        a = cut[3][r, :k].double()
+        seg = a < 0
+        per_segment += int(seg.sum())
+        ts, dl = cut[5][r, :k].double(), cut[1][r, :k].double()
+        xa = o[r].double() + ts[:, None] * d[r].double()
+        xb = o[r].double() + (ts + dl)[:, None] * d[r].double()
+        fa, fb = trilinear_reference(gf, xa, LO.double(), CELL), trilinear_reference(gf, xb, LO.double(), CELL)
+        ls = trilinear_reference(gl, xa, LO.double(), CELL)
+        a = torch.where(seg, -torch.expm1(torch.clamp(_logphi(torch.exp(ls) * fb) - _logphi(torch.exp(ls) * fa), max=0.0)), a)
+        before = torch.cumprod(torch.cat([torch.ones(1, dtype=torch.float64), 1 - a]), 0)
+        assert (before[:k] >= cut_at * (1 - 1e-4)).all()      # every kept sample was emitted above the cut
+        if k < int(n_full[r]):
+            assert before[k] < cut_at * (1 + 1e-4)           # and the ray stopped only below it
+    assert per_segment > 50
 
 
 def test_plane_crossing_is_one_sample_with_the_exact_opacity():

@@ -96,6 +96,9 @@ class ShellsConfig(MethodConfig):
                                       '(0 = one sample per crossing: faster, blurrier; 1 = every crossing but those opaque to float precision). '
                                       'Session 16, lego_200, 25 views, one field: 0 29.07 dB at 0.87 samples per ray, 0.99 29.27 at 1.26, '
                                       '1 29.77 at 2.44; its volumetric render 29.25 at 6.6', render=True)
+    shell_probe_cut: float = option(0.0, "no more samples on a ray once the probe grid's estimate of its transmittance "
+                                    '(through every sample emitted so far) is below this; 0 = off (every sample the '
+                                    "renderer's exact early termination would evaluate)", render=True)
     shell_finetune_params: str = option("auto", 'what fine-tuning in the band trains: color (the colour network; the geometry stays as volume rendering left it), all (the whole field: with the probe sampler each crossing takes its opacity from the field at its descent\'s probe points, differentiable), or auto (color with the probe sampler, all with the other samplers)',
                                         choices=("auto", "color", "all"))
     shell_finetune_sampler: str = option("probe", 'how fine-tuning samples the band: probe (as the renderer does) or step (a sample every shell_finetune_step in every band interval and the field\'s own NeuS opacity: volume rendering restricted to the band, as in the paper; auto params then train all)',

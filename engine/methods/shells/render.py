@@ -171,20 +171,35 @@ class ProbeGrid:
         # of trilinear lookups and for extraction grids coarser than this one
         ext_cell = 2.0 * a / max(int(cfg.shell_grid_res) - 1, 1)
         slack = math.sqrt(3.0) * (max(int(cfg.shell_dilate_voxels), 0) * ext_cell + 2.0 * max(ext_cell, self.cell))
-        self.f, self.log_s, near, self.evaluated = band_grids(
+        from shaders.band_probe import pack_grids
+
+        f, log_s, near, self.evaluated = band_grids(
             field, res, eps=cfg.shell_eps, min_halfwidth=cfg.shell_min_halfwidth * a,
             max_halfwidth=cfg.shell_max_halfwidth * a, margin=slack, coarse=coarse, seed_cells=_seed_cells)
+        # (res, res, res, 2): both values of a node side by side, the layout the probe kernel reads
+        self.packed = pack_grids(f, log_s)
+        del f, log_s
         self.refresh_index = near.reshape(-1).nonzero(as_tuple=True)[0]
         self._dev = {}
 
-    def grids_on(self, device) -> tuple:
-        """``(f, log_s)`` on ``device`` (copies kept until the next :meth:`refresh`: on a GPU the
-        grids are not sent again for every chunk of rays)."""
+    @property
+    def f(self) -> torch.Tensor:
+        """The SDF grid (res, res, res) (a view of :attr:`packed`)."""
+        return self.packed[..., 0]
+
+    @property
+    def log_s(self) -> torch.Tensor:
+        """The log kernel size grid (res, res, res) (a view of :attr:`packed`)."""
+        return self.packed[..., 1]
+
+    def grid_on(self, device) -> torch.Tensor:
+        """:attr:`packed` on ``device`` (copies kept until the next :meth:`refresh`: on a GPU the
+        grid is not sent again for every chunk of rays)."""
         device = torch.device(device)
         if device.type == "cpu":
-            return self.f, self.log_s
+            return self.packed
         if device not in self._dev:
-            self._dev[device] = (self.f.to(device), self.log_s.to(device))
+            self._dev[device] = self.packed.to(device)
         return self._dev[device]
 
     @torch.no_grad()
@@ -194,12 +209,11 @@ class ProbeGrid:
 
         idx = self.refresh_index
         self._dev = {}
-        f, ls = self.f.view(-1), self.log_s.view(-1)
+        flat = self.packed.view(-1, 2)
         for i in range(0, idx.numel(), chunk):
             j = idx[i:i + chunk]
             a, b, _ = field.geometry(grid_points(self._axes, j))
-            f[j] = a.to(f)
-            ls[j] = b.to(ls)
+            flat[j] = torch.stack([a, b], -1).to(flat)
 
 
 class ShellRenderer:
@@ -245,11 +259,11 @@ class ShellRenderer:
             from shaders.band_probe import probe_samples
 
             g = self.probe_grid()
-            gf, gl = g.grids_on(dev)
             t0, t1, ok = band_intervals(self.meshes, o, d, c.shell_max_hits)
             t, delta, group, alpha, count, t_start, n_seg, probes = probe_samples(
-                o, d, t0, t1, ok, gf, gl, g.lo, g.cell, c.shell_probe_step * a,
-                tau=c.shell_probe_tau, max_samples=c.shell_max_samples, solid=c.shell_probe_solid, t_stop=c.t_stop)
+                o, d, t0, t1, ok, g.grid_on(dev), None, g.lo, g.cell, c.shell_probe_step * a,
+                tau=c.shell_probe_tau, max_samples=c.shell_max_samples, solid=c.shell_probe_solid, t_stop=c.t_stop,
+                cut=c.shell_probe_cut)
             S = int(count.max()) if count.numel() else 0
             t, delta, group, alpha = t[:, :S], delta[:, :S], group[:, :S].long(), alpha[:, :S]
             valid = torch.arange(S, device=dev)[None] < count[:, None]
