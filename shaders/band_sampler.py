@@ -52,7 +52,8 @@ import torch
 
 from . import runtime
 
-__all__ = ["band_samples", "band_samples_reference", "band_intervals_from_hits"]
+__all__ = ["band_samples", "band_samples_reference", "band_intervals_from_hits", "band_intervals_from_faces",
+           "kinds_from_faces"]
 
 _K = {}
 
@@ -239,6 +240,91 @@ def band_intervals_from_hits(ts: torch.Tensor, kind: torch.Tensor, outside: torc
     t1 = ts
     ok = torch.cat([start_band[:, None], band_after[:, :-1] & hit[:, 1:]], 1)
     return t0, t1, ok
+
+
+def kinds_from_faces(face: torch.Tensor, n_outer: int, n_inner: int) -> torch.Tensor:
+    """``kind`` (R, K) int32 from hit face indices (-1 = none) of a BVH over the outer shell's
+    ``n_outer`` faces, then the inner shell's ``n_inner``, then the surface's."""
+    fc = face.long()
+    return torch.where(fc < 0, 0, torch.where(fc < n_outer, 1, torch.where(fc < n_outer + n_inner, 2, 3))
+                       ).to(torch.int32)
+
+
+def _intervals_kernel():
+    if "iv" in _K:
+        return _K["iv"]
+
+    @ti.kernel
+    def intervals(ts: ti.types.ndarray(), face: ti.types.ndarray(), outside: ti.types.ndarray(),
+                  n_outer: ti.i32, n_inner: ti.i32, t0: ti.types.ndarray(), t1: ti.types.ndarray(),
+                  ok: ti.types.ndarray()):
+        R = ts.shape[0]
+        K = ts.shape[1]
+        for r in range(R):
+            n_out = 0
+            n_in = 0
+            for j in range(K):
+                fc = face[r, j]
+                if fc >= 0 and fc < n_outer:
+                    n_out += 1
+                elif fc >= n_outer and fc < n_outer + n_inner:
+                    n_in += 1
+            truncated = outside[r] != 0 or face[r, K - 1] >= 0
+            s_out = 0
+            s_in = 0
+            if not truncated:
+                s_out = n_out % 2
+                s_in = n_in % 2
+            prev_band = 0       # the state after the previous crossing is "band" (before the first: at the origin)
+            if s_out == 1 and s_in == 0:
+                prev_band = 1
+            prev_t = 0.0
+            for j in range(K):
+                fc = face[r, j]
+                t0[r, j] = 0.0
+                t1[r, j] = 0.0
+                ok[r, j] = 0
+                if fc >= 0:
+                    if prev_band == 1:
+                        t0[r, j] = prev_t
+                        t1[r, j] = ts[r, j]
+                        ok[r, j] = 1
+                    if fc < n_outer:
+                        s_out = 1 - s_out
+                    elif fc < n_outer + n_inner:
+                        s_in = 1 - s_in
+                    prev_band = 0
+                    if s_out == 1 and s_in == 0:
+                        prev_band = 1
+                    prev_t = ts[r, j]
+                else:
+                    prev_band = 0
+
+    _K["iv"] = intervals
+    return intervals
+
+
+def band_intervals_from_faces(ts: torch.Tensor, face: torch.Tensor, n_outer: int, n_inner: int,
+                              outside: torch.Tensor | None = None):
+    """:func:`band_intervals_from_hits` from the hits' face indices (a BVH over outer, inner, surface
+    faces in that order; -1 = no hit) in one Taichi kernel: ``t0, t1`` (R, K) float32 (0 where not
+    ``ok``: always finite) and ``ok`` (R, K) int32, on the device of ``ts``. Same intervals as
+    ``band_intervals_from_hits(ts, kinds_from_faces(face, n_outer, n_inner), outside)`` (tested)."""
+    R, K = ts.shape
+    if face.shape != ts.shape:
+        raise ValueError(f"band_intervals_from_faces: ts {tuple(ts.shape)} and face {tuple(face.shape)} differ")
+    runtime.init()
+    dev = runtime.torch_device()
+    t0 = torch.zeros(R, K, dtype=torch.float32, device=dev)
+    t1 = torch.zeros_like(t0)
+    ok = torch.zeros(R, K, dtype=torch.int32, device=dev)
+    if R and K:
+        out = torch.zeros(R, dtype=torch.int32, device=dev) if outside is None else outside.to(dev, torch.int32)
+        with runtime.runtime_lock:
+            _intervals_kernel()(ts.to(dev, torch.float32).contiguous(), face.to(dev, torch.int32).contiguous(),
+                                out.contiguous(), int(n_outer), int(n_inner), t0, t1, ok)
+    home = ts.device
+    return t0.to(home), t1.to(home), ok.to(home)
 
 
 def place_samples_reference(t0, t1, ok, step: float, max_per_interval: int, max_samples: int):

@@ -89,7 +89,8 @@ def cost_per_ray(out) -> dict:
 def bench_run(run: Path, views: int, grid_res: int | None, target_faces: int | None, out_dir: Path | None,
               shell_steps: list[float] | None = None, reextract: bool = False, crossings: str = "both",
               max_lens: list[float] | None = None, probe: bool = True,
-              probe_settings: list[str] | None = None, volume: bool = True, render_chunk: int | None = None) -> dict:
+              probe_settings: list[str] | None = None, volume: bool = True, render_chunk: int | None = None,
+              settings: dict | None = None) -> dict:
     import torch
 
     import engine
@@ -99,6 +100,8 @@ def bench_run(run: Path, views: int, grid_res: int | None, target_faces: int | N
     model = engine.load(run)
     if render_chunk:
         model.cfg.render_chunk = int(render_chunk)      # rays per chunk: speed only, the images are the same
+    for k, v in (settings or {}).items():
+        setattr(model.cfg, k, v)
     scene = load_scene(Path(run) / "config.toml")
     ds = engine.load_dataset(scene.data, downscale=scene.downscale, background=scene.background)
     split = ds.splits.get("test") or ds.splits.get("val") or ds.splits["train"]
@@ -258,8 +261,28 @@ def main(argv=None) -> int:
     ap.add_argument("--render-chunk", type=int, default=None,
                     help="rays per chunk for every mode (default: the run's render_chunk; runs trained before "
                          "session 16 stored 8,192, the default is 65,536 now)")
+    ap.add_argument("--set", nargs="+", default=[], metavar="OPTION=VALUE",
+                    help="render options of the run's config to override for every mode, e.g. shell_max_hits=8 "
+                         "(the run's own config otherwise)")
     ap.add_argument("--out", default="bench_shells.json")
     args = ap.parse_args(argv)
+    settings = {}
+    if args.set:
+        import dataclasses
+
+        from engine.methods.shells.config import ShellsConfig
+
+        fields = {f.name: f for f in dataclasses.fields(ShellsConfig)}
+        for item in args.set:
+            key, eq, val = item.partition("=")
+            if not eq or key not in fields or not fields[key].metadata.get("render"):
+                names = ", ".join(sorted(k for k, f in fields.items() if f.metadata.get("render")))
+                ap.error(f"--set {item!r}: expected OPTION=VALUE with OPTION one of the render options: {names}")
+            kind = type(getattr(ShellsConfig(), key))
+            try:
+                settings[key] = (val.lower() in ("1", "true", "yes")) if kind is bool else kind(val)
+            except ValueError:
+                ap.error(f"--set {item!r}: {val!r} is not a {kind.__name__}")
 
     from shaders import runtime
 
@@ -271,7 +294,7 @@ def main(argv=None) -> int:
         exp = Path(args.export) / Path(r).parts[-3] if args.export else None
         results.append(bench_run(Path(r), args.views, args.grid_res, args.target_faces, exp, args.shell_steps,
                                  args.reextract, args.crossings, args.one_sample_max_lens, args.probe == "on",
-                                 args.probe_settings, args.volume == "on", args.render_chunk))
+                                 args.probe_settings, args.volume == "on", args.render_chunk, settings))
         atomic_write_text(args.out, json.dumps({"results": results}, indent=2))
     hdr = (f"{'scene':<12}{'mode':<20}{'PSNR':>7}{'SSIM':>7}{'spp':>7}{'probes':>8}{'all ev':>8}{'s/img':>7}"
            f"{'1st s':>7}{'fewer spp':>10}{'fewer ev':>9}{'speedup':>8}{'dPSNR':>7}")

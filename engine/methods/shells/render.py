@@ -48,7 +48,7 @@ import math
 
 import torch
 
-from shaders.band_sampler import band_intervals_from_hits, band_samples, place_samples_reference
+from shaders.band_sampler import band_samples, kinds_from_faces, place_samples_reference
 
 from .field import ShellField
 from .volume import shade_and_composite
@@ -115,10 +115,8 @@ def shell_hits(meshes: ShellMeshes, o: torch.Tensor, d: torch.Tensor, max_hits: 
     from shaders.bvh import closest_hits
 
     ts, face, uv = closest_hits(meshes.bvh, o, d, int(max_hits), dedup=eps)
+    kind = kinds_from_faces(face, meshes.n_outer, meshes.n_inner)
     fc = face.long()
-    no = meshes.n_outer
-    kind = torch.where(fc < 0, 0, torch.where(fc < no, 1, torch.where(fc < no + meshes.n_inner, 2, 3))
-                       ).to(torch.int32)
     if values is None:
         return ts, kind
     tri = meshes.faces[fc.clamp_min(0)]                 # (R, K, 3)
@@ -133,9 +131,15 @@ def starts_outside(meshes: ShellMeshes, o: torch.Tensor) -> torch.Tensor:
     return ((o < meshes.box_lo.to(o)) | (o > meshes.box_hi.to(o))).any(-1)
 
 
-def band_intervals(meshes: ShellMeshes, o: torch.Tensor, d: torch.Tensor, max_hits: int = 8):
-    """Band intervals of rays (R, 3): ``t0, t1, ok`` (R, K) (see :func:`shaders.band_sampler.band_intervals_from_hits`)."""
-    return band_intervals_from_hits(*shell_hits(meshes, o, d, max_hits), starts_outside(meshes, o))
+def band_intervals(meshes: ShellMeshes, o: torch.Tensor, d: torch.Tensor, max_hits: int = 8, eps: float = 1e-5):
+    """Band intervals of rays (R, 3): ``t0, t1`` (R, K) float32 and ``ok`` (R, K) int32 (see
+    :func:`shaders.band_sampler.band_intervals_from_hits`; computed from the hits' faces in one kernel,
+    :func:`shaders.band_sampler.band_intervals_from_faces`)."""
+    from shaders.band_sampler import band_intervals_from_faces
+    from shaders.bvh import closest_hits
+
+    ts, face, _ = closest_hits(meshes.bvh, o, d, int(max_hits), dedup=eps)
+    return band_intervals_from_faces(ts, face, meshes.n_outer, meshes.n_inner, starts_outside(meshes, o))
 
 
 #: Samples in intervals, pure torch (the reference of the Taichi :func:`shaders.band_sampler.band_samples`).

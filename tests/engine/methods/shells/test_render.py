@@ -393,3 +393,26 @@ def test_fixed_alpha_replaces_the_opacity_and_leaves_the_kernel_regulariser():
     a2 = field.shade_samples(x, d[:1], delta[0, 1:], view[:1])["alpha"]
     torch.testing.assert_close(out["opacity"][0], 1 - 0.75 * (1 - a2[0]))
     torch.testing.assert_close(out["opacity"][1], ref["opacity"][1])
+
+
+def test_band_intervals_kernel_matches_torch_rules():
+    """The renderer's one-kernel intervals (from hit faces) are the torch rules' on random hit lists:
+    outer, inner and surface faces, lists cut at K, rays flagged as starting outside."""
+    from shaders.band_sampler import band_intervals_from_faces, band_intervals_from_hits, kinds_from_faces
+
+    g = torch.Generator().manual_seed(3)
+    R, K, no, ni, ns = 2000, 6, 50, 40, 30
+    m = torch.randint(0, K + 1, (R,), generator=g)
+    col = torch.arange(K)[None]
+    face = torch.randint(0, no + ni + ns, (R, K), generator=g)
+    face = torch.where(col < m[:, None], face, -1).to(torch.int32)
+    ts = torch.sort(torch.rand(R, K, generator=g) * 5, 1).values
+    ts = torch.where(face >= 0, ts, math.inf)
+    for outside in (None, torch.rand(R, generator=g) < 0.5):
+        want = band_intervals_from_hits(ts, kinds_from_faces(face, no, ni), outside)
+        got = band_intervals_from_faces(ts, face, no, ni, outside)
+        assert got[2].dtype == torch.int32 and torch.equal(got[2].bool(), want[2])
+        ok = want[2]
+        assert ok.sum() > 500 and ok[:, 0].any()          # both kinds: from the origin and between hits
+        assert torch.equal(got[0][ok], want[0][ok].float()) and torch.equal(got[1][ok], want[1][ok].float())
+        assert (got[0][~ok] == 0).all() and (got[1][~ok] == 0).all()
