@@ -22,16 +22,18 @@ network evaluations:
 * ``solid`` > 0: a crossing descent whose opacity is below ``solid`` (a translucent or fuzzy
   surface) is sampled like a near miss, one sample per segment above ``tau``, so its colour is
   integrated over the descent instead of taken at the zero crossing. On the default lego_200 and
-  scan24_400 runs of session 11 0.8 gained 0.05-0.08 dB for 3-15 % more samples; since session 16
-  the renderer's default is 1 (every crossing per segment: on a 17-minute lego_200 field 30.01 dB
-  on all test views against 28.88 with 0, and 29.65 volumetric; README "Adaptive Shells").
+  scan24_400 runs of session 11 0.8 gained 0.05-0.08 dB for 3-15 % more samples. Session 16's
+  default was 1 (every crossing per segment: on a 17-minute lego_200 field fine-tuned that way
+  30.01 dB on all test views against 28.88 with 0, and 29.65 volumetric); since session 17 it is
+  0.995, with the fine-tuning done at that setting too, so the colour network learns the
+  one-sample crossings (README "Adaptive Shells").
 
 ``cut`` > 0 (``shell_probe_cut``): the grid's estimate of a ray's transmittance is kept through
 every sample emitted (a crossing at its descent's opacity, a per-segment sample at its segment's
 grid opacity), and once it is below ``cut`` the ray gets no more samples and its later intervals
 are not walked. This is the renderer's early termination moved into the sampler at per-sample
 granularity, but with the grid's opacities standing in for the field's, so it is not exact: on a
-17-minute lego_200 field (session 17, 25 views) ``cut`` 0.01 dropped 23 % of the samples and
+17-minute lego_200 field (session 17, all 200 test views) ``cut`` 0.01 dropped 23 % of the samples and
 0.01 dB. Without it (0), the per-segment samples of one interval are evaluated together, so those
 behind the opaque part of a crossing are evaluated too.
 

@@ -243,3 +243,28 @@ def test_bad_arguments_name_the_problem():
         probe_samples(o, o, t, torch.zeros(3, 1), ok, gf, gf, LO, CELL, 0.01)
     with pytest.raises(ValueError, match="max_segments"):
         probe_samples(o, o, t, t, ok, gf, gf, LO, CELL, 0.01, max_segments=65)
+    with pytest.raises(ValueError, match="packed"):
+        probe_samples(o, o, t, t, ok, gf, None, LO, CELL, 0.01)
+
+
+def test_packed_grid_gives_the_same_samples():
+    """The renderer passes the grid packed once ((G, G, G, 2), :func:`pack_grids`): the same samples
+    as the two grids passed apart, in the kernel and in the reference."""
+    from shaders.band_probe import pack_grids
+
+    gen = torch.Generator().manual_seed(8)
+    gf = _grid(lambda X, Y, Z: (X * X + Y * Y + Z * Z).sqrt() - 0.6).float()
+    gl = _grid(lambda X, Y, Z: math.log(30.0) + 0.3 * torch.cos(2 * X)).float()
+    R = 100
+    o = torch.nn.functional.normalize(torch.randn(R, 3, generator=gen), dim=-1) * 2.0
+    d = torch.nn.functional.normalize(torch.randn(R, 3, generator=gen) * 0.3 - o, dim=-1)
+    t0, t1, ok = torch.full((R, 1), 0.5), torch.full((R, 1), 3.5), torch.ones(R, 1, dtype=torch.bool)
+    gp = pack_grids(gf, gl)
+    assert gp.shape == (G, G, G, 2) and torch.equal(gp[..., 1], gl)
+    args = (o, d, t0, t1, ok)
+    a = probe_samples(*args, gf, gl, LO, CELL, 0.02, solid=0.9, cut=0.01)
+    b = probe_samples(*args, gp, None, LO, CELL, 0.02, solid=0.9, cut=0.01)
+    assert int(a[4].sum()) > R and all(torch.equal(x, y) for x, y in zip(a, b))
+    ra = probe_samples_reference(*args, gf, gl, LO, CELL, 0.02, solid=0.9, cut=0.01)
+    rb = probe_samples_reference(*args, gp, None, LO, CELL, 0.02, solid=0.9, cut=0.01)
+    assert all(torch.equal(x, y) for x, y in zip(ra, rb))
