@@ -178,7 +178,8 @@ class ShellsMethod(Method):
                 return self.train_renderer.render_rays(o, d, view, background, anneal=anneal)
             # whole-field fine-tuning: the probe sampler's crossings get their opacity from the field
             return self.renderer.render_rays(o, d, view, background, anneal=anneal,
-                                             differentiable=train and not self.finetune_colour_only)
+                                             differentiable=train and not self.finetune_colour_only,
+                                             solid=self.cfg.shell_finetune_solid if train else None)
         return render_rays_volume(self.field, self.occ, o, d, view, self.cfg, background, anneal, gen,
                                   t_stop=self.cfg.t_stop, offsets=offsets)
 

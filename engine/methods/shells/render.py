@@ -249,9 +249,12 @@ class ShellRenderer:
         return self.probe
 
     def render_rays(self, o, d, view_enc, background=None, anneal: float = 1.0,
-                    differentiable: bool = False) -> dict:
+                    differentiable: bool = False, solid: float | None = None) -> dict:
         """Render rays (R, 3) (unit ``d``): the outputs of :func:`.volume.shade_and_composite`, plus
         ``probes (R,)``: the probe grid's lookups per ray (0 without the probe sampler).
+
+        ``solid``: the probe sampler's ``shell_probe_solid`` for this call (the fine-tuning passes
+        ``shell_finetune_solid``); default the config's.
 
         ``differentiable``: the probe sampler's crossing samples take their opacity from the field
         at their descent's probe points instead of from the grid (the sample positions still come
@@ -268,7 +271,8 @@ class ShellRenderer:
             t0, t1, ok = band_intervals(self.meshes, o, d, c.shell_max_hits)
             t, delta, group, alpha, count, t_start, n_seg, probes = probe_samples(
                 o, d, t0, t1, ok, g.grid_on(dev), None, g.lo, g.cell, c.shell_probe_step * a,
-                tau=c.shell_probe_tau, max_samples=c.shell_max_samples, solid=c.shell_probe_solid, t_stop=c.t_stop,
+                tau=c.shell_probe_tau, max_samples=c.shell_max_samples, solid=c.shell_probe_solid if solid is None else float(solid),
+                t_stop=c.t_stop,
                 cut=c.shell_probe_cut)
             S = int(count.max()) if count.numel() else 0
             t, delta, group, alpha = t[:, :S], delta[:, :S], group[:, :S].long(), alpha[:, :S]

@@ -285,6 +285,7 @@ def test_band_finetuning_passes_crossing_opacity_gradients_to_the_geometry(train
 
     ds, m, _ = trained
     cfg = dataclasses.replace(m.cfg, shell_finetune_params=params, shell_probe_tau=1.0, shell_probe_solid=0.0,
+                              shell_finetune_solid=0.0,
                               shell_finetune_sampler=sampler)
     m2 = ShellsMethod.from_state_dict(cfg, m.state_dict())
     m2.extract_shells()
@@ -328,7 +329,8 @@ def test_reported_evaluations_equal_the_evaluations_made(trained, mode, normals,
     ds, m, _ = trained
     st = dict(m.state_dict(), normals=normals)
     # one sample per crossing (solid 0): whole-field fine-tuning then evaluates the crossings' descents
-    m2 = ShellsMethod.from_state_dict(dataclasses.replace(m.cfg, shell_finetune_params="all", shell_probe_solid=0.0), st)
+    m2 = ShellsMethod.from_state_dict(dataclasses.replace(m.cfg, shell_finetune_params="all", shell_probe_solid=0.0,
+                                                          shell_finetune_solid=0.0), st)
     assert m2.field.cfg.normals == normals
     if mode != "volume":
         m2.extract_shells()
@@ -381,3 +383,21 @@ def test_time_budget_drives_the_schedules(trained):
     assert lrs["encoding"] == pytest.approx(cfg.lr_encoding * lr_factor(10, cfg))
     m3.post_step(opt3, 11)
     assert m3.shells is None
+
+
+def test_finetuning_samples_with_its_own_probe_solid(trained):
+    """Fine-tuning steps sample the band with shell_finetune_solid, renders with shell_probe_solid:
+    at 0 every crossing is one sample, at 1 each crossing's opaque probe segments are."""
+    import dataclasses
+
+    ds, m, _ = trained
+    cfg = dataclasses.replace(m.cfg, shell_probe_solid=1.0, shell_finetune_solid=0.0)
+    m2 = ShellsMethod.from_state_dict(cfg, m.state_dict())
+    m2.extract_shells()
+    o, d = _rays(ds)
+    with torch.no_grad():
+        render = float(m2.render_rays(o, d, ds.background)["samples"].sum())
+        train = float(m2.render_rays(o, d, ds.background, train=True)["samples"].sum())
+        m2.cfg.shell_finetune_solid = 1.0
+        train_at_1 = float(m2.render_rays(o, d, ds.background, train=True)["samples"].sum())
+    assert 0 < train < 0.8 * render and train_at_1 == render
