@@ -24,9 +24,10 @@ network evaluations:
   integrated over the descent instead of taken at the zero crossing. On the default lego_200 and
   scan24_400 runs of session 11 0.8 gained 0.05-0.08 dB for 3-15 % more samples. Session 16's
   default was 1 (every crossing per segment: on a 17-minute lego_200 field fine-tuned that way
-  30.01 dB on all test views against 28.88 with 0, and 29.65 volumetric); since session 17 it is
-  0.995, with the fine-tuning done at that setting too, so the colour network learns the
-  one-sample crossings (README "Adaptive Shells").
+  30.01 dB on all test views against 28.88 with 0, and 29.65 volumetric). Since session 17 the
+  fine-tuning samples at 0.995 (``shell_finetune_solid``), so the colour network also learns the
+  one-sample crossings, and a render at 0.995 is about as sharp as the volumetric render at about
+  4x its speed; renders still default to 1 (README "Adaptive Shells").
 
 ``cut`` > 0 (``shell_probe_cut``): the grid's estimate of a ray's transmittance is kept through
 every sample emitted (a crossing at its descent's opacity, a per-segment sample at its segment's

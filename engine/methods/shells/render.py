@@ -15,9 +15,9 @@
    interval; descents of the SDF get a sample on each probe segment whose opacity exceeds
    ``shell_probe_tau``, with the field's own opacity (or, for a crossing at least
    ``shell_probe_solid`` opaque, one sample at the crossing carrying the descent's whole NeuS
-   opacity; the default ``solid`` 0.995 keeps per-segment samples for every crossing that lets
-   through more than half a percent; ``shell_probe_cut`` stops a ray's samples once the grid says
-   it is opaque). The older rules
+   opacity; the default ``solid`` 1 leaves that to crossings opaque to float precision, the fast
+   render 0.995 to those that let through at most half a percent; ``shell_probe_cut`` stops a
+   ray's samples once the grid says it is opaque). The older rules
    (``shell_probe_grid 0``) decide from the meshes alone:
    :func:`shaders.band_sampler.band_samples` (Taichi; torch twin ``band_samples_reference``): an
    interval of length ``len`` gets ``n = clamp(ceil(len / step), 1,
