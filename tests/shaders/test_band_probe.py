@@ -24,6 +24,22 @@ def _logphi(z):
     return torch.nn.functional.logsigmoid(torch.as_tensor(z, dtype=torch.float64))
 
 
+def _bumpy_sphere():
+    """The SDF of a bumpy sphere: crossings, near misses and thin parts."""
+    return _grid(lambda X, Y, Z: (X * X + Y * Y + Z * Z).sqrt() - 0.6 + 0.05 * torch.sin(7 * X) * torch.cos(5 * Y))
+
+
+def _rays_through_slabs(seed: int, R: int = 200, K: int = 6):
+    """R rays from a sphere of radius 2 towards the centre, each with the same K back-to-back
+    intervals over t in [0.5, 3.5]: ``o, d, t0, t1, ok``."""
+    gen = torch.Generator().manual_seed(seed)
+    o = torch.nn.functional.normalize(torch.randn(R, 3, generator=gen), dim=-1) * 2.0
+    d = torch.nn.functional.normalize(torch.randn(R, 3, generator=gen) * 0.3 - o, dim=-1)
+    edges = torch.linspace(0.5, 3.5, K + 1)
+    t0, t1 = edges[:-1].expand(R, K).contiguous(), edges[1:].expand(R, K).contiguous()
+    return o, d, t0, t1, torch.ones(R, K, dtype=torch.bool)
+
+
 def test_trilinear_reproduces_linear_functions():
     g = _grid(lambda X, Y, Z: 0.3 * X - 0.7 * Y + 0.2 * Z + 0.1)
     x = (torch.rand(200, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 2 - 1) * 0.99
@@ -35,7 +51,7 @@ def test_trilinear_reproduces_linear_functions():
 def test_kernel_matches_reference(solid, t_stop, cut):
     gen = torch.Generator().manual_seed(1)
     # a bumpy sphere: crossings, near misses and thin parts; a kernel size that varies in space
-    gf = _grid(lambda X, Y, Z: (X * X + Y * Y + Z * Z).sqrt() - 0.6 + 0.05 * torch.sin(7 * X) * torch.cos(5 * Y))
+    gf = _bumpy_sphere()
     gl = _grid(lambda X, Y, Z: math.log(20.0) + 0.5 * torch.sin(3 * Z))
     R, K = 300, 4
     o = torch.nn.functional.normalize(torch.randn(R, 3, generator=gen), dim=-1) * 2.0
@@ -82,15 +98,10 @@ def test_early_stop_keeps_every_sample_the_renderer_evaluates():
     transmittance are not walked: the samples before that point are exactly those without t_stop,
     the ones dropped all lie behind it (the renderer, stopping at t_stop, evaluates none of them),
     and the probe count falls."""
-    gen = torch.Generator().manual_seed(5)
-    gf = _grid(lambda X, Y, Z: (X * X + Y * Y + Z * Z).sqrt() - 0.6 + 0.05 * torch.sin(7 * X) * torch.cos(5 * Y))
+    gf = _bumpy_sphere()
     gl = _grid(lambda X, Y, Z: torch.full_like(X, math.log(400.0)))       # solid: crossings are opaque
-    R, K = 200, 6
-    o = torch.nn.functional.normalize(torch.randn(R, 3, generator=gen), dim=-1) * 2.0
-    d = torch.nn.functional.normalize(torch.randn(R, 3, generator=gen) * 0.3 - o, dim=-1)
-    edges = torch.linspace(0.5, 3.5, K + 1)
-    t0, t1 = edges[:-1].expand(R, K).contiguous(), edges[1:].expand(R, K).contiguous()
-    ok = torch.ones(R, K, dtype=torch.bool)
+    R = 200
+    o, d, t0, t1, ok = _rays_through_slabs(5, R)
     args = (0.02, 64, 0.003, 32, 0.0)
     full = probe_samples(o, d, t0, t1, ok, gf.float(), gl.float(), LO, CELL, *args)
     cut = probe_samples(o, d, t0, t1, ok, gf.float(), gl.float(), LO, CELL, *args, t_stop=1e-3)
@@ -113,15 +124,10 @@ def test_cut_stops_a_ray_once_the_grid_transmittance_is_below_it():
     grid's estimate of its transmittance (every emitted sample at its grid opacity: a crossing's
     whole descent, a per-segment sample its segment) is below ``cut``; nothing after it is emitted
     and fewer probes are made."""
-    gen = torch.Generator().manual_seed(6)
-    gf = _grid(lambda X, Y, Z: (X * X + Y * Y + Z * Z).sqrt() - 0.6 + 0.05 * torch.sin(7 * X) * torch.cos(5 * Y))
+    gf = _bumpy_sphere()
     gl = _grid(lambda X, Y, Z: math.log(60.0) + 0.8 * torch.sin(4 * Z))
-    R, K = 200, 6
-    o = torch.nn.functional.normalize(torch.randn(R, 3, generator=gen), dim=-1) * 2.0
-    d = torch.nn.functional.normalize(torch.randn(R, 3, generator=gen) * 0.3 - o, dim=-1)
-    edges = torch.linspace(0.5, 3.5, K + 1)
-    t0, t1 = edges[:-1].expand(R, K).contiguous(), edges[1:].expand(R, K).contiguous()
-    ok = torch.ones(R, K, dtype=torch.bool)
+    R = 200
+    o, d, t0, t1, ok = _rays_through_slabs(6, R)
     cut_at = 0.02
     args = (0.02, 64, 0.003, 32, 0.99)            # crossings under 0.99 opaque get per-segment samples
     full = probe_samples(o, d, t0, t1, ok, gf.float(), gl.float(), LO, CELL, *args)
@@ -252,13 +258,10 @@ def test_packed_grid_gives_the_same_samples():
     as the two grids passed apart, in the kernel and in the reference."""
     from shaders.band_probe import pack_grids
 
-    gen = torch.Generator().manual_seed(8)
     gf = _grid(lambda X, Y, Z: (X * X + Y * Y + Z * Z).sqrt() - 0.6).float()
     gl = _grid(lambda X, Y, Z: math.log(30.0) + 0.3 * torch.cos(2 * X)).float()
     R = 100
-    o = torch.nn.functional.normalize(torch.randn(R, 3, generator=gen), dim=-1) * 2.0
-    d = torch.nn.functional.normalize(torch.randn(R, 3, generator=gen) * 0.3 - o, dim=-1)
-    t0, t1, ok = torch.full((R, 1), 0.5), torch.full((R, 1), 3.5), torch.ones(R, 1, dtype=torch.bool)
+    o, d, t0, t1, ok = _rays_through_slabs(8, R, 1)
     gp = pack_grids(gf, gl)
     assert gp.shape == (G, G, G, 2) and torch.equal(gp[..., 1], gl)
     args = (o, d, t0, t1, ok)
