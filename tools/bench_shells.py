@@ -97,11 +97,9 @@ def bench_run(run: Path, views: int, grid_res: int | None, target_faces: int | N
     from engine.config import load_scene
     from engine.train.metrics import composite_on_background
 
-    model = engine.load(run)
+    model = engine.load(run, **(settings or {}))        # render options overridden as by kernelight eval
     if render_chunk:
         model.cfg.render_chunk = int(render_chunk)      # rays per chunk: speed only, the images are the same
-    for k, v in (settings or {}).items():
-        setattr(model.cfg, k, v)
     scene = load_scene(Path(run) / "config.toml")
     ds = engine.load_dataset(scene.data, downscale=scene.downscale, background=scene.background)
     split = ds.splits.get("test") or ds.splits.get("val") or ds.splits["train"]
@@ -268,21 +266,20 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     settings = {}
     if args.set:
-        import dataclasses
-
+        from engine.errors import ConfigError
         from engine.methods.shells.config import ShellsConfig
 
-        fields = {f.name: f for f in dataclasses.fields(ShellsConfig)}
+        allowed = ShellsConfig.render_fields()
         for item in args.set:
             key, eq, val = item.partition("=")
-            if not eq or key not in fields or not fields[key].metadata.get("render"):
-                names = ", ".join(sorted(k for k, f in fields.items() if f.metadata.get("render")))
-                ap.error(f"--set {item!r}: expected OPTION=VALUE with OPTION one of the render options: {names}")
-            kind = type(getattr(ShellsConfig(), key))
-            try:
-                settings[key] = (val.lower() in ("1", "true", "yes")) if kind is bool else kind(val)
-            except ValueError:
-                ap.error(f"--set {item!r}: {val!r} is not a {kind.__name__}")
+            if not eq or key.replace("-", "_") not in allowed:
+                ap.error(f"--set {item!r}: expected OPTION=VALUE with OPTION one of the render options: "
+                         f"{', '.join(sorted(allowed))}")
+            settings[key.replace("-", "_")] = val
+        try:            # the config's own coercion and checks, as for 'kernelight eval --OPTION'
+            ShellsConfig.from_options(settings, "shells")
+        except ConfigError as e:
+            ap.error(f"--set: {e}")
 
     from shaders import runtime
 

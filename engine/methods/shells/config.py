@@ -95,15 +95,15 @@ class ShellsConfig(MethodConfig):
     shell_probe_solid: float = option(1.0, 'crossings less opaque than this get a sample per probe segment above shell_probe_tau, each with the '
                                       "field's own opacity, like near misses; the others one sample at the crossing with the descent's opacity "
                                       '(1 = every crossing but those opaque to float precision: the sharpest; 0 = one sample per crossing: '
-                                      'the fastest). Session 17, lego_200, all 200 views, a 17-minute field of the defaults: 1 +0.44 dB over '
-                                      'its volumetric render at 2.7x its speed, 0.995 -0.03 dB at 3.7x (README "Adaptive Shells")', render=True)
+                                      'the fastest). Session 17, lego_200, all 200 views, a 17-minute field of the defaults: 1 +0.37 dB over '
+                                      'its volumetric render at 2.8x its speed, 0.995 -0.01 dB at 3.8x (README "Adaptive Shells")', render=True)
     shell_probe_cut: float = option(0.01, "no more samples on a ray once the probe grid's estimate of its transmittance "
                                     '(through every sample emitted so far) is below this; 0 = off (every sample the '
                                     "renderer's exact early termination would evaluate). Session 17, lego_200: 0.01 (the default) drops 23 % of "
                                     'the samples for -0.01 dB', render=True)
     shell_finetune_solid: float = option(0.995, 'shell_probe_solid while fine-tuning in the band: below 1, the colour network also learns '
                                          'one-sample crossings, which the faster renders (shell_probe_solid < 1) need; session 17, lego_200, '
-                                         'all 200 views: fine-tuned at 0.99, the 0.99 render was 0.03 dB below the volumetric render, where a '
+                                         'all 200 views: fine-tuned at 0.99, the 0.99 render was 0.04 dB below the volumetric render, where a '
                                          'field fine-tuned at 1 rendered 0.43 dB below it; the render at 1 was +0.43 / +0.35 dB above it')
     shell_finetune_params: str = option("auto", 'what fine-tuning in the band trains: color (the colour network; the geometry stays as volume rendering left it), all (the whole field: with the probe sampler each crossing takes its opacity from the field at its descent\'s probe points, differentiable), or auto (color with the probe sampler, all with the other samplers)',
                                         choices=("auto", "color", "all"))

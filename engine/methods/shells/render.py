@@ -269,10 +269,10 @@ class ShellRenderer:
 
             g = self.probe_grid()
             t0, t1, ok = band_intervals(self.meshes, o, d, c.shell_max_hits)
+            solid = c.shell_probe_solid if solid is None else float(solid)
             t, delta, group, alpha, count, t_start, n_seg, probes = probe_samples(
                 o, d, t0, t1, ok, g.grid_on(dev), None, g.lo, g.cell, c.shell_probe_step * a,
-                tau=c.shell_probe_tau, max_samples=c.shell_max_samples, solid=c.shell_probe_solid if solid is None else float(solid),
-                t_stop=c.t_stop,
+                tau=c.shell_probe_tau, max_samples=c.shell_max_samples, solid=solid, t_stop=c.t_stop,
                 cut=c.shell_probe_cut)
             S = int(count.max()) if count.numel() else 0
             t, delta, group, alpha = t[:, :S], delta[:, :S], group[:, :S].long(), alpha[:, :S]
