@@ -467,10 +467,15 @@ class Cameras:
         if self.dist is not None:
             x, y = undistort(x, y, self.dist[cam_index])
         d_cam = torch.stack([x, y, torch.ones_like(x)], -1)
-        R = self.c2w[cam_index, :3, :3]
-        d = (R @ d_cam.unsqueeze(-1)).squeeze(-1)
+        if len(self) == 1:      # one camera (a whole image): one (R, 3) x (3, 3) product, no per-ray gather
+            d = d_cam @ self.c2w[0, :3, :3].T
+            o = self.c2w[0, :3, 3].expand(d.shape[0], 3).clone()
+        else:
+            R = self.c2w[cam_index, :3, :3]
+            d = (R @ d_cam.unsqueeze(-1)).squeeze(-1)
+            o = self.c2w[cam_index, :3, 3].clone()
         d = d / d.norm(dim=-1, keepdim=True)
-        return self.c2w[cam_index, :3, 3].clone(), d
+        return o, d
 
     def generate_rays(self, index: int, downscale: int = 1):
         """All rays of camera ``index`` through pixel centres ``(u + 0.5, v + 0.5)``.

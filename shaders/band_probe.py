@@ -111,7 +111,7 @@ def _kernel():
               lo0: ti.f32, lo1: ti.f32, lo2: ti.f32, inv_cell: ti.f32, step: ti.f32, max_seg: ti.i32,
               tau: ti.f32, solid: ti.f32, stop: ti.f32, cut: ti.f32, out_t: ti.types.ndarray(), out_d: ti.types.ndarray(), out_g: ti.types.ndarray(),
               out_a: ti.types.ndarray(), count: ti.types.ndarray(), out_ts: ti.types.ndarray(),
-              out_n: ti.types.ndarray(), probes: ti.types.ndarray()):
+              out_n: ti.types.ndarray(), probes: ti.types.ndarray(), alive: ti.types.ndarray()):
         R = t0.shape[0]
         K = t0.shape[1]
         M = out_t.shape[1]
@@ -126,7 +126,9 @@ def _kernel():
             ox, oy, oz = o[r, 0], o[r, 1], o[r, 2]
             dx, dy, dz = d[r, 0], d[r, 1], d[r, 2]
             for j in range(K):
-                if ok[r, j] != 0 and trans >= stop and gtrans >= cut:
+                # an interval with a non-finite end (|t| not below the float range, or NaN) is ignored
+                if ok[r, j] != 0 and ti.abs(t0[r, j]) < 3.0e38 and ti.abs(t1[r, j]) < 3.0e38 \
+                        and trans >= stop and gtrans >= cut:
                     a = t0[r, j]
                     length = ti.max(t1[r, j] - a, 0.0)
                     n = ti.min(ti.max(ti.cast(ti.ceil(length / step), ti.i32), 1), max_seg)
@@ -191,6 +193,9 @@ def _kernel():
                     rank += 1
             count[r] = cnt
             probes[r] = npr
+            alive[r] = 0
+            if trans >= stop and gtrans >= cut:
+                alive[r] = 1
 
     _K["k"] = probe
     return probe
@@ -241,7 +246,11 @@ def probe_samples(o, d, t0, t1, ok, grid_f, grid_log_s, lo, cell: float, probe_s
       sample: its one segment). A caller that wants the crossing opacity differentiable w.r.t. the
       field evaluates the field there (``ShellRenderer``, whole-field fine-tuning);
     * ``probes (R,)`` int32: the grid lookups made for each ray (each trilinear lookup of ``f`` and
-      ``log s`` at one point counts once), for honest accounting of the sampler's cost.
+      ``log s`` at one point counts once), for honest accounting of the sampler's cost;
+    * ``alive (R,)`` int32: 1 where the ray is still open at the end (neither ``t_stop / 2`` nor
+      ``cut`` reached), so band intervals beyond those given would be walked; 0 where a further
+      interval would change nothing. A caller that gathered only a ray's first crossings
+      (``ShellRenderer``: a first, cheaper BVH query) needs the rest only where this is 1.
 
     ``t_stop`` (the renderer's early ray termination, optional): a ray's later band intervals are
     not walked once the transmittance through its crossings so far is below ``t_stop / 2``. The
@@ -262,12 +271,12 @@ def probe_samples(o, d, t0, t1, ok, grid_f, grid_log_s, lo, cell: float, probe_s
     ns = torch.zeros_like(g)
     count = torch.zeros(R, dtype=torch.int32, device=dev)
     probes = torch.zeros(R, dtype=torch.int32, device=dev)
+    alive = torch.ones(R, dtype=torch.int32, device=dev)
     if R and t0.shape[1]:
         f32 = dict(device=dev, dtype=torch.float32)
-        fin0, fin1 = torch.isfinite(t0), torch.isfinite(t1)
-        t0c = torch.where(fin0, t0, 0.0).to(**f32).contiguous()
-        t1c = torch.where(fin1, t1, 0.0).to(**f32).contiguous()
-        okc = (ok.bool() & fin0 & fin1).to(dev, torch.int32).contiguous()
+        t0c = t0.to(**f32).contiguous()     # non-finite ends: the kernel ignores the interval
+        t1c = t1.to(**f32).contiguous()
+        okc = ok.to(dev, torch.int32).contiguous()
         gp = pack_grids(grid_f, grid_log_s) if grid_log_s is not None else grid_f
         gp = gp.to(**f32).contiguous()
         lo = [float(v) for v in torch.as_tensor(lo).reshape(3)]
@@ -275,9 +284,9 @@ def probe_samples(o, d, t0, t1, ok, grid_f, grid_log_s, lo, cell: float, probe_s
             _kernel()(o.to(**f32).contiguous(), d.to(**f32).contiguous(), t0c, t1c, okc,
                       gp, lo[0], lo[1], lo[2],
                       1.0 / float(cell), float(probe_step), int(max_segments), float(tau), float(solid),
-                      stop, float(cut), t, dl, g, al, count, ts, ns, probes)
+                      stop, float(cut), t, dl, g, al, count, ts, ns, probes, alive)
     home = o.device
-    return tuple(x.to(home) for x in (t, dl, g, al, count, ts, ns, probes))
+    return tuple(x.to(home) for x in (t, dl, g, al, count, ts, ns, probes, alive))
 
 
 # ------------------------------------------------------------------------------ torch reference
@@ -325,6 +334,7 @@ def probe_samples_reference(o, d, t0, t1, ok, grid_f, grid_log_s, lo, cell: floa
     out_n = torch.zeros(R, max_samples, dtype=torch.int32)
     count = torch.zeros(R, dtype=torch.int32)
     probes = torch.zeros(R, dtype=torch.int32)
+    alive = torch.zeros(R, dtype=torch.int32)
     stop = -1.0 if t_stop is None else 0.5 * float(t_stop)
     if lookup is None:
         def lookup(gf, gl, x):
@@ -385,4 +395,5 @@ def probe_samples_reference(o, d, t0, t1, ok, grid_f, grid_log_s, lo, cell: floa
             rank += 1
         count[r] = cnt
         probes[r] = npr
-    return out_t, out_d, out_g, out_a, count, out_ts, out_n, probes
+        alive[r] = int(trans >= stop and gtrans >= cut)
+    return out_t, out_d, out_g, out_a, count, out_ts, out_n, probes, alive

@@ -73,6 +73,12 @@ def test_kernel_matches_reference(solid, t_stop, cut):
     want = probe_samples_reference(o.double(), d.double(), t0.double(), t1.double(), ok, gf, gl, LO.double(),
                                    CELL, *args, lookup=counting_lookup, t_stop=t_stop, cut=cut)
     assert torch.equal(got[4], want[4])
+    # which rays a further interval could still change (neither t_stop / 2 nor the cut reached)
+    assert torch.equal(got[8], want[8])
+    if t_stop is not None or cut > 0:
+        assert 0 < int(got[8].sum()) < R
+    else:
+        assert got[8].all()
     # the cost accounting: the kernel's per-ray probe count is the number of lookups actually made
     assert torch.equal(got[7], want[7]) and int(got[7].sum()) == sum(looked_up) > 0
     assert got[7][0] == 0

@@ -248,6 +248,50 @@ class ShellRenderer:
             self.probe = ProbeGrid(self.field, self.cfg)
         return self.probe
 
+    def probe_rays(self, o, d, solid: float):
+        """The probe sampler's samples for rays (R, 3): ``t, delta, interval, alpha, count, t_start,
+        n_seg, probes`` of :func:`shaders.band_probe.probe_samples` over the rays' band intervals.
+
+        Crossings come from at most two BVH queries. With ``0 < shell_first_hits < shell_max_hits``
+        the first gathers each ray's first ``shell_first_hits`` crossings, whose band intervals are
+        probed; only the rays that are still open after them (the probe's ``alive``: neither its cut
+        nor the early termination reached) and whose hit list was full, and the rays whose origin is
+        not known to be outside the shells (the parity of all their crossings decides where they
+        start), are traced again for ``shell_max_hits`` and probed again. The band intervals among a
+        ray's first crossings are its first intervals, so the samples are exactly those of one query
+        for ``shell_max_hits`` (tested); the probes of the rays traced twice count twice (all of them
+        are made).
+        """
+        from shaders.band_probe import probe_samples
+        from shaders.band_sampler import band_intervals_from_faces
+        from shaders.bvh import closest_hits
+
+        c, m = self.cfg, self.meshes
+        g = self.probe_grid()
+        grid = g.grid_on(o.device)
+        step = c.shell_probe_step * float(self.field.half_size)
+
+        def query(o, d, k):
+            ts, face, _ = closest_hits(m.bvh, o, d, int(k), dedup=1e-5)
+            outside = starts_outside(m, o)
+            t0, t1, ok = band_intervals_from_faces(ts, face, m.n_outer, m.n_inner, outside)
+            res = probe_samples(o, d, t0, t1, ok, grid, None, g.lo, g.cell, step, tau=c.shell_probe_tau,
+                                max_samples=c.shell_max_samples, solid=solid, t_stop=c.t_stop,
+                                cut=c.shell_probe_cut)
+            return list(res[:8]), face[:, -1] >= 0, ~outside, res[8]
+
+        k1, k = int(c.shell_first_hits), int(c.shell_max_hits)
+        if not 0 < k1 < k:
+            return query(o, d, k)[0]
+        res, full, inside, alive = query(o, d, k1)
+        redo = (inside | (full & (alive != 0))).nonzero(as_tuple=True)[0]
+        if redo.numel():
+            res2 = query(o[redo], d[redo], k)[0]
+            res[7] = res[7].index_add(0, redo, res2[7])        # the first query's probes were made too
+            for i in range(7):
+                res[i][redo] = res2[i]
+        return res
+
     def render_rays(self, o, d, view_enc, background=None, anneal: float = 1.0,
                     differentiable: bool = False, solid: float | None = None) -> dict:
         """Render rays (R, 3) (unit ``d``): the outputs of :func:`.volume.shade_and_composite`, plus
@@ -265,17 +309,12 @@ class ShellRenderer:
         a = float(self.field.half_size)
         dev = o.device
         if int(c.shell_probe_grid) > 0:
-            from shaders.band_probe import probe_samples
-
-            g = self.probe_grid()
-            t0, t1, ok = band_intervals(self.meshes, o, d, c.shell_max_hits)
             solid = c.shell_probe_solid if solid is None else float(solid)
-            t, delta, group, alpha, count, t_start, n_seg, probes = probe_samples(
-                o, d, t0, t1, ok, g.grid_on(dev), None, g.lo, g.cell, c.shell_probe_step * a,
-                tau=c.shell_probe_tau, max_samples=c.shell_max_samples, solid=solid, t_stop=c.t_stop,
-                cut=c.shell_probe_cut)
+            t, delta, group, alpha, count, t_start, n_seg, probes = self.probe_rays(o, d, solid)
             S = int(count.max()) if count.numel() else 0
             t, delta, group, alpha = t[:, :S], delta[:, :S], group[:, :S].long(), alpha[:, :S]
+            if c.shell_probe_cut > 0 and c.shell_probe_one_round:
+                group = torch.zeros_like(group)     # the sampler's cut did the early termination
             valid = torch.arange(S, device=dev)[None] < count[:, None]
             descent = (t_start[:, :S], n_seg[:, :S]) if differentiable else None
             out = shade_and_composite(self.field, o, d, view_enc, t, delta, valid, group, background, anneal,

@@ -416,3 +416,52 @@ def test_band_intervals_kernel_matches_torch_rules():
         assert ok.sum() > 500 and ok[:, 0].any()          # both kinds: from the origin and between hits
         assert torch.equal(got[0][ok], want[0][ok].float()) and torch.equal(got[1][ok], want[1][ok].float())
         assert (got[0][~ok] == 0).all() and (got[1][~ok] == 0).all()
+
+
+def test_first_hits_query_gives_the_samples_of_one_query():
+    """shell_first_hits: a first BVH query for a ray's first crossings, a second one for the rays the
+    probe leaves open, gives exactly the samples of one query for shell_max_hits, with the first
+    query's probes counted too. Two translucent spheres one behind the other (four crossings each),
+    rays from outside (some stop at the first sphere, some need the second) and from inside the box
+    (the parity of all their crossings decides)."""
+    from types import SimpleNamespace
+
+    from engine.methods.shells.render import ShellRenderer
+
+    cfg = ShellsConfig(hash_levels=4, hash_log2_size=12, hash_max_res=64, shell_probe_grid=64,
+                       shell_max_hits=8, shell_probe_step=0.02, shell_max_samples=32)
+    n = 64
+    ax = torch.linspace(-1, 1, n)
+    X = torch.stack(torch.meshgrid(ax, ax, ax, indexing="ij"), -1)
+    f = torch.minimum((X - torch.tensor([0.0, 0.0, -0.5])).norm(dim=-1) - 0.3,
+                      (X - torch.tensor([0.0, 0.0, 0.5])).norm(dim=-1) - 0.3)
+    # opaque where x > 0, translucent (s = 8: about 0.8 per crossing) where x < 0
+    ls = torch.where(X[..., 0] > 0, math.log(300.0), math.log(8.0))
+    sh = extract_shells_from_grids(f, ls, [-1] * 3, [1] * 3, eps=0.01, min_halfwidth=0.0,
+                                   max_halfwidth=0.08, dilate_voxels=0)
+    field = ShellField(torch.tensor([[-1.0] * 3, [1.0] * 3]), cfg)
+    rend = ShellRenderer(field, sh, cfg)
+    packed = torch.stack([f, ls], -1).contiguous()
+    rend.probe = SimpleNamespace(lo=torch.tensor([-1.0] * 3), cell=2.0 / (n - 1), grid_on=lambda dev: packed)
+    g = torch.Generator().manual_seed(3)
+    m = 300
+    xy = (torch.rand(m, 2, generator=g) * 2 - 1) * 0.35
+    o = torch.cat([torch.cat([xy, torch.full((m, 1), -3.0)], 1),              # from outside, along +z
+                   torch.cat([xy[:50], torch.zeros(50, 1)], 1),                # from between the spheres,
+                   torch.cat([xy[:50] * 0.3, torch.full((50, 1), -0.8)], 1)])  # from the first one's band
+    d = torch.nn.functional.normalize(torch.tensor([0.0, 0.0, 1.0]) + 0.02 * torch.randn(o.shape[0], 3, generator=g), dim=-1)
+    cfg.shell_first_hits = 0
+    one = rend.probe_rays(o, d, 0.995)
+    cfg.shell_first_hits = 2
+    two = rend.probe_rays(o, d, 0.995)
+    for i in range(7):
+        assert torch.equal(one[i], two[i]), i
+    # rays traced twice made more probes; the others the same ones
+    more = two[7] > one[7]
+    assert torch.equal(two[7][~more], one[7][~more])
+    hit = one[4] > 0
+    assert (more & hit).sum() > 20 and (~more & hit).sum() > 20
+    # rays from the first sphere's band start in a band interval (only the parity of all their crossings says so)
+    assert (one[4][m + 50:] > 0).all() and (one[0][m + 50:, 0] < 0.1).float().mean() > 0.5
+    # rays through two translucent spheres have samples from both
+    assert (one[2].amax(1)[:m][(o[:m, 0] < -0.05) & hit[:m]] >= 1).float().mean() > 0.5
