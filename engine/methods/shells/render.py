@@ -222,6 +222,24 @@ class ProbeGrid:
             flat[j] = torch.stack([a, b], -1).to(flat)
 
 
+#: The per-ray outputs of :func:`.volume.shade_and_composite` (the others are per sample).
+_PER_RAY = ("rgb", "alpha", "depth", "depth_sum", "cost", "normal", "geo_evals")
+
+
+def _scatter_rays(sub: dict, sel: torch.Tensor, n: int, background=None) -> dict:
+    """The outputs of :func:`.volume.shade_and_composite` for the rays ``sel`` of ``n``, for all ``n``
+    rays: the others evaluated nothing and see the background (differentiable w.r.t. ``sub``)."""
+    out = dict(sub)
+    for k in _PER_RAY:
+        v = sub[k]
+        full = torch.zeros((n,) + tuple(v.shape[1:]), dtype=v.dtype, device=v.device)
+        if k == "rgb" and background is not None:
+            full = full + torch.as_tensor(background).to(v)
+        out[k] = full.index_put((sel,), v)
+    out["opacity"], out["samples"] = out["alpha"], out["cost"]
+    return out
+
+
 class ShellRenderer:
     """Renders a :class:`~.field.ShellField` inside its shells (see the module docstring)."""
 
@@ -249,8 +267,10 @@ class ShellRenderer:
         return self.probe
 
     def probe_rays(self, o, d, solid: float):
-        """The probe sampler's samples for rays (R, 3): ``t, delta, interval, alpha, count, t_start,
-        n_seg, probes`` of :func:`shaders.band_probe.probe_samples` over the rays' band intervals.
+        """The probe sampler's samples for rays (R, 3): ``rows (R',)`` the rays that cross a shell
+        (or whose origin may be inside one: no other ray has a sample or a probe) and, for those,
+        ``[t, delta, interval, alpha, count, t_start, n_seg, probes]`` of
+        :func:`shaders.band_probe.probe_samples` over their band intervals.
 
         Crossings come from at most two BVH queries. With ``0 < shell_first_hits < shell_max_hits``
         the first gathers each ray's first ``shell_first_hits`` crossings, whose band intervals are
@@ -271,26 +291,33 @@ class ShellRenderer:
         grid = g.grid_on(o.device)
         step = c.shell_probe_step * float(self.field.half_size)
 
-        def query(o, d, k):
-            ts, face, _ = closest_hits(m.bvh, o, d, int(k), dedup=1e-5)
-            outside = starts_outside(m, o)
+        def query(idx, k, drop_misses):
+            """Crossings and probe samples of the rays ``idx`` (None: all); with ``drop_misses`` only
+            those with a crossing (or an origin that may be inside) are probed and returned."""
+            oo, dd = (o, d) if idx is None else (o[idx], d[idx])
+            ts, face, _ = closest_hits(m.bvh, oo, dd, int(k), dedup=1e-5)
+            outside = starts_outside(m, oo)
+            rows = torch.arange(oo.shape[0], device=oo.device) if idx is None else idx
+            if drop_misses:
+                sel = ((face[:, 0] >= 0) | ~outside).nonzero(as_tuple=True)[0]
+                ts, face, outside, oo, dd, rows = ts[sel], face[sel], outside[sel], oo[sel], dd[sel], rows[sel]
             t0, t1, ok = band_intervals_from_faces(ts, face, m.n_outer, m.n_inner, outside)
-            res = probe_samples(o, d, t0, t1, ok, grid, None, g.lo, g.cell, step, tau=c.shell_probe_tau,
+            res = probe_samples(oo, dd, t0, t1, ok, grid, None, g.lo, g.cell, step, tau=c.shell_probe_tau,
                                 max_samples=c.shell_max_samples, solid=solid, t_stop=c.t_stop,
                                 cut=c.shell_probe_cut)
-            return list(res[:8]), face[:, -1] >= 0, ~outside, res[8]
+            return rows, list(res[:8]), face[:, -1] >= 0, ~outside, res[8]
 
         k1, k = int(c.shell_first_hits), int(c.shell_max_hits)
         if not 0 < k1 < k:
-            return query(o, d, k)[0]
-        res, full, inside, alive = query(o, d, k1)
+            return query(None, k, True)[:2]
+        rows, res, full, inside, alive = query(None, k1, True)
         redo = (inside | (full & (alive != 0))).nonzero(as_tuple=True)[0]
         if redo.numel():
-            res2 = query(o[redo], d[redo], k)[0]
+            res2 = query(rows[redo], k, False)[1]
             res[7] = res[7].index_add(0, redo, res2[7])        # the first query's probes were made too
             for i in range(7):
                 res[i][redo] = res2[i]
-        return res
+        return rows, res
 
     def render_rays(self, o, d, view_enc, background=None, anneal: float = 1.0,
                     differentiable: bool = False, solid: float | None = None) -> dict:
@@ -310,16 +337,20 @@ class ShellRenderer:
         dev = o.device
         if int(c.shell_probe_grid) > 0:
             solid = c.shell_probe_solid if solid is None else float(solid)
-            t, delta, group, alpha, count, t_start, n_seg, probes = self.probe_rays(o, d, solid)
+            rows, (t, delta, group, alpha, count, t_start, n_seg, probes) = self.probe_rays(o, d, solid)
+            # only the rays with samples are composited; the others see the background
+            has = (count > 0).nonzero(as_tuple=True)[0]
+            sel = rows[has]
             S = int(count.max()) if count.numel() else 0
-            t, delta, group, alpha = t[:, :S], delta[:, :S], group[:, :S].long(), alpha[:, :S]
+            t, delta, group, alpha = t[has, :S], delta[has, :S], group[has, :S].long(), alpha[has, :S]
             if c.shell_probe_cut > 0 and c.shell_probe_one_round:
                 group = torch.zeros_like(group)     # the sampler's cut did the early termination
-            valid = torch.arange(S, device=dev)[None] < count[:, None]
-            descent = (t_start[:, :S], n_seg[:, :S]) if differentiable else None
-            out = shade_and_composite(self.field, o, d, view_enc, t, delta, valid, group, background, anneal,
-                                      c.t_stop, fixed_alpha=alpha, descent=descent)
-            out["probes"] = probes.to(out["cost"].dtype)
+            valid = torch.arange(S, device=dev)[None] < count[has, None]
+            descent = (t_start[has, :S], n_seg[has, :S]) if differentiable else None
+            sub = shade_and_composite(self.field, o[sel], d[sel], view_enc[sel], t, delta, valid, group, background,
+                                      anneal, c.t_stop, fixed_alpha=alpha, descent=descent)
+            out = _scatter_rays(sub, sel, o.shape[0], background)
+            out["probes"] = torch.zeros_like(out["cost"]).index_put((rows,), probes.to(out["cost"].dtype))
             return out
         one = bool(c.shell_one_sample_crossings)
         if one and not self.meshes.has_vertex_sdf:

@@ -451,9 +451,17 @@ def test_first_hits_query_gives_the_samples_of_one_query():
                    torch.cat([xy[:50] * 0.3, torch.full((50, 1), -0.8)], 1)])  # from the first one's band
     d = torch.nn.functional.normalize(torch.tensor([0.0, 0.0, 1.0]) + 0.02 * torch.randn(o.shape[0], 3, generator=g), dim=-1)
     cfg.shell_first_hits = 0
-    one = rend.probe_rays(o, d, 0.995)
+    rows, one = rend.probe_rays(o, d, 0.995)
     cfg.shell_first_hits = 2
-    two = rend.probe_rays(o, d, 0.995)
+    rows2, two = rend.probe_rays(o, d, 0.995)
+    assert torch.equal(rows, rows2)
+    # left out: rays from outside that cross no shell (they have no sample and make no probe)
+    assert rows.numel() < m + 100 and (rows >= m).sum() == 100
+
+    def expand(x):      # per-ray outputs for all rays (zeros for those left out)
+        return torch.zeros((o.shape[0],) + tuple(x.shape[1:]), dtype=x.dtype).index_put((rows,), x)
+
+    one, two = [expand(x) for x in one], [expand(x) for x in two]
     for i in range(7):
         assert torch.equal(one[i], two[i]), i
     # rays traced twice made more probes; the others the same ones
