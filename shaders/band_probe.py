@@ -96,14 +96,15 @@ def _kernel():
         return vf, vl
 
     @ti.func
-    def seg_alpha(fa: ti.f32, fb: ti.f32, ls: ti.f32) -> ti.f32:
+    def seg_log_trans(fa: ti.f32, fb: ti.f32, ls: ti.f32) -> ti.f32:
+        """log(1 - alpha) of a segment: min(0, log Phi(s fb) - log Phi(s fa))."""
         s = ti.exp(ls)
         za = s * fa
         zb = s * fb
         # log Phi(z) = -softplus(-z), computed stably
         lpa = -(ti.max(-za, 0.0) + ti.log(1.0 + ti.exp(-ti.abs(za))))
         lpb = -(ti.max(-zb, 0.0) + ti.log(1.0 + ti.exp(-ti.abs(zb))))
-        return 1.0 - ti.exp(ti.min(lpb - lpa, 0.0))
+        return ti.min(lpb - lpa, 0.0)
 
     @ti.kernel
     def probe(o: ti.types.ndarray(), d: ti.types.ndarray(), t0: ti.types.ndarray(), t1: ti.types.ndarray(),
@@ -157,9 +158,9 @@ def _kernel():
                                 run_k = k
                                 run_cross = 0
                                 run_log = 0.0
-                            al = seg_alpha(fp, fn, lp)
-                            seg_al[k - run_k] = al
-                            run_log += ti.log(ti.max(1.0 - al, 1e-30))
+                            lt = seg_log_trans(fp, fn, lp)
+                            seg_al[k - run_k] = 1.0 - ti.exp(lt)
+                            run_log += lt
                             if run_cross == 0 and fp > 0.0 and fn <= 0.0:
                                 run_cross = 1
                                 run_tc = a + (ti.cast(k, ti.f32) + fp / (fp - fn)) * dl

@@ -218,6 +218,37 @@ def composite(alpha: torch.Tensor, rgb: torch.Tensor, t: torch.Tensor, valid: to
     return out
 
 
+def composite_packed(alpha: torch.Tensor, rgb: torch.Tensor, t: torch.Tensor, ray: torch.Tensor, n: int,
+                     weighted: dict | None = None) -> dict:
+    """Front-to-back compositing of packed samples: :func:`composite` without the padding.
+
+    alpha (M,), rgb (M, 3), t (M,) sample depths, ray (M,) long: the ray of each sample, in ``[0, n)``;
+    the samples of a ray are contiguous and front to back (e.g. ``valid.nonzero()`` order of a
+    padded layout), ``weighted`` {name: (M, C)}. Returns per ray ``rgb (n, 3)`` (no background),
+    ``opacity (n,)``, ``depth_sum (n,)`` and the weighted sums, and ``weights (M,)``: the same
+    values as :func:`composite` on the padded layout (tested), computed in O(M) instead of O(n S),
+    which matters when a few rays have many samples and most have few.
+
+    The transmittance in front of each sample is the exponential of a cumulative sum of
+    ``log(1 - alpha + 1e-10)`` (the factors :func:`composite` multiplies) restarted at each ray's
+    first sample; the sum runs in float64, so one ray's sum does not lose precision to the rays
+    before it.
+    """
+    lt = torch.log(1.0 - alpha + 1e-10)
+    cs = torch.cumsum(lt.double(), 0) - lt.double()           # exclusive running sum over all samples
+    counts = torch.bincount(ray, minlength=n)
+    first = torch.cumsum(counts, 0) - counts                   # each ray's first sample
+    w = alpha * torch.exp(cs - cs[first[ray]]).to(alpha.dtype)
+
+    def add(v):
+        return torch.zeros((n,) + tuple(v.shape[1:]), dtype=v.dtype, device=v.device).index_add(0, ray, v)
+
+    out = {"weights": w, "opacity": add(w), "rgb": add(w[:, None] * rgb), "depth_sum": add(w * t)}
+    for k, v in (weighted or {}).items():
+        out[k] = add(w[:, None] * v)
+    return out
+
+
 def render_samples(fn: FieldFn, o, d, t, delta, valid, group=None, background=None, t_stop: float = 1e-3,
                    weighted: tuple = ()) -> dict:
     """Evaluate ``fn`` on padded samples and composite them front to back with early termination.
@@ -254,34 +285,24 @@ def render_samples(fn: FieldFn, o, d, t, delta, valid, group=None, background=No
         ids, bounds = torch.zeros(0, dtype=torch.long), [0]
     for j in range(ids.numel()):
         ri, ci = vr[bounds[j]:bounds[j + 1]], vc[bounds[j]:bounds[j + 1]]
-        live = T.detach()[ri] > t_stop
-        ri, ci = ri[live], ci[live]
+        if j > 0 or t_stop >= 1.0:      # every ray is open in the first round
+            live = T.detach()[ri] > t_stop
+            ri, ci = ri[live], ci[live]
         if ri.numel() == 0:
             continue
-        # the group's rows and columns: its samples as a dense (rows, cols) block, rows and columns
-        # in increasing order (rays are sorted already; a round's columns are few)
-        rows, li = torch.unique_consecutive(ri, return_inverse=True)
-        cols, si = torch.unique(ci, sorted=True, return_inverse=True)
-        shape = (rows.numel(), cols.numel())
-        sub = torch.zeros(shape, dtype=torch.bool, device=dev).index_put_((li, si), torch.ones_like(li, dtype=torch.bool))
-        tt, dd = t[rows][:, cols], delta[ri, ci]
-        x = o[ri] + t[ri, ci][:, None] * d[ri]
-        res = fn(x, d[ri], dd, ri, ci)
-        alpha = torch.zeros(shape, device=dev, dtype=res["alpha"].dtype).index_put((li, si), res["alpha"])
-        col = torch.zeros(*shape, 3, device=dev, dtype=res["rgb"].dtype).index_put((li, si), res["rgb"])
-        wv = {k: torch.zeros(*shape, res[k].shape[-1], device=dev, dtype=res[k].dtype).index_put((li, si), res[k])
-              for k in weighted}
-        out = composite(alpha, col, tt, sub, None, None, wv)
-        Tr = T[rows]
-        rgb = rgb.index_put((rows,), rgb[rows] + Tr[:, None] * out["rgb"])
+        # the round's samples, packed: each ray's contiguous and front to back (nonzero's row-major
+        # order, which the stable sort by group kept)
+        tt = t[ri, ci]
+        x = o[ri] + tt[:, None] * d[ri]
+        res = fn(x, d[ri], delta[ri, ci], ri, ci)
+        out = composite_packed(res["alpha"], res["rgb"], tt, ri, R, {k: res[k] for k in weighted})
+        rgb = rgb + T[:, None] * out["rgb"]
         for k in weighted:
             prev = acc.get(k)
-            if prev is None:
-                prev = acc[k] = torch.zeros(R, res[k].shape[-1], device=dev, dtype=res[k].dtype)
-            acc[k] = prev.index_put((rows,), prev[rows] + Tr[:, None] * out[k])
-        dsum = dsum.index_put((rows,), dsum[rows] + Tr * (out["weights"] * tt).sum(1))
-        T = T.index_put((rows,), Tr * (1.0 - out["opacity"]))
-        cost = cost.index_put((rows,), cost[rows] + sub.sum(1).to(dt))
+            acc[k] = T[:, None] * out[k] if prev is None else prev + T[:, None] * out[k]
+        dsum = dsum + T * out["depth_sum"]
+        T = T * (1.0 - out["opacity"])
+        cost = cost + torch.bincount(ri, minlength=R).to(dt)
         for k, v in res.items():
             if k not in ("alpha", "rgb") and k not in weighted:
                 extras.setdefault(k, []).append(v)

@@ -3,7 +3,7 @@ import math
 
 import torch
 
-from engine.render.volume import OccupancyGrid, composite, march, ray_box, render_rays, render_samples
+from engine.render.volume import OccupancyGrid, composite, composite_packed, march, ray_box, render_rays, render_samples
 
 
 def _slab(sigma, z0, z1, color=(0.2, 0.4, 0.6)):
@@ -102,3 +102,41 @@ def test_composite_gradients_float64():
     rgb = torch.rand(3, 5, 3, generator=g, dtype=torch.float64).requires_grad_()
     t = torch.sort(torch.rand(3, 5, generator=g, dtype=torch.float64), 1).values
     torch.autograd.gradcheck(lambda a, c: tuple(composite(a, c, t).values())[:4], (alpha, rgb))
+
+
+def _ragged(seed: int, n: int = 40, s: int = 9, dtype=torch.float32):
+    """A padded layout of n rays with 0..s samples each (front to back), and its packed form."""
+    g = torch.Generator().manual_seed(seed)
+    count = torch.randint(0, s + 1, (n,), generator=g)
+    count[0], count[1] = 0, s                   # a ray with none, one with the most
+    valid = torch.arange(s)[None] < count[:, None]
+    alpha = torch.rand(n, s, generator=g, dtype=dtype)
+    alpha[2, 1] = 1.0                           # an opaque sample: nothing behind it is seen
+    rgb = torch.rand(n, s, 3, generator=g, dtype=dtype)
+    nrm = torch.rand(n, s, 3, generator=g, dtype=dtype)
+    t = torch.sort(torch.rand(n, s, generator=g, dtype=dtype), 1).values
+    return alpha, rgb, nrm, t, valid
+
+
+def test_composite_packed_matches_the_padded_compositor():
+    alpha, rgb, nrm, t, valid = _ragged(0)
+    ri, ci = valid.nonzero(as_tuple=True)
+    n = alpha.shape[0]
+    want = composite(alpha, rgb, t, valid, weighted={"normal": nrm})
+    got = composite_packed(alpha[ri, ci], rgb[ri, ci], t[ri, ci], ri, n, {"normal": nrm[ri, ci]})
+    for k in ("rgb", "opacity", "depth_sum", "normal"):
+        torch.testing.assert_close(got[k], want[k], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(got["weights"], want["weights"][ri, ci], atol=1e-6, rtol=1e-5)
+    assert got["opacity"][0] == 0 and got["weights"][(ri == 2) & (ci > 1)].abs().max() < 1e-6
+    # each ray restarts: the rays before it do not change its weights
+    g2 = composite_packed(alpha[ri, ci][ri >= 5], rgb[ri, ci][ri >= 5], t[ri, ci][ri >= 5], ri[ri >= 5], n)
+    torch.testing.assert_close(g2["rgb"][5:], want["rgb"][5:], atol=1e-6, rtol=1e-5)
+
+
+def test_composite_packed_gradients_float64():
+    alpha, rgb, _, t, valid = _ragged(1, n=6, s=4, dtype=torch.float64)
+    ri, ci = valid.nonzero(as_tuple=True)
+    a = alpha[ri, ci].clamp(0.05, 0.95).requires_grad_()
+    c = rgb[ri, ci].requires_grad_()
+    tt = t[ri, ci]
+    torch.autograd.gradcheck(lambda a, c: tuple(composite_packed(a, c, tt, ri, 6).values()), (a, c))
