@@ -17,7 +17,10 @@
    ``shell_probe_solid`` opaque, one sample at the crossing carrying the descent's whole NeuS
    opacity; the default ``solid`` 1 leaves that to crossings opaque to float precision, the fast
    render 0.995 to those that let through at most half a percent; ``shell_probe_cut`` stops a
-   ray's samples once the grid says it is opaque). The older rules
+   ray's samples once the grid says it is opaque). The probe sampler's crossings come from a
+   first BVH query for ``shell_first_hits`` of them, and a second for ``shell_max_hits`` only for
+   the rays the probe leaves open (:meth:`ShellRenderer.probe_rays`); rays that cross no shell
+   are neither probed nor composited. The older rules
    (``shell_probe_grid 0``) decide from the meshes alone:
    :func:`shaders.band_sampler.band_samples` (Taichi; torch twin ``band_samples_reference``): an
    interval of length ``len`` gets ``n = clamp(ceil(len / step), 1,
@@ -41,8 +44,11 @@
    (grazing rays, which can pass near the surface without crossing it) are sampled every step.
 4. The field's NeuS opacity and colour at those samples (interval lengths ``len / n``),
    composited front to back interval by interval, and a ray stops once its transmittance is below
-   ``t_stop`` (:func:`.volume.shade_and_composite`): behind a solid surface nothing is evaluated. Gradients flow into the field, so the
-   same path fine-tunes it inside the band.
+   ``t_stop`` (:func:`.volume.shade_and_composite`): behind a solid surface nothing is evaluated.
+   With the probe sampler's cut (``shell_probe_cut`` > 0) and ``shell_probe_one_round`` all of a
+   ray's samples are evaluated in one round instead: the cut already stopped the sampler where
+   the grid says the ray is opaque. Gradients flow into the field, so the same path fine-tunes it
+   inside the band.
 """
 from __future__ import annotations
 
