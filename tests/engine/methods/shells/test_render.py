@@ -418,24 +418,23 @@ def test_band_intervals_kernel_matches_torch_rules():
         assert (got[0][~ok] == 0).all() and (got[1][~ok] == 0).all()
 
 
-def test_first_hits_query_gives_the_samples_of_one_query():
-    """shell_first_hits: a first BVH query for a ray's first crossings, a second one for the rays the
-    probe leaves open, gives exactly the samples of one query for shell_max_hits, with the first
-    query's probes counted too. Two translucent spheres one behind the other (four crossings each),
-    rays from outside (some stop at the first sphere, some need the second) and from inside the box
-    (the parity of all their crossings decides)."""
+def _two_spheres_renderer(spheres=((-0.5, 0.3), (0.5, 0.3)), **options):
+    """A renderer over two spheres one behind the other on the z axis (``spheres``: (centre z,
+    radius) each), opaque where x > 0 and translucent where x < 0, with an exact probe grid of that
+    SDF (the field itself is the untrained sphere prior); rays along +z from z = -3 through both:
+    ``rend, o, d``."""
     from types import SimpleNamespace
 
     from engine.methods.shells.render import ShellRenderer
 
     cfg = ShellsConfig(hash_levels=4, hash_log2_size=12, hash_max_res=64, shell_probe_grid=64,
-                       shell_max_hits=8, shell_probe_step=0.02, shell_max_samples=32)
+                       shell_max_hits=8, shell_probe_step=0.02, shell_max_samples=32, **options)
     n = 64
     ax = torch.linspace(-1, 1, n)
     X = torch.stack(torch.meshgrid(ax, ax, ax, indexing="ij"), -1)
-    f = torch.minimum((X - torch.tensor([0.0, 0.0, -0.5])).norm(dim=-1) - 0.3,
-                      (X - torch.tensor([0.0, 0.0, 0.5])).norm(dim=-1) - 0.3)
-    # opaque where x > 0, translucent (s = 8: about 0.8 per crossing) where x < 0
+    (za, ra), (zb, rb) = spheres
+    f = torch.minimum((X - torch.tensor([0.0, 0.0, za])).norm(dim=-1) - ra,
+                      (X - torch.tensor([0.0, 0.0, zb])).norm(dim=-1) - rb)
     ls = torch.where(X[..., 0] > 0, math.log(300.0), math.log(8.0))
     sh = extract_shells_from_grids(f, ls, [-1] * 3, [1] * 3, eps=0.01, min_halfwidth=0.0,
                                    max_halfwidth=0.08, dilate_voxels=0)
@@ -446,10 +445,48 @@ def test_first_hits_query_gives_the_samples_of_one_query():
     g = torch.Generator().manual_seed(3)
     m = 300
     xy = (torch.rand(m, 2, generator=g) * 2 - 1) * 0.35
-    o = torch.cat([torch.cat([xy, torch.full((m, 1), -3.0)], 1),              # from outside, along +z
-                   torch.cat([xy[:50], torch.zeros(50, 1)], 1),                # from between the spheres,
-                   torch.cat([xy[:50] * 0.3, torch.full((50, 1), -0.8)], 1)])  # from the first one's band
-    d = torch.nn.functional.normalize(torch.tensor([0.0, 0.0, 1.0]) + 0.02 * torch.randn(o.shape[0], 3, generator=g), dim=-1)
+    o = torch.cat([xy, torch.full((m, 1), -3.0)], 1)
+    d = torch.nn.functional.normalize(torch.tensor([0.0, 0.0, 1.0]) + 0.02 * torch.randn(m, 3, generator=g), dim=-1)
+    return rend, o, d
+
+
+def test_one_round_with_the_cut_changes_pixels_by_at_most_t_stop():
+    """shell_probe_one_round: all of a ray's samples in one round instead of one round per band
+    interval. The samples the rounds would skip lie behind a transmittance below t_stop, so every
+    pixel moves by at most t_stop (colours are in [0, 1]) and no fewer samples are evaluated. The
+    first sphere is the field's own (its prior, radius 0.5 around the origin; s = 200: opaque),
+    where the probe grid says about 0.8 on the translucent side: there the rounds stop after the
+    first sphere and the one round also evaluates the second."""
+    out = {}
+    for one in (False, True):
+        rend, o, d = _two_spheres_renderer(((0.0, 0.5), (0.9, 0.15)), shell_probe_one_round=one,
+                                           shell_probe_solid=1.0)
+        with torch.no_grad():
+            rend.field.log_s.fill_(math.log(200.0))
+            out[one] = rend.render_rays(o, d, rend.field.view_encoding(d), torch.ones(3))
+    a, b = out[False], out[True]
+    assert (a["cost"] > 0).sum() > 100 and a["cost"].max() >= 3
+    assert (b["cost"] >= a["cost"]).all() and (b["cost"] > a["cost"]).sum() > 20
+    t_stop = rend.cfg.t_stop
+    assert (b["rgb"] - a["rgb"]).abs().max() <= t_stop + 1e-5
+    assert (b["alpha"] - a["alpha"]).abs().max() <= t_stop + 1e-5
+
+
+def test_first_hits_query_gives_the_samples_of_one_query():
+    """shell_first_hits: a first BVH query for a ray's first crossings, a second one for the rays the
+    probe leaves open, gives exactly the samples of one query for shell_max_hits, with the first
+    query's probes counted too. Two translucent spheres one behind the other (four crossings each),
+    rays from outside (some stop at the first sphere, some need the second) and from inside the box
+    (the parity of all their crossings decides)."""
+    rend, o_out, d_out = _two_spheres_renderer()
+    cfg, m = rend.cfg, o_out.shape[0]
+    g = torch.Generator().manual_seed(4)
+    xy = o_out[:50, :2]
+    o = torch.cat([o_out,                                                      # from outside, along +z
+                   torch.cat([xy, torch.zeros(50, 1)], 1),                     # from between the spheres,
+                   torch.cat([xy * 0.3, torch.full((50, 1), -0.8)], 1)])       # from the first one's band
+    d = torch.cat([d_out, torch.nn.functional.normalize(
+        torch.tensor([0.0, 0.0, 1.0]) + 0.02 * torch.randn(100, 3, generator=g), dim=-1)])
     cfg.shell_first_hits = 0
     rows, one = rend.probe_rays(o, d, 0.995)
     cfg.shell_first_hits = 2
