@@ -98,8 +98,8 @@ class ShellsConfig(MethodConfig):
     shell_probe_solid: float = option(1.0, 'crossings less opaque than this get a sample per probe segment above shell_probe_tau, each with the '
                                       "field's own opacity, like near misses; the others one sample at the crossing with the descent's opacity "
                                       '(1 = every crossing but those opaque to float precision: the sharpest; 0 = one sample per crossing: '
-                                      'the fastest). Session 17, lego_200, all 200 views, a 17-minute field of the defaults: 1 +0.37 dB over '
-                                      'its volumetric render at 2.8x its speed, 0.995 -0.01 dB at 3.8x (README "Adaptive Shells")', render=True)
+                                      'the fastest). Session 18, lego_200, all 200 views, three 17-minute fields of the defaults: 1 +0.37 to +0.46 dB '
+                                      'over their volumetric render at 3.2-3.9x its speed, 0.999 +0.09 to +0.15 dB at 4.2-5.2x (README "Adaptive Shells")', render=True)
     shell_probe_cut: float = option(0.01, "no more samples on a ray once the probe grid's estimate of its transmittance "
                                     '(through every sample emitted so far) is below this; 0 = off (every sample the '
                                     "renderer's exact early termination would evaluate). Session 17, lego_200: 0.01 (the default) drops 23 % of "
