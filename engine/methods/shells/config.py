@@ -86,27 +86,21 @@ class ShellsConfig(MethodConfig):
     shell_step: float = option(0.02, 'sample spacing inside the band (times a); 1 sample if shorter', render=True)
     shell_max_samples: int = option(32, 'per ray', render=True)
     shell_max_hits: int = option(12, 'ray/mesh crossings gathered per ray', render=True)
-    shell_first_hits: int = option(4, 'probe sampler: a first BVH query gathers this many crossings per ray; only rays the probe '
-                                   'leaves open after them are traced again for shell_max_hits (the same samples, fewer '
-                                   'BVH nodes visited; 0 = one query)', render=True)
+    shell_first_hits: int = option(4, 'crossings of a first BVH query; open rays get shell_max_hits (0 = one query)',
+                                   render=True)
     shell_surface_samples: bool = option(False, '1-sample intervals sample where the ray crosses the surface mesh', render=True)
     shell_one_sample_crossings: bool = option(True, 'outer<->inner intervals: 1 sample on the surface, opacity from both ends', render=True)
     shell_one_sample_max_len: float = option(0.0, 'one-sample rules only for band intervals at most this long (times a; 0 = any length); longer ones (grazing rays, which can pass near the surface without crossing it) get a sample every shell_step', render=True)
     shell_probe_grid: int = option(256, 'probe sampler: SDF / kernel-size grid this fine, probed along band intervals (0 = off: the one-sample rules above place samples)', render=True)
     shell_probe_step: float = option(0.0075, 'probe spacing along band intervals (times a)', render=True)
     shell_probe_tau: float = option(0.01, "a sample on each probe segment whose opacity exceeds this (near misses, and crossings under shell_probe_solid)", render=True)
-    shell_probe_solid: float = option(1.0, 'crossings less opaque than this get a sample per probe segment above shell_probe_tau, each with the '
-                                      "field's own opacity, like near misses; the others one sample at the crossing with the descent's opacity "
-                                      '(1 = every crossing but those opaque to float precision: the sharpest; 0 = one sample per crossing: '
-                                      'the fastest). Session 18, lego_200, all 200 views, three 17-minute fields of the defaults: 1 +0.37 to +0.46 dB '
-                                      'over their volumetric render at 3.2-3.9x its speed, 0.999 +0.09 to +0.15 dB at 4.2-5.2x (README "Adaptive Shells")', render=True)
-    shell_probe_cut: float = option(0.01, "no more samples on a ray once the probe grid's estimate of its transmittance "
-                                    '(through every sample emitted so far) is below this; 0 = off (every sample the '
-                                    "renderer's exact early termination would evaluate). Session 17, lego_200: 0.01 (the default) drops 23 % of "
-                                    'the samples for -0.01 dB', render=True)
-    shell_probe_one_round: bool = option(True, "with shell_probe_cut > 0, evaluate all of a ray's samples in one round: the cut "
-                                         "already stops the sampler where the grid says the ray is opaque, so the renderer's "
-                                         'rounds of early termination per band interval (off) cost bookkeeping for few samples', render=True)
+    shell_probe_solid: float = option(1.0, 'crossings less opaque than this get a sample per probe segment above shell_probe_tau '
+                                      "(the field's opacity), the others one sample at the crossing (1: the sharpest; 0.999: the "
+                                      'fast render, 4x the volumetric speed; 0: the fastest; README "Adaptive Shells")', render=True)
+    shell_probe_cut: float = option(0.01, "stop a ray's samples once the grid's transmittance is below this (0 = off)",
+                                    render=True)
+    shell_probe_one_round: bool = option(True, "with the cut, a ray's samples are evaluated in one round, not one per band "
+                                         'interval', render=True)
     shell_finetune_solid: float = option(0.995, 'shell_probe_solid while fine-tuning in the band: below 1, the colour network also learns '
                                          'one-sample crossings, which the faster renders (shell_probe_solid < 1) need; session 17, lego_200, '
                                          'all 200 views: fine-tuned at 0.99, the 0.99 render was 0.04 dB below the volumetric render, where a '
