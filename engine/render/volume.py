@@ -8,6 +8,8 @@ The pieces, usable alone or together (:func:`render_rays` chains them):
   non-empty (filled by a predicate the method supplies; every cell is occupied until then);
 * :func:`march` -- uniform samples along rays inside the box, kept only in occupied cells;
 * :func:`composite` -- front-to-back compositing of padded samples (weights, opacity, depth);
+* :func:`composite_packed` -- the same sums for packed samples (each ray's contiguous), in
+  O(samples): what :func:`render_samples` uses;
 * :func:`render_samples` -- evaluates a field callable on padded samples group by group, front to
   back, skipping rays whose transmittance fell under ``t_stop``, and composites them.
 
