@@ -227,7 +227,8 @@ def composite_packed(alpha: torch.Tensor, rgb: torch.Tensor, t: torch.Tensor, ra
     alpha (M,), rgb (M, 3), t (M,) sample depths, ray (M,) long: the ray of each sample, in ``[0, n)``;
     the samples of a ray are contiguous and front to back (e.g. ``valid.nonzero()`` order of a
     padded layout), ``weighted`` {name: (M, C)}. Returns per ray ``rgb (n, 3)`` (no background),
-    ``opacity (n,)``, ``depth_sum (n,)`` and the weighted sums, and ``weights (M,)``: the same
+    ``opacity (n,)``, ``depth_sum (n,)``, the weighted sums and ``count (n,)`` (samples), and
+    ``weights (M,)``: the same
     values as :func:`composite` on the padded layout (tested), computed in O(M) instead of O(n S),
     which matters when a few rays have many samples and most have few.
 
@@ -245,7 +246,7 @@ def composite_packed(alpha: torch.Tensor, rgb: torch.Tensor, t: torch.Tensor, ra
     def add(v):
         return torch.zeros((n,) + tuple(v.shape[1:]), dtype=v.dtype, device=v.device).index_add(0, ray, v)
 
-    out = {"weights": w, "opacity": add(w), "rgb": add(w[:, None] * rgb), "depth_sum": add(w * t)}
+    out = {"weights": w, "opacity": add(w), "rgb": add(w[:, None] * rgb), "depth_sum": add(w * t), "count": counts}
     for k, v in (weighted or {}).items():
         out[k] = add(w[:, None] * v)
     return out
@@ -304,7 +305,7 @@ def render_samples(fn: FieldFn, o, d, t, delta, valid, group=None, background=No
             acc[k] = T[:, None] * out[k] if prev is None else prev + T[:, None] * out[k]
         dsum = dsum + T * out["depth_sum"]
         T = T * (1.0 - out["opacity"])
-        cost = cost + torch.bincount(ri, minlength=R).to(dt)
+        cost = cost + out["count"].to(dt)
         for k, v in res.items():
             if k not in ("alpha", "rgb") and k not in weighted:
                 extras.setdefault(k, []).append(v)

@@ -128,6 +128,7 @@ def test_composite_packed_matches_the_padded_compositor():
         torch.testing.assert_close(got[k], want[k], atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(got["weights"], want["weights"][ri, ci], atol=1e-6, rtol=1e-5)
     assert got["opacity"][0] == 0 and got["weights"][(ri == 2) & (ci > 1)].abs().max() < 1e-6
+    assert torch.equal(got["count"], valid.sum(1))
     # each ray restarts: the rays before it do not change its weights
     g2 = composite_packed(alpha[ri, ci][ri >= 5], rgb[ri, ci][ri >= 5], t[ri, ci][ri >= 5], ri[ri >= 5], n)
     torch.testing.assert_close(g2["rgb"][5:], want["rgb"][5:], atol=1e-6, rtol=1e-5)
@@ -139,4 +140,5 @@ def test_composite_packed_gradients_float64():
     a = alpha[ri, ci].clamp(0.05, 0.95).requires_grad_()
     c = rgb[ri, ci].requires_grad_()
     tt = t[ri, ci]
-    torch.autograd.gradcheck(lambda a, c: tuple(composite_packed(a, c, tt, ri, 6).values()), (a, c))
+    torch.autograd.gradcheck(lambda a, c: tuple(v for k, v in composite_packed(a, c, tt, ri, 6).items() if k != "count"),
+                             (a, c))
