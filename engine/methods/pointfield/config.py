@@ -32,6 +32,11 @@ class PointFieldConfig(MethodConfig):
     encoder_max_side: int = option(200, "source images are encoded at most this many pixels on their long side")
     feature_dim: int = option(32, "per-point colour feature and geometry feature width (each)")
     splat_radius: float = option(1.0, "disk radius of a point in the depth maps, in point spacings")
+    depth_fill: int = option(1, "fill pixels of a target view's depth map that no point covers with the nearest "
+                             "depth of their 3x3 neighbourhood, this many times (0 = off: such rays are background)",
+                             render=True)
+    point_sh_degree: int = option(1, "per-point explicit colour: SH coefficients of this degree (-1 = none) "
+                                  "blended by the attention weights and added to the kernel's colour logit")
     # ---- sampling and aggregation ----------------------------------------------------------------
     k_neighbors: int = option(8, "K nearest points aggregated at each sample")
     radius: float = option(4.0, "neighbour search radius, in point spacings (Point-NeRF: 4 voxels)")
@@ -52,6 +57,9 @@ class PointFieldConfig(MethodConfig):
                                   "over the run (steps or time budget, whichever ends first)")
     lr_points: float = option(2e-3, "learning rate of the per-point feature residuals and confidences")
     lr_s: float = option(2e-3, "learning rate of log s")
+    point_sh_sigma: float = option(0.5, "the explicit colour blends the neighbours with weights conf x exp(-(d / "
+                                   "sigma)^2), sigma in point spacings (0 = the attention weights)")
+    lr_color: float = option(3e-2, "learning rate of the per-point explicit colour (point_sh_degree)")
     mask_weight: float = option(0.1, "BCE of the opacity against alpha/masks where the data has them")
     sparsity_weight: float = option(2e-3, "Point-NeRF confidence sparsity loss weight")
     # ---- growing and pruning (Point-NeRF) --------------------------------------------------------
@@ -93,5 +101,9 @@ class PointFieldConfig(MethodConfig):
                      "lr_final_frac"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"option {name} must be > 0, got {getattr(self, name)}")
+        if not -1 <= self.point_sh_degree <= 3:
+            raise ConfigError(f"option point_sh_degree must be -1..3, got {self.point_sh_degree}")
+        if self.depth_fill < 0:
+            raise ConfigError(f"option depth_fill must be >= 0, got {self.depth_fill}")
         if self.log_base != 0 and not self.log_base > 1:
             raise ConfigError(f"option log_base must be > 1 (or 0 = auto), got {self.log_base}")

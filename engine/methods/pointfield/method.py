@@ -31,7 +31,7 @@ from ..base import Method
 from .config import PointFieldConfig
 from .model import Aggregator, Encoder
 from .render import encode_views, point_features, ray_center_depth, render_rays
-from .scene import PointFieldError, PointScene, build_scene
+from .scene import PointFieldError, PointScene, build_scene, fill_depth, sh_dim
 
 
 class PointFieldNets(nn.Module):
@@ -116,6 +116,8 @@ class PointFieldMethod(Method):
         for i, s in enumerate(self.scenes):
             groups.append({"name": f"point_feat_{i}", "params": [s.point_feat], "lr": c.lr_points})
             groups.append({"name": f"point_conf_{i}", "params": [s.point_conf], "lr": c.lr_points})
+            if s.point_sh.shape[1]:
+                groups.append({"name": f"point_sh_{i}", "params": [s.point_sh], "lr": c.lr_color})
         for g in groups:
             g["base_lr"] = g["lr"]
         return torch.optim.Adam(groups, lr=c.lr)
@@ -228,6 +230,7 @@ class PointFieldMethod(Method):
 
         c = self.cfg
         nf, ncf = torch.zeros(0, scene.point_feat.shape[1]), torch.zeros(0)
+        nsh = torch.zeros(0, scene.point_sh.shape[1])
         ncol = torch.zeros(0, 3)
         if new_pts.shape[0]:
             idx, _ = knn_query(scene.grid(c), new_pts, int(c.k_neighbors), scene.radius(c))
@@ -236,10 +239,13 @@ class PointFieldMethod(Method):
             cnt = v.sum(1, keepdim=True).clamp_min(1)
             safe = idx.clamp_min(0)
             nf = (scene.point_feat.detach()[safe] * v[..., None]).sum(1) / cnt
+            nsh = (scene.point_sh.detach()[safe] * v[..., None]).sum(1) / cnt
             conf = (torch.sigmoid(scene.point_conf.detach()[safe]) * v).sum(1) / cnt[:, 0]
             ncf = torch.logit((0.4 * conf).clamp(1e-3, 1 - 1e-3))
             ncol = (scene.colors[safe] * v[..., None]).sum(1) / cnt
-        names = {f"point_feat_{si}": nf, f"point_conf_{si}": ncf}
+        names = {f"point_feat_{si}": nf, f"point_conf_{si}": ncf, f"point_sh_{si}": nsh}
+        attr = {f"point_feat_{si}": "point_feat", f"point_conf_{si}": "point_conf", f"point_sh_{si}": "point_sh"}
+        edited = set()
         for group in optimizer.param_groups:
             name = group.get("name")
             if name not in names:
@@ -258,7 +264,12 @@ class PointFieldMethod(Method):
                         state[key] = edit(state[key], torch.zeros_like(add))
                 optimizer.state[new] = state
             group["params"][0] = new
-            setattr(scene, "point_feat" if name.startswith("point_feat") else "point_conf", new)
+            setattr(scene, attr[name], new)
+            edited.add(attr[name])
+        for a, add in (("point_feat", nf), ("point_conf", ncf), ("point_sh", nsh)):
+            if a not in edited:      # not optimised (e.g. point_sh with no columns): edit it all the same
+                old = getattr(scene, a)
+                setattr(scene, a, nn.Parameter(torch.cat([old.detach()[keep], add.to(old)], 0).contiguous()))
         scene.points = torch.cat([scene.points[keep], new_pts.to(scene.points)], 0).contiguous()
         scene.colors = torch.cat([scene.colors[keep], ncol.to(scene.colors)], 0).contiguous()
         scene.grown_total += int(new_pts.shape[0])
@@ -275,7 +286,7 @@ class PointFieldMethod(Method):
         H, W = int(cam.height[0]), int(cam.width[0])
         o, d = cams.generate_rays(index)
         o, d = o.reshape(-1, 3), d.reshape(-1, 3)
-        depth = sc.splat(cam, c)[0]
+        depth = fill_depth(sc.splat(cam, c), int(c.depth_fill))[0]
         tc = ray_center_depth(depth, torch.arange(H * W), d, cam.c2w[0])
         views = sc.nearest_views(cams, index, c.source_views)
         ctx = encode_views(self.nets.encoder, sc, c, views, target=cam.c2w[0, :3, 3])
@@ -354,7 +365,7 @@ class PointFieldMethod(Method):
     def state_dict(self) -> dict:
         return {"nets": {k: v.detach().clone() for k, v in self.nets.state_dict().items()},
                 "scenes": [s.state() for s in self.scenes], "gen": self.gen.get_state(),
-                "view_angle_power": float(self.cfg.view_angle_power)}
+                "view_angle_power": float(self.cfg.view_angle_power), "depth_fill": int(self.cfg.depth_fill)}
 
     @classmethod
     def from_state_dict(cls, cfg: PointFieldConfig, st: dict) -> "PointFieldMethod":
@@ -366,13 +377,16 @@ class PointFieldMethod(Method):
         except RuntimeError:
             raise CheckpointError("checkpoint networks do not match the config (feature_dim / hidden differ from "
                                   "training)") from None
-        scenes = [PointScene.from_state(s, cfg.feature_dim) for s in st["scenes"]]
+        scenes = [PointScene.from_state(s, cfg.feature_dim, sh_dim(cfg)) for s in st["scenes"]]
         notes = []
         if ("view_angle_power" not in st and cfg.view_angle_power != 0
                 and "view_angle_power" not in getattr(cfg, "given_options", ())):
             # trained before the option existed, with GPF's score (visibility alone): render it that way
             cfg.view_angle_power = 0.0
             notes.append("view_angle_power 0 (GPF's view score): the checkpoint predates the option")
+        if "depth_fill" not in st and cfg.depth_fill != 0 and "depth_fill" not in getattr(cfg, "given_options", ()):
+            cfg.depth_fill = 0       # trained with gaps left empty: render it that way
+            notes.append("depth_fill 0 (gaps of the splatted depth are background): the checkpoint predates the option")
         if cfg.scene_data:
             from ...data import load_dataset
 

@@ -135,11 +135,13 @@ class Aggregator(nn.Module):
         return torch.cat([self.feat_geo(blended), self.feat_col(blended)], -1)
 
     def forward(self, x, dirs, nb_pos, feats, loc, nb_valid, nb_logconf, d2, radius: float, center, extent: float,
-                shell: float):
+                shell: float, nb_sh=None, nb_w=None):
         """Per sample ``x (M, 3)``, view direction ``dirs (M, 3)``; neighbours ``nb_pos (M, K, 3)``, their
         rows ``loc (M, K)`` in ``feats (U, 2F)`` (point features), ``nb_valid (M, K)`` bool (at least one per
-        sample), ``nb_logconf (M, K)`` log confidence, ``d2 (M, K)`` squared distances. Returns ``sdf (M,)``
-        (in radii) and ``rgb (M, 3)``."""
+        sample), ``nb_logconf (M, K)`` log confidence, ``d2 (M, K)`` squared distances; ``nb_sh (M, K, 3 B)``
+        (optional) the neighbours' explicit colour SH coefficients, blended with the attention weights,
+        evaluated at ``dirs`` and added to the colour logit; ``nb_w (M, K)`` (optional) the weights of that
+        blend (rows summing to 1; default the attention weights). Returns ``sdf (M,)`` (in radii) and ``rgb (M, 3)``."""
         F = self.feature_dim
         off = (x[:, None, :] - nb_pos) / radius                       # (M, K, 3), |off| <= 1
         dist = torch.sqrt(d2.clamp_min(0)).clamp(max=radius)[..., None] / radius
@@ -155,5 +157,12 @@ class Aggregator(nn.Module):
         c = (w[..., None] * hc).sum(1)
         dmin = torch.where(nb_valid, dist[..., 0], torch.ones_like(dist[..., 0])).amin(1)
         sdf = dmin - shell + self.sdf(g)[:, 0]
-        rgb = torch.sigmoid(self.rgb(torch.cat([g, c, sh3(dirs)], -1)))
+        basis = sh3(dirs)
+        logit = self.rgb(torch.cat([g, c, basis], -1))
+        if nb_sh is not None and nb_sh.shape[-1]:
+            B = nb_sh.shape[-1] // 3
+            wc = w if nb_w is None else nb_w
+            coef = (wc[..., None] * nb_sh).sum(1).reshape(-1, 3, B)     # (M, 3, B)
+            logit = logit + (coef * basis[:, None, :B]).sum(-1)
+        rgb = torch.sigmoid(logit)
         return sdf, rgb

@@ -162,8 +162,14 @@ def render_rays(net, scene, cfg, ctx: dict, o, d, t_center, log_s, background=No
             pts = scene.points
             center = (pts.amax(0) + pts.amin(0)).detach() / 2
             extent = float((pts.amax(0) - pts.amin(0)).max().clamp_min(1e-9)) / 2
+            nb_sh = scene.point_sh[safe] if scene.point_sh.shape[1] else None
+            nb_w = None
+            if nb_sh is not None and float(cfg.point_sh_sigma) > 0:
+                sig2 = (float(cfg.point_sh_sigma) * scene.spacing) ** 2
+                lw = (logconf - d2_m.clamp_min(0) / sig2).masked_fill(~valid_m, float("-inf"))
+                nb_w = torch.softmax(lw, dim=1)
             s_m, c_m = net(xm, d[ray_of], nb_pos, feats, loc, valid_m, logconf, torch.where(valid_m, d2_m,
-                           torch.zeros_like(d2_m)), rad, center, extent, float(cfg.sdf_shell))
+                           torch.zeros_like(d2_m)), rad, center, extent, float(cfg.sdf_shell), nb_sh, nb_w)
             flat_r = rows.repeat_interleave(S)[m]
             flat_s = torch.arange(S, device=dev).repeat(rows.numel())[m]
             sdf = sdf.index_put((flat_r, flat_s), s_m)

@@ -30,6 +30,11 @@ class PointFieldError(KernelightError):
     """The points or the images cannot make a point field (one line saying why)."""
 
 
+def sh_dim(cfg) -> int:
+    """Columns of a scene's ``point_sh``: 3 colour channels x ``(point_sh_degree + 1)^2`` (0 when off)."""
+    return 3 * (int(cfg.point_sh_degree) + 1) ** 2 if int(cfg.point_sh_degree) >= 0 else 0
+
+
 def point_spacing(points: torch.Tensor, sample: int = 20000, seed: int = 0) -> float:
     """Median distance from a point to its nearest other point (on a seeded subset of at most ``sample``)."""
     from scipy.spatial import cKDTree
@@ -60,13 +65,14 @@ class PointScene(nn.Module):
     """Points + per-point parameters + source views of one scene (module docstring).
 
     Parameters: ``point_feat (N, 2F)`` feature residuals (zeros at creation), ``point_conf (N,)``
-    confidence logits (Point-NeRF). Buffers: ``points (N, 3)``, ``colors (N, 3)``, ``images
+    confidence logits (Point-NeRF), ``point_sh (N, 3 B)`` explicit colour SH coefficients (zeros at
+    creation; ``B = (point_sh_degree + 1)^2``, 0 columns when off). Buffers: ``points (N, 3)``, ``colors (N, 3)``, ``images
     (V, H, W, 3)`` uint8, ``coverage (V, H, W)`` uint8 (alpha or mask, or an empty tensor).
     """
 
     def __init__(self, name: str, points, colors, images_u8, coverage_u8, cameras: Cameras, spacing: float,
                  log_base: float, near: float, far: float, background, feature_dim: int,
-                 coverage_is_mask: bool = False):
+                 coverage_is_mask: bool = False, sh_dim: int = 0):
         super().__init__()
         pts = torch.as_tensor(points, dtype=torch.float32).reshape(-1, 3)
         self.name = str(name)
@@ -79,6 +85,7 @@ class PointScene(nn.Module):
         self.register_buffer("coverage", cov.contiguous())
         self.point_feat = nn.Parameter(torch.zeros(pts.shape[0], 2 * int(feature_dim)))
         self.point_conf = nn.Parameter(torch.zeros(pts.shape[0]))       # sigmoid(0) = 0.5
+        self.point_sh = nn.Parameter(torch.zeros(pts.shape[0], int(sh_dim)))  # explicit colour (logit space)
         self.cameras = cameras
         self.spacing = float(spacing)
         self.log_base = float(log_base)
@@ -161,9 +168,9 @@ class PointScene(nn.Module):
         return self._cache[key]
 
     def train_depth(self, cfg) -> torch.Tensor:
-        key = ("train_depth", float(cfg.splat_radius))
+        key = ("train_depth", float(cfg.splat_radius), int(cfg.depth_fill))
         if key not in self._cache:
-            self._cache[key] = self.splat(self.cameras, cfg)
+            self._cache[key] = fill_depth(self.splat(self.cameras, cfg), int(cfg.depth_fill))
         return self._cache[key]
 
     def nearest_views(self, cams: Cameras, index: int, n: int, exclude: int | None = None) -> torch.Tensor:
@@ -183,25 +190,45 @@ class PointScene(nn.Module):
                 "images": self.images.cpu().clone(), "coverage": self.coverage.cpu().clone(),
                 "point_feat": self.point_feat.detach().cpu().clone(),
                 "point_conf": self.point_conf.detach().cpu().clone(),
+                "point_sh": self.point_sh.detach().cpu().clone(),
                 "cameras": cameras_state(self.cameras), "spacing": self.spacing, "log_base": self.log_base,
                 "near": self.near, "far": self.far, "background": self.background.cpu().clone(),
                 "grown_total": self.grown_total, "pruned_total": self.pruned_total,
                 "coverage_is_mask": self.coverage_is_mask}
 
     @classmethod
-    def from_state(cls, st: dict, feature_dim: int) -> "PointScene":
+    def from_state(cls, st: dict, feature_dim: int, sh_dim: int = 0) -> "PointScene":
         if int(st["point_feat"].shape[1]) != 2 * int(feature_dim):
             raise ConfigError(f"checkpoint point features have {int(st['point_feat'].shape[1])} values, the config "
                               f"feature_dim={feature_dim} needs {2 * int(feature_dim)}")
         s = cls(st["name"], st["points"], st["colors"], st["images"],
                 st["coverage"] if st["coverage"].numel() else None, cameras_from_state(st["cameras"]),
                 st["spacing"], st["log_base"], st["near"], st["far"], st["background"], feature_dim,
-                bool(st.get("coverage_is_mask", False)))
+                bool(st.get("coverage_is_mask", False)), sh_dim)
         with torch.no_grad():
             s.point_feat.copy_(st["point_feat"])
             s.point_conf.copy_(st["point_conf"])
+            sh = st.get("point_sh")
+            if sh is not None and sh.shape[1] and sh_dim:
+                # a checkpoint of another degree: keep the common (lower) bands of each channel
+                b_old, b_new = sh.shape[1] // 3, sh_dim // 3
+                b = min(b_old, b_new)
+                s.point_sh.view(-1, 3, b_new)[:, :, :b].copy_(sh.reshape(-1, 3, b_old)[:, :, :b])
         s.grown_total, s.pruned_total = int(st.get("grown_total", 0)), int(st.get("pruned_total", 0))
         return s
+
+
+def fill_depth(depth: torch.Tensor, times: int) -> torch.Tensor:
+    """Depth maps ``(V, H, W)`` with every ``inf`` pixel next to a covered one set to the nearest
+    (smallest) depth of its 3x3 neighbourhood, ``times`` times over: a ray through a gap of the
+    splatted disks, or just past the cloud's silhouette, still gets samples (the field decides
+    whether anything is there) instead of plain background."""
+    d = depth
+    for _ in range(int(times)):
+        big = torch.where(torch.isfinite(d), d, torch.full_like(d, 1e30))
+        nb = -Fn.max_pool2d(-big[:, None], 3, stride=1, padding=1)[:, 0]
+        d = torch.where(torch.isfinite(d), d, torch.where(nb < 1e29, nb, d))
+    return d
 
 
 # ------------------------------------------------------------------------------------ creation
@@ -311,7 +338,8 @@ def build_scene(ds, cfg, notes: list[str], name: str | None = None, points=None)
     near = float(ds.near) if ds.near is not None else 1e-3
     far = float(ds.far) if ds.far is not None else math.inf
     s = PointScene(name or ds.root.name, pts_t, cols, imgs, cov, sp.cameras.to("cpu"), spacing, base, near, far,
-                   ds.background, cfg.feature_dim, coverage_is_mask=sp.alpha is None and sp.masks is not None)
+                   ds.background, cfg.feature_dim, coverage_is_mask=sp.alpha is None and sp.masks is not None,
+                   sh_dim=sh_dim(cfg))
     notes.append(f"scene {s.name}: {s.num_points} points, spacing {spacing:.4g} (neighbour radius "
                  f"{cfg.radius * spacing:.4g}, log samples {cfg.log_unit * spacing:.3g} x {base}^k, k < "
                  f"{cfg.log_steps}), {s.num_views} source views")

@@ -161,6 +161,63 @@ def test_aggregator_gradcheck_float64():
     assert torch.autograd.gradcheck(f, (x, feat), eps=1e-6, atol=1e-6)
 
 
+def test_explicit_point_colour_in_the_kernel():
+    """The neighbours' explicit SH colour (point_sh_degree) is blended by the given weights (or the
+    attention's), evaluated at the view direction and added to the colour logit; zeros change
+    nothing; float64 gradcheck w.r.t. the coefficients and the weights."""
+    from engine.methods.pointfield.model import Aggregator, sh3
+
+    torch.manual_seed(0)
+    net = Aggregator(4, 8).double()
+    M, K = 3, 4
+    x = torch.randn(M, 3, dtype=torch.float64)
+    nb = x[:, None] + 0.1 * torch.randn(M, K, 3, dtype=torch.float64)
+    feat = torch.randn(5, 8, dtype=torch.float64)
+    loc = torch.tensor([[0, 1, 2, 0], [3, 0, 0, 0], [4, 2, 1, 0]])
+    valid = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0], [1, 1, 1, 1]], dtype=torch.bool)
+    lc = torch.log(torch.rand(M, K, dtype=torch.float64))
+    dirs = torch.nn.functional.normalize(torch.randn(M, 3, dtype=torch.float64), dim=-1)
+    d2 = ((x[:, None] - nb) ** 2).sum(-1)
+    args = (x, dirs, nb, feat, loc, valid, lc, d2, 0.5, torch.zeros(3, dtype=torch.float64), 1.0, 0.3)
+    _, base = net(*args)
+    _, same = net(*args, torch.zeros(M, K, 12, dtype=torch.float64))
+    assert torch.equal(base, same)
+    # degree 0, weights one-hot on neighbour 0: the logit moves by c * Y00 exactly
+    c = torch.zeros(M, K, 3, dtype=torch.float64)
+    c[:, 0] = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
+    c[:, 1] = 7.0                                                   # weight 0: ignored
+    onehot = torch.zeros(M, K, dtype=torch.float64)
+    onehot[:, 0] = 1
+    _, moved = net(*args, c, onehot)
+    want = torch.sigmoid(torch.logit(base) + 0.28209479177387814 * c[:, 0])
+    assert torch.allclose(moved, want, atol=1e-9)
+    # degree 1 blended by the attention weights: view-dependent, and gradients reach the coefficients
+    coef = torch.randn(M, K, 12, dtype=torch.float64, requires_grad=True)
+    w = torch.softmax(torch.randn(M, K, dtype=torch.float64).masked_fill(~valid, float("-inf")), 1).requires_grad_()
+    assert torch.autograd.gradcheck(lambda a, b: net(*args, a, b)[1], (coef, w), eps=1e-6, atol=1e-6)
+    _, r1 = net(*args, coef.detach())
+    args2 = args[:1] + (-dirs,) + args[2:]
+    _, r2 = net(*args2, coef.detach())
+    _, b2 = net(*args2)
+    assert not torch.allclose(torch.logit(r1) - torch.logit(base), torch.logit(r2) - torch.logit(b2))
+    assert sh3(dirs).shape == (M, 16)
+
+
+def test_fill_depth_reaches_gaps_next_to_covered_pixels_only():
+    from engine.methods.pointfield.scene import fill_depth
+
+    inf = float("inf")
+    d = torch.full((2, 5, 6), inf)
+    d[0, 1, 1], d[0, 1, 2] = 2.0, 3.0
+    one = fill_depth(d, 1)
+    assert one[0, 1, 1] == 2.0 and one[0, 1, 2] == 3.0            # covered pixels keep their depth
+    assert one[0, 0, 0] == 2.0 and one[0, 0, 3] == 3.0 and one[0, 2, 2] == 2.0   # the nearest of the 3x3
+    assert torch.isinf(one[0, 3, 1]) and torch.isinf(one[0, 1, 4]) and torch.isinf(one[1]).all()
+    two = fill_depth(d, 2)
+    assert two[0, 3, 1] == 2.0 and two[0, 1, 4] == 3.0 and torch.isinf(two[0, 4, 5])
+    assert torch.equal(fill_depth(d, 0), d)
+
+
 def test_stacked_view_sampling_matches_per_view_grid_sample():
     """Encoder.sample_views (one grid_sample over views stacked with a zero row between them) reads
     exactly what Encoder.sample reads in the chosen view, edges and outside points included."""
@@ -189,7 +246,7 @@ def test_train_step_reaches_every_parameter(model):
     loss.backward()
     assert math.isfinite(float(loss)) and stats["samples_per_ray"] > 1
     groups = {g["name"]: g["params"] for g in opt.param_groups}
-    for name in ("encoder", "kernel", "log_s", "point_feat_0", "point_conf_0"):
+    for name in ("encoder", "kernel", "log_s", "point_feat_0", "point_conf_0", "point_sh_0"):
         g = [p.grad for p in groups[name] if p.grad is not None]
         assert g and any(float(t.abs().sum()) > 0 for t in g), f"no gradient reaches {name}"
     opt.zero_grad()
@@ -211,9 +268,11 @@ def test_grow_and_prune_keep_optimizer_in_step(model):
     m.cfg.grow_from, m.cfg.grow_every = 1, 1
     res = m.post_step(opt, 0)
     assert res == {"grown": 3, "pruned": 5}
-    assert sc.num_points == n0 - 5 + 3 == sc.point_feat.shape[0] == sc.point_conf.shape[0]
-    st = opt.state[sc.point_feat]
-    assert st["exp_avg"].shape == sc.point_feat.shape
+    assert sc.num_points == n0 - 5 + 3 == sc.point_feat.shape[0] == sc.point_conf.shape[0] == sc.point_sh.shape[0]
+    for par in (sc.point_feat, sc.point_sh):
+        st = opt.state[par]
+        assert st["exp_avg"].shape == par.shape
+    assert {id(p) for g in opt.param_groups for p in g["params"]} >= {id(sc.point_feat), id(sc.point_sh)}
     assert torch.allclose(sc.points[-3:], p)
     assert bool((torch.sigmoid(sc.point_conf[-3:]) < 0.5 * 0.4 + 1e-3).all())   # 0.4 x the neighbours' (0.5)
     assert "+3 grown, -5 pruned" in m.progress_label()
@@ -322,15 +381,37 @@ def test_checkpoint_from_before_the_view_angle_option_renders_with_gpf_score(mod
     assert st["view_angle_power"] == 8.0                            # the default is recorded
     again = cls.from_state_dict(methods.make_config("pointfield", FAST), st)
     assert again.cfg.view_angle_power == 8.0
-    old = {k: v for k, v in st.items() if k != "view_angle_power"}  # a checkpoint of session 12
+    old = {k: v for k, v in st.items() if k not in ("view_angle_power", "depth_fill")}  # session 12's
     legacy = cls.from_state_dict(methods.make_config("pointfield", FAST), old)
-    assert legacy.cfg.view_angle_power == 0.0
+    assert legacy.cfg.view_angle_power == 0.0 and legacy.cfg.depth_fill == 0
     assert any("predates" in n for n in legacy.notes)
     asked = cls.from_state_dict(methods.make_config("pointfield", dict(FAST, view_angle_power=4)), old)
     assert asked.cfg.view_angle_power == 4.0                        # an option given explicitly wins
     a = m.render(ds.splits["test"].cameras, 0)["rgb"]
     b = legacy.render(ds.splits["test"].cameras, 0)["rgb"]
     assert not torch.equal(a, b)                                    # the score changes what is rendered
+
+
+def test_checkpoint_keeps_the_explicit_colour_and_reads_older_ones(model):
+    """point_sh travels in the state; a checkpoint without it loads with zeros (renders as trained); a
+    checkpoint of another SH degree keeps the bands both have."""
+    m, ds = model
+    cls = methods.get_method("pointfield")
+    sc = m.scenes[0]
+    with torch.no_grad():
+        sc.point_sh.copy_(torch.randn_like(sc.point_sh))
+    st = m.state_dict()
+    again = cls.from_state_dict(methods.make_config("pointfield", FAST), st)
+    assert torch.equal(again.scenes[0].point_sh, sc.point_sh)
+    cams = ds.splits["test"].cameras
+    assert torch.equal(again.render(cams, 0)["rgb"], m.render(cams, 0)["rgb"])
+    old = dict(st, scenes=[{k: v for k, v in s.items() if k != "point_sh"} for s in st["scenes"]])
+    legacy = cls.from_state_dict(methods.make_config("pointfield", FAST), old)
+    assert legacy.scenes[0].point_sh.shape == sc.point_sh.shape and not legacy.scenes[0].point_sh.any()
+    dc = cls.from_state_dict(methods.make_config("pointfield", dict(FAST, point_sh_degree=0)), st)
+    assert torch.equal(dc.scenes[0].point_sh, sc.point_sh.view(-1, 3, 4)[:, :, 0])
+    with torch.no_grad():
+        sc.point_sh.zero_()
 
 
 def test_checkpoint_of_another_method(tmp_path, model):
