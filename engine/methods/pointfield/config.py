@@ -25,16 +25,14 @@ class PointFieldConfig(MethodConfig):
     # ---- visibility-aware features (GPF) ---------------------------------------------------------
     source_views: int = option(10, "candidate source views per target view (the nearest cameras)", render=True)
     top_views: int = option(3, "views kept per point, by visibility score", render=True)
-    view_angle_power: float = option(8.0, "score each source view by visibility x ((1 + cos a) / 2)^P, a the angle "
-                                     "at the point between the target and the source camera (0 = visibility "
-                                     "only, GPF; 8 gained 0.4-0.5 dB on lego_100 in 5 minutes)", render=True)
+    view_angle_power: float = option(8.0, "score a source view by visibility x ((1 + cos a) / 2)^P, a = angle "
+                                     "between target and source camera at the point (0 = GPF)", render=True)
     vis_temperature: float = option(0.9, "softmax temperature of the view blending (weights softmax(score / T) x score)")
     encoder_max_side: int = option(200, "source images are encoded at most this many pixels on their long side")
     feature_dim: int = option(32, "per-point colour feature and geometry feature width (each)")
     splat_radius: float = option(1.0, "disk radius of a point in the depth maps, in point spacings")
-    depth_fill: int = option(1, "fill pixels of a target view's depth map that no point covers with the nearest "
-                             "depth of their 3x3 neighbourhood, this many times (0 = off: such rays are background)",
-                             render=True)
+    depth_fill: int = option(1, "fill depth-map gaps from the 3x3 neighbours, N times "
+                             "(0: background)", render=True)
     point_sh_degree: int = option(1, "per-point explicit colour: SH coefficients of this degree (-1 = none) "
                                   "blended by the attention weights and added to the kernel's colour logit")
     # ---- sampling and aggregation ----------------------------------------------------------------
@@ -42,8 +40,8 @@ class PointFieldConfig(MethodConfig):
     radius: float = option(4.0, "neighbour search radius, in point spacings (Point-NeRF: 4 voxels)")
     log_base: float = option(0.0, "log-sampling base (0 = auto: 1.16 for NeRF-synthetic / blender data, else 1.2)",
                              render=True)
-    log_steps: int = option(16, "log samples on each side of the point-cloud depth (plus the centre)", render=True)
-    log_unit: float = option(1.0, "offset of the first log sample, in point spacings (offsets unit * base^k)",
+    log_steps: int = option(16, "log samples each side of the point depth (+ centre)", render=True)
+    log_unit: float = option(1.0, "first log offset in point spacings (unit * base^k)",
                              render=True)
     hidden: int = option(32, "hidden width of the aggregation kernel and heads")
     sdf_shell: float = option(0.3, "SDF prior: distance to the nearest point minus this (in radii), the "
@@ -76,8 +74,8 @@ class PointFieldConfig(MethodConfig):
                          "scene its own points and images), e.g. --scenes ../data/A,../data/B")
     init_from: str = option("", "a pointfield run (folder or .pt) whose encoder and networks start this run "
                             "(fine-tuning on a new scene)")
-    scene_data: str = option("", "render-time: a dataset whose images and points replace the trained scene's "
-                             "(zero-shot rendering of an unseen scene)", render=True)
+    scene_data: str = option("", "a dataset whose images and points replace the "
+                             "trained scene's (zero-shot render)", render=True)
     # ---- rendering -----------------------------------------------------------------------------
     render_chunk: int = option(8192, "rays per chunk when rendering an image", render=True)
 

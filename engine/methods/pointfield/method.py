@@ -54,7 +54,8 @@ class PointFieldMethod(Method):
     batch_mode = "image"
     masked_eval = True
     export_formats = {"ply": "the points with their confidence, colour and features (image features blended "
-                             "over all source views + learned residual): x y z red green blue confidence f_0.."}
+                             "over all source views + learned residual) and explicit colour SH: x y z red green "
+                             "blue confidence f_0.. sh_0.."}
 
     def __init__(self, cfg: PointFieldConfig, nets: PointFieldNets, scenes: list[PointScene]):
         super().__init__(cfg)
@@ -353,10 +354,15 @@ class PointFieldMethod(Method):
                 "confidence": torch.sigmoid(sc.point_conf.detach()).numpy().astype(np.float32)}
         for i in range(f.shape[1]):
             vert[f"f_{i}"] = f[:, i]
+        sh = sc.point_sh.detach().numpy().astype(np.float32)
+        for i in range(sh.shape[1]):             # channel-major: red's B coefficients, then green's, blue's
+            vert[f"sh_{i}"] = sh[:, i]
         out.parent.mkdir(parents=True, exist_ok=True)
         return [write_ply(out, vert, comments=[f"kernelight pointfield scene {sc.name}",
                                                f"f_0..f_{self.cfg.feature_dim - 1} geometry, "
-                                               f"f_{self.cfg.feature_dim}.. colour features"])]
+                                               f"f_{self.cfg.feature_dim}.. colour features",
+                                               f"sh_0..: explicit colour logit SH (degree {self.cfg.point_sh_degree}; "
+                                               "red's coefficients, then green's, then blue's)"])]
 
     def default_export_path(self, format: str, run_dir: Path) -> Path:
         return Path(run_dir) / "export" / "points.ply"

@@ -13,11 +13,14 @@ Per target view (GPF):
    plus the point's learnable residual.
 3. **Samples** (:func:`log_samples`): ``t_c`` = the target's splatted depth at the ray's pixel
    (camera z converted to distance along the unit ray), samples ``t_c -+ unit * base^k`` for
-   ``k < log_steps`` and ``t_c``, clamped to the scene's near/far. Rays with no point in their pixel
-   get no samples (background).
+   ``k < log_steps`` and ``t_c``, clamped to the scene's near/far. A pixel no point covers takes the
+   nearest depth of its 3x3 neighbourhood (``depth_fill`` times, :func:`.scene.fill_depth`); rays
+   still without a depth get no samples (background).
 4. **Aggregation**: K nearest points within the radius of every sample (:mod:`shaders.knn`);
    samples without any neighbour are empty (SDF = 1 radius, no network call). The attention kernel
-   (:class:`.model.Aggregator`) gives SDF and colour per sample.
+   (:class:`.model.Aggregator`) gives SDF and colour per sample. The neighbours' explicit colour
+   (``point_sh``, SH of degree ``point_sh_degree``) is blended with weights ``c exp(-(d / sigma)^2)``
+   (normalised; ``sigma = point_sh_sigma`` spacings) and added to the colour logit.
 5. **Opacity** NeuS-style between consecutive samples: ``alpha_i = clamp((Phi(f_i) - Phi(f_i+1)) /
    Phi(f_i), 0, 1)`` with ``Phi(f) = sigmoid(s f)`` and a learned ``s``; the interval's colour is
    the mean of its ends' colours (the non-empty one if one end is empty); composited front to back

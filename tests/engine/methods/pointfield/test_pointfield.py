@@ -304,7 +304,7 @@ def test_train_resume_export_load_render(sphere, tmp_path, capsys):
     assert float(r["alpha"].max()) > 0.5 and float(r["alpha"][0, 0]) < 0.5   # the sphere, not the corner
     assert main(["export", str(run), "--format", "ply", "--out", str(tmp_path / "pts.ply")]) == 0
     props = read_vertex_properties(tmp_path / "pts.ply")
-    assert {"x", "red", "confidence", "f_0", f"f_{2 * FAST['feature_dim'] - 1}"} <= set(props)
+    assert {"x", "red", "confidence", "f_0", f"f_{2 * FAST['feature_dim'] - 1}", "sh_0", "sh_11"} <= set(props)
     assert len(props["x"]) == m.num_primitives and np.isfinite(props["f_0"]).all()
     # zero-shot on a scene given at render time, and fine-tuning from the run
     m2 = engine.load(run, scene_data=str(sphere))
