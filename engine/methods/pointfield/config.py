@@ -33,8 +33,8 @@ class PointFieldConfig(MethodConfig):
     splat_radius: float = option(1.0, "disk radius of a point in the depth maps, in point spacings")
     depth_fill: int = option(1, "fill depth-map gaps from the 3x3 neighbours, N times "
                              "(0: background)", render=True)
-    point_sh_degree: int = option(1, "per-point explicit colour: SH coefficients of this degree (-1 = none) "
-                                  "blended by the attention weights and added to the kernel's colour logit")
+    point_sh_degree: int = option(1, "per-point explicit colour: SH coefficients of this degree (-1 = none), "
+                                  "blended over the neighbours (point_sh_sigma) and added to the colour logit")
     # ---- sampling and aggregation ----------------------------------------------------------------
     k_neighbors: int = option(8, "K nearest points aggregated at each sample")
     radius: float = option(4.0, "neighbour search radius, in point spacings (Point-NeRF: 4 voxels)")
