@@ -22,14 +22,14 @@ sys.path.insert(0, str(REPO))
 
 
 def gaussian_blur(img, sigma: float):
-    """``img (C, H, W)`` blurred by a separable Gaussian of ``sigma`` pixels (replicated edges)."""
-    import torch
+    """``img (C, H, W)`` blurred by a separable Gaussian of ``sigma`` pixels (replicated edges); the
+    kernel is :func:`engine.train.metrics._gauss_1d`, SSIM's window, at radius ``ceil(3 sigma)``."""
     import torch.nn.functional as Fn
 
+    from engine.train.metrics import _gauss_1d
+
     r = max(1, int(math.ceil(3 * sigma)))
-    x = torch.arange(-r, r + 1, dtype=img.dtype)
-    k = torch.exp(-x ** 2 / (2 * sigma * sigma))
-    k = k / k.sum()
+    k = _gauss_1d(2 * r + 1, float(sigma), img.dtype)
     g = img[:, None]
     g = Fn.conv2d(Fn.pad(g, (r, r, 0, 0), mode="replicate"), k.view(1, 1, 1, -1))
     g = Fn.conv2d(Fn.pad(g, (0, 0, r, r), mode="replicate"), k.view(1, 1, -1, 1))
@@ -43,10 +43,15 @@ def main(argv=None) -> int:
     ap.add_argument("--views", type=int, default=0, help="evenly spaced test views (0 = all)")
     ap.add_argument("--out", default=None, help="JSON")
     a = ap.parse_args(argv)
+    bad = [s for s in a.sigmas if not s > 0]
+    if bad:
+        print(f"error: --sigmas must be > 0, got {bad[0]}", file=sys.stderr)
+        return 2
     import torch
 
     import engine
     from engine.errors import KernelightError
+    from engine.train.metrics import psnr
 
     try:
         ds = engine.load_dataset(a.data)
@@ -58,14 +63,10 @@ def main(argv=None) -> int:
     idx = list(range(n)) if a.views <= 0 or a.views >= n else torch.linspace(0, n - 1, a.views).round().long().tolist()
     res = {}
     for s in a.sigmas:
-        if not s > 0:
-            print(f"error: --sigmas must be > 0, got {s}", file=sys.stderr)
-            return 2
         ps = []
         for i in idx:
             gt = split.images[i][..., :3].permute(2, 0, 1).float()
-            mse = float(((gaussian_blur(gt, s) - gt) ** 2).mean())
-            ps.append(-10 * math.log10(max(mse, 1e-12)))
+            ps.append(float(psnr(gaussian_blur(gt, s).permute(1, 2, 0), gt.permute(1, 2, 0))))
         res[str(s)] = sum(ps) / len(ps)
         print(f"sigma {s:g} px: {res[str(s)]:.2f} dB ({len(idx)} views)")
     if a.out:

@@ -38,3 +38,6 @@ def test_bad_input_is_one_line(tmp_path, capsys):
     assert blur_reference.main(["--data", str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "missing" in err and err.count("\n") == 1
+    assert blur_reference.main(["--data", str(tmp_path / "missing"), "--sigmas", "0.5", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "--sigmas" in err and err.count("\n") == 1
