@@ -13,6 +13,8 @@ def register(sub) -> None:
             "blue). Sources: 'dataset' = the points the capture came with (COLMAP points3D, points3d.ply, "
             "nerfstudio ply_file_path, or a points3D.ply / sparse_pc.ply beside the data); 'carve' = the "
             "surface of the visual hull carved from the training masks/alpha in the dataset's scene box; "
+            "'mvs' = that hull moved onto the photo-consistent surface behind it by a plane sweep over the "
+            "training images (concavities the silhouettes cannot see; pixels without texture keep the hull); "
             "'run' = the depth a trained run renders for its training views, back-projected where alpha > "
             "--alpha-threshold, fused, voxel-downsampled and cleaned of statistical outliers (open3d). "
             "'auto' (default): the dataset's points if it has any, else carving, else (for a RUN) its depth. "
@@ -20,7 +22,7 @@ def register(sub) -> None:
     )
     p.add_argument("path", metavar="RUN|DATASET", help="run folder (or checkpoint .pt), dataset folder or scene .toml")
     p.add_argument("--out", required=True, metavar="POINTS.ply", help="output PLY")
-    p.add_argument("--from", dest="source", default="auto", choices=["auto", "run", "dataset", "carve"],
+    p.add_argument("--from", dest="source", default="auto", choices=["auto", "run", "dataset", "carve", "mvs"],
                    help="point source (default auto)")
     p.add_argument("--data", default=None, metavar="DATASET",
                    help="dataset for a run (default: the one in the run's config.toml)")
@@ -30,7 +32,7 @@ def register(sub) -> None:
     p.add_argument("--max-points", type=int, default=None, metavar="N", help="keep at most N points (seeded random subset)")
     p.add_argument("--seed", type=int, default=0, help="seed of the --max-points subset (default 0)")
     p.add_argument("--carve-resolution", type=int, default=128, metavar="N",
-                   help="carving voxels along the scene box's longest side (default 128)")
+                   help="carving (and mvs) voxels along the scene box's longest side (default 128)")
     p.add_argument("--alpha-threshold", type=float, default=0.5, metavar="A",
                    help="run: back-project pixels with alpha above A (default 0.5)")
     p.add_argument("--views", type=int, default=None, metavar="N",
@@ -100,12 +102,12 @@ def run(args: argparse.Namespace) -> int:
     cams = ds.train.cameras if method is not None else None
 
     def progress(i, n):
-        console.print(f"rendered view {i}/{n}", end="\r")
+        console.print(f"{'swept' if args.source == 'mvs' else 'rendered'} view {i}/{n}", end="\r")
 
     pc = points_from(args.source, dataset=ds, method=method, cameras=cams, run_label=str(path),
                      voxel=args.voxel, max_points=args.max_points, seed=args.seed,
                      carve_resolution=args.carve_resolution, alpha_threshold=args.alpha_threshold,
-                     views=args.views, progress=progress if method is not None else None)
+                     views=args.views, progress=progress if (method is not None or args.source == "mvs") else None)
     write_points_ply(args.out, pc)
     lo, hi = pc.points.min(0), pc.points.max(0)
     print(f"source: {pc.source} ({pc.detail})")

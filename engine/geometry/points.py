@@ -7,6 +7,8 @@
   (``method.render(cameras, i)``: ``depth`` is the expected depth along the unit ray, normalised by
   ``alpha``), pixels with ``alpha > alpha_threshold`` are back-projected to ``o + depth * d``, and
   the union is voxel-downsampled and cleaned of statistical outliers with open3d.
+* :func:`engine.geometry.mvs.mvs_points` (source ``mvs``) -- the carved hull moved behind, onto
+  the photo-consistent surface, by a plane sweep (see that module).
 * :func:`carved_points` -- carving from masks / alpha: a voxel grid over the dataset's scene box
   keeps a voxel when, in every training view where its centre projects inside the image, the pixel
   is covered (alpha or mask >= ``coverage_threshold``), and at least ``min_views`` views see it
@@ -38,7 +40,7 @@ __all__ = ["PointCloud", "NoPoints", "PLY_NAMES", "dataset_points", "depth_point
 #: Point files looked for beside a dataset that brought no points (first found wins).
 PLY_NAMES = ("points3D.ply", "points3d.ply", "sparse_pc.ply", "sparse/0/points3D.ply", "points.ply")
 #: Names accepted by :func:`points_from`.
-SOURCES = ("auto", "dataset", "run", "carve")
+SOURCES = ("auto", "dataset", "run", "carve", "mvs")
 
 
 class NoPoints(KernelightError):
@@ -273,7 +275,10 @@ def points_from(source: str = "auto", *, dataset=None, method=None, cameras=None
                 voxel: float | None = None, max_points: int | None = None, seed: int = 0,
                 carve_resolution: int = 128, alpha_threshold: float = 0.5, views: int | None = None,
                 progress=None) -> PointCloud:
-    """Points from ``source`` (``auto`` | ``dataset`` | ``run`` | ``carve``).
+    """Points from ``source`` (``auto`` | ``dataset`` | ``run`` | ``carve`` | ``mvs``).
+
+    ``mvs``: the carved hull moved onto the photo-consistent surface behind it by a plane sweep
+    (:func:`engine.geometry.mvs.mvs_points`; needs masks/alpha like carving).
 
     ``auto``: the dataset's points if it has any, else carving, else (when a run is given) its
     depth. ``method`` is a Method or a zero-argument callable returning one (loaded only when
@@ -297,6 +302,12 @@ def points_from(source: str = "auto", *, dataset=None, method=None, cameras=None
                 if dataset is None:
                     raise NoPoints("no dataset to read points from")
                 pc = dataset_points(dataset)
+            elif s == "mvs":
+                if dataset is None:
+                    raise NoPoints("no dataset to sweep")
+                from .mvs import mvs_points
+
+                pc = mvs_points(dataset, resolution=carve_resolution, progress=progress)
             else:
                 if dataset is None:
                     raise NoPoints("no dataset to carve from")

@@ -17,7 +17,8 @@ from ..base import MethodConfig, option
 class PointFieldConfig(MethodConfig):
     # ---- points --------------------------------------------------------------------------------
     points: str = option("auto", "where the points come from: auto (the dataset's points, else carving from "
-                         "masks/alpha), dataset, carve, or a .ply path (e.g. from 'kernelight points RUN')")
+                         "masks/alpha), dataset, carve, mvs (the carved hull moved onto the photo-consistent "
+                         "surface by a plane sweep), or a .ply path (e.g. from 'kernelight points RUN')")
     carve_resolution: int = option(192, "voxels along the scene box's longest side when carving (the point "
                                    "spacing, and with it the kernel's scale: 192 beat 128, 224 and 256 on lego_100)")
     hull_filter: bool = option(True, "drop dataset points outside the visual hull when the images have alpha/masks "

@@ -262,10 +262,10 @@ def scene_points(ds, cfg, notes: list[str]):
 
     src = cfg.points
     try:
-        if src not in ("auto", "dataset", "carve"):
+        if src not in ("auto", "dataset", "carve", "mvs"):
             f = Path(src)
             if not f.is_file():
-                raise ConfigError(f"option points: {src} is neither auto/dataset/carve nor a .ply file")
+                raise ConfigError(f"option points: {src} is neither auto/dataset/carve/mvs nor a .ply file")
             pc = read_points(f)
         else:
             pc = points_from(src, dataset=ds, carve_resolution=int(cfg.carve_resolution), seed=cfg.seed)
