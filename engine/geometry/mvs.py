@@ -81,8 +81,8 @@ def _nearest(cams, i: int, n: int) -> torch.Tensor:
 
 @torch.no_grad()
 def sweep_view(i: int, imgs: torch.Tensor, cams, t_hull: torch.Tensor, fg: torch.Tensor, offsets: torch.Tensor,
-               sources: int = 4, best: int = 2, window: int = 5, min_gain: float = 0.1, unique: float = 0.25,
-               exclude: int = 8, min_contrast: float = 1e-4):
+               sources: int = 4, best: int = 2, window: int = 5, min_gain: float = 0.1, unique: float = 0.1,
+               exclude: int = 16, min_contrast: float = 1e-4, interior_only: bool = True):
     """Plane-sweep depth of view ``i`` (module docstring, steps 2-3).
 
     ``imgs (V, 3, H, W)``, ``t_hull (H, W)`` its hull depth, ``fg (H, W)`` its covered pixels,
@@ -135,7 +135,7 @@ def sweep_view(i: int, imgs: torch.Tensor, cams, t_hull: torch.Tensor, fg: torch
     c2 = torch.where(far, C, torch.full_like(C, float("inf"))).min(0).values
     # pixels whose window reaches past the silhouette stay on the hull: it is exact there, and an edge
     # with nothing but flat colour inside matches best where the sources' samples stay off the edge
-    interior = vden > 0.99
+    interior = vden > 0.99 if interior_only else torch.ones_like(valid)
     moved = (valid & interior & (cmin < (1 - float(min_gain)) * med) & (cmin < big) & (med - cmin > min_contrast)
              & (c2 - cmin > float(unique) * (med - cmin)))
     depth = torch.where(moved, th + offsets[kbest], t_hull)
@@ -146,7 +146,7 @@ def sweep_view(i: int, imgs: torch.Tensor, cams, t_hull: torch.Tensor, fg: torch
 def mvs_points(ds, *, resolution: int = 192, max_side: int = 200, sources: int = 4, best: int = 2,
                behind: float = 24.0, step: float = 0.5, window: int = 5, min_gain: float = 0.1,
                check_views: int = 8, min_consistent: int = 2, max_violations: int = 1, tol: float = 1.5,
-               progress=None) -> PointCloud:
+               unique: float = 0.1, interior_only: bool = True, progress=None) -> PointCloud:
     """Hull points moved onto the photo-consistent surface (module docstring).
 
     ``resolution``: voxels of the hull along the scene box's longest side (also the fusion voxel);
@@ -179,7 +179,8 @@ def mvs_points(ds, *, resolution: int = 192, max_side: int = 200, sources: int =
     depth = torch.empty_like(T)
     moved_n = evals = 0
     for i in range(V):
-        depth[i], moved, n = sweep_view(i, imgs, cams, T[i], fg[i], offsets, sources, best, window, min_gain)
+        depth[i], moved, n = sweep_view(i, imgs, cams, T[i], fg[i], offsets, sources, best, window, min_gain,
+                                        unique=unique, interior_only=interior_only)
         moved_n += int(moved.sum())
         evals += n
         if progress is not None:

@@ -123,10 +123,13 @@ def test_sweep_view_moves_only_where_it_matches(textured):
 def test_textureless_plate_keeps_the_hull():
     """Nothing to match: a one-colour object's visual hull is photo-consistent (every hull point
     projects inside every mask, onto the same colour), so the sweep must keep the hull (within the
-    two voxels of slack in front), far above the plate."""
+    two voxels of slack in front), far above the plate. The uniqueness test looks 8 voxels either
+    side of the best depth, so a pixel whose equally good depths span less than that (close to the
+    plate's edge, where the hull meets it) can still move: 6 % of them here (it was 1 % with a 4-voxel
+    window and a stricter ratio, which cost DTU scan24 about 0.8 dB, README)."""
     depth, moved, valid, hull, truth, vox, n, K = _sweep_first_view(_plate_dataset(False))
     near_hull = ((depth - hull).abs() <= 2 * vox + 1e-6)[valid]
-    assert near_hull.float().mean() > 0.97
+    assert near_hull.float().mean() > 0.9
     assert ((hull - truth).abs()[valid] > 2 * vox).float().mean() > 0.5
 
 
