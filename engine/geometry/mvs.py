@@ -31,8 +31,9 @@ the edge's direction (the aperture problem) and can move to a wrong depth; the c
 removes part of these. On lego_100 the swept points trained a worse point field than the hull
 (24.77 against 25.97 dB at 5 minutes); on DTU scan24 a better one (README, Point field).
 
-Pure torch (``grid_sample``) apart from the splat; every cost the sweep evaluates is counted in
-``stats["cost_evaluations"]`` (hypotheses x sources x pixels).
+Pure torch (``grid_sample``) apart from the splat. Each view is swept over the box around its
+covered pixels; every cost computed there is counted in ``stats["cost_evaluations"]`` (hypotheses
+x sources x pixels of the box).
 """
 from __future__ import annotations
 
@@ -88,19 +89,29 @@ def sweep_view(i: int, imgs: torch.Tensor, cams, t_hull: torch.Tensor, fg: torch
     ``imgs (V, 3, H, W)``, ``t_hull (H, W)`` its hull depth, ``fg (H, W)`` its covered pixels,
     ``offsets (K,)`` world offsets behind the hull; ``unique``, ``exclude``: the best depth must beat
     every depth more than ``exclude`` hypotheses away by ``unique`` x (median - best), and median -
-    best must exceed ``min_contrast`` (squared RGB; 1e-4 is a 1 % difference, above 8-bit noise). Returns ``(depth (H, W), moved (H, W) bool,
-    evaluations)``; pixels without a finite hull depth keep ``inf``.
+    best must exceed ``min_contrast`` (squared RGB; 1e-4 is a 1 % difference, above 8-bit noise).
+    Returns ``(depth (H, W), moved (H, W) bool, evaluations)``: pixels without a finite hull depth keep
+    ``inf``; ``evaluations`` counts every (hypothesis, source, pixel) cost computed, over the box of
+    the covered pixels plus half a window, uncovered pixels in it included.
     """
-    H, W = t_hull.shape
-    valid = fg & torch.isfinite(t_hull)
-    if not bool(valid.any()):
-        return t_hull.clone(), torch.zeros_like(valid), 0
+    Hf, Wf = t_hull.shape
+    H, W = Hf, Wf
+    valid_full = fg & torch.isfinite(t_hull)
+    if not bool(valid_full.any()):
+        return t_hull.clone(), torch.zeros_like(valid_full), 0
+    # only the box around the covered pixels (plus half a window) is swept
+    ys, xs = valid_full.any(1).nonzero()[:, 0], valid_full.any(0).nonzero()[:, 0]
+    r = int(window) // 2
+    y0, y1 = max(int(ys[0]) - r, 0), min(int(ys[-1]) + r + 1, Hf)
+    x0, x1 = max(int(xs[0]) - r, 0), min(int(xs[-1]) + r + 1, Wf)
+    valid = valid_full[y0:y1, x0:x1]
+    Hc, Wc = valid.shape
     o, d = cams.generate_rays(i)
-    o, d = o.float(), d.float()
+    o, d = o.float()[y0:y1, x0:x1], d.float()[y0:y1, x0:x1]
     src = _nearest(cams, i, sources)
     S = len(src)
-    th = torch.where(valid, t_hull, torch.zeros_like(t_hull))
-    ref = imgs[i]
+    th = torch.where(valid, t_hull[y0:y1, x0:x1], torch.zeros(()))
+    ref = imgs[i][:, y0:y1, x0:x1]
     costs = []
     big = torch.tensor(1e3)
 
@@ -116,11 +127,11 @@ def sweep_view(i: int, imgs: torch.Tensor, cams, t_hull: torch.Tensor, fg: torch
             uv, z = cams.project(X, j)
             g = torch.stack([uv[:, 0] / W * 2 - 1, uv[:, 1] / H * 2 - 1], -1).float()
             ok = (z > 0) & (g.abs() <= 1).all(-1) & torch.isfinite(g).all(-1)
-            g = torch.where(ok[:, None], g, torch.full_like(g, -2.0)).reshape(1, H, W, 2)
+            g = torch.where(ok[:, None], g, torch.full_like(g, -2.0)).reshape(1, Hc, Wc, 2)
             col = Fn.grid_sample(imgs[j:j + 1], g, mode="bilinear", padding_mode="border", align_corners=False)[0]
             e = torch.where(valid, ((col - ref) ** 2).mean(0), torch.zeros(()))
             e = pool(e) / vden
-            okw = pool((ok.reshape(H, W) & valid).float()) / vden > 0.99
+            okw = pool((ok.reshape(Hc, Wc) & valid).float()) / vden > 0.99
             per.append(torch.where(okw, e, big))
         per = torch.stack(per, 0)
         k = min(int(best), S)
@@ -138,8 +149,11 @@ def sweep_view(i: int, imgs: torch.Tensor, cams, t_hull: torch.Tensor, fg: torch
     interior = vden > 0.99 if interior_only else torch.ones_like(valid)
     moved = (valid & interior & (cmin < (1 - float(min_gain)) * med) & (cmin < big) & (med - cmin > min_contrast)
              & (c2 - cmin > float(unique) * (med - cmin)))
-    depth = torch.where(moved, th + offsets[kbest], t_hull)
-    return depth, moved, int(len(offsets) * S * int(valid.sum()))
+    depth = t_hull.clone()
+    depth[y0:y1, x0:x1] = torch.where(moved, th + offsets[kbest], t_hull[y0:y1, x0:x1])
+    moved_full = torch.zeros_like(valid_full)
+    moved_full[y0:y1, x0:x1] = moved
+    return depth, moved_full, int(len(offsets) * S * Hc * Wc)
 
 
 @torch.no_grad()
