@@ -7,7 +7,7 @@ surface. This module moves each view's hull depth onto the photo-consistent surf
 
 1. **Hull depth.** The hull's surface points are splatted into every training view (one voxel
    disks, :func:`shaders.point_depth.splat_depth`); one-pixel gaps are filled by the nearest depth
-   of the 3x3 neighbourhood. Distances are along unit rays.
+   of the 3x3 neighbourhood (:func:`engine.geometry.points.fill_depth`, as the point field does). Distances are along unit rays.
 2. **Sweep.** For each pixel with a hull depth ``t_h`` the hypotheses are ``t_h + k * step * voxel``
    for ``k`` from ``-2 / step`` to ``behind / step`` (the surface can only lie behind the hull, two
    voxels of slack in front). Each hypothesis is projected into the ``sources`` nearest training
@@ -18,12 +18,15 @@ surface. This module moves each view's hull depth onto the photo-consistent surf
    does not count against it).
 3. **Winner takes all, when it wins clearly.** The lowest-cost hypothesis replaces ``t_h`` when its
    cost is below ``(1 - min_gain)`` times the median cost over the hypotheses and the minimum is
-   unique: every hypothesis more than four voxels from it costs at least ``unique`` x (median -
-   minimum) more, and the median exceeds the minimum by a squared RGB difference of 1e-4. Flat (textureless) pixels, which match equally well at many depths, keep the hull
-   depth.
+   unique: every hypothesis more than eight voxels from it costs at least ``unique`` x (median -
+   minimum) more; the median must exceed the minimum by a squared RGB difference of 1e-4; and the
+   pixel's window must lie inside the mask. Flat (textureless) pixels, which match equally well at
+   many depths, keep the hull depth.
 4. **Consistency and fusion.** Every view's depth map is back-projected (pixels the masks cover),
    and a point is kept when at least ``min_consistent`` of the ``check_views`` nearest other views
-   see a depth within ``tol`` voxels of its distance at its pixel; the union is voxel-downsampled
+   see a depth within ``tol`` voxels of its distance at its pixel and at most ``max_violations``
+   of them saw a surface more than ``tol`` voxels behind it (their view passed through the point);
+   the union is voxel-downsampled
    (open3d) at the hull's voxel size. Colours are the reference pixels'.
 
 Known weakness: a pixel whose window holds one straight edge and nothing else matches all along
@@ -42,20 +45,15 @@ import numpy as np
 import torch
 import torch.nn.functional as Fn
 
-from .points import NoPoints, PointCloud, carved_points
+from .points import NoPoints, PointCloud, carved_points, fill_depth
 
 __all__ = ["mvs_points", "hull_depth", "sweep_view"]
 
 
-def _min_fill(D: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
-    """Fill ``inf`` pixels of ``D (V, H, W)`` that ``where`` marks with their 3x3 neighbourhood's minimum."""
-    m = -Fn.max_pool2d(-D[:, None], 3, stride=1, padding=1)[:, 0]
-    return torch.where(torch.isinf(D) & where, m, D)
-
-
 @torch.no_grad()
-def hull_depth(points: torch.Tensor, cams, voxel: float, fg: torch.Tensor) -> torch.Tensor:
-    """Distance along each pixel's unit ray ``(V, H, W)`` to the splatted ``points`` (inf where none)."""
+def hull_depth(points: torch.Tensor, cams, voxel: float) -> torch.Tensor:
+    """Distance along each pixel's unit ray ``(V, H, W)`` to the splatted ``points``, one-pixel gaps
+    filled (:func:`engine.geometry.points.fill_depth`; inf where none)."""
     from shaders.point_depth import splat_depth
 
     H, W = int(cams.height[0]), int(cams.width[0])
@@ -65,7 +63,7 @@ def hull_depth(points: torch.Tensor, cams, voxel: float, fg: torch.Tensor) -> to
         uv, z = c.project(points)
         rad = voxel * c.fx[:, None].float() / z.clamp_min(1e-12)
         out.append(splat_depth(uv, z, rad, H, W))
-    Z = _min_fill(torch.cat(out, 0), fg)
+    Z = fill_depth(torch.cat(out, 0), 1)
     T = torch.empty_like(Z)
     for i in range(len(cams)):
         _, d = cams.generate_rays(i)
@@ -188,7 +186,7 @@ def mvs_points(ds, *, resolution: int = 192, max_side: int = 200, sources: int =
         cov = Fn.interpolate(cov.float().cpu()[:, None], size=(h, w), mode="area")[:, 0]
     fg = cov.float().cpu() >= 0.5
     pts = torch.as_tensor(hull.points, dtype=torch.float32)
-    T = hull_depth(pts, cams, vox, fg)
+    T = hull_depth(pts, cams, vox)
     offsets = torch.arange(-2.0, float(behind) + 1e-6, float(step)) * vox
     V = len(cams)
     depth = torch.empty_like(T)

@@ -31,11 +31,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as Fn
 
 from ..errors import KernelightError
 
 __all__ = ["PointCloud", "NoPoints", "PLY_NAMES", "dataset_points", "depth_points", "carved_points",
-           "points_from", "write_points_ply", "read_points", "cap_points", "SOURCES"]
+           "points_from", "write_points_ply", "read_points", "cap_points", "fill_depth", "SOURCES"]
 
 #: Point files looked for beside a dataset that brought no points (first found wins).
 PLY_NAMES = ("points3D.ply", "points3d.ply", "sparse_pc.ply", "sparse/0/points3D.ply", "points.ply")
@@ -332,6 +333,21 @@ def _downsample(pc: PointCloud, voxel: float) -> PointCloud:
     cols = np.asarray(o.colors, np.float32) if pc.colors is not None else None
     return PointCloud(np.asarray(o.points, np.float32), cols, pc.source, pc.detail + f", voxel {voxel:g}",
                       dict(pc.stats, before_voxel=len(pc)))
+
+
+# ------------------------------------------------------------------------------------ depth maps
+def fill_depth(depth: torch.Tensor, times: int) -> torch.Tensor:
+    """Depth maps ``(V, H, W)`` of splatted points with every ``inf`` pixel next to a covered one set
+    to the nearest (smallest) depth of its 3x3 neighbourhood, ``times`` times over: a ray through a
+    gap of the splatted disks, or just past the cloud's silhouette, still gets a depth (the point
+    field's samples, the plane sweep's hull depth) instead of none."""
+    d = depth
+    for _ in range(int(times)):
+        big = torch.where(torch.isfinite(d), d, torch.full_like(d, 1e30))
+        nb = -Fn.max_pool2d(-big[:, None], 3, stride=1, padding=1)[:, 0]
+        d = torch.where(torch.isfinite(d), d, torch.where(nb < 1e29, nb, d))
+    return d
+
 
 
 # ------------------------------------------------------------------------------------ files

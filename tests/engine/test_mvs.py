@@ -102,7 +102,7 @@ def _sweep_first_view(ds, resolution=48):
     vox = hull.stats["voxel"]
     sp = ds.train
     fg = sp.alpha >= 0.5
-    T = hull_depth(torch.as_tensor(hull.points), sp.cameras, vox, fg)
+    T = hull_depth(torch.as_tensor(hull.points), sp.cameras, vox)
     imgs = sp.images.permute(0, 3, 1, 2)
     offsets = torch.arange(-2.0, 24.0 + 1e-6, 0.5) * vox
     depth, moved, n = sweep_view(0, imgs, sp.cameras, T[0], fg[0], offsets)

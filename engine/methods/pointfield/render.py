@@ -14,7 +14,7 @@ Per target view (GPF):
 3. **Samples** (:func:`log_samples`): ``t_c`` = the target's splatted depth at the ray's pixel
    (camera z converted to distance along the unit ray), samples ``t_c -+ unit * base^k`` for
    ``k < log_steps`` and ``t_c``, clamped to the scene's near/far. A pixel no point covers takes the
-   nearest depth of its 3x3 neighbourhood (``depth_fill`` times, :func:`.scene.fill_depth`); rays
+   nearest depth of its 3x3 neighbourhood (``depth_fill`` times, :func:`engine.geometry.points.fill_depth`); rays
    still without a depth get no samples (background).
 4. **Aggregation**: K nearest points within the radius of every sample (:mod:`shaders.knn`);
    samples without any neighbour are empty (SDF = 1 radius, no network call). The attention kernel

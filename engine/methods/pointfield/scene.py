@@ -22,6 +22,7 @@ from torch import nn
 
 from ...cameras import Cameras
 from ...errors import ConfigError, KernelightError
+from ...geometry.points import fill_depth  # noqa: F401  (re-exported: the method and tests use it from here)
 
 CAM_FIELDS = ("fx", "fy", "cx", "cy", "width", "height", "c2w")
 
@@ -216,19 +217,6 @@ class PointScene(nn.Module):
                 s.point_sh.view(-1, 3, b_new)[:, :, :b].copy_(sh.reshape(-1, 3, b_old)[:, :, :b])
         s.grown_total, s.pruned_total = int(st.get("grown_total", 0)), int(st.get("pruned_total", 0))
         return s
-
-
-def fill_depth(depth: torch.Tensor, times: int) -> torch.Tensor:
-    """Depth maps ``(V, H, W)`` with every ``inf`` pixel next to a covered one set to the nearest
-    (smallest) depth of its 3x3 neighbourhood, ``times`` times over: a ray through a gap of the
-    splatted disks, or just past the cloud's silhouette, still gets samples (the field decides
-    whether anything is there) instead of plain background."""
-    d = depth
-    for _ in range(int(times)):
-        big = torch.where(torch.isfinite(d), d, torch.full_like(d, 1e30))
-        nb = -Fn.max_pool2d(-big[:, None], 3, stride=1, padding=1)[:, 0]
-        d = torch.where(torch.isfinite(d), d, torch.where(nb < 1e29, nb, d))
-    return d
 
 
 # ------------------------------------------------------------------------------------ creation
