@@ -45,7 +45,7 @@ import numpy as np
 import torch
 import torch.nn.functional as Fn
 
-from .points import NoPoints, PointCloud, carved_points, fill_depth
+from .points import NoPoints, PointCloud, carved_points, fill_depth, surface_voxels
 
 __all__ = ["mvs_points", "hull_depth", "sweep_view"]
 
@@ -159,20 +159,37 @@ def sweep_view(i: int, imgs: torch.Tensor, cams, t_hull: torch.Tensor, fg: torch
 def mvs_points(ds, *, resolution: int = 192, max_side: int = 200, sources: int = 4, best: int = 2,
                behind: float = 24.0, step: float = 0.5, window: int = 5, min_gain: float = 0.1,
                check_views: int = 8, min_consistent: int = 2, max_violations: int = 1, tol: float = 1.5,
-               unique: float = 0.1, interior_only: bool = True, progress=None) -> PointCloud:
+               unique: float = 0.1, interior_only: bool = True, fusion: str = "carve", carve_views: int = 2,
+               progress=None) -> PointCloud:
     """Hull points moved onto the photo-consistent surface (module docstring).
 
     ``resolution``: voxels of the hull along the scene box's longest side (also the fusion voxel);
     ``max_side``: images are swept at most this many pixels on their long side; ``behind``: how
     many voxels behind the hull the sweep looks; ``step``: hypothesis spacing in voxels.
-    ``progress``: optional callable ``(done, total)`` over the views.
+    ``fusion``: ``"carve"`` (default) removes from the hull's volume every voxel that at least
+    ``carve_views`` views saw through (a moved pixel's depth more than ``tol`` voxels behind it) and
+    returns the surface voxels of what is left; ``"points"`` back-projects and fuses the depth maps
+    (step 4 of the module docstring). ``progress``: optional callable ``(done, total)`` over the views.
     """
     import open3d as o3d
 
+    if fusion not in ("carve", "points"):
+        raise ValueError(f"fusion must be 'carve' or 'points', got {fusion!r}")
+
     from ..train.init_points import split_coverage
 
-    hull = carved_points(ds, resolution=resolution)
-    vox = float(hull.stats["voxel"])
+    vol = carved_points(ds, resolution=resolution, surface_only=False)
+    vox = float(vol.stats["voxel"])
+    dims = [int(x) for x in vol.stats["dims"]]
+    box = ds.scene_box.double().reshape(2, 3)
+    cell = (box[1] - box[0]).clamp_min(1e-12) / torch.tensor(dims, dtype=torch.float64)
+    ijk = ((torch.as_tensor(vol.points, dtype=torch.float64) - box[0]) / cell).floor().long()
+    for k in range(3):
+        ijk[:, k].clamp_(0, dims[k] - 1)
+    occ = torch.zeros(dims, dtype=torch.bool)
+    occ[ijk[:, 0], ijk[:, 1], ijk[:, 2]] = True
+    on_hull = surface_voxels(occ)[ijk[:, 0], ijk[:, 1], ijk[:, 2]]
+    hull_pts = torch.as_tensor(vol.points[on_hull.numpy()], dtype=torch.float32)
     sp = ds.train
     cams = sp.cameras.to("cpu")
     imgs = sp.images[..., :3].detach().cpu().float().permute(0, 3, 1, 2).clamp(0, 1)
@@ -185,20 +202,25 @@ def mvs_points(ds, *, resolution: int = 192, max_side: int = 200, sources: int =
         cams = cams.resized(w, h)
         cov = Fn.interpolate(cov.float().cpu()[:, None], size=(h, w), mode="area")[:, 0]
     fg = cov.float().cpu() >= 0.5
-    pts = torch.as_tensor(hull.points, dtype=torch.float32)
-    T = hull_depth(pts, cams, vox)
+    T = hull_depth(hull_pts, cams, vox)
     offsets = torch.arange(-2.0, float(behind) + 1e-6, float(step)) * vox
     V = len(cams)
     depth = torch.empty_like(T)
+    moved_all = torch.zeros(T.shape, dtype=torch.bool)
     moved_n = evals = 0
     for i in range(V):
-        depth[i], moved, n = sweep_view(i, imgs, cams, T[i], fg[i], offsets, sources, best, window, min_gain,
+        depth[i], moved_all[i], n = sweep_view(i, imgs, cams, T[i], fg[i], offsets, sources, best, window, min_gain,
                                         unique=unique, interior_only=interior_only)
-        moved_n += int(moved.sum())
+        moved_n += int(moved_all[i].sum())
         evals += n
         if progress is not None:
             progress(i + 1, V)
     centres = cams.c2w[:, :3, 3].float()
+    base = dict(vol.stats, hull_points=int(on_hull.sum()), swept_pixels=int((fg & torch.isfinite(T)).sum()),
+                moved_pixels=moved_n, cost_evaluations=evals, hypotheses=len(offsets), sweep_size=[w, h])
+    if fusion == "carve":
+        return _photo_carve(ds, vol, ijk, dims, depth, moved_all, imgs, cams, vox, tol, carve_views, base,
+                            f"{len(offsets)} depths over {behind:g} voxels, {sources} source views, {w}x{h} px")
     keep_pts, keep_cols = [], []
     for i in range(V):
         o, d = cams.generate_rays(i)
@@ -228,9 +250,50 @@ def mvs_points(ds, *, resolution: int = 192, max_side: int = 200, sources: int =
     pc.colors = o3d.utility.Vector3dVector(Cc)
     n_consistent = len(P)
     pc = pc.voxel_down_sample(vox)
-    stats = dict(hull.stats, hull_points=len(hull), swept_pixels=int((fg & torch.isfinite(T)).sum()),
-                 moved_pixels=moved_n, consistent=n_consistent, after_voxel=len(pc.points), cost_evaluations=evals,
-                 hypotheses=len(offsets), sweep_size=[w, h])
+    stats = dict(base, consistent=n_consistent, after_voxel=len(pc.points))
     return PointCloud(np.asarray(pc.points, np.float32), np.clip(np.asarray(pc.colors, np.float32), 0, 1), "mvs",
                       f"plane sweep behind the visual hull ({len(offsets)} depths over {behind:g} voxels of "
                       f"{vox:.4g}, {sources} source views, {w}x{h} px), {V} views fused, voxel {vox:.4g}", stats)
+
+
+@torch.no_grad()
+def _photo_carve(ds, vol, ijk, dims, depth, moved, imgs, cams, vox, tol, carve_views, stats, how) -> PointCloud:
+    """Carve the hull's volume with the swept depth maps (``mvs_points(fusion="carve")``): a voxel goes
+    when at least ``carve_views`` views saw through it, i.e. it projects onto a pixel whose depth was
+    moved by the sweep and lies more than ``tol`` voxels in front of that depth. Returns the surface
+    voxels of what is left, coloured by the views that see them at their depth."""
+    P = torch.as_tensor(vol.points, dtype=torch.float32)
+    V, h, w = depth.shape
+    votes = torch.zeros(len(P), dtype=torch.int32)
+    centres = cams.c2w[:, :3, 3].float()
+    for i in range(V):
+        uv, z = cams.project(P, i)
+        u, v = uv[:, 0].floor(), uv[:, 1].floor()
+        ins = (z > 0) & (u >= 0) & (u < w) & (v >= 0) & (v < h) & torch.isfinite(uv).all(-1)
+        ui, vi = u.clamp(0, w - 1).long(), v.clamp(0, h - 1).long()
+        dist = (P - centres[i]).norm(dim=-1)
+        votes += (ins & moved[i, vi, ui] & (dist < depth[i, vi, ui] - float(tol) * vox)).int()
+    keep = votes < int(carve_views)
+    occ = torch.zeros(dims, dtype=torch.bool)
+    occ[ijk[keep, 0], ijk[keep, 1], ijk[keep, 2]] = True
+    surf = surface_voxels(occ)[ijk[:, 0], ijk[:, 1], ijk[:, 2]] & keep
+    Q = P[surf]
+    csum = torch.zeros(len(Q), 3)
+    cnt = torch.zeros(len(Q))
+    for i in range(V):
+        uv, z = cams.project(Q, i)
+        u, v = uv[:, 0].floor(), uv[:, 1].floor()
+        ins = (z > 0) & (u >= 0) & (u < w) & (v >= 0) & (v < h) & torch.isfinite(uv).all(-1)
+        ui, vi = u.clamp(0, w - 1).long(), v.clamp(0, h - 1).long()
+        dist = (Q - centres[i]).norm(dim=-1)
+        at = ins & ((dist - depth[i, vi, ui]).abs() < float(tol) * vox)
+        csum[at] += imgs[i][:, vi[at], ui[at]].T
+        cnt[at] += 1
+    cols = torch.where(cnt[:, None] > 0, csum / cnt.clamp_min(1)[:, None], torch.full_like(csum, 0.5))
+    if len(Q) == 0:
+        raise NoPoints(f"dataset {ds.root}: carving with the swept depth removed the whole hull")
+    stats = dict(stats, carved_by_sweep=int((~keep).sum()), volume_voxels=len(P), surface=len(Q))
+    return PointCloud(Q.numpy(), cols.clamp(0, 1).numpy(), "mvs",
+                      f"visual hull carved by a plane sweep ({how}), {len(ds.train.cameras)} views, "
+                      f"{int((~keep).sum())} of {len(P)} hull voxels seen through by {carve_views}+ views, "
+                      f"voxel {vox:.4g}", stats)

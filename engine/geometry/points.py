@@ -198,6 +198,20 @@ def depth_points(method, cameras, *, alpha_threshold: float = 0.5, voxel: float 
 
 # ------------------------------------------------------------------------------------ carving
 @torch.no_grad()
+def surface_voxels(occ: torch.Tensor) -> torch.Tensor:
+    """The occupied voxels of ``occ (X, Y, Z) bool`` with at least one of their 6 neighbours empty
+    (outside the grid counts as empty)."""
+    dims = occ.shape
+    pad = torch.nn.functional.pad(occ[None, None].float(), (1, 1, 1, 1, 1, 1))[0, 0]
+    inner = torch.ones_like(occ)
+    for ax in range(3):
+        for s in (0, 2):
+            sl = [slice(1, -1)] * 3
+            sl[ax] = slice(s, s + dims[ax])
+            inner &= pad[tuple(sl)] > 0
+    return occ & ~inner
+
+
 def carved_points(ds, *, resolution: int = 128, coverage_threshold: float = 0.5, min_views: int | None = None,
                   surface_only: bool = True, split: str = "train") -> PointCloud:
     """Carve the dataset's scene box with the masks / alpha of ``split`` (module docstring).
@@ -254,15 +268,7 @@ def carved_points(ds, *, resolution: int = 128, coverage_threshold: float = 0.5,
                        f"in some view at coverage threshold {coverage_threshold}; the rest are seen by fewer "
                        f"than {need} views)")
     if surface_only:
-        k3 = keep.reshape(dims)
-        pad = torch.nn.functional.pad(k3[None, None].float(), (1, 1, 1, 1, 1, 1))[0, 0]
-        inner = torch.ones_like(k3)
-        for ax in range(3):
-            for s in (0, 2):
-                sl = [slice(1, -1)] * 3
-                sl[ax] = slice(s, s + dims[ax])
-                inner &= pad[tuple(sl)] > 0
-        keep = keep & ~inner.reshape(-1)
+        keep = surface_voxels(keep.reshape(dims)).reshape(-1)
         stats["surface"] = int(keep.sum())
     pts = grid[keep].numpy()
     cols = (csum[keep] / seen[keep, None].float()).numpy()

@@ -74,11 +74,49 @@ def test_hull_is_far_above_the_plate(textured):
     assert np.median(z) > 0.15 and z.max() > 0.5
 
 
-def test_sweep_brings_the_points_onto_a_textured_plate(textured):
+def _depth_error(ds, points, vox):
+    """|splatted depth - exact plate depth| (distance along the ray) over the pixels the plate covers
+    in every view, and the fraction of them with no depth."""
+    from engine.geometry.mvs import hull_depth
+
+    sp = ds.train
+    T = hull_depth(torch.as_tensor(points, dtype=torch.float32), sp.cameras, vox)
+    errs, holes = [], 0
+    for i in range(len(sp.cameras)):
+        o, d = sp.cameras.generate_rays(i)
+        truth = -o[..., 2] / d[..., 2]
+        fg = sp.alpha[i] >= 0.5
+        ok = fg & torch.isfinite(T[i])
+        holes += int((fg & ~ok).sum())
+        errs.append((T[i] - truth).abs()[ok])
+    return torch.cat(errs), holes / float((sp.alpha >= 0.5).sum())
+
+
+def test_sweep_carves_the_hull_down_to_a_textured_plate(textured):
+    """The default fusion: hull voxels that enough views saw through are carved away, and what every
+    camera sees of the rest is the plate (the hull's own depth is far above it in most pixels)."""
+    hull = carved_points(textured, resolution=48)
+    vox = hull.stats["voxel"]
+    pc = mvs_points(textured, resolution=48, behind=24)
+    assert pc.source == "mvs" and len(pc) > 100
+    st = pc.stats
+    assert st["carved_by_sweep"] > 0.2 * st["volume_voxels"] and st["surface"] == len(pc)
+    err, holes = _depth_error(textured, pc.points, vox)
+    herr, hholes = _depth_error(textured, hull.points, vox)
+    assert (herr < 2 * vox).float().mean() < 0.5
+    assert (err < 2 * vox).float().mean() > 0.9, err.median()
+    assert holes < 0.01 and hholes < 0.01
+    # every point inside the plate's square (a voxel of slack) or below it: nothing above the plate stays
+    assert (pc.points[:, 2] < 2 * vox).all()
+    assert pc.colors is not None and pc.colors.std() > 0.05
+
+
+def test_sweep_brings_the_fused_points_onto_a_textured_plate(textured):
+    """``fusion="points"``: the swept depth maps back-projected and fused (session 21's fusion)."""
     hull = carved_points(textured, resolution=48)
     vox = hull.stats["voxel"]
     seen = []
-    pc = mvs_points(textured, resolution=48, behind=24, progress=lambda i, n: seen.append((i, n)))
+    pc = mvs_points(textured, resolution=48, behind=24, fusion="points", progress=lambda i, n: seen.append((i, n)))
     assert pc.source == "mvs" and len(pc) > 100
     z = np.abs(pc.points[:, 2])
     assert np.median(z) < 1.0 * vox, (np.median(z), vox)
@@ -155,7 +193,7 @@ def test_command_mvs_on_the_bundled_scene(tmp_path, capsys):
     assert main(["points", str(mic), "--from", "mvs", "--carve-resolution", "32", "--downscale", "2",
                  "--out", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "source: mvs (plane sweep behind the visual hull" in text
+    assert "source: mvs (visual hull carved by a plane sweep" in text
     pts = read_points(out).points
     assert len(pts) > 50 and np.isfinite(pts).all()
     from engine.data import load_dataset
