@@ -281,21 +281,22 @@ def carved_points(ds, *, resolution: int = 128, coverage_threshold: float = 0.5,
 def points_from(source: str = "auto", *, dataset=None, method=None, cameras=None, run_label: str = "run",
                 voxel: float | None = None, max_points: int | None = None, seed: int = 0,
                 carve_resolution: int = 128, alpha_threshold: float = 0.5, views: int | None = None,
-                progress=None) -> PointCloud:
+                progress=None, sweep: bool = False) -> PointCloud:
     """Points from ``source`` (``auto`` | ``dataset`` | ``run`` | ``carve`` | ``mvs``).
 
     ``mvs``: the carved hull moved onto the photo-consistent surface behind it by a plane sweep
     (:func:`engine.geometry.mvs.mvs_points`; needs masks/alpha like carving).
 
-    ``auto``: the dataset's points if it has any, else carving, else (when a run is given) its
-    depth. ``method`` is a Method or a zero-argument callable returning one (loaded only when
+    ``auto``: the dataset's points if it has any, else (``sweep=True``) the swept hull, else carving,
+    else (when a run is given) its depth. ``method`` is a Method or a zero-argument callable returning one (loaded only when
     its depth is needed). ``voxel`` (> 0) also downsamples dataset and carved points (open3d
     ``voxel_down_sample``); ``max_points`` caps the result (seeded random subset). When every
     source tried fails, :class:`NoPoints` lists each reason.
     """
     if source not in SOURCES:
         raise ValueError(f"source must be one of {', '.join(SOURCES)}, got {source!r}")
-    tries = {"auto": ["dataset", "carve"] + (["run"] if method is not None else [])}.get(source, [source])
+    hull = ["mvs", "carve"] if sweep else ["carve"]
+    tries = {"auto": ["dataset"] + hull + (["run"] if method is not None else [])}.get(source, [source])
     reasons = []
     for s in tries:
         try:

@@ -16,9 +16,9 @@ from ..base import MethodConfig, option
 @dataclass
 class PointFieldConfig(MethodConfig):
     # ---- points --------------------------------------------------------------------------------
-    points: str = option("auto", "where the points come from: auto (the dataset's points, else carving from "
-                         "masks/alpha), dataset, carve, mvs (the carved hull moved onto the photo-consistent "
-                         "surface by a plane sweep), or a .ply path (e.g. from 'kernelight points RUN')")
+    points: str = option("auto", "where the points come from: auto (the dataset's points, else the visual hull "
+                         "carved further by a plane sweep, mvs, else plain carving), dataset, carve (the visual "
+                         "hull of the masks/alpha), mvs, or a .ply path (e.g. from 'kernelight points RUN')")
     carve_resolution: int = option(192, "voxels along the scene box's longest side when carving (the point "
                                    "spacing, and with it the kernel's scale: 192 beat 128, 224 and 256 on lego_100)")
     hull_filter: bool = option(True, "drop dataset points outside the visual hull when the images have alpha/masks "

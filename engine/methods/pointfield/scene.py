@@ -256,7 +256,7 @@ def scene_points(ds, cfg, notes: list[str]):
                 raise ConfigError(f"option points: {src} is neither auto/dataset/carve/mvs nor a .ply file")
             pc = read_points(f)
         else:
-            pc = points_from(src, dataset=ds, carve_resolution=int(cfg.carve_resolution), seed=cfg.seed)
+            pc = points_from(src, dataset=ds, carve_resolution=int(cfg.carve_resolution), seed=cfg.seed, sweep=True)
     except NoPoints as exc:
         raise PointFieldError(f"{ds.root}: {exc}. A point field needs points: give the dataset COLMAP points "
                               "or a points.ply beside it, alpha/masks to carve from, or --points FILE.ply "
@@ -274,12 +274,15 @@ def scene_points(ds, cfg, notes: list[str]):
             pc = PointCloud(pts, cols, pc.source, pc.detail, dict(pc.stats, hull_dropped=dropped))
         else:
             try:
-                pc = points_from("carve", dataset=ds, carve_resolution=int(cfg.carve_resolution), seed=cfg.seed)
-            except NoPoints as exc:
-                raise PointFieldError(f"{ds.root}: only {len(pts)} dataset points lie in the visual hull and "
-                                      f"carving failed too ({exc})") from None
+                pc = points_from("mvs", dataset=ds, carve_resolution=int(cfg.carve_resolution), seed=cfg.seed)
+            except NoPoints:
+                try:
+                    pc = points_from("carve", dataset=ds, carve_resolution=int(cfg.carve_resolution), seed=cfg.seed)
+                except NoPoints as exc:
+                    raise PointFieldError(f"{ds.root}: only {len(pts)} dataset points lie in the visual hull and "
+                                          f"carving failed too ({exc})") from None
             line += (f"; only {len(pts)} of them inside the visual hull of the masks/alpha (a box-filling "
-                     f"initialisation, not the object), so carving instead: {pc.describe()}")
+                     f"initialisation, not the object), so the hull instead: {pc.describe()}")
     pc = cap_points(pc, int(cfg.max_points), cfg.seed)
     notes.append(line)
     return pc

@@ -291,7 +291,7 @@ def test_train_resume_export_load_render(sphere, tmp_path, capsys):
     assert main(["train", "pointfield", "--data", str(sphere), "--output", str(tmp_path), "--max-steps", "4",
                  "--no-progress", *opts]) == 0
     out = capsys.readouterr().out
-    assert "points:" in out and "from carve" in out and "tried dataset first" in out
+    assert "points:" in out and "from mvs (visual hull carved by a plane sweep" in out and "tried dataset first" in out
     run = next((tmp_path / "sphere" / "pointfield").iterdir())
     recs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert recs[-1]["final"] and recs[-1]["test_psnr"] > 8
@@ -427,7 +427,7 @@ def test_checkpoint_of_another_method(tmp_path, model):
 
 
 def test_dataset_points_filtered_by_the_hull(tmp_path):
-    """A .ply beside the data is used (hull-filtered); a box-filling random cloud is replaced by carving."""
+    """A .ply beside the data is used (hull-filtered); a box-filling random cloud is replaced by the swept hull."""
     from engine.data import load_dataset
     from engine.geometry.points import PointCloud, write_points_ply
     from engine.methods.pointfield.scene import build_scene
@@ -445,4 +445,4 @@ def test_dataset_points_filtered_by_the_hull(tmp_path):
     write_points_ply(root / "points3d.ply", PointCloud(box, None, "t", "t"))
     notes = []
     build_scene(load_dataset(root), cfg, notes)
-    assert "box-filling" in notes[0] and "carving instead" in notes[0]
+    assert "box-filling" in notes[0] and "so the hull instead: " in notes[0] and "from mvs" in notes[0]
