@@ -7,8 +7,8 @@
   (``method.render(cameras, i)``: ``depth`` is the expected depth along the unit ray, normalised by
   ``alpha``), pixels with ``alpha > alpha_threshold`` are back-projected to ``o + depth * d``, and
   the union is voxel-downsampled and cleaned of statistical outliers with open3d.
-* :func:`engine.geometry.mvs.mvs_points` (source ``mvs``) -- the carved hull moved behind, onto
-  the photo-consistent surface, by a plane sweep (see that module).
+* :func:`engine.geometry.mvs.mvs_points` (source ``mvs``) -- the carved hull carved further where
+  a plane sweep finds the photo-consistent surface behind it (see that module).
 * :func:`carved_points` -- carving from masks / alpha: a voxel grid over the dataset's scene box
   keeps a voxel when, in every training view where its centre projects inside the image, the pixel
   is covered (alpha or mask >= ``coverage_threshold``), and at least ``min_views`` views see it
@@ -284,7 +284,7 @@ def points_from(source: str = "auto", *, dataset=None, method=None, cameras=None
                 progress=None, sweep: bool = False) -> PointCloud:
     """Points from ``source`` (``auto`` | ``dataset`` | ``run`` | ``carve`` | ``mvs``).
 
-    ``mvs``: the carved hull moved onto the photo-consistent surface behind it by a plane sweep
+    ``mvs``: the carved hull carved further, down to the photo-consistent surface a plane sweep finds
     (:func:`engine.geometry.mvs.mvs_points`; needs masks/alpha like carving).
 
     ``auto``: the dataset's points if it has any, else (``sweep=True``) the swept hull, else carving,
