@@ -248,12 +248,8 @@ def mvs_points(ds, *, resolution: int = 192, max_side: int = 200, sources: int =
         cnt = torch.zeros(X.shape[0], dtype=torch.int32)
         viol = torch.zeros(X.shape[0], dtype=torch.int32)
         for j in _nearest(cams, i, check_views).tolist():
-            uv, z = cams.project(X, j)
-            u, v = uv[:, 0].floor(), uv[:, 1].floor()
-            ins = (z > 0) & (u >= 0) & (u < w) & (v >= 0) & (v < h) & torch.isfinite(uv).all(-1)
-            ui, vi = u.clamp(0, w - 1).long(), v.clamp(0, h - 1).long()
-            dj = torch.where(ins, depth[j, vi, ui], torch.full_like(z, float("inf")))
-            dist = (X - centres[j]).norm(dim=-1)
+            ins, ui, vi, dist = _pixel_of(cams, X, j, w, h, centres)
+            dj = torch.where(ins, depth[j, vi, ui], torch.full_like(dist, float("inf")))
             cnt += (ins & ((dist - dj).abs() < float(tol) * vox)).int()
             viol += (ins & (dist < dj - float(tol) * vox)).int()
         k = (cnt >= int(min_consistent)) & (viol <= int(max_violations))
@@ -273,6 +269,16 @@ def mvs_points(ds, *, resolution: int = 192, max_side: int = 200, sources: int =
                       f"{vox:.4g}, {sources} source views, {w}x{h} px), {V} views fused, voxel {vox:.4g}", stats)
 
 
+def _pixel_of(cams, X: torch.Tensor, i: int, w: int, h: int, centres: torch.Tensor):
+    """Points ``X (N, 3)`` in view ``i`` (``w x h``): ``inside (N,)`` (in front and in the image), the
+    pixel ``ui, vi (N,)`` (clamped) and the distance to the camera centre ``(N,)``."""
+    uv, z = cams.project(X, i)
+    u, v = uv[:, 0].floor(), uv[:, 1].floor()
+    ins = (z > 0) & (u >= 0) & (u < w) & (v >= 0) & (v < h) & torch.isfinite(uv).all(-1)
+    ui, vi = u.clamp(0, w - 1).long(), v.clamp(0, h - 1).long()
+    return ins, ui, vi, (X - centres[i]).norm(dim=-1)
+
+
 @torch.no_grad()
 def _photo_carve(ds, vol, ijk, dims, depth, moved, imgs, cams, vox, tol, carve_views, stats, how) -> PointCloud:
     """Carve the hull's volume with the swept depth maps (``mvs_points(fusion="carve")``): a voxel goes
@@ -284,11 +290,7 @@ def _photo_carve(ds, vol, ijk, dims, depth, moved, imgs, cams, vox, tol, carve_v
     votes = torch.zeros(len(P), dtype=torch.int32)
     centres = cams.c2w[:, :3, 3].float()
     for i in range(V):
-        uv, z = cams.project(P, i)
-        u, v = uv[:, 0].floor(), uv[:, 1].floor()
-        ins = (z > 0) & (u >= 0) & (u < w) & (v >= 0) & (v < h) & torch.isfinite(uv).all(-1)
-        ui, vi = u.clamp(0, w - 1).long(), v.clamp(0, h - 1).long()
-        dist = (P - centres[i]).norm(dim=-1)
+        ins, ui, vi, dist = _pixel_of(cams, P, i, w, h, centres)
         votes += (ins & moved[i, vi, ui] & (dist < depth[i, vi, ui] - float(tol) * vox)).int()
     keep = votes < int(carve_views)
     occ = torch.zeros(dims, dtype=torch.bool)
@@ -298,11 +300,7 @@ def _photo_carve(ds, vol, ijk, dims, depth, moved, imgs, cams, vox, tol, carve_v
     csum = torch.zeros(len(Q), 3)
     cnt = torch.zeros(len(Q))
     for i in range(V):
-        uv, z = cams.project(Q, i)
-        u, v = uv[:, 0].floor(), uv[:, 1].floor()
-        ins = (z > 0) & (u >= 0) & (u < w) & (v >= 0) & (v < h) & torch.isfinite(uv).all(-1)
-        ui, vi = u.clamp(0, w - 1).long(), v.clamp(0, h - 1).long()
-        dist = (Q - centres[i]).norm(dim=-1)
+        ins, ui, vi, dist = _pixel_of(cams, Q, i, w, h, centres)
         at = ins & ((dist - depth[i, vi, ui]).abs() < float(tol) * vox)
         csum[at] += imgs[i][:, vi[at], ui[at]].T
         cnt[at] += 1
