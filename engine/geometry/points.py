@@ -197,7 +197,6 @@ def depth_points(method, cameras, *, alpha_threshold: float = 0.5, voxel: float 
 
 
 # ------------------------------------------------------------------------------------ carving
-@torch.no_grad()
 def surface_voxels(occ: torch.Tensor) -> torch.Tensor:
     """The occupied voxels of ``occ (X, Y, Z) bool`` with at least one of their 6 neighbours empty
     (outside the grid counts as empty)."""
@@ -212,6 +211,7 @@ def surface_voxels(occ: torch.Tensor) -> torch.Tensor:
     return occ & ~inner
 
 
+@torch.no_grad()
 def carved_points(ds, *, resolution: int = 128, coverage_threshold: float = 0.5, min_views: int | None = None,
                   surface_only: bool = True, split: str = "train") -> PointCloud:
     """Carve the dataset's scene box with the masks / alpha of ``split`` (module docstring).
@@ -288,8 +288,8 @@ def points_from(source: str = "auto", *, dataset=None, method=None, cameras=None
     (:func:`engine.geometry.mvs.mvs_points`; needs masks/alpha like carving).
 
     ``auto``: the dataset's points if it has any, else (``sweep=True``) the swept hull, else carving,
-    else (when a run is given) its depth. ``method`` is a Method or a zero-argument callable returning one (loaded only when
-    its depth is needed). ``voxel`` (> 0) also downsamples dataset and carved points (open3d
+    else (when a run is given) its depth. ``method`` is a Method or a zero-argument callable
+    returning one (loaded only when its depth is needed). ``voxel`` (> 0) also downsamples dataset and carved points (open3d
     ``voxel_down_sample``); ``max_points`` caps the result (seeded random subset). When every
     source tried fails, :class:`NoPoints` lists each reason.
     """
