@@ -55,7 +55,7 @@ import numpy as np
 import torch
 import torch.nn.functional as Fn
 
-from .points import NoPoints, PointCloud, carved_points, fill_depth, surface_voxels
+from .points import NoPoints, PointCloud, fill_depth, hull_volume, surface_voxels
 
 __all__ = ["mvs_points", "hull_depth", "sweep_view"]
 
@@ -182,9 +182,10 @@ def mvs_points(ds, *, resolution: int = 192, max_side: int = 200, sources: int =
     ``max_side``: images are swept at most this many pixels on their long side; ``behind``: how
     many voxels behind the hull the sweep looks; ``step``: hypothesis spacing in voxels.
     ``fusion``: ``"carve"`` (default) removes from the hull's volume every voxel that at least
-    ``carve_views`` views (default 8 % of the training views, at least 2) saw through (a moved pixel's depth more than ``tol`` voxels behind it) and
-    returns the surface voxels of what is left; ``"points"`` back-projects and fuses the depth maps
-    (step 4 of the module docstring). ``progress``: optional callable ``(done, total)`` over the views.
+    ``carve_views`` views (default 8 % of the training views, at least 2) saw through (a moved
+    pixel's depth more than ``tol`` voxels behind it) and returns the surface voxels of what is
+    left (step 4 of the module docstring); ``"points"`` back-projects and fuses the depth maps
+    (step 5). ``progress``: optional callable ``(done, total)`` over the views.
     """
     import open3d as o3d
 
@@ -193,18 +194,10 @@ def mvs_points(ds, *, resolution: int = 192, max_side: int = 200, sources: int =
 
     from ..train.init_points import split_coverage
 
-    vol = carved_points(ds, resolution=resolution, surface_only=False)
-    vox = float(vol.stats["voxel"])
-    dims = [int(x) for x in vol.stats["dims"]]
-    box = ds.scene_box.double().reshape(2, 3)
-    cell = (box[1] - box[0]).clamp_min(1e-12) / torch.tensor(dims, dtype=torch.float64)
-    ijk = ((torch.as_tensor(vol.points, dtype=torch.float64) - box[0]) / cell).floor().long()
-    for k in range(3):
-        ijk[:, k].clamp_(0, dims[k] - 1)
-    occ = torch.zeros(dims, dtype=torch.bool)
-    occ[ijk[:, 0], ijk[:, 1], ijk[:, 2]] = True
-    on_hull = surface_voxels(occ)[ijk[:, 0], ijk[:, 1], ijk[:, 2]]
-    hull_pts = torch.as_tensor(vol.points[on_hull.numpy()], dtype=torch.float32)
+    hv = hull_volume(ds, resolution=resolution)
+    vox, dims = float(hv["voxel"]), hv["dims"]
+    on_hull = surface_voxels(hv["keep"].reshape(dims)).reshape(-1)
+    hull_pts = hv["grid"][on_hull]
     sp = ds.train
     cams = sp.cameras.to("cpu")
     imgs = sp.images[..., :3].detach().cpu().float().permute(0, 3, 1, 2).clamp(0, 1)
@@ -231,12 +224,12 @@ def mvs_points(ds, *, resolution: int = 192, max_side: int = 200, sources: int =
         if progress is not None:
             progress(i + 1, V)
     centres = cams.c2w[:, :3, 3].float()
-    base = dict(vol.stats, hull_points=int(on_hull.sum()), swept_pixels=int((fg & torch.isfinite(T)).sum()),
+    base = dict(hv["stats"], hull_points=int(on_hull.sum()), swept_pixels=int((fg & torch.isfinite(T)).sum()),
                 moved_pixels=moved_n, cost_evaluations=evals, hypotheses=len(offsets), sweep_size=[w, h])
     if fusion == "carve":
         if carve_views is None:
             carve_views = max(2, int(round(CARVE_FRACTION * V)))
-        return _photo_carve(ds, vol, ijk, dims, depth, moved_all, imgs, cams, vox, tol, carve_views, base,
+        return _photo_carve(ds, hv, depth, moved_all, imgs, cams, tol, carve_views, base,
                             f"{len(offsets)} depths over {behind:g} voxels, {sources} source views, {w}x{h} px")
     keep_pts, keep_cols = [], []
     for i in range(V):
@@ -280,23 +273,27 @@ def _pixel_of(cams, X: torch.Tensor, i: int, w: int, h: int, centres: torch.Tens
 
 
 @torch.no_grad()
-def _photo_carve(ds, vol, ijk, dims, depth, moved, imgs, cams, vox, tol, carve_views, stats, how) -> PointCloud:
-    """Carve the hull's volume with the swept depth maps (``mvs_points(fusion="carve")``): a voxel goes
-    when at least ``carve_views`` views saw through it, i.e. it projects onto a pixel whose depth was
-    moved by the sweep and lies more than ``tol`` voxels in front of that depth. Returns the surface
-    voxels of what is left, coloured by the views that see them at their depth."""
-    P = torch.as_tensor(vol.points, dtype=torch.float32)
+def _photo_carve(ds, hv: dict, depth, moved, imgs, cams, tol, carve_views, stats, how) -> PointCloud:
+    """Carve the hull's volume ``hv`` (:func:`engine.geometry.points.hull_volume`) with the swept
+    depth maps (``mvs_points(fusion="carve")``): a voxel goes when at least ``carve_views`` views saw
+    through it, i.e. it projects onto a pixel whose depth was moved by the sweep and lies more than
+    ``tol`` voxels in front of that depth. Returns the surface voxels of what is left, coloured by
+    the views that see them at their depth."""
+    vox, dims = float(hv["voxel"]), hv["dims"]
+    inside = hv["keep"].nonzero(as_tuple=True)[0]           # the hull's voxels, flat grid indices
+    P = hv["grid"][inside]
     V, h, w = depth.shape
     votes = torch.zeros(len(P), dtype=torch.int32)
     centres = cams.c2w[:, :3, 3].float()
     for i in range(V):
         ins, ui, vi, dist = _pixel_of(cams, P, i, w, h, centres)
         votes += (ins & moved[i, vi, ui] & (dist < depth[i, vi, ui] - float(tol) * vox)).int()
-    keep = votes < int(carve_views)
-    occ = torch.zeros(dims, dtype=torch.bool)
-    occ[ijk[keep, 0], ijk[keep, 1], ijk[keep, 2]] = True
-    surf = surface_voxels(occ)[ijk[:, 0], ijk[:, 1], ijk[:, 2]] & keep
-    Q = P[surf]
+    carved = votes >= int(carve_views)
+    keep = hv["keep"].clone()
+    keep[inside[carved]] = False
+    Q = hv["grid"][surface_voxels(keep.reshape(dims)).reshape(-1)]
+    if len(Q) == 0:
+        raise NoPoints(f"dataset {ds.root}: carving with the swept depth removed the whole hull")
     csum = torch.zeros(len(Q), 3)
     cnt = torch.zeros(len(Q))
     for i in range(V):
@@ -305,10 +302,8 @@ def _photo_carve(ds, vol, ijk, dims, depth, moved, imgs, cams, vox, tol, carve_v
         csum[at] += imgs[i][:, vi[at], ui[at]].T
         cnt[at] += 1
     cols = torch.where(cnt[:, None] > 0, csum / cnt.clamp_min(1)[:, None], torch.full_like(csum, 0.5))
-    if len(Q) == 0:
-        raise NoPoints(f"dataset {ds.root}: carving with the swept depth removed the whole hull")
-    stats = dict(stats, carved_by_sweep=int((~keep).sum()), volume_voxels=len(P), surface=len(Q))
+    n_carved = int(carved.sum())
+    stats = dict(stats, carved_by_sweep=n_carved, volume_voxels=len(P), surface=len(Q), carve_views=int(carve_views))
     return PointCloud(Q.numpy(), cols.clamp(0, 1).numpy(), "mvs",
-                      f"visual hull carved by a plane sweep ({how}), {len(ds.train.cameras)} views, "
-                      f"{int((~keep).sum())} of {len(P)} hull voxels seen through by {carve_views}+ views, "
-                      f"voxel {vox:.4g}", stats)
+                      f"visual hull carved by a plane sweep ({how}), {V} views, {n_carved} of {len(P)} hull "
+                      f"voxels seen through by {carve_views}+ views, voxel {vox:.4g}", stats)

@@ -212,12 +212,15 @@ def surface_voxels(occ: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def carved_points(ds, *, resolution: int = 128, coverage_threshold: float = 0.5, min_views: int | None = None,
-                  surface_only: bool = True, split: str = "train") -> PointCloud:
-    """Carve the dataset's scene box with the masks / alpha of ``split`` (module docstring).
+def hull_volume(ds, *, resolution: int = 128, coverage_threshold: float = 0.5, min_views: int | None = None,
+                split: str = "train") -> dict:
+    """The visual hull of ``split``'s masks / alpha as a voxel grid (module docstring, carving).
 
     ``resolution`` voxels along the box's longest side (cubic voxels); ``min_views`` (default a
-    quarter of the views, at least 1) views must see a voxel for it to be kept.
+    quarter of the views, at least 1) views must see a voxel for it to be kept. Returns ``keep
+    (X*Y*Z,)`` bool (row-major over ``dims``), ``grid (X*Y*Z, 3)`` voxel centres, ``seen`` (views per
+    voxel), ``colour_sum (X*Y*Z, 3)``, ``dims``, ``voxel`` and ``stats``; raises :class:`NoPoints`
+    when nothing is left.
     """
     from ..train.init_points import split_coverage
 
@@ -267,14 +270,26 @@ def carved_points(ds, *, resolution: int = 128, coverage_threshold: float = 0.5,
         raise NoPoints(f"{what}: carving removed every voxel ({carved} of {n} fall outside the masks/alpha "
                        f"in some view at coverage threshold {coverage_threshold}; the rest are seen by fewer "
                        f"than {need} views)")
+    return {"keep": keep, "grid": grid, "seen": seen, "colour_sum": csum, "dims": dims, "voxel": vox,
+            "stats": stats, "views": len(cams)}
+
+
+def carved_points(ds, *, resolution: int = 128, coverage_threshold: float = 0.5, min_views: int | None = None,
+                  surface_only: bool = True, split: str = "train") -> PointCloud:
+    """Carve the dataset's scene box with the masks / alpha of ``split`` (:func:`hull_volume`): the
+    surface voxels of the hull (``surface_only``), else all of its voxels, coloured by the mean of
+    the views that see them."""
+    hv = hull_volume(ds, resolution=resolution, coverage_threshold=coverage_threshold, min_views=min_views,
+                     split=split)
+    keep, dims, vox, stats = hv["keep"], hv["dims"], hv["voxel"], dict(hv["stats"])
     if surface_only:
         keep = surface_voxels(keep.reshape(dims)).reshape(-1)
         stats["surface"] = int(keep.sum())
-    pts = grid[keep].numpy()
-    cols = (csum[keep] / seen[keep, None].float()).numpy()
+    pts = hv["grid"][keep].numpy()
+    cols = (hv["colour_sum"][keep] / hv["seen"][keep, None].float()).numpy()
     return PointCloud(pts, np.clip(cols, 0, 1), "carve",
                       f"{'surface of the ' if surface_only else ''}visual hull, {dims[0]}x{dims[1]}x{dims[2]} voxels "
-                      f"of {vox:.4g}, {len(cams)} {split} views", stats)
+                      f"of {vox:.4g}, {hv['views']} {split} views", stats)
 
 
 # ------------------------------------------------------------------------------------ choose
@@ -289,9 +304,9 @@ def points_from(source: str = "auto", *, dataset=None, method=None, cameras=None
 
     ``auto``: the dataset's points if it has any, else (``sweep=True``) the swept hull, else carving,
     else (when a run is given) its depth. ``method`` is a Method or a zero-argument callable
-    returning one (loaded only when its depth is needed). ``voxel`` (> 0) also downsamples dataset and carved points (open3d
-    ``voxel_down_sample``); ``max_points`` caps the result (seeded random subset). When every
-    source tried fails, :class:`NoPoints` lists each reason.
+    returning one (loaded only when its depth is needed). ``voxel`` (> 0) also downsamples dataset
+    and carved points (open3d ``voxel_down_sample``); ``max_points`` caps the result (seeded random
+    subset). When every source tried fails, :class:`NoPoints` lists each reason.
     """
     if source not in SOURCES:
         raise ValueError(f"source must be one of {', '.join(SOURCES)}, got {source!r}")

@@ -101,6 +101,9 @@ def test_sweep_carves_the_hull_down_to_a_textured_plate(textured):
     assert pc.source == "mvs" and len(pc) > 100
     st = pc.stats
     assert st["carved_by_sweep"] > 0.2 * st["volume_voxels"] and st["surface"] == len(pc)
+    assert st["carve_views"] == 2                 # 8 % of the 21 views, at least 2
+    # asking more views to agree carves less
+    assert mvs_points(textured, resolution=48, behind=24, carve_views=12).stats["carved_by_sweep"] < st["carved_by_sweep"]
     err, holes = _depth_error(textured, pc.points, vox)
     herr, hholes = _depth_error(textured, hull.points, vox)
     assert (herr < 2 * vox).float().mean() < 0.5
