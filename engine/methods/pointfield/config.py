@@ -35,6 +35,9 @@ class PointFieldConfig(MethodConfig):
     splat_radius: float = option(1.0, "disk radius of a point in the depth maps, in point spacings")
     depth_fill: int = option(1, "fill depth-map gaps from the 3x3 neighbours, N times "
                              "(0: background)", render=True)
+    depth_layers: int = option(2, "depth layers each ray is sampled around: 1 = the nearest point (GPF), 2 = also "
+                               "the nearest surface beyond the first layer's samples (a ray through a gap the "
+                               "splatted disks closed reaches the surface behind it)", render=True)
     point_sh_degree: int = option(1, "per-point explicit colour: SH coefficients of this degree (-1 = none), "
                                   "blended over the neighbours (point_sh_sigma) and added to the colour logit")
     # ---- sampling and aggregation ----------------------------------------------------------------
@@ -59,6 +62,9 @@ class PointFieldConfig(MethodConfig):
     lr_s: float = option(2e-3, "learning rate of log s")
     point_sh_sigma: float = option(0.5, "the explicit colour blends the neighbours with weights conf x exp(-(d / "
                                    "sigma)^2), sigma in point spacings (0 = the attention weights)")
+    lr_pos: float = option(0.0, "learning rate of the point positions, in point spacings (0 = fixed points, "
+                           "Point-NeRF); the caches follow every pos_every steps")
+    pos_every: int = option(100, "with lr_pos: move the points and rebuild their grid and depth maps every N steps")
     lr_color: float = option(3e-2, "learning rate of the per-point explicit colour (point_sh_degree)")
     mask_weight: float = option(0.1, "BCE of the opacity against alpha/masks where the data has them")
     sparsity_weight: float = option(2e-3, "Point-NeRF confidence sparsity loss weight")
@@ -103,6 +109,8 @@ class PointFieldConfig(MethodConfig):
                 raise ConfigError(f"option {name} must be > 0, got {getattr(self, name)}")
         if not -1 <= self.point_sh_degree <= 3:
             raise ConfigError(f"option point_sh_degree must be -1..3, got {self.point_sh_degree}")
+        if self.depth_layers not in (1, 2):
+            raise ConfigError(f"option depth_layers must be 1 or 2, got {self.depth_layers}")
         if self.depth_fill < 0:
             raise ConfigError(f"option depth_fill must be >= 0, got {self.depth_fill}")
         if self.log_base != 0 and not self.log_base > 1:

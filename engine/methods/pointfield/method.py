@@ -119,6 +119,8 @@ class PointFieldMethod(Method):
             groups.append({"name": f"point_conf_{i}", "params": [s.point_conf], "lr": c.lr_points})
             if s.point_sh.shape[1]:
                 groups.append({"name": f"point_sh_{i}", "params": [s.point_sh], "lr": c.lr_color})
+            if c.lr_pos > 0:
+                groups.append({"name": f"point_off_{i}", "params": [s.point_off], "lr": c.lr_pos})
         for g in groups:
             g["base_lr"] = g["lr"]
         return torch.optim.Adam(groups, lr=c.lr)
@@ -149,10 +151,12 @@ class PointFieldMethod(Method):
         pix = torch.randperm(H * W, generator=self.gen)[:n]
         cams = scene.cameras
         o, d = self._rays_of_pixels(cams, idx, pix, W)
-        tc = ray_center_depth(scene.train_depth(c)[idx], pix, d, cams.c2w[idx])
+        d1, d2 = scene.train_layers(c)
+        tc = ray_center_depth(d1[idx], pix, d, cams.c2w[idx])
+        tc2 = None if d2 is None else ray_center_depth(d2[idx], pix, d, cams.c2w[idx])
         views = scene.nearest_views(cams, idx, c.source_views, exclude=idx)
         ctx = encode_views(self.nets.encoder, scene, c, views, target=cams.c2w[idx, :3, 3])
-        out = render_rays(self.nets.agg, scene, c, ctx, o, d, tc, self.nets.log_s, bg)
+        out = render_rays(self.nets.agg, scene, c, ctx, o, d, tc, self.nets.log_s, bg, t_center2=tc2)
         target = img.reshape(-1, 3)[pix]
         m = None if cov is None else cov.reshape(-1)[pix]
         if m is not None and scene.coverage_is_mask:   # DTU: the field models the masked object only
@@ -200,8 +204,11 @@ class PointFieldMethod(Method):
     def post_step(self, optimizer, step: int) -> dict | None:
         c = self.cfg
         s = step + 1
+        moved = None
+        if c.lr_pos > 0 and s % int(c.pos_every) == 0:
+            moved = max(sc.fold_offsets() for sc in self.scenes)
         if not (self._in_grow_window(step) and s % c.grow_every == 0):
-            return None
+            return None if moved is None else {"moved": moved}
         buf = torch.cat(self._grow_buf) if self._grow_buf else torch.zeros(0, 4)
         self._grow_buf = []
         res = {"grown": 0, "pruned": 0}
@@ -223,7 +230,9 @@ class PointFieldMethod(Method):
             self._edit_points(optimizer, si, scene, keep, new_pts)
             res["grown"] += int(new_pts.shape[0])
             res["pruned"] += int((~keep).sum())
-        return res if (res["grown"] or res["pruned"]) else None
+        if moved is not None:
+            res["moved"] = moved
+        return res if (res["grown"] or res["pruned"] or moved is not None) else None
 
     def _edit_points(self, optimizer, si, scene, keep, new_pts) -> None:
         """Drop points ``~keep``, append ``new_pts``; Adam state of the per-point parameters follows."""
@@ -244,8 +253,10 @@ class PointFieldMethod(Method):
             conf = (torch.sigmoid(scene.point_conf.detach()[safe]) * v).sum(1) / cnt[:, 0]
             ncf = torch.logit((0.4 * conf).clamp(1e-3, 1 - 1e-3))
             ncol = (scene.colors[safe] * v[..., None]).sum(1) / cnt
-        names = {f"point_feat_{si}": nf, f"point_conf_{si}": ncf, f"point_sh_{si}": nsh}
-        attr = {f"point_feat_{si}": "point_feat", f"point_conf_{si}": "point_conf", f"point_sh_{si}": "point_sh"}
+        noff = torch.zeros(new_pts.shape[0], 3)
+        names = {f"point_feat_{si}": nf, f"point_conf_{si}": ncf, f"point_sh_{si}": nsh, f"point_off_{si}": noff}
+        attr = {f"point_feat_{si}": "point_feat", f"point_conf_{si}": "point_conf", f"point_sh_{si}": "point_sh",
+                f"point_off_{si}": "point_off"}
         edited = set()
         for group in optimizer.param_groups:
             name = group.get("name")
@@ -267,7 +278,7 @@ class PointFieldMethod(Method):
             group["params"][0] = new
             setattr(scene, attr[name], new)
             edited.add(attr[name])
-        for a, add in (("point_feat", nf), ("point_conf", ncf), ("point_sh", nsh)):
+        for a, add in (("point_feat", nf), ("point_conf", ncf), ("point_sh", nsh), ("point_off", noff)):
             if a not in edited:      # not optimised (e.g. point_sh with no columns): edit it all the same
                 old = getattr(scene, a)
                 setattr(scene, a, nn.Parameter(torch.cat([old.detach()[keep], add.to(old)], 0).contiguous()))
@@ -287,8 +298,9 @@ class PointFieldMethod(Method):
         H, W = int(cam.height[0]), int(cam.width[0])
         o, d = cams.generate_rays(index)
         o, d = o.reshape(-1, 3), d.reshape(-1, 3)
-        depth = fill_depth(sc.splat(cam, c), int(c.depth_fill))[0]
-        tc = ray_center_depth(depth, torch.arange(H * W), d, cam.c2w[0])
+        d1, d2 = sc.depth_layers(cam, c)
+        tc = ray_center_depth(d1[0], torch.arange(H * W), d, cam.c2w[0])
+        tc2 = None if d2 is None else ray_center_depth(d2[0], torch.arange(H * W), d, cam.c2w[0])
         views = sc.nearest_views(cams, index, c.source_views)
         ctx = encode_views(self.nets.encoder, sc, c, views, target=cam.c2w[0, :3, 3])
         bg = None if background is None else torch.as_tensor(background, dtype=torch.float32)
@@ -296,7 +308,8 @@ class PointFieldMethod(Method):
         acc = {k: [] for k in keys}
         for a in range(0, o.shape[0], int(c.render_chunk)):
             sl = slice(a, a + int(c.render_chunk))
-            out = render_rays(self.nets.agg, sc, c, ctx, o[sl], d[sl], tc[sl], self.nets.log_s, bg)
+            out = render_rays(self.nets.agg, sc, c, ctx, o[sl], d[sl], tc[sl], self.nets.log_s, bg,
+                              t_center2=None if tc2 is None else tc2[sl])
             for k in keys:
                 acc[k].append(out[k])
         cat = {k: torch.cat(v, 0) for k, v in acc.items()}
@@ -371,7 +384,8 @@ class PointFieldMethod(Method):
     def state_dict(self) -> dict:
         return {"nets": {k: v.detach().clone() for k, v in self.nets.state_dict().items()},
                 "scenes": [s.state() for s in self.scenes], "gen": self.gen.get_state(),
-                "view_angle_power": float(self.cfg.view_angle_power), "depth_fill": int(self.cfg.depth_fill)}
+                "view_angle_power": float(self.cfg.view_angle_power), "depth_fill": int(self.cfg.depth_fill),
+                "depth_layers": int(self.cfg.depth_layers)}
 
     @classmethod
     def from_state_dict(cls, cfg: PointFieldConfig, st: dict) -> "PointFieldMethod":
@@ -393,6 +407,10 @@ class PointFieldMethod(Method):
         if "depth_fill" not in st and cfg.depth_fill != 0 and "depth_fill" not in getattr(cfg, "given_options", ()):
             cfg.depth_fill = 0       # trained with gaps left empty: render it that way
             notes.append("depth_fill 0 (gaps of the splatted depth are background): the checkpoint predates the option")
+        if ("depth_layers" not in st and cfg.depth_layers != 1
+                and "depth_layers" not in getattr(cfg, "given_options", ())):
+            cfg.depth_layers = 1     # trained around the first layer only: render it that way
+            notes.append("depth_layers 1 (samples around the nearest point only): the checkpoint predates the option")
         if cfg.scene_data:
             from ...data import load_dataset
 

@@ -144,7 +144,7 @@ class Aggregator(nn.Module):
         blend (rows summing to 1; default the attention weights). Returns ``sdf (M,)`` (in radii) and ``rgb (M, 3)``."""
         F = self.feature_dim
         off = (x[:, None, :] - nb_pos) / radius                       # (M, K, 3), |off| <= 1
-        dist = torch.sqrt(d2.clamp_min(0)).clamp(max=radius)[..., None] / radius
+        dist = torch.sqrt(d2.clamp_min(1e-12)).clamp(max=radius)[..., None] / radius
         xyz = (nb_pos - center) / extent
         enc = [off * (math.pi * f) for f in (1.0, 2.0)]
         pos = torch.cat([dist, off, xyz] + [torch.sin(e) for e in enc] + [torch.cos(e) for e in enc], -1)

@@ -118,20 +118,35 @@ def ray_center_depth(depth_map: torch.Tensor, pix: torch.Tensor, dirs: torch.Ten
     return z / cosz
 
 
-def render_rays(net, scene, cfg, ctx: dict, o, d, t_center, log_s, background=None, need_features=None) -> dict:
-    """Render rays ``o, d (R, 3)`` around ``t_center (R,)`` (inf = no sample). Returns the compositor's
-    ``rgb, opacity, depth, depth_sum, weights`` plus ``cost (R,)`` (samples with neighbours, i.e.
-    kernel evaluations), ``t (R, S)``, ``alpha (R, S-1)``, ``pidx`` (points used), ``nearest (R, S)``
-    distance to the nearest point (inf where none)."""
+def render_rays(net, scene, cfg, ctx: dict, o, d, t_center, log_s, background=None, need_features=None,
+                t_center2=None) -> dict:
+    """Render rays ``o, d (R, 3)`` around ``t_center (R,)`` (inf = no sample) and, where given and finite,
+    around a second depth ``t_center2 (R,)`` too (the second depth layer; the two sets of samples are
+    merged in order of distance). Returns the compositor's ``rgb, opacity, depth, depth_sum, weights``
+    plus ``cost (R,)`` (samples with neighbours, i.e. kernel evaluations), ``t (R, S)``, ``alpha (R, S-1)``,
+    ``pidx`` (points used), ``nearest (R, S)`` distance to the nearest point (inf where none)."""
     from shaders.knn import knn_query
 
     R = o.shape[0]
     dev = o.device
-    S = 2 * int(cfg.log_steps) + 1
+    S1 = 2 * int(cfg.log_steps) + 1
+    S = S1 * (1 if t_center2 is None else 2)
     hit = torch.isfinite(t_center)
     t = torch.zeros(R, S, device=dev)
+    real = torch.zeros(R, S, dtype=torch.bool, device=dev)
     if bool(hit.any()):
-        t[hit] = log_samples(cfg, scene, t_center[hit])
+        t[hit, :S1] = log_samples(cfg, scene, t_center[hit])
+        real[hit, :S1] = True
+    if t_center2 is not None:
+        hit2 = hit & torch.isfinite(t_center2)
+        if bool(hit2.any()):
+            t[hit2, S1:] = log_samples(cfg, scene, t_center2[hit2])
+            real[hit2, S1:] = True
+        # in order of distance, the samples a ray does not have last (at its farthest sample)
+        t, order = torch.where(real, t, torch.full_like(t, float("inf"))).sort(1)
+        real = real.gather(1, order)
+        last = torch.where(real, t, torch.full_like(t, -float("inf"))).amax(1)
+        t = torch.where(real, t, torch.where(torch.isfinite(last), last, torch.zeros_like(last))[:, None])
     x = o[:, None, :] + t[..., None] * d[:, None, :]                 # (R, S, 3)
     rad = scene.radius(cfg)
     K = int(cfg.k_neighbors)
@@ -139,16 +154,16 @@ def render_rays(net, scene, cfg, ctx: dict, o, d, t_center, log_s, background=No
     rgb = torch.zeros(R, S, 3, device=dev)
     nearest = torch.full((R, S), float("inf"), device=dev)
     pidx = torch.zeros(0, dtype=torch.long, device=dev)
-    rows = hit.nonzero(as_tuple=True)[0]
-    if rows.numel():
-        xq = x[rows].reshape(-1, 3)
+    r_of, s_of = real.nonzero(as_tuple=True)                         # the samples rays have
+    if r_of.numel():
+        xq = x[r_of, s_of]
         with torch.no_grad():
             idx, d2 = knn_query(scene.grid(cfg), xq.detach(), K, rad)
         idx = idx.long()
         valid = idx >= 0
         anyv = valid.any(1)
         near_d = torch.where(valid[:, 0], d2[:, 0].clamp_min(0).sqrt(), torch.full_like(d2[:, 0], float("inf")))
-        nearest[rows] = near_d.reshape(-1, S)
+        nearest[r_of, s_of] = near_d
         m = anyv.nonzero(as_tuple=True)[0]
         if m.numel():
             idx_m, valid_m, d2_m = idx[m], valid[m], d2[m]
@@ -157,11 +172,16 @@ def render_rays(net, scene, cfg, ctx: dict, o, d, t_center, log_s, background=No
             loc = torch.zeros_like(idx_m)
             loc[valid_m] = inv
             safe = idx_m.clamp_min(0)
-            nb_pos = scene.points[safe]
+            if float(getattr(cfg, "lr_pos", 0.0)) > 0:
+                # learned positions: offsets and distances from the moved points (differentiable)
+                nb_pos = scene.positions()[safe]
+                d2_m = ((xq[m][:, None, :] - nb_pos) ** 2).sum(-1)
+            else:
+                nb_pos = scene.points[safe]
             conf = torch.sigmoid(scene.point_conf[safe])
             logconf = torch.log(conf.clamp_min(1e-6))
             xm = xq[m]
-            ray_of = rows[torch.div(m, S, rounding_mode="floor")]
+            ray_of = r_of[m]
             pts = scene.points
             center = (pts.amax(0) + pts.amin(0)).detach() / 2
             extent = float((pts.amax(0) - pts.amin(0)).max().clamp_min(1e-9)) / 2
@@ -173,8 +193,7 @@ def render_rays(net, scene, cfg, ctx: dict, o, d, t_center, log_s, background=No
                 nb_w = torch.softmax(lw, dim=1)
             s_m, c_m = net(xm, d[ray_of], nb_pos, feats, loc, valid_m, logconf, torch.where(valid_m, d2_m,
                            torch.zeros_like(d2_m)), rad, center, extent, float(cfg.sdf_shell), nb_sh, nb_w)
-            flat_r = rows.repeat_interleave(S)[m]
-            flat_s = torch.arange(S, device=dev).repeat(rows.numel())[m]
+            flat_r, flat_s = r_of[m], s_of[m]
             sdf = sdf.index_put((flat_r, flat_s), s_m)
             rgb = rgb.index_put((flat_r, flat_s), c_m)
     has = torch.isfinite(nearest)                                      # samples with a neighbour
@@ -186,7 +205,7 @@ def render_rays(net, scene, cfg, ctx: dict, o, d, t_center, log_s, background=No
     wb = b_has.float() / (a_has.float() + b_has.float()).clamp_min(1)
     col = wa[..., None] * rgb[:, :-1] + wb[..., None] * rgb[:, 1:]
     tm = (t[:, :-1] + t[:, 1:]) / 2
-    valid_iv = (a_has | b_has) & hit[:, None]
+    valid_iv = (a_has | b_has) & real[:, :-1] & real[:, 1:]
     out = composite(alpha, col, tm, valid_iv, background)
     out.update(cost=has.sum(1).float(), t=t, alpha_s=alpha * valid_iv, pidx=pidx, nearest=nearest, hit=hit)
     return out

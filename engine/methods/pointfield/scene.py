@@ -87,6 +87,8 @@ class PointScene(nn.Module):
         self.point_feat = nn.Parameter(torch.zeros(pts.shape[0], 2 * int(feature_dim)))
         self.point_conf = nn.Parameter(torch.zeros(pts.shape[0]))       # sigmoid(0) = 0.5
         self.point_sh = nn.Parameter(torch.zeros(pts.shape[0], int(sh_dim)))  # explicit colour (logit space)
+        # learned displacement since the last fold (in point spacings; ``lr_pos``), see :meth:`positions`
+        self.point_off = nn.Parameter(torch.zeros(pts.shape[0], 3))
         self.cameras = cameras
         self.spacing = float(spacing)
         self.log_base = float(log_base)
@@ -114,6 +116,23 @@ class PointScene(nn.Module):
 
     def invalidate(self) -> None:
         self._cache = {}
+
+    def positions(self) -> torch.Tensor:
+        """``(N, 3)`` point positions with their learned displacement (differentiable in ``point_off``).
+        The caches (grid, depth maps) use ``points``: :meth:`fold_offsets` moves them."""
+        return self.points + self.point_off * self.spacing
+
+    @torch.no_grad()
+    def fold_offsets(self) -> float:
+        """Move ``points`` by the learned displacement, zero it and rebuild the caches; returns the
+        median displacement folded, in spacings."""
+        if self.point_off.numel() == 0:
+            return 0.0
+        moved = float(self.point_off.norm(dim=1).median())
+        self.points = self.positions().detach().contiguous()
+        self.point_off.zero_()
+        self.invalidate()
+        return moved
 
     # ------------------------------------------------------------------ geometry caches
     def radius(self, cfg) -> float:
@@ -169,10 +188,53 @@ class PointScene(nn.Module):
         return self._cache[key]
 
     def train_depth(self, cfg) -> torch.Tensor:
-        key = ("train_depth", float(cfg.splat_radius), int(cfg.depth_fill))
+        return self.train_layers(cfg)[0]
+
+    def train_layers(self, cfg) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The training views' depth layers (:meth:`depth_layers`), cached."""
+        key = ("train_layers", float(cfg.splat_radius), int(cfg.depth_fill), int(cfg.depth_layers),
+               float(cfg.log_unit), int(cfg.log_steps))
         if key not in self._cache:
-            self._cache[key] = fill_depth(self.splat(self.cameras, cfg), int(cfg.depth_fill))
+            self._cache[key] = self.depth_layers(self.cameras, cfg)
         return self._cache[key]
+
+    def reach(self, cfg) -> float:
+        """How far the log samples reach on either side of their centre (world units)."""
+        return float(cfg.log_unit) * self.spacing * self.log_base ** (int(cfg.log_steps) - 1)
+
+    @torch.no_grad()
+    def depth_layers(self, cams: Cameras, cfg, chunk_views: int = 8) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Depth maps ``(V, H, W)`` of the point cloud in ``cams`` (equal sizes): the first layer (the
+        nearest point, gaps filled ``depth_fill`` times) and, with ``depth_layers`` 2, the second: the
+        nearest of the points lying more than the samples' reach behind the first layer at their own
+        pixel (filled the same way), kept only where it is that far behind (``inf`` elsewhere; None
+        with one layer). A ray through a gap of a nearer surface, where the splatted disks and the
+        filling closed the gap, gets samples at the surface behind it too."""
+        from shaders.point_depth import splat_depth
+
+        d1 = fill_depth(self.splat(cams, cfg, chunk_views), int(cfg.depth_fill))
+        if int(cfg.depth_layers) < 2:
+            return d1, None
+        gap = self.reach(cfg)
+        H, W = int(cams.height[0]), int(cams.width[0])
+        r_world = float(cfg.splat_radius) * self.spacing
+        pts = self.points.detach()
+        out = []
+        for a in range(0, len(cams), chunk_views):
+            c = cams[a:a + chunk_views]
+            uv, z = c.project(pts)
+            u, v = uv[..., 0].floor(), uv[..., 1].floor()
+            inside = (z > 0) & (u >= 0) & (u < W) & (v >= 0) & (v < H) & torch.isfinite(uv).all(-1)
+            vi = torch.where(inside, v, torch.zeros_like(v)).long()
+            ui = torch.where(inside, u, torch.zeros_like(u)).long()
+            first = d1[a:a + len(c)]
+            own = first[torch.arange(len(c))[:, None].expand_as(vi), vi, ui]
+            behind = inside & (z > own + gap)
+            rad = r_world * c.fx[:, None] / z.clamp_min(1e-12)
+            out.append(splat_depth(uv, torch.where(behind, z, torch.full_like(z, float("inf"))), rad, H, W))
+        d2 = fill_depth(torch.cat(out, 0), int(cfg.depth_fill))
+        d2 = torch.where(d2 > d1 + gap, d2, torch.full_like(d2, float("inf")))
+        return d1, d2
 
     def nearest_views(self, cams: Cameras, index: int, n: int, exclude: int | None = None) -> torch.Tensor:
         """The ``n`` source views whose centres are nearest camera ``index`` of ``cams`` (``exclude`` left out)."""
@@ -186,7 +248,7 @@ class PointScene(nn.Module):
 
     # ------------------------------------------------------------------ state
     def state(self) -> dict:
-        return {"name": self.name, "points": self.points.detach().cpu().clone(),
+        return {"name": self.name, "points": self.positions().detach().cpu().clone(),
                 "colors": self.colors.detach().cpu().clone(),
                 "images": self.images.cpu().clone(), "coverage": self.coverage.cpu().clone(),
                 "point_feat": self.point_feat.detach().cpu().clone(),

@@ -138,6 +138,58 @@ def test_log_samples_symmetric_and_clamped():
     assert torch.allclose(t[1], 4.0 + off)
 
 
+def test_second_depth_layer_is_the_surface_behind_the_first(model):
+    """On the sphere's cloud the first layer is the near side and the second the far side, at least the
+    samples' reach behind it; one layer gives no second map."""
+    m, ds = model
+    sc, cfg = m.scenes[0], m.cfg
+    cam = ds.train.cameras[0:1]
+    d1, d2 = sc.depth_layers(cam, cfg)
+    reach = sc.reach(cfg)
+    assert reach == pytest.approx(cfg.log_unit * sc.spacing * sc.log_base ** (cfg.log_steps - 1))
+    both = torch.isfinite(d1) & torch.isfinite(d2)
+    assert int(both.sum()) > 0.25 * int(torch.isfinite(d1).sum())   # near the silhouette the back is within reach
+    assert bool((d2[both] > d1[both] + reach).all())
+    # the centre pixel looks through the sphere's middle: 4 units away, diameter 1.2
+    c = d1.shape[1] // 2
+    assert float(d1[0, c, c]) == pytest.approx(4.0 - 0.6, abs=3 * sc.spacing)
+    assert float(d2[0, c, c]) == pytest.approx(4.0 + 0.6, abs=3 * sc.spacing)
+    one = methods.make_config("pointfield", dict(FAST, depth_layers=1))
+    assert sc.depth_layers(cam, one)[1] is None
+    assert torch.equal(sc.depth_layers(cam, one)[0], d1)
+
+
+def test_second_layer_samples_merge_in_order(model):
+    """Samples of both layers come in order of distance; rays without a second layer render exactly as
+    with one layer; a second layer behind an opaque first one changes the colour little."""
+    from engine.methods.pointfield.render import encode_views, ray_center_depth, render_rays
+
+    m, ds = model
+    sc, cfg = m.scenes[0], m.cfg
+    cams = sc.cameras
+    H, W = int(cams.height[0]), int(cams.width[0])
+    o, d = cams.generate_rays(0)
+    o, d = o.reshape(-1, 3), d.reshape(-1, 3)
+    d1, d2 = sc.depth_layers(cams[0:1], cfg)
+    pix = torch.arange(H * W)
+    tc = ray_center_depth(d1[0], pix, d, cams.c2w[0])
+    tc2 = ray_center_depth(d2[0], pix, d, cams.c2w[0])
+    ctx = encode_views(m.nets.encoder, sc, cfg, sc.nearest_views(cams, 0, cfg.source_views, exclude=0))
+    with torch.no_grad():
+        one = render_rays(m.nets.agg, sc, cfg, ctx, o, d, tc, m.nets.log_s, torch.ones(3))
+        two = render_rays(m.nets.agg, sc, cfg, ctx, o, d, tc, m.nets.log_s, torch.ones(3), t_center2=tc2)
+        none = render_rays(m.nets.agg, sc, cfg, ctx, o, d, tc, m.nets.log_s, torch.ones(3),
+                           t_center2=torch.full_like(tc2, float("inf")))
+    S1 = 2 * cfg.log_steps + 1
+    assert two["t"].shape == (H * W, 2 * S1) and bool((two["t"][:, 1:] >= two["t"][:, :-1]).all())
+    assert torch.allclose(none["rgb"], one["rgb"], atol=1e-6) and torch.allclose(none["opacity"], one["opacity"])
+    has2 = torch.isfinite(tc2) & torch.isfinite(tc)
+    assert int(has2.sum()) > 10
+    assert bool((two["cost"][has2] >= one["cost"][has2]).all()) and float(two["cost"][has2].sum()) > float(
+        one["cost"][has2].sum())
+    assert torch.equal(two["cost"][~has2], one["cost"][~has2])
+
+
 def test_aggregator_gradcheck_float64():
     """The kernel is plain torch; float64 gradcheck w.r.t. sample position and neighbour features."""
     from engine.methods.pointfield.model import Aggregator
