@@ -27,17 +27,16 @@ class PointFieldConfig(MethodConfig):
     # ---- visibility-aware features (GPF) ---------------------------------------------------------
     source_views: int = option(10, "candidate source views per target view (the nearest cameras)", render=True)
     top_views: int = option(3, "views kept per point, by visibility score", render=True)
-    view_angle_power: float = option(8.0, "score a source view by visibility x ((1 + cos a) / 2)^P, a = angle "
-                                     "between target and source camera at the point (0 = GPF)", render=True)
+    view_angle_power: float = option(8.0, "source view score: visibility x ((1 + cos a) / 2)^P, a = the "
+                                     "target-point-source angle (0 = GPF)", render=True)
     vis_temperature: float = option(0.9, "softmax temperature of the view blending (weights softmax(score / T) x score)")
     encoder_max_side: int = option(200, "source images are encoded at most this many pixels on their long side")
     feature_dim: int = option(32, "per-point colour feature and geometry feature width (each)")
     splat_radius: float = option(1.0, "disk radius of a point in the depth maps, in point spacings")
     depth_fill: int = option(1, "fill depth-map gaps from the 3x3 neighbours, N times "
                              "(0: background)", render=True)
-    depth_layers: int = option(2, "depth layers each ray is sampled around: 1 = the nearest point (GPF), 2 = also "
-                               "the nearest surface beyond the first layer's samples (a ray through a gap the "
-                               "splatted disks closed reaches the surface behind it)", render=True)
+    depth_layers: int = option(2, "depth layers sampled: 1 = the nearest point's (GPF), 2 = also the next "
+                               "surface beyond its samples", render=True)
     point_sh_degree: int = option(1, "per-point explicit colour: SH coefficients of this degree (-1 = none), "
                                   "blended over the neighbours (point_sh_sigma) and added to the colour logit")
     # ---- sampling and aggregation ----------------------------------------------------------------
@@ -45,8 +44,8 @@ class PointFieldConfig(MethodConfig):
     radius: float = option(4.0, "neighbour search radius, in point spacings (Point-NeRF: 4 voxels)")
     log_base: float = option(0.0, "log-sampling base (0 = auto: 1.16 for NeRF-synthetic / blender data, else 1.2)",
                              render=True)
-    log_steps: int = option(16, "log samples each side of the point depth (+ centre)", render=True)
-    log_unit: float = option(1.0, "first log offset in point spacings (unit * base^k)",
+    log_steps: int = option(16, "log samples per side (+ centre)", render=True)
+    log_unit: float = option(1.0, "first log offset, in point spacings",
                              render=True)
     hidden: int = option(32, "hidden width of the aggregation kernel and heads")
     sdf_shell: float = option(0.3, "SDF prior: distance to the nearest point minus this (in radii), the "
