@@ -15,7 +15,11 @@ Per target view (GPF):
    (camera z converted to distance along the unit ray), samples ``t_c -+ unit * base^k`` for
    ``k < log_steps`` and ``t_c``, clamped to the scene's near/far. A pixel no point covers takes the
    nearest depth of its 3x3 neighbourhood (``depth_fill`` times, :func:`engine.geometry.points.fill_depth`); rays
-   still without a depth get no samples (background).
+   still without a depth get no samples (background). With ``depth_layers`` 2 (the default) a ray is also
+   sampled the same way around the second layer's depth, the nearest point more than the samples' reach
+   behind the first layer (:meth:`.scene.PointScene.depth_layers`); the two sets are merged in order of
+   distance. The splatted disks and the filling close small gaps of a near surface, and a ray through
+   such a gap would otherwise never reach the surface behind it.
 4. **Aggregation**: K nearest points within the radius of every sample (:mod:`shaders.knn`);
    samples without any neighbour are empty (SDF = 1 radius, no network call). The attention kernel
    (:class:`.model.Aggregator`) gives SDF and colour per sample. The neighbours' explicit colour

@@ -5,8 +5,9 @@ Caches (rebuilt whenever the points change: growing, pruning, loading):
 
 * the neighbour grid of the points (:func:`shaders.knn.build_grid`, radius = ``radius`` spacings);
 * the point cloud's own depth map in every source view at the encoder's resolution (the z-test of
-  the visibility score) and in every training view at full resolution (the depth each training
-  ray is sampled around), both splatted by :func:`shaders.point_depth.splat_depth`.
+  the visibility score) and in every training view at full resolution (the depths each training
+  ray is sampled around: one or two layers, :meth:`PointScene.depth_layers`), all splatted by
+  :func:`shaders.point_depth.splat_depth`.
 
 Every source view's image is kept as uint8 (and alpha / mask where the data has them), so a
 checkpoint renders without the dataset.
