@@ -333,6 +333,40 @@ def test_grow_and_prune_keep_optimizer_in_step(model):
     opt.step()
 
 
+def test_learned_positions_move_the_points_and_their_caches(sphere):
+    """With lr_pos the points get a gradient, move, and every pos_every steps the grid and depth maps
+    follow them; a checkpoint keeps the moved positions."""
+    from engine.data import load_dataset
+
+    ds = load_dataset(sphere)
+    cfg = methods.make_config("pointfield", dict(FAST, lr_pos=0.05, pos_every=2, grow_every=0))
+    m = methods.get_method("pointfield").create(cfg, ds)
+    sc = m.scenes[0]
+    p0 = sc.points.clone()
+    opt = m.make_optimizer()
+    assert "point_off_0" in {g["name"] for g in opt.param_groups}
+    sp = ds.train
+    for step in range(2):
+        loss, _, _ = m.train_step(step, sp.images[step], sp.cameras, step, ds.background)
+        opt.zero_grad()
+        loss.backward()
+        if step == 0:
+            assert float(sc.point_off.grad.abs().sum()) > 0
+        opt.step()
+        assert bool(torch.isfinite(sc.point_off).all())
+        if step == 0:
+            assert m.post_step(opt, step) is None
+            st = m.state_dict()["scenes"][0]
+            assert torch.allclose(st["points"], sc.positions().detach())   # saved moved, not only folded
+            grid = sc.grid(cfg)
+    res = m.post_step(opt, 1)
+    assert res is not None and res["moved"] > 0
+    moved = (sc.points - p0).norm(dim=1)
+    assert float(moved.max()) > 0 and float(moved.max()) < 2 * 0.05 * 2 * sc.spacing * 1.01
+    assert float(sc.point_off.abs().sum()) == 0
+    assert sc.grid(cfg) is not grid                                   # caches rebuilt from the moved points
+
+
 # ------------------------------------------------------------------------------------ doors
 def test_train_resume_export_load_render(sphere, tmp_path, capsys):
     import engine
