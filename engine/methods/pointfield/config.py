@@ -61,8 +61,8 @@ class PointFieldConfig(MethodConfig):
     lr_s: float = option(2e-3, "learning rate of log s")
     point_sh_sigma: float = option(0.5, "the explicit colour blends the neighbours with weights conf x exp(-(d / "
                                    "sigma)^2), sigma in point spacings (0 = the attention weights)")
-    lr_pos: float = option(0.0, "learning rate of the point positions, in point spacings (0 = fixed points, "
-                           "Point-NeRF); the caches follow every pos_every steps")
+    lr_pos: float = option(0.01, "learning rate of the point positions, in point spacings (0 = fixed points, "
+                           "as Point-NeRF and GPF); the caches follow every pos_every steps")
     pos_every: int = option(100, "with lr_pos: move the points and rebuild their grid and depth maps every N steps")
     lr_color: float = option(3e-2, "learning rate of the per-point explicit colour (point_sh_degree)")
     mask_weight: float = option(0.1, "BCE of the opacity against alpha/masks where the data has them")

@@ -293,6 +293,8 @@ class PointFieldMethod(Method):
     def render(self, cameras, index: int, background=None, scene: int = 0) -> dict:
         c = self.cfg
         sc = self.scenes[scene]
+        if sc.point_off.numel() and bool(sc.point_off.detach().abs().amax() > 0):
+            sc.fold_offsets()        # render where the points are now (as a checkpoint of them would)
         cams = cameras.to("cpu")
         cam = cams[index]
         H, W = int(cam.height[0]), int(cam.width[0])
