@@ -14,6 +14,10 @@ it is farther than ``grow_dist`` spacings add a point there (one per voxel of on
 ``grow_max``); a new point's feature residual is the mean of its neighbours' and its confidence 0.4
 x theirs. Points with confidence < ``prune_conf`` are removed. The progress bar shows the count and
 the totals grown / pruned.
+
+Moving points (``lr_pos`` > 0, not in GPF): each point's learned displacement (``point_off``, in
+spacings) gets its gradient through the kernel's offsets and distances and the SDF prior; every
+``pos_every`` steps, and before a render, it is folded into the points and their caches are rebuilt.
 """
 from __future__ import annotations
 
