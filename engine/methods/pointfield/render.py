@@ -176,7 +176,7 @@ def render_rays(net, scene, cfg, ctx: dict, o, d, t_center, log_s, background=No
             loc = torch.zeros_like(idx_m)
             loc[valid_m] = inv
             safe = idx_m.clamp_min(0)
-            if float(getattr(cfg, "lr_pos", 0.0)) > 0:
+            if float(cfg.lr_pos) > 0:
                 # learned positions: offsets and distances from the moved points (differentiable)
                 nb_pos = scene.positions()[safe]
                 d2_m = ((xq[m][:, None, :] - nb_pos) ** 2).sum(-1)

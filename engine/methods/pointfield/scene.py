@@ -188,9 +188,6 @@ class PointScene(nn.Module):
             self._cache[key] = self.splat(self.source_cameras(cfg), cfg)
         return self._cache[key]
 
-    def train_depth(self, cfg) -> torch.Tensor:
-        return self.train_layers(cfg)[0]
-
     def train_layers(self, cfg) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The training views' depth layers (:meth:`depth_layers`), cached."""
         key = ("train_layers", float(cfg.splat_radius), int(cfg.depth_fill), int(cfg.depth_layers),
